@@ -1,0 +1,653 @@
+//! Model shapes: what the cost model and the runtime need to know of a model,
+//! from a named preset, a Hugging Face `config.json`, or GGUF metadata.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{fingerprint, PlansError, Result};
+
+/// Architecture family: decides the parameter layout (the cost model needs only
+/// the shape; the runtime runs the Llama family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Llama-2 (MHA), Llama-3 / SmolLM2 (GQA): RMSNorm, RoPE, SiLU-gated MLP.
+    Llama,
+    /// OPT: LayerNorm, learned positions, ReLU MLP with two matrices.
+    Opt,
+}
+
+/// The shape of a decoder-only transformer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub family: Family,
+    pub n_layers: usize,
+    /// `h`: hidden size, also the width of the attention input activations.
+    pub hidden_size: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    /// The longest context the model was trained for (positions).
+    pub max_context: usize,
+    pub rope_theta: f64,
+    pub norm_eps: f64,
+    pub tie_embeddings: bool,
+    /// Stable fingerprint of the weights' layout (GGUF) or of the config.
+    pub fingerprint: String,
+}
+
+/// A row of the preset table: name, family, layers, h, heads, kv heads,
+/// head_dim, ffn, vocab, max context, rope theta, tied embeddings.
+type PresetRow = (
+    &'static str,
+    Family,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    f64,
+    bool,
+);
+
+/// Named presets. The full-size shapes are the published configs; the `tiny`
+/// ones keep the attention kind (MHA: `h < 2*h_kv`, GQA: `h >= 2*h_kv`) at a size
+/// that runs in milliseconds on a CPU, for tests and CPU-backend studies.
+pub const PRESETS: &[PresetRow] = &[
+    (
+        "llama-2-7b",
+        Family::Llama,
+        32,
+        4096,
+        32,
+        32,
+        128,
+        11008,
+        32000,
+        4096,
+        1e4,
+        false,
+    ),
+    (
+        "llama-2-13b",
+        Family::Llama,
+        40,
+        5120,
+        40,
+        40,
+        128,
+        13824,
+        32000,
+        4096,
+        1e4,
+        false,
+    ),
+    (
+        "llama-3-8b",
+        Family::Llama,
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        128256,
+        8192,
+        5e5,
+        false,
+    ),
+    (
+        "opt-6.7b",
+        Family::Opt,
+        32,
+        4096,
+        32,
+        32,
+        128,
+        16384,
+        50272,
+        2048,
+        0.0,
+        true,
+    ),
+    (
+        "opt-13b",
+        Family::Opt,
+        40,
+        5120,
+        40,
+        40,
+        128,
+        20480,
+        50272,
+        2048,
+        0.0,
+        true,
+    ),
+    (
+        "opt-30b",
+        Family::Opt,
+        48,
+        7168,
+        56,
+        56,
+        128,
+        28672,
+        50272,
+        2048,
+        0.0,
+        true,
+    ),
+    (
+        "smollm2-135m",
+        Family::Llama,
+        30,
+        576,
+        9,
+        3,
+        64,
+        1536,
+        49152,
+        8192,
+        1e5,
+        true,
+    ),
+    (
+        "llama-2-7b-tiny",
+        Family::Llama,
+        8,
+        256,
+        4,
+        4,
+        64,
+        688,
+        2048,
+        4096,
+        1e4,
+        false,
+    ),
+    (
+        "llama-3-8b-tiny",
+        Family::Llama,
+        8,
+        256,
+        8,
+        2,
+        32,
+        896,
+        2048,
+        8192,
+        5e5,
+        false,
+    ),
+    (
+        "tiny-mha",
+        Family::Llama,
+        2,
+        64,
+        4,
+        4,
+        16,
+        172,
+        256,
+        512,
+        1e4,
+        false,
+    ),
+    (
+        "tiny-gqa",
+        Family::Llama,
+        2,
+        64,
+        4,
+        1,
+        16,
+        172,
+        256,
+        512,
+        1e4,
+        false,
+    ),
+];
+
+impl ModelSpec {
+    /// `n_kv_heads * head_dim`: the width of K (and of V) per token.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// `n_heads * head_dim`: the width of Q and of the attention output.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Recomputing K/V from activations moves fewer bytes than moving K/V only
+    /// when the activations are narrower: `h < 2 * h_kv`.
+    pub fn recompute_saves_bytes(&self) -> bool {
+        self.hidden_size < 2 * self.kv_dim()
+    }
+
+    /// Parameters of one decoder layer's matrices (no norms, no biases).
+    pub fn layer_params(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        let (q, kv, f) = (
+            self.q_dim() as u64,
+            self.kv_dim() as u64,
+            self.intermediate_size as u64,
+        );
+        let attn = h * q + 2 * h * kv + q * h;
+        let mlp = match self.family {
+            Family::Llama => 3 * h * f,
+            Family::Opt => 2 * h * f,
+        };
+        attn + mlp
+    }
+
+    /// All parameters: layers, embeddings and (unless tied) the output head.
+    pub fn total_params(&self) -> u64 {
+        let emb = (self.vocab_size * self.hidden_size) as u64;
+        let head = if self.tie_embeddings { 0 } else { emb };
+        self.layer_params() * self.n_layers as u64 + emb + head
+    }
+
+    /// A preset by name (`llama-2-7b`, …); see [`PRESETS`].
+    pub fn preset(name: &str) -> Result<Self> {
+        let row =
+            PRESETS
+                .iter()
+                .find(|r| r.0 == name)
+                .ok_or_else(|| PlansError::UnknownPreset {
+                    name: name.to_string(),
+                    known: PRESETS.iter().map(|r| r.0).collect::<Vec<_>>().join(", "),
+                })?;
+        let (
+            name,
+            family,
+            n_layers,
+            hidden_size,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn,
+            vocab,
+            ctx,
+            theta,
+            tie,
+        ) = *row;
+        let mut spec = ModelSpec {
+            name: name.to_string(),
+            family,
+            n_layers,
+            hidden_size,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            intermediate_size: ffn,
+            vocab_size: vocab,
+            max_context: ctx,
+            rope_theta: theta,
+            norm_eps: 1e-5,
+            tie_embeddings: tie,
+            fingerprint: String::new(),
+        };
+        spec.fingerprint = spec.config_fingerprint();
+        Ok(spec)
+    }
+
+    /// Resolves a `--model` argument: `preset:NAME`, a preset name, a `.gguf`
+    /// file, a Hugging Face directory holding `config.json`, or a `config.json`.
+    pub fn resolve(arg: &str) -> Result<Self> {
+        if let Some(name) = arg.strip_prefix("preset:") {
+            return Self::preset(name);
+        }
+        let path = Path::new(arg);
+        if !path.exists() {
+            if PRESETS.iter().any(|r| r.0 == arg) {
+                return Self::preset(arg);
+            }
+            return Err(PlansError::Model {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "no such file or directory, and not a preset (known presets: {})",
+                    PRESETS.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        if path.is_dir() {
+            return Self::from_hf_config(&path.join("config.json"));
+        }
+        let is_gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if is_gguf {
+            Self::from_gguf(path)
+        } else {
+            Self::from_hf_config(path)
+        }
+    }
+
+    /// From a Hugging Face `config.json` (Llama family incl. GQA, and OPT).
+    pub fn from_hf_config(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlansError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| PlansError::Json {
+                path: path.to_path_buf(),
+                line: e.line(),
+                column: e.column(),
+                field: ".".into(),
+                message: e.to_string(),
+            })?;
+        let need = |key: &str| -> Result<usize> {
+            cfg.get(key)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| {
+                    PlansError::invalid(path, key, "missing or not a non-negative integer")
+                })
+        };
+        let opt_f64 =
+            |key: &str, default: f64| cfg.get(key).and_then(|v| v.as_f64()).unwrap_or(default);
+        let model_type = cfg
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("llama")
+            .to_string();
+        let family = match model_type.as_str() {
+            "llama" | "mistral" | "qwen2" => Family::Llama,
+            "opt" => Family::Opt,
+            other => {
+                return Err(PlansError::invalid(
+                    path,
+                    "model_type",
+                    format!("{other:?} is not supported; kvpr reads llama, mistral, qwen2 and opt"),
+                ))
+            }
+        };
+        let hidden_size = need("hidden_size")?;
+        let n_heads = need("num_attention_heads")?;
+        let n_kv_heads = cfg
+            .get("num_key_value_heads")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .unwrap_or(n_heads);
+        let head_dim = match cfg.get("head_dim").and_then(|v| v.as_u64()) {
+            Some(d) => d as usize,
+            None if n_heads > 0 => hidden_size / n_heads,
+            None => 0,
+        };
+        let intermediate_size = match family {
+            Family::Llama => need("intermediate_size")?,
+            Family::Opt => need("ffn_dim")?,
+        };
+        let name = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or(model_type);
+        let spec = ModelSpec {
+            name,
+            family,
+            n_layers: need("num_hidden_layers")?,
+            hidden_size,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            intermediate_size,
+            vocab_size: need("vocab_size")?,
+            max_context: need("max_position_embeddings")?,
+            rope_theta: opt_f64("rope_theta", 1e4),
+            norm_eps: opt_f64("rms_norm_eps", 1e-5),
+            tie_embeddings: cfg
+                .get("tie_word_embeddings")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(family == Family::Opt),
+            fingerprint: fingerprint(text.as_bytes()),
+        };
+        spec.validate(path)?;
+        Ok(spec)
+    }
+
+    /// From a GGUF file's metadata (candle-core's reader); the fingerprint covers
+    /// the tensor layout (names, shapes, types, offsets) and the file length.
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let bad = |reason: String| PlansError::Model {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(|source| PlansError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+            .map_err(|e| bad(format!("corrupt or unsupported GGUF: {e}")))?;
+        let md = &content.metadata;
+        let arch = md
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?;
+        if arch != "llama" {
+            return Err(bad(format!(
+                "architecture {arch:?} is not supported; kvpr runs the llama family"
+            )));
+        }
+        let int = |key: &str| -> Result<usize> {
+            md.get(&format!("{arch}.{key}"))
+                .and_then(|v| v.to_u64().ok())
+                .map(|v| v as usize)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "GGUF metadata {arch}.{key} missing or not an integer"
+                    ))
+                })
+        };
+        let float = |key: &str, default: f64| {
+            md.get(&format!("{arch}.{key}"))
+                .and_then(|v| v.to_f32().ok())
+                .map(f64::from)
+                .unwrap_or(default)
+        };
+        let hidden_size = int("embedding_length")?;
+        let n_heads = int("attention.head_count")?;
+        let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
+        let head_dim = int("attention.key_length")
+            .or_else(|_| int("rope.dimension_count"))
+            .unwrap_or(if n_heads > 0 {
+                hidden_size / n_heads
+            } else {
+                0
+            });
+        let vocab_size = match md
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+        {
+            Some(tokens) => tokens.len(),
+            None => content
+                .tensor_infos
+                .get("token_embd.weight")
+                .map(|t| t.shape.dims()[0].max(*t.shape.dims().last().unwrap_or(&0)))
+                .ok_or_else(|| {
+                    bad("GGUF has neither tokenizer.ggml.tokens nor token_embd.weight".into())
+                })?,
+        };
+        let mut layout: Vec<String> = content
+            .tensor_infos
+            .iter()
+            .map(|(n, t)| format!("{n}:{:?}:{:?}:{}", t.shape.dims(), t.ggml_dtype, t.offset))
+            .collect();
+        layout.sort();
+        layout.push(len.to_string());
+        let name = md
+            .get("general.name")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into())
+            });
+        let spec = ModelSpec {
+            name,
+            family: Family::Llama,
+            n_layers: int("block_count")?,
+            hidden_size,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            intermediate_size: int("feed_forward_length")?,
+            vocab_size,
+            max_context: int("context_length")?,
+            rope_theta: float("rope.freq_base", 1e4),
+            norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
+            tie_embeddings: !content.tensor_infos.contains_key("output.weight"),
+            fingerprint: fingerprint(layout.join("\n").as_bytes()),
+        };
+        spec.validate(path)?;
+        Ok(spec)
+    }
+
+    /// Checks the shape is self-consistent; `path` names the source in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let positive = [
+            ("num_hidden_layers", self.n_layers),
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.n_heads),
+            ("num_key_value_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_context),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(PlansError::invalid(path, field, "must be positive"));
+            }
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(PlansError::invalid(
+                path,
+                "num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    self.n_kv_heads, self.n_heads
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fingerprint of the shape itself (used for presets).
+    fn config_fingerprint(&self) -> String {
+        let mut s = self.clone();
+        s.fingerprint.clear();
+        fingerprint(&serde_json::to_vec(&s).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_is_valid_and_distinct() {
+        let mut prints = std::collections::HashSet::new();
+        for row in PRESETS {
+            let s = ModelSpec::preset(row.0).unwrap();
+            s.validate(Path::new(row.0)).unwrap();
+            assert!(prints.insert(s.fingerprint.clone()), "{}", row.0);
+        }
+    }
+
+    #[test]
+    fn attention_kinds() {
+        for (name, mha) in [
+            ("llama-2-7b", true),
+            ("opt-6.7b", true),
+            ("llama-3-8b", false),
+            ("smollm2-135m", false),
+            ("tiny-mha", true),
+            ("tiny-gqa", false),
+            ("llama-2-7b-tiny", true),
+        ] {
+            assert_eq!(
+                ModelSpec::preset(name).unwrap().recompute_saves_bytes(),
+                mha,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn llama_2_7b_has_about_6_7b_parameters() {
+        let p = ModelSpec::preset("llama-2-7b").unwrap().total_params() as f64;
+        assert!((p / 6.74e9 - 1.0).abs() < 0.01, "{p}");
+    }
+
+    #[test]
+    fn unknown_preset_lists_known_ones() {
+        let e = ModelSpec::resolve("preset:gpt-5").unwrap_err().to_string();
+        assert!(e.contains("gpt-5") && e.contains("llama-2-7b"), "{e}");
+    }
+
+    #[test]
+    fn hf_config_llama_gqa_and_opt() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        std::fs::write(
+            &p,
+            r#"{"model_type":"llama","hidden_size":4096,"num_attention_heads":32,"num_key_value_heads":8,
+               "num_hidden_layers":32,"intermediate_size":14336,"vocab_size":128256,
+               "max_position_embeddings":8192,"rope_theta":500000.0,"rms_norm_eps":1e-5}"#,
+        )
+        .unwrap();
+        let s = ModelSpec::resolve(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!((s.kv_dim(), s.rope_theta), (1024, 5e5));
+        std::fs::write(
+            &p,
+            r#"{"model_type":"opt","hidden_size":4096,"num_attention_heads":32,"num_hidden_layers":32,
+               "ffn_dim":16384,"vocab_size":50272,"max_position_embeddings":2048}"#,
+        )
+        .unwrap();
+        let s = ModelSpec::from_hf_config(&p).unwrap();
+        assert_eq!(
+            (s.family, s.kv_dim(), s.intermediate_size),
+            (Family::Opt, 4096, 16384)
+        );
+    }
+
+    #[test]
+    fn hf_config_missing_field_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        std::fs::write(&p, r#"{"model_type":"llama","hidden_size":64}"#).unwrap();
+        let e = ModelSpec::from_hf_config(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("config.json") && e.contains("num_attention_heads"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn truncated_gguf_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        std::fs::write(&p, b"GGUF\x03\x00\x00\x00\x01").unwrap();
+        let e = ModelSpec::resolve(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("m.gguf") && e.contains("GGUF"), "{e}");
+    }
+}

@@ -1,0 +1,154 @@
+//! What a run asks for: batch, lengths, element type and memory budgets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelSpec, PlansError, Result};
+
+/// Element type of weights, activations and K/V at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    /// `p`: bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f16" | "float16" | "half" => Ok(Dtype::F16),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            _ => Err(format!("unknown dtype {s:?}; use f32, f16 or bf16")),
+        }
+    }
+}
+
+/// A decoding workload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub batch: usize,
+    pub prompt_len: usize,
+    pub gen_len: usize,
+    pub dtype: Dtype,
+    /// Device memory kvpr may use for K/V: the resident prefix of every layer plus
+    /// the staging buffers of the layers in flight. Weights are not counted.
+    pub gpu_memory_budget: u64,
+    /// Host memory kvpr may use for the stored activations and K/V.
+    pub host_memory_budget: u64,
+}
+
+impl Workload {
+    /// Decode steps see contexts `prompt_len ..= max_context_len()`.
+    pub fn max_context_len(&self) -> usize {
+        self.prompt_len + self.gen_len.saturating_sub(1)
+    }
+
+    /// Rejects workloads no plan can serve; `what` prefixes messages (e.g. the flag names).
+    pub fn validate(&self, model: &ModelSpec) -> Result<()> {
+        let err = |what: &str, reason: String| PlansError::Workload {
+            what: what.to_string(),
+            reason,
+        };
+        if self.batch == 0 {
+            return Err(err("--batch", "must be at least 1".into()));
+        }
+        if self.prompt_len == 0 {
+            return Err(err("--prompt-len", "must be at least 1 token".into()));
+        }
+        if self.gen_len == 0 {
+            return Err(err("--gen-len", "must be at least 1 token".into()));
+        }
+        if self.prompt_len > model.max_context {
+            return Err(err(
+                "--prompt-len",
+                format!(
+                    "{} tokens is longer than {}'s context of {} tokens; shorten the prompt",
+                    self.prompt_len, model.name, model.max_context
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a size such as `4GiB`, `512MiB`, `64GB`, `1.5 GiB` or `1000000` (bytes).
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 4GiB, 512MiB or 64GB"))?;
+    let mult: f64 =
+        match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kb" => 1e3,
+            "m" | "mb" => 1e6,
+            "g" | "gb" => 1e9,
+            "t" | "tb" => 1e12,
+            "kib" => 1024.0,
+            "mib" => 1024.0 * 1024.0,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            "tib" => 1024.0f64.powi(4),
+            other => return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            )),
+        };
+    Ok((value * mult).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_bytes("64GB").unwrap(), 64_000_000_000);
+        assert_eq!(parse_bytes("1.5 KiB").unwrap(), 1536);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("4 parsecs").unwrap_err().contains("parsecs"));
+    }
+
+    #[test]
+    fn rejects_zero_batch_and_long_prompts() {
+        let m = ModelSpec::preset("tiny-mha").unwrap();
+        let mut w = Workload {
+            batch: 0,
+            prompt_len: 16,
+            gen_len: 4,
+            dtype: Dtype::F32,
+            gpu_memory_budget: 1 << 30,
+            host_memory_budget: 1 << 30,
+        };
+        assert!(w.validate(&m).unwrap_err().to_string().contains("--batch"));
+        w.batch = 1;
+        w.prompt_len = m.max_context + 1;
+        let e = w.validate(&m).unwrap_err().to_string();
+        assert!(e.contains("--prompt-len") && e.contains("context"), "{e}");
+    }
+}
