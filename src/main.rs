@@ -1,1 +1,48 @@
-fn main() {}
+//! kvpr: LLM decoding with the KV cache in host memory.
+//!
+//! The binary is thin: it parses flags, resolves them into validated inputs in
+//! one place per command, calls the library crates (`plans`, `scheduler`,
+//! `profiler`, `runtime`), and prints. Errors are printed once with their whole
+//! context chain and exit with code 2.
+
+mod cmd;
+mod fmt;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kvpr",
+    version,
+    about = "LLM decoding with the KV cache in host memory: recompute part of the context while the rest crosses the link",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Solve for the recompute/transfer split and write a plan file.
+    Plan(cmd::plan::PlanArgs),
+    /// Simulate one decode step of a plan on a hardware profile and draw both streams.
+    Simulate(cmd::simulate::SimulateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Plan(args) => cmd::plan::run(args),
+        Command::Simulate(args) => cmd::simulate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

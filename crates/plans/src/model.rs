@@ -62,161 +62,19 @@ type PresetRow = (
 /// Named presets. The full-size shapes are the published configs; the `tiny`
 /// ones keep the attention kind (MHA: `h < 2*h_kv`, GQA: `h >= 2*h_kv`) at a size
 /// that runs in milliseconds on a CPU, for tests and CPU-backend studies.
+#[rustfmt::skip]
 pub const PRESETS: &[PresetRow] = &[
-    (
-        "llama-2-7b",
-        Family::Llama,
-        32,
-        4096,
-        32,
-        32,
-        128,
-        11008,
-        32000,
-        4096,
-        1e4,
-        false,
-    ),
-    (
-        "llama-2-13b",
-        Family::Llama,
-        40,
-        5120,
-        40,
-        40,
-        128,
-        13824,
-        32000,
-        4096,
-        1e4,
-        false,
-    ),
-    (
-        "llama-3-8b",
-        Family::Llama,
-        32,
-        4096,
-        32,
-        8,
-        128,
-        14336,
-        128256,
-        8192,
-        5e5,
-        false,
-    ),
-    (
-        "opt-6.7b",
-        Family::Opt,
-        32,
-        4096,
-        32,
-        32,
-        128,
-        16384,
-        50272,
-        2048,
-        0.0,
-        true,
-    ),
-    (
-        "opt-13b",
-        Family::Opt,
-        40,
-        5120,
-        40,
-        40,
-        128,
-        20480,
-        50272,
-        2048,
-        0.0,
-        true,
-    ),
-    (
-        "opt-30b",
-        Family::Opt,
-        48,
-        7168,
-        56,
-        56,
-        128,
-        28672,
-        50272,
-        2048,
-        0.0,
-        true,
-    ),
-    (
-        "smollm2-135m",
-        Family::Llama,
-        30,
-        576,
-        9,
-        3,
-        64,
-        1536,
-        49152,
-        8192,
-        1e5,
-        true,
-    ),
-    (
-        "llama-2-7b-tiny",
-        Family::Llama,
-        8,
-        256,
-        4,
-        4,
-        64,
-        688,
-        2048,
-        4096,
-        1e4,
-        false,
-    ),
-    (
-        "llama-3-8b-tiny",
-        Family::Llama,
-        8,
-        256,
-        8,
-        2,
-        32,
-        896,
-        2048,
-        8192,
-        5e5,
-        false,
-    ),
-    (
-        "tiny-mha",
-        Family::Llama,
-        2,
-        64,
-        4,
-        4,
-        16,
-        172,
-        256,
-        512,
-        1e4,
-        false,
-    ),
-    (
-        "tiny-gqa",
-        Family::Llama,
-        2,
-        64,
-        4,
-        1,
-        16,
-        172,
-        256,
-        512,
-        1e4,
-        false,
-    ),
+    ("llama-2-7b",      Family::Llama, 32, 4096, 32, 32, 128, 11008,  32000, 4096, 1e4, false),
+    ("llama-2-13b",     Family::Llama, 40, 5120, 40, 40, 128, 13824,  32000, 4096, 1e4, false),
+    ("llama-3-8b",      Family::Llama, 32, 4096, 32,  8, 128, 14336, 128256, 8192, 5e5, false),
+    ("opt-6.7b",        Family::Opt  , 32, 4096, 32, 32, 128, 16384,  50272, 2048, 0.0, true),
+    ("opt-13b",         Family::Opt  , 40, 5120, 40, 40, 128, 20480,  50272, 2048, 0.0, true),
+    ("opt-30b",         Family::Opt  , 48, 7168, 56, 56, 128, 28672,  50272, 2048, 0.0, true),
+    ("smollm2-135m",    Family::Llama, 30,  576,  9,  3,  64,  1536,  49152, 8192, 1e5, true),
+    ("llama-2-7b-tiny", Family::Llama,  8,  256,  4,  4,  64,   688,   2048, 4096, 1e4, false),
+    ("llama-3-8b-tiny", Family::Llama,  8,  256,  8,  2,  32,   896,   2048, 8192, 5e5, false),
+    ("tiny-mha",        Family::Llama,  2,   64,  4,  4,  16,   172,    256,  512, 1e4, false),
+    ("tiny-gqa",        Family::Llama,  2,   64,  4,  1,  16,   172,    256,  512, 1e4, false),
 ];
 
 impl ModelSpec {
@@ -384,8 +242,7 @@ impl ModelSpec {
             .unwrap_or(n_heads);
         let head_dim = match cfg.get("head_dim").and_then(|v| v.as_u64()) {
             Some(d) => d as usize,
-            None if n_heads > 0 => hidden_size / n_heads,
-            None => 0,
+            None => hidden_size.checked_div(n_heads).unwrap_or(0),
         };
         let intermediate_size = match family {
             Family::Llama => need("intermediate_size")?,
@@ -465,11 +322,7 @@ impl ModelSpec {
         let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
         let head_dim = int("attention.key_length")
             .or_else(|_| int("rope.dimension_count"))
-            .unwrap_or(if n_heads > 0 {
-                hidden_size / n_heads
-            } else {
-                0
-            });
+            .unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
         let vocab_size = match md
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.to_vec().ok())
@@ -536,7 +389,7 @@ impl ModelSpec {
                 return Err(PlansError::invalid(path, field, "must be positive"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(PlansError::invalid(
                 path,
                 "num_key_value_heads",

@@ -1,0 +1,355 @@
+//! The cost model of one decode step: per-layer transfer, recompute, attention
+//! and dense times from the hardware profile, and the step they add up to.
+//!
+//! Times are seconds here (µs only in the plan). Per layer, with `b` batch, `s`
+//! tokens cached, `h` hidden size, `h_kv` K/V width, `p` bytes per element, and
+//! the context split into resident `[0, g)`, recomputed `[g, g+l)` and
+//! transferred `[g+l, s)`, the activations sent in `c` chunks:
+//!
+//! - `t_x = c * tl(b * (l/c) * h * p)`: the activation chunks over the link;
+//! - `t_kv = tl(b * (s-g-l) * 2 * h_kv * p)`: the transferred K/V;
+//! - `r`: recomputing one chunk (two GEMMs of `b*l/c` rows, RoPE on K, 3 launches);
+//! - `kv_ready = max(t_x + t_kv, t_x/c + c*r, t_x + r)`: the layer's K/V are all
+//!   on the GPU (chunk `i` of `X` lands at `(i+1) * t_x/c`, recomputation of
+//!   chunk `i` starts when it has landed and the previous chunk is done; the
+//!   chain's finish is linear in `i`, so one of its ends is the latest);
+//! - `compute_busy = c*r + t_attn + t_dense`: the compute stream's work per layer;
+//! - `period P = max(kv_ready, compute_busy)`.
+//!
+//! **Why a step is about the sum over layers of `max(I/O, compute)`**: the
+//! runtime issues layer `i+1`'s copies when layer `i`'s K/V are ready, so layer
+//! `i+1`'s transfers overlap layer `i`'s attention and MLP. Starting the copies
+//! of layer `i+1` at the time `K_i` layer `i` became ready, its K/V are ready at
+//! `K_{i+1} = K_i + P`: the copies take `kv_ready`, and its recomputation cannot
+//! start before layer `i`'s attention and MLP (`t_attn + t_dense` after `K_i`)
+//! are done, which is the `compute_busy` term. The first layer's copies start at
+//! time 0 with the compute stream idle, so it costs `kv_ready`, not `P`, and the
+//! last layer's attention and MLP follow its K/V:
+//!
+//! `step = kv_ready + (L-1) * P + t_attn + t_dense`.
+//!
+//! (`L*P + t_attn + t_dense` overcounts the first layer by `P - kv_ready` when
+//! compute-bound; the form above is what the two-stream simulator, `sim`, gives
+//! exactly, for every chunk count.)
+
+use plans::{BandwidthCurve, HardwareProfile, ModelSpec, Schedule, Workload};
+
+use crate::curves::{link_breakpoints, RowsCurve};
+use crate::error::human_bytes;
+use crate::SchedError;
+
+/// The cost of one decode step at one split; times in seconds, bytes per layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCost {
+    /// Activation chunks over the link, one layer, s: `c * tl(b*(l/c)*h*p)`.
+    pub t_x: f64,
+    /// Transferred K/V over the link, one layer, s: `tl(b*(s-g-l)*2*h_kv*p)`.
+    pub t_kv: f64,
+    /// Recomputing one chunk, s: `2 * gemm(b*l/c rows, h_kv, h) + b*(l/c)*h_kv*p*2 / mem_bw + 3 * launch` (0 if `l = 0`).
+    pub r: f64,
+    /// Decode attention of one layer, s: `b*(s+1)*2*h_kv*p / mem_bw + launch`.
+    pub t_attn: f64,
+    /// The layer's dense part (projections and MLP), s: `max(2*b*params/F(b), params*p/mem_bw) + 8 * launch`.
+    pub t_dense: f64,
+    /// One layer, from the start of its copies until all its K/V are on the GPU, s.
+    pub kv_ready: f64,
+    /// The compute stream's work for one layer, s: `c*r + t_attn + t_dense`.
+    pub compute_busy: f64,
+    /// Per-layer period in the pipeline, s: `max(kv_ready, compute_busy)`.
+    pub period: f64,
+    /// A whole decode step, s: `kv_ready + (L-1)*period + t_attn + t_dense`.
+    pub step: f64,
+    /// Activation bytes over the link, one layer: `b*l*h*p`.
+    pub io_bytes_x: f64,
+    /// K/V bytes over the link, one layer: `b*(s-g-l)*2*h_kv*p`.
+    pub io_bytes_kv: f64,
+}
+
+/// The cost model of one model on one profile for one workload, built once.
+#[derive(Clone, Debug)]
+pub struct CostModel {
+    /// `L`: decoder layers.
+    n_layers: usize,
+    /// `b`: sequences decoded together.
+    batch: f64,
+    /// `h`: hidden size (activation width).
+    h: f64,
+    /// `h_kv`: K (and V) width per token.
+    h_kv: f64,
+    /// Width of Q and of the attention output.
+    q_dim: f64,
+    /// `p`: bytes per element.
+    p: f64,
+    /// Parameters of one layer's matrices.
+    layer_params: f64,
+    /// Host-to-device pinned link.
+    link: BandwidthCurve,
+    /// GEMM time of the K/V projections, `(n, k) = (h_kv, h)`.
+    rec_gemm: RowsCurve,
+    /// Device memory bandwidth, bytes/s.
+    mem_bw: f64,
+    /// One kernel launch, s.
+    launch: f64,
+    /// Highest GEMM throughput on the profile for the dtype, FLOP/s.
+    peak_flops: f64,
+    /// `t_dense` (independent of the context), s.
+    t_dense: f64,
+    staging_bytes: u64,
+    resident_bytes_per_token: u64,
+    max_resident: usize,
+    saves_bytes: bool,
+}
+
+/// Device memory for the staging buffers, bytes: 2 layers in flight, each with
+/// room for a whole context of K/V and activations,
+/// `2 * (b*S*2*h_kv*p + b*S*h*p)` with `S = workload.max_context_len()`.
+pub fn staging_bytes(model: &ModelSpec, workload: &Workload) -> u64 {
+    let (b, s, p) = (
+        workload.batch as u64,
+        workload.max_context_len() as u64,
+        workload.dtype.bytes() as u64,
+    );
+    let (h, h_kv) = (model.hidden_size as u64, model.kv_dim() as u64);
+    let per_token = (2 * h_kv * p).saturating_add(h * p);
+    b.saturating_mul(s)
+        .saturating_mul(per_token)
+        .saturating_mul(2)
+}
+
+impl CostModel {
+    /// Reads the curves the model needs for this workload's dtype and checks the
+    /// GPU budget holds the staging buffers. The model's own maximum context is
+    /// not checked here (`make_plan` does, through `Workload::validate`), so
+    /// studies may evaluate longer contexts.
+    pub fn new(
+        model: &ModelSpec,
+        hw: &HardwareProfile,
+        workload: &Workload,
+    ) -> Result<Self, SchedError> {
+        if workload.batch == 0 {
+            return Err(SchedError::Invalid {
+                flag: "--batch".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let dtype = workload.dtype;
+        let (h, h_kv) = (model.hidden_size, model.kv_dim());
+        let no_points = || SchedError::NoGemmPoints {
+            dtype,
+            profile: hw.name.clone(),
+            available: {
+                let d: Vec<&str> = hw.gemm.dtypes().iter().map(|d| d.name()).collect();
+                if d.is_empty() {
+                    "no dtype".into()
+                } else {
+                    d.join(", ")
+                }
+            },
+        };
+        let rec_gemm = RowsCurve::new(&hw.gemm.rows_curve(dtype, h_kv as u64, h as u64), h_kv, h)
+            .ok_or_else(no_points)?;
+        let dense_gemm = RowsCurve::new(&hw.gemm.rows_curve(dtype, h as u64, h as u64), h, h)
+            .ok_or_else(no_points)?;
+        let peak_tflops = hw
+            .gemm
+            .points
+            .iter()
+            .filter(|pt| pt.dtype == dtype && pt.tflops.is_finite())
+            .map(|pt| pt.tflops)
+            .fold(0.0, f64::max);
+        let mem_bw = hw.attention_gbps.value * 1e9;
+        if !(mem_bw.is_finite() && mem_bw > 0.0) || hw.link.h2d_pinned.points.is_empty() {
+            return Err(SchedError::Invalid {
+                flag: format!("hardware profile {:?}", hw.name),
+                reason: "attention_gbps must be positive and link.h2d_pinned must have points; \
+                         re-run `kvpr calibrate`"
+                    .into(),
+            });
+        }
+        let launch = (hw.launch_overhead_us.value * 1e-6).max(0.0);
+        let b = workload.batch as f64;
+        let p = workload.dtype.bytes() as f64;
+        let layer_params = model.layer_params() as f64;
+        let hf = h as f64;
+        // 2*b*params / F(b) with F(b) = 2*b*h*h / gemm(b rows, h, h): params/(h*h) GEMMs' worth.
+        let gemm_bound = layer_params / (hf * hf) * dense_gemm.seconds(b);
+        let t_dense = gemm_bound.max(layer_params * p / mem_bw) + 8.0 * launch;
+
+        let staging = staging_bytes(model, workload);
+        let resident_bytes_per_token = (model.n_layers as u64)
+            .saturating_mul(workload.batch as u64)
+            .saturating_mul((2 * h_kv * workload.dtype.bytes()) as u64);
+        let budget = workload.gpu_memory_budget;
+        if budget < staging {
+            return Err(SchedError::GpuBudget {
+                budget: human_bytes(budget),
+                batch: workload.batch,
+                context: workload.max_context_len(),
+                staging: human_bytes(staging),
+            });
+        }
+        let max_resident =
+            ((budget - staging) / resident_bytes_per_token.max(1)).min(usize::MAX as u64) as usize;
+        Ok(CostModel {
+            n_layers: model.n_layers,
+            batch: b,
+            h: hf,
+            h_kv: h_kv as f64,
+            q_dim: model.q_dim() as f64,
+            p,
+            layer_params,
+            link: hw.link.h2d_pinned.clone(),
+            rec_gemm,
+            mem_bw,
+            launch,
+            peak_flops: peak_tflops * 1e12,
+            t_dense,
+            staging_bytes: staging,
+            resident_bytes_per_token,
+            max_resident,
+            saves_bytes: model.recompute_saves_bytes(),
+        })
+    }
+
+    /// `L`: decoder layers.
+    pub fn n_layers(&self) -> usize {
+        self.n_layers
+    }
+
+    /// Whether recomputation can save link bytes (`h < 2*h_kv`).
+    pub fn recompute_saves_bytes(&self) -> bool {
+        self.saves_bytes
+    }
+
+    /// `G`: resident tokens that fit the GPU budget after the staging buffers:
+    /// `(budget - staging) / (L*b*2*h_kv*p)`.
+    pub fn max_resident_tokens(&self) -> usize {
+        self.max_resident
+    }
+
+    /// `g = min(s, G)`: resident tokens at context `s`.
+    pub fn resident_tokens(&self, s: usize) -> usize {
+        s.min(self.max_resident)
+    }
+
+    /// Staging buffers, bytes (see [`staging_bytes`]).
+    pub fn staging_bytes(&self) -> u64 {
+        self.staging_bytes
+    }
+
+    /// Device bytes per resident token, all layers: `L*b*2*h_kv*p`.
+    pub fn resident_bytes_per_token(&self) -> u64 {
+        self.resident_bytes_per_token
+    }
+
+    /// Host bytes per stored activation position, all layers: `L*b*h*p`.
+    pub fn activation_bytes_per_token(&self) -> u64 {
+        (self.n_layers as f64 * self.batch * self.h * self.p) as u64
+    }
+
+    /// Host bytes per stored K/V position, all layers: `L*b*2*h_kv*p`.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        self.resident_bytes_per_token
+    }
+
+    /// Link time of `bytes`, s (the profile's pinned host-to-device curve).
+    pub(crate) fn tl(&self, bytes: f64) -> f64 {
+        self.link.seconds(bytes)
+    }
+
+    /// I/O floor of a step, s: the bytes that must cross the link at the least,
+    /// `L * tl(b*(s-g)*min(h, 2*h_kv)*p)`.
+    pub fn io_floor(&self, s: usize, g: usize) -> f64 {
+        let n = s.saturating_sub(g) as f64;
+        let width = self.h.min(2.0 * self.h_kv);
+        self.n_layers as f64 * self.tl(self.batch * n * width * self.p)
+    }
+
+    /// Compute floor of a step, s: `L * (2*b*params + 4*b*(s+1)*q_dim) / F_peak`
+    /// (weights' FLOPs plus attention FLOPs over the best measured throughput).
+    pub fn compute_floor(&self, s: usize) -> f64 {
+        let flops =
+            2.0 * self.batch * self.layer_params + 4.0 * self.batch * (s as f64 + 1.0) * self.q_dim;
+        self.n_layers as f64 * flops / self.peak_flops
+    }
+
+    /// Decode attention of one layer at context `s`, s: `b*(s+1)*2*h_kv*p / mem_bw + launch`.
+    pub(crate) fn t_attn(&self, s: f64) -> f64 {
+        self.batch * (s + 1.0) * 2.0 * self.h_kv * self.p / self.mem_bw + self.launch
+    }
+
+    /// The layer's dense part, s (see [`StepCost::t_dense`]).
+    pub(crate) fn t_dense(&self) -> f64 {
+        self.t_dense
+    }
+
+    /// `t_x`, `t_kv` and `r` at real-valued `l` (with `n = s - g` non-resident
+    /// tokens), without the `l = 0` special case: `r` keeps its launches at
+    /// `l = 0`, which is the linear extension the LP needs. Seconds.
+    pub(crate) fn raw_terms(&self, n: f64, l: f64, c: f64) -> (f64, f64, f64) {
+        let (b, h, h_kv, p) = (self.batch, self.h, self.h_kv, self.p);
+        let per_chunk = l / c;
+        let t_x = c * self.tl(b * per_chunk * h * p);
+        let t_kv = self.tl(b * (n - l).max(0.0) * 2.0 * h_kv * p);
+        let rows = b * per_chunk;
+        let rope = rows * h_kv * p * 2.0 / self.mem_bw;
+        let r = 2.0 * self.rec_gemm.seconds(rows) + rope + 3.0 * self.launch;
+        (t_x, t_kv, r)
+    }
+
+    /// The values of `l` in `(0, n)` where one of `t_x`, `t_kv`, `r` changes
+    /// slope (the curves' points mapped to `l` for `c` chunks), unsorted.
+    pub(crate) fn breakpoints(&self, n: f64, c: f64) -> Vec<f64> {
+        let (b, h, h_kv, p) = (self.batch, self.h, self.h_kv, self.p);
+        let mut v: Vec<f64> = Vec::new();
+        for bytes in link_breakpoints(&self.link) {
+            v.push(bytes * c / (b * h * p)); // X chunk bytes b*(l/c)*h*p
+            v.push(n - bytes / (b * 2.0 * h_kv * p)); // K/V bytes b*(n-l)*2*h_kv*p
+        }
+        v.extend(self.rec_gemm.breakpoints().map(|m| m * c / b)); // rows b*l/c
+        v.retain(|&x| x > 0.0 && x < n);
+        v
+    }
+
+    /// The cost of a decode step at context `s` with `g` resident and `l`
+    /// recomputed tokens in `c` chunks under `schedule`. Out-of-range inputs
+    /// are clamped: `g <= s`, `l <= s - g`, `c >= 1`; `transfer` forces `l = 0`,
+    /// `paper` forces `c = 1`.
+    pub fn step(&self, s: usize, g: usize, l: usize, c: usize, schedule: Schedule) -> StepCost {
+        let g = g.min(s);
+        let (l, c) = match schedule {
+            Schedule::Transfer => (0, 1),
+            Schedule::Paper => (l.min(s - g), 1),
+            Schedule::Chunked => (l.min(s - g), c.max(1)),
+        };
+        self.step_real(s as f64, (s - g) as f64, l as f64, c as f64)
+    }
+
+    /// [`CostModel::step`] on real numbers: context `s`, `n = s - g`
+    /// non-resident tokens, `l` recomputed, `c` chunks (already valid).
+    pub(crate) fn step_real(&self, s: f64, n: f64, l: f64, c: f64) -> StepCost {
+        let (mut t_x, t_kv, mut r) = self.raw_terms(n, l, c);
+        if l <= 0.0 {
+            t_x = 0.0;
+            r = 0.0;
+        }
+        let kv_ready = (t_x + t_kv).max(t_x / c + c * r).max(t_x + r);
+        let t_attn = self.t_attn(s);
+        let compute_busy = c * r + t_attn + self.t_dense;
+        let period = kv_ready.max(compute_busy);
+        let step = kv_ready + (self.n_layers as f64 - 1.0) * period + t_attn + self.t_dense;
+        StepCost {
+            t_x,
+            t_kv,
+            r,
+            t_attn,
+            t_dense: self.t_dense,
+            kv_ready,
+            compute_busy,
+            period,
+            step,
+            io_bytes_x: self.batch * l * self.h * self.p,
+            io_bytes_kv: self.batch * (n - l).max(0.0) * 2.0 * self.h_kv * self.p,
+        }
+    }
+}

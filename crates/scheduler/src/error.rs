@@ -1,0 +1,88 @@
+//! The one error type of the scheduler: every variant names the flag or field
+//! the user can change.
+
+use plans::{Dtype, PlansError, Schedule};
+
+/// Everything that can stop the scheduler from making a plan or a timeline.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    /// The workload itself is invalid (zero batch, prompt longer than the model's context, ...).
+    #[error(transparent)]
+    Workload(#[from] PlansError),
+
+    /// A user-facing number is out of range; `flag` is what to change.
+    #[error("{flag}: {reason}")]
+    Invalid { flag: String, reason: String },
+
+    /// The profile has no GEMM measurement for the run's element type.
+    #[error(
+        "hardware profile {profile:?} has no GEMM points for dtype {dtype}: it was measured \
+         for {available}; pass --dtype with one of those, or re-calibrate with `kvpr calibrate` \
+         for {dtype}",
+        dtype = .dtype.name()
+    )]
+    NoGemmPoints {
+        dtype: Dtype,
+        profile: String,
+        available: String,
+    },
+
+    /// The GPU budget does not even hold the staging buffers of the layers in flight.
+    #[error(
+        "--gpu-memory-budget {budget} is too small for batch {batch} at context {context}: \
+         staging needs {staging}; raise the budget or lower --batch"
+    )]
+    GpuBudget {
+        budget: String,
+        batch: usize,
+        context: usize,
+        staging: String,
+    },
+
+    /// The stored activations and K/V do not fit the host budget.
+    #[error(
+        "--host-memory-budget {budget} is too small: the plan stores {needed} in host memory \
+         (activations for recomputed positions, K/V for transferred ones); raise the budget, \
+         lower --batch or shorten --gen-len"
+    )]
+    HostBudget { needed: String, budget: String },
+
+    /// A forced split that cannot be honoured with the chosen schedule.
+    #[error("forced split: {0}")]
+    Forced(String),
+
+    /// The simulator was asked for a context the plan does not cover.
+    #[error(
+        "context length {context} is not covered by the plan: it covers {from} ..= {to}; \
+         pick a context in that range or make a plan for a longer generation"
+    )]
+    NotCovered {
+        context: usize,
+        from: usize,
+        to: usize,
+    },
+
+    /// The linear program failed (should not happen: every interval's LP is feasible and bounded).
+    #[error("LP solver failed for the {schedule} schedule at context {context}: {reason}", schedule = .schedule.name())]
+    Solver {
+        schedule: Schedule,
+        context: usize,
+        reason: String,
+    },
+}
+
+/// Bytes in human units (binary prefixes), for messages.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[i])
+    }
+}

@@ -1,0 +1,327 @@
+//! Example-based tests of the cost model, plan generation, bad input and the
+//! simulator on the shipped profiles and presets.
+
+use std::path::Path;
+
+use plans::{Dtype, ModelSpec, Schedule};
+
+use crate::testutil::{check_streams, forced, hw_id, model, profile, request, shipped, workload};
+use crate::{make_plan, simulate, CostModel, SchedError, ScheduleChoice, Solver};
+
+fn preset(name: &str) -> ModelSpec {
+    ModelSpec::preset(name).unwrap()
+}
+
+#[test]
+fn gqa_recomputes_nothing_and_says_why() {
+    let hw = shipped("a100-pcie4");
+    for name in ["smollm2-135m", "llama-3-8b"] {
+        let m = preset(name);
+        let w = workload(&m, 8, 4096, 64, Dtype::F16, 0);
+        for choice in [
+            ScheduleChoice::Auto,
+            ScheduleChoice::Fixed(Schedule::Paper),
+            ScheduleChoice::Fixed(Schedule::Chunked),
+        ] {
+            let plan =
+                make_plan(&m, &hw, hw_id(&hw), &w, &request(choice, 16, Solver::Lp)).unwrap();
+            assert!(plan.steps.iter().all(|s| s.recompute_tokens == 0), "{name}");
+            assert!(!plan.summary.recompute_saves_bytes);
+            assert!(
+                plan.notes[0].contains(name) && plan.notes[0].contains("grouped-query"),
+                "{:?}",
+                plan.notes
+            );
+        }
+    }
+    let m = preset("smollm2-135m");
+    let w = workload(&m, 8, 4096, 1, Dtype::F16, 0);
+    let plan = make_plan(
+        &m,
+        &hw,
+        hw_id(&hw),
+        &w,
+        &request(ScheduleChoice::Auto, 16, Solver::Lp),
+    )
+    .unwrap();
+    assert_eq!(
+        plan.schedule,
+        Schedule::Transfer,
+        "ties go to the simpler schedule"
+    );
+    assert!(
+        plan.notes[0].contains("h = 576 >= 2*h_kv = 384"),
+        "{}",
+        plan.notes[0]
+    );
+}
+
+#[test]
+fn mha_recomputes_part_of_the_context_on_a100() {
+    let hw = shipped("a100-pcie4");
+    // Llama-2-7B through a whole plan at its maximum context.
+    let m = preset("llama-2-7b");
+    let w = workload(&m, 8, 4096, 1, Dtype::F16, 0);
+    let plan = make_plan(
+        &m,
+        &hw,
+        hw_id(&hw),
+        &w,
+        &request(ScheduleChoice::Auto, 16, Solver::Lp),
+    )
+    .unwrap();
+    let st = plan.steps[0];
+    assert!(
+        st.recompute_tokens > 0 && st.recompute_tokens < 4096,
+        "{st:?}"
+    );
+    assert!(plan.summary.speedup_vs_transfer > 1.0 && plan.summary.recompute_saves_bytes);
+    plan.validate(Path::new("plan.json")).unwrap();
+    // OPT-6.7B's trained context is 2048, so ask the cost model at 4096 directly.
+    let m = preset("opt-6.7b");
+    let cm = CostModel::new(&m, &hw, &workload(&m, 8, 4096, 1, Dtype::F16, 0)).unwrap();
+    for sch in [Schedule::Paper, Schedule::Chunked] {
+        let sp = cm.best_split(4096, 0, sch, 16, Solver::Lp).unwrap();
+        assert!(sp.recompute > 0 && sp.recompute < 4096, "{sp:?}");
+    }
+}
+
+#[test]
+fn plan_round_trips_through_json() {
+    let hw = shipped("h100-pcie5");
+    let m = preset("llama-2-7b");
+    let w = workload(&m, 4, 1000, 100, Dtype::Bf16, 300);
+    let plan = make_plan(
+        &m,
+        &hw,
+        hw_id(&hw),
+        &w,
+        &request(ScheduleChoice::Auto, 16, Solver::Lp),
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("kvpr-sched-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("plan.json");
+    plan.save(&path).unwrap();
+    // serde_json may round the last bit of an f64 on the way back: compare
+    // the integers exactly and the predictions to 1e-12.
+    let back = plans::Plan::load(&path).unwrap();
+    assert_eq!(back.steps.len(), plan.steps.len());
+    for (a, b) in back.steps.iter().zip(&plan.steps) {
+        assert_eq!(
+            (
+                a.resident_tokens,
+                a.recompute_tokens,
+                a.transfer_tokens,
+                a.chunks
+            ),
+            (
+                b.resident_tokens,
+                b.recompute_tokens,
+                b.transfer_tokens,
+                b.chunks
+            )
+        );
+        assert!((a.step_us / b.step_us - 1.0).abs() < 1e-12);
+    }
+    assert_eq!(back.notes, plan.notes);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(plan.steps[0].context_len_from, 1000);
+    assert_eq!(plan.steps[0].context_len_to, 1007);
+    assert!(plan.steps.iter().all(|s| s.resident_tokens == 300));
+    let per_token = (32 * 4 * 2 * 4096 * 2) as u64;
+    assert_eq!(
+        plan.summary.gpu_memory_bytes,
+        crate::staging_bytes(&m, &w) + 300 * per_token
+    );
+}
+
+fn err_text(r: Result<plans::Plan, SchedError>) -> String {
+    r.unwrap_err().to_string()
+}
+
+#[test]
+fn bad_input_names_the_flag() {
+    let hw = shipped("a100-pcie4");
+    let m = preset("llama-2-7b");
+    let req = request(ScheduleChoice::Auto, 16, Solver::Lp);
+    let plan =
+        |w: &plans::Workload, req: &crate::PlanRequest| make_plan(&m, &hw, hw_id(&hw), w, req);
+
+    let mut w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
+    w.batch = 0;
+    assert!(err_text(plan(&w, &req)).contains("--batch"));
+
+    let w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
+    let e = err_text(plan(&w, &request(ScheduleChoice::Auto, 0, Solver::Lp)));
+    assert!(e.contains("--block-tokens"), "{e}");
+
+    let w = workload(&m, 1, 5000, 16, Dtype::F16, 0);
+    let e = err_text(plan(&w, &req));
+    assert!(e.contains("--prompt-len") && e.contains("4096"), "{e}");
+
+    let mut w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
+    w.gpu_memory_budget -= 1;
+    let e = err_text(plan(&w, &req));
+    assert!(
+        e.contains("--gpu-memory-budget")
+            && e.contains("batch 8")
+            && e.contains("staging needs")
+            && e.contains("MiB")
+            && e.contains("--batch"),
+        "{e}"
+    );
+
+    let mut w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
+    w.host_memory_budget = 1 << 30;
+    let e = err_text(plan(&w, &req));
+    assert!(
+        e.contains("--host-memory-budget") && e.contains("1.00 GiB"),
+        "{e}"
+    );
+
+    let w = workload(&m, 8, 1024, 16, Dtype::F32, 0);
+    let e = err_text(plan(&w, &req));
+    assert!(
+        e.contains("f32") && e.contains("a100-pcie4") && e.contains("--dtype"),
+        "{e}"
+    );
+
+    let w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
+    let e = err_text(plan(&w, &forced(1.5, None, None)));
+    assert!(e.contains("recompute_fraction"), "{e}");
+    let mut req = forced(0.5, None, Some(4));
+    req.schedule = ScheduleChoice::Fixed(Schedule::Paper);
+    assert!(err_text(plan(&w, &req)).contains("chunked"));
+}
+
+#[test]
+fn forced_splits_are_block_aligned() {
+    let hw = shipped("a100-pcie4");
+    let m = preset("llama-2-7b-tiny");
+    for (frac, resident, chunks) in [
+        (0.25, Some(0), None),
+        (0.5, Some(0), Some(3)),
+        (1.0, Some(0), None),
+        (0.5, Some(32), Some(2)),
+        (1.0, Some(48), Some(4)),
+    ] {
+        let w = workload(&m, 2, 100, 60, Dtype::F16, 48);
+        let plan = make_plan(&m, &hw, hw_id(&hw), &w, &forced(frac, resident, chunks)).unwrap();
+        plan.validate(Path::new("p.json")).unwrap();
+        for st in &plan.steps {
+            let n = st.context_len_to - st.resident_tokens;
+            assert_eq!(st.resident_tokens, resident.unwrap_or(0));
+            if frac == 1.0 {
+                assert_eq!(st.recompute_tokens, n);
+            } else {
+                assert_eq!(st.recompute_tokens % 16, 0, "{st:?}");
+                assert!(
+                    (st.recompute_tokens as f64 - frac * n as f64).abs() <= 8.0,
+                    "{st:?}"
+                );
+            }
+            assert_eq!(st.chunks, chunks.unwrap_or(1));
+        }
+        let want = if chunks.unwrap_or(1) > 1 {
+            Schedule::Chunked
+        } else {
+            Schedule::Paper
+        };
+        assert_eq!(plan.schedule, want);
+    }
+    // Forced splits bypass the GQA rule.
+    let m = preset("tiny-gqa");
+    let w = workload(&m, 1, 64, 8, Dtype::F16, 0);
+    let plan = make_plan(&m, &hw, hw_id(&hw), &w, &forced(0.5, None, None)).unwrap();
+    assert!(plan.steps.iter().all(|s| s.recompute_tokens == 32));
+    assert!(plan.notes.iter().any(|n| n.contains("forced")));
+}
+
+/// With the paper schedule, no resident prefix, constant bandwidth `B` and
+/// throughput `F`, no launch cost and a huge memory bandwidth, the best share
+/// balances `t_rec` against `t_kv`: `l/s -> r/(1+r)`, `r = p*F/(2*h*B)`.
+#[test]
+fn recompute_share_follows_the_rate_ratio() {
+    let m = preset("llama-2-7b");
+    let (p, h, b_gbps) = (2.0, 4096.0, 32.0);
+    for r in [0.1, 0.5, 1.0, 3.0] {
+        let tflops = r * 2.0 * h * b_gbps * 1e9 / p / 1e12;
+        let hw = profile(
+            &[(1 << 20, b_gbps)],
+            &[(16384, tflops)],
+            Dtype::F16,
+            1e9,
+            0.0,
+        );
+        let s = 16384;
+        let cm = CostModel::new(&m, &hw, &workload(&m, 1, s, 1, Dtype::F16, 0)).unwrap();
+        let sp = cm.best_split(s, 0, Schedule::Paper, 1, Solver::Lp).unwrap();
+        let share = sp.recompute as f64 / s as f64;
+        let want = r / (1.0 + r);
+        assert!(
+            (share / want - 1.0).abs() < 0.03,
+            "r = {r}: share {share}, want {want}"
+        );
+    }
+}
+
+#[test]
+fn simulator_matches_one_layer_exactly() {
+    let hw = shipped("a100-pcie4");
+    for (ctx, fixed) in [
+        (512, Schedule::Paper),
+        (3000, Schedule::Paper),
+        (3000, Schedule::Transfer),
+    ] {
+        let m = model(1, 32, 32, 128);
+        let w = workload(&m, 8, ctx, 40, Dtype::F16, 0);
+        let plan = make_plan(
+            &m,
+            &hw,
+            hw_id(&hw),
+            &w,
+            &request(ScheduleChoice::Fixed(fixed), 16, Solver::Lp),
+        )
+        .unwrap();
+        for c in [ctx, ctx + 17, ctx + 39] {
+            let tl = simulate(&plan, &hw, c).unwrap();
+            check_streams(&tl, 1);
+            let rel = (tl.simulated_step_us / tl.predicted_step_us - 1.0).abs();
+            assert!(rel < 1e-6, "{rel}");
+        }
+        let st = plan.step_for(ctx + 15).unwrap();
+        let tl = simulate(&plan, &hw, st.context_len_to).unwrap();
+        assert!((tl.predicted_step_us - st.step_us).abs() < 1e-6 * st.step_us);
+    }
+}
+
+#[test]
+fn simulator_refuses_uncovered_contexts() {
+    let hw = shipped("a100-pcie4");
+    let m = preset("llama-2-7b-tiny");
+    let w = workload(&m, 1, 100, 10, Dtype::F16, 0);
+    let plan = make_plan(
+        &m,
+        &hw,
+        hw_id(&hw),
+        &w,
+        &request(ScheduleChoice::Auto, 16, Solver::Lp),
+    )
+    .unwrap();
+    let e = simulate(&plan, &hw, 200).unwrap_err().to_string();
+    assert!(e.contains("200") && e.contains("100 ..= 109"), "{e}");
+}
+
+#[test]
+fn simulator_has_every_op() {
+    let hw = shipped("a100-pcie4");
+    let m = preset("llama-2-7b");
+    let w = workload(&m, 16, 2048, 1, Dtype::F16, 0);
+    let plan = make_plan(&m, &hw, hw_id(&hw), &w, &forced(0.5, Some(0), Some(4))).unwrap();
+    let tl = simulate(&plan, &hw, 2048).unwrap();
+    assert_eq!(tl.ops.len(), 32 * (4 + 1 + 4 + 2));
+    check_streams(&tl, 32);
+    assert!((tl.simulated_step_us / tl.predicted_step_us - 1.0).abs() < 1e-9);
+    assert!(tl.copy_busy_us <= tl.simulated_step_us && tl.compute_busy_us <= tl.simulated_step_us);
+}

@@ -1,0 +1,223 @@
+//! `kvpr plan`: model + hardware profile + workload -> plan file.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use plans::{parse_bytes, DeviceKind, Dtype, ModelSpec, Plan, Schedule, Workload};
+use scheduler::{PlanRequest, ScheduleChoice, Solver};
+
+use crate::fmt;
+
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    /// Model: a .gguf file, a Hugging Face directory (config.json), or a preset (`preset:llama-2-7b`).
+    #[arg(long)]
+    pub model: String,
+    /// Hardware profile (`kvpr.hardware/v1`), e.g. from `kvpr calibrate` or plans/hardware/.
+    #[arg(long)]
+    pub hardware: PathBuf,
+    #[arg(long)]
+    pub batch: usize,
+    /// Prompt length in tokens (every sequence of the batch).
+    #[arg(long)]
+    pub prompt_len: usize,
+    /// Tokens to generate.
+    #[arg(long)]
+    pub gen_len: usize,
+    /// auto picks the fastest of transfer, paper and chunked.
+    #[arg(long, default_value = "auto")]
+    pub schedule: String,
+    /// Split points are multiples of this many tokens.
+    #[arg(long, default_value_t = 16)]
+    pub block_tokens: usize,
+    /// Device memory for K/V (resident prefix + staging), weights not counted.
+    #[arg(long, default_value = "4GiB")]
+    pub gpu_memory_budget: String,
+    /// Host memory for the stored activations and K/V.
+    #[arg(long, default_value = "64GiB")]
+    pub host_memory_budget: String,
+    /// Element type at run time; default f16 on a CUDA profile, f32 on a CPU profile.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Solver: lp (default) or exhaustive (the checker).
+    #[arg(long, default_value = "lp", hide = true)]
+    pub solver: String,
+    /// Where to write the plan (default: plan.json unless --json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the plan to stdout (the summary goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
+    let model = ModelSpec::resolve(&args.model).context("reading --model")?;
+    let (hw, hw_id) = super::load_profile(&args.hardware)?;
+    let schedule = match args.schedule.as_str() {
+        "auto" => ScheduleChoice::Auto,
+        s => ScheduleChoice::Fixed(
+            s.parse::<Schedule>()
+                .map_err(|e| anyhow::anyhow!("--schedule: {e} or auto"))?,
+        ),
+    };
+    let solver = match args.solver.as_str() {
+        "lp" => Solver::Lp,
+        "exhaustive" => Solver::Exhaustive,
+        s => bail!("--solver: unknown solver {s:?}; use lp or exhaustive"),
+    };
+    let dtype = match &args.dtype {
+        Some(d) => d
+            .parse::<Dtype>()
+            .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+        None if hw.device.kind == DeviceKind::Cpu => Dtype::F32,
+        None => Dtype::F16,
+    };
+    let workload = Workload {
+        batch: args.batch,
+        prompt_len: args.prompt_len,
+        gen_len: args.gen_len,
+        dtype,
+        gpu_memory_budget: parse_bytes(&args.gpu_memory_budget)
+            .map_err(|e| anyhow::anyhow!("--gpu-memory-budget: {e}"))?,
+        host_memory_budget: parse_bytes(&args.host_memory_budget)
+            .map_err(|e| anyhow::anyhow!("--host-memory-budget: {e}"))?,
+    };
+    let request = PlanRequest {
+        schedule,
+        block_tokens: args.block_tokens,
+        solver,
+        forced: None,
+    };
+    let plan = scheduler::make_plan(&model, &hw, hw_id, &workload, &request)?;
+    if workload.max_context_len() > model.max_context {
+        eprintln!(
+            "warning: decode reaches context {} but {} was trained for {} tokens; the plan is valid for the shape, the text past that point may degrade",
+            workload.max_context_len(),
+            model.name,
+            model.max_context
+        );
+    }
+    let summary = summary_text(&plan);
+    if args.json {
+        println!("{}", plan.to_json());
+        eprint!("{summary}");
+    } else {
+        print!("{summary}");
+    }
+    let out = match (&args.out, args.json) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(PathBuf::from("plan.json")),
+        (None, true) => None,
+    };
+    if let Some(out) = out {
+        plan.save(&out)
+            .with_context(|| format!("writing --out {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// The human summary: a compact table of the split, predictions, memory, notes.
+pub fn summary_text(plan: &Plan) -> String {
+    let w = &plan.workload;
+    let m = &plan.model;
+    let s = &plan.summary;
+    let mut out = format!(
+        "plan: {} on {} | batch {} | prompt {} + gen {} | {} | schedule {} | block {}\n\n",
+        m.name,
+        plan.hardware.name,
+        w.batch,
+        w.prompt_len,
+        w.gen_len,
+        w.dtype.name(),
+        plan.schedule.name(),
+        plan.block_tokens
+    );
+    // At most 8 rows: the first, the last, and evenly spaced ones between.
+    let n = plan.steps.len();
+    let picks: Vec<usize> = if n <= 8 {
+        (0..n).collect()
+    } else {
+        let mut v: Vec<usize> = (0..8).map(|i| i * (n - 1) / 7).collect();
+        v.dedup();
+        v
+    };
+    let rows: Vec<Vec<String>> = picks
+        .iter()
+        .map(|&i| {
+            let st = &plan.steps[i];
+            vec![
+                format!("{}..{}", st.context_len_from, st.context_len_to),
+                st.resident_tokens.to_string(),
+                st.recompute_tokens.to_string(),
+                st.transfer_tokens.to_string(),
+                format!(
+                    "{:.0}%",
+                    100.0 * st.recompute_tokens as f64 / st.context_len_to as f64
+                ),
+                st.chunks.to_string(),
+                fmt::us(st.kv_ready_us),
+                fmt::us(st.step_us),
+            ]
+        })
+        .collect();
+    out.push_str(&fmt::table(
+        &[
+            "context",
+            "resident",
+            "recompute",
+            "transfer",
+            "recomp %",
+            "chunks",
+            "kv ready/layer",
+            "step",
+        ],
+        &rows,
+    ));
+    if n > picks.len() {
+        out.push_str(&format!(
+            "({} of {} context ranges shown)\n",
+            picks.len(),
+            n
+        ));
+    }
+    out.push_str(&format!(
+        "\npredicted decode step {}  |  transfer-only {}  ->  {:.2}x\n",
+        fmt::us(s.predicted_decode_step_us),
+        fmt::us(s.transfer_only_step_us),
+        s.speedup_vs_transfer
+    ));
+    out.push_str(&format!(
+        "{}  |  {}\n",
+        floor_text("I/O floor", s.io_floor_step_us, s.predicted_decode_step_us),
+        floor_text(
+            "compute floor",
+            s.compute_floor_step_us,
+            s.predicted_decode_step_us
+        ),
+    ));
+    out.push_str(&format!(
+        "memory: host {} of {} budget  |  GPU {} of {} budget (K/V; weights not counted)\n",
+        fmt::bytes(s.host_memory_bytes),
+        fmt::bytes(w.host_memory_budget),
+        fmt::bytes(s.gpu_memory_bytes),
+        fmt::bytes(w.gpu_memory_budget),
+    ));
+    for note in &plan.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out
+}
+
+/// `I/O floor 1.2 ms (1.03x of it)`, or why there is no floor to compare with.
+fn floor_text(name: &str, floor_us: f64, predicted_us: f64) -> String {
+    if floor_us < 1e-3 {
+        format!("{name} 0 (nothing crosses the link: all K/V resident)")
+    } else {
+        format!(
+            "{name} {} (prediction {:.2}x of it)",
+            fmt::us(floor_us),
+            predicted_us / floor_us
+        )
+    }
+}

@@ -1,0 +1,71 @@
+//! Small formatting helpers for the CLI's tables.
+
+/// Bytes in binary units: `1.50 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// Microseconds as a readable duration: `850 us`, `12.3 ms`, `1.20 s`.
+pub fn us(t: f64) -> String {
+    if t < 1e3 {
+        format!("{t:.0} us")
+    } else if t < 1e6 {
+        format!("{:.2} ms", t / 1e3)
+    } else {
+        format!("{:.2} s", t / 1e6)
+    }
+}
+
+/// A markdown table with right-aligned numeric columns (llama-bench style).
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::from("|");
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(&format!(" {:>w$} |", c, w = width[i]));
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    out.push('|');
+    for w in &width {
+        out.push_str(&format!("{}:|", "-".repeat(w + 1)));
+    }
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 30), "3.00 GiB");
+        assert_eq!(us(850.0), "850 us");
+        assert_eq!(us(12_300.0), "12.30 ms");
+        let t = table(&["a", "bb"], &[vec!["1".into(), "22".into()]]);
+        assert_eq!(t, "| a | bb |\n|--:|---:|\n| 1 | 22 |\n");
+    }
+}
