@@ -16,9 +16,15 @@ $(MODEL):
 
 demo: build model
 	@mkdir -p $(DEMO)
-	$(KVPR) plan --model $(MODEL) --hardware plans/hardware/a100-pcie4.json --batch 8 --prompt-len 2048 --gen-len 64 --out $(DEMO)/smollm2-a100.json
-	$(KVPR) plan --model preset:llama-2-7b --hardware plans/hardware/a100-pcie4.json --batch 8 --prompt-len 4096 --gen-len 64 --out $(DEMO)/llama2-a100.json
-	$(KVPR) simulate --plan $(DEMO)/llama2-a100.json --hardware plans/hardware/a100-pcie4.json --context-len 4100 --svg $(DEMO)/llama2-a100.svg
+	@echo "== 1. calibrate the CPU backend (quick) at SmolLM2's shapes"
+	$(KVPR) calibrate --quick --model $(MODEL) --out $(DEMO)/cpu.json
+	@echo "== 2. plan SmolLM2 for a long context on this machine"
+	$(KVPR) plan --model $(MODEL) --hardware $(DEMO)/cpu.json --batch 4 --prompt-len 2048 --gen-len 64 --gpu-memory-budget 64MiB --out $(DEMO)/smollm2-plan.json
+	@echo "== 3. generate with the KV cache in host memory (plan made on the fly for this prompt)"
+	$(KVPR) run --model $(MODEL) --hardware $(DEMO)/cpu.json --prompt "The capital of France is" --max-new-tokens 40 --plan-out $(DEMO)/run-plan.json
+	@echo "== 4. where recomputation pays: a multi-head model (random weights) on a link paced to 0.5 GB/s"
+	$(KVPR) calibrate --quick --model preset:llama-2-7b-tiny --link-gbps 0.5 --out $(DEMO)/cpu-paced.json
+	$(KVPR) run --model preset:llama-2-7b-tiny --hardware $(DEMO)/cpu-paced.json --link-gbps 0.5 --prompt "$$(printf 'kvpr %.0s' $$(seq 1 300))" --max-new-tokens 24 > /dev/null
 
 # The whole suite. The real-model tests need the model: fetch it first.
 test: model

@@ -26,16 +26,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure this machine (link, GEMM, attention, launch) and write a hardware profile.
+    Calibrate(cmd::calibrate::CalibrateArgs),
     /// Solve for the recompute/transfer split and write a plan file.
     Plan(cmd::plan::PlanArgs),
     /// Simulate one decode step of a plan on a hardware profile and draw both streams.
     Simulate(cmd::simulate::SimulateArgs),
+    /// Generate text with the KV cache in host memory, following a plan.
+    Run(cmd::run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Plan(args) => cmd::plan::run(args),
+        Command::Run(args) => cmd::run::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
     };
     match result {

@@ -50,7 +50,10 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
             anyhow::bail!("--link-gbps: {g} is not a positive number of GB/s");
         }
         if args.device != DeviceSpec::Cpu {
-            anyhow::bail!("--link-gbps paces the CPU backend's link only; drop it for {}", args.device);
+            anyhow::bail!(
+                "--link-gbps paces the CPU backend's link only; drop it for {}",
+                args.device
+            );
         }
     }
     let backend = Backend::new(
@@ -90,7 +93,8 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
         print!("{}", render(&profile));
     }
     if let Some(out) = &args.out {
-        plans::write_atomic(out, json.as_bytes()).with_context(|| format!("writing --out {}", out.display()))?;
+        plans::write_atomic(out, json.as_bytes())
+            .with_context(|| format!("writing --out {}", out.display()))?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())
@@ -106,7 +110,11 @@ fn gbps_at(c: Option<&BandwidthCurve>, bytes: u64) -> String {
 pub fn render(p: &HardwareProfile) -> String {
     let d = &p.device;
     let mut s = format!("## {}\n\n", p.name);
-    s.push_str(&format!("device: {} ({}", d.name, fmt::bytes(d.memory_bytes)));
+    s.push_str(&format!(
+        "device: {} ({}",
+        d.name,
+        fmt::bytes(d.memory_bytes)
+    ));
     if let (Some(g), Some(w)) = (d.pcie_generation, d.pcie_width) {
         s.push_str(&format!(", PCIe gen {g} x{w}"));
     }
@@ -126,7 +134,10 @@ pub fn render(p: &HardwareProfile) -> String {
 
     let l = &p.link;
     let mut sizes: Vec<u64> = l.h2d_pinned.points.iter().map(|x| x.bytes).collect();
-    for c in [Some(&l.d2h_pinned), l.bidirectional.as_ref()].into_iter().flatten() {
+    for c in [Some(&l.d2h_pinned), l.bidirectional.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         sizes.extend(c.points.iter().map(|x| x.bytes));
     }
     sizes.sort_unstable();
@@ -201,7 +212,9 @@ mod tests {
         let text = include_str!("../../plans/hardware/h100-pcie5.json");
         let p = HardwareProfile::parse(std::path::Path::new("h100-pcie5.json"), text).unwrap();
         let md = render(&p);
-        assert!(md.contains("### link") && md.contains("### GEMM") && md.contains("launch overhead"));
+        assert!(
+            md.contains("### link") && md.contains("### GEMM") && md.contains("launch overhead")
+        );
         assert!(md.contains("---:|"), "{md}");
         assert!(md.lines().count() > p.gemm.points.len() + p.link.h2d_pinned.points.len());
     }

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use plans::{parse_bytes, DeviceKind, Dtype, ModelSpec, Plan, Schedule, Workload};
-use scheduler::{PlanRequest, ScheduleChoice, Solver};
+use anyhow::Context;
+use plans::{DeviceKind, Dtype, ModelSpec, Plan, Workload};
+use scheduler::PlanRequest;
 
 use crate::fmt;
 
@@ -53,18 +53,10 @@ pub struct PlanArgs {
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let model = ModelSpec::resolve(&args.model).context("reading --model")?;
     let (hw, hw_id) = super::load_profile(&args.hardware)?;
-    let schedule = match args.schedule.as_str() {
-        "auto" => ScheduleChoice::Auto,
-        s => ScheduleChoice::Fixed(
-            s.parse::<Schedule>()
-                .map_err(|e| anyhow::anyhow!("--schedule: {e} or auto"))?,
-        ),
-    };
-    let solver = match args.solver.as_str() {
-        "lp" => Solver::Lp,
-        "exhaustive" => Solver::Exhaustive,
-        s => bail!("--solver: unknown solver {s:?}; use lp or exhaustive"),
-    };
+    let (schedule, solver) = (
+        super::parse_schedule(&args.schedule)?,
+        super::parse_solver(&args.solver)?,
+    );
     let dtype = match &args.dtype {
         Some(d) => d
             .parse::<Dtype>()
@@ -77,10 +69,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         prompt_len: args.prompt_len,
         gen_len: args.gen_len,
         dtype,
-        gpu_memory_budget: parse_bytes(&args.gpu_memory_budget)
-            .map_err(|e| anyhow::anyhow!("--gpu-memory-budget: {e}"))?,
-        host_memory_budget: parse_bytes(&args.host_memory_budget)
-            .map_err(|e| anyhow::anyhow!("--host-memory-budget: {e}"))?,
+        gpu_memory_budget: super::parse_size("--gpu-memory-budget", &args.gpu_memory_budget)?,
+        host_memory_budget: super::parse_size("--host-memory-budget", &args.host_memory_budget)?,
     };
     let request = PlanRequest {
         schedule,

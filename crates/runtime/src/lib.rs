@@ -1,1 +1,32 @@
-//! runtime (being built).
+//! kvpr's runtime: loads a Llama-family model (GGUF, Hugging Face safetensors,
+//! or a synthetic preset), tokenizes, and decodes with the KV cache in host
+//! memory exactly as a plan says: per layer and step, a resident prefix stays on
+//! the device, a range is recomputed from stored activations and the rest is
+//! transferred.
+//!
+//! It does what the plan decided and decides nothing itself: the split comes
+//! from `scheduler` (through a `plans::Plan`), the ops from `kernels`. It never
+//! panics across its API on user input: every failure is a [`RuntimeError`]
+//! naming the file, tensor, layer or shape.
+
+mod error;
+mod executor;
+mod generate;
+mod model;
+mod ops;
+mod reference;
+mod source;
+mod store;
+mod tokenizer;
+mod weights;
+
+pub(crate) use error::AtLayer;
+pub use error::{Result, RuntimeError};
+pub use executor::{Executor, StepStats};
+pub use generate::{GenerationReport, Generator, Sampling, StepReport};
+pub use model::Model;
+pub use reference::Reference;
+pub use source::{Config, ModelSource, RopeStyle};
+pub use store::{Coverage, HostStore, Kind, Split, StoreLayout};
+pub use tokenizer::Tokenizer;
+pub use weights::{Attention, Block, Mlp, Weights};

@@ -1,0 +1,730 @@
+//! The CPU reference backend: f32, the oracle every test runs.
+//!
+//! **Buffers.** A device or host buffer is an `Arc<RwLock<Vec<f32>>>`. Ops lock
+//! the buffers they touch (read for inputs, write for the output) in address
+//! order, so the copy threads and the caller never deadlock; an input that
+//! aliases the output is copied to a temporary first (activation-sized only:
+//! weights are never inputs that alias an output).
+//!
+//! **No copy of weights per op.** GEMM runs on the weight buffer in place
+//! through the `gemm` crate (the engine candle-core's CPU matmul uses, with
+//! the same rayon parallelism), called with strides on the locked slices; dot
+//! products in attention use candle-core's SIMD `VecOps::vec_dot`.
+//!
+//! **Streams.** The compute stream is the calling thread: ops run
+//! synchronously, like candle's CPU device, and a compute event fires when it
+//! is recorded. The copy and writeback streams are one worker thread each with
+//! a FIFO of jobs (copies, event fires, event waits). `wait(Compute, ev)`
+//! blocks the caller until `ev` fires; `wait(Copy | Writeback, ev)` enqueues a
+//! wait on that thread. Errors on a worker surface at the next record, wait or
+//! synchronize.
+//!
+//! **Stream clocks and pacing.** Each worker keeps its stream's clock, like a
+//! DMA engine's: a job starts at the later of the end of the previous job and
+//! the time it was enqueued (or the time the event it waits for fired), and
+//! events recorded on the stream carry that clock's time. With `link_gbps`, a
+//! host-device copy of `n` bytes occupies its stream for `n / bandwidth`
+//! seconds (or the memcpy's own time, if longer) from its start: the memcpy
+//! runs under the locks, then the worker sleeps (without locks) to the end,
+//! spinning the last ~100 µs for precision. Because deadlines follow the
+//! stream clock rather than the moment the thread woke up, a worker that the
+//! OS schedules late catches up instead of losing bandwidth, so the link
+//! keeps its set rate on a busy two-core machine. Copy and writeback are
+//! paced independently, like a full-duplex PCIe link; device-to-device copies
+//! are never paced.
+
+mod ops;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::{
+    check_range, mul_checked, AttnShape, BackendOptions, Dtype, KernelError, Result, Stream,
+};
+
+/// A CPU buffer (used for both device and host buffers).
+#[derive(Clone)]
+pub(crate) struct CpuBuf {
+    data: Arc<RwLock<Vec<f32>>>,
+    len: usize,
+}
+
+impl CpuBuf {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.data) as usize
+    }
+    fn same(&self, other: &CpuBuf) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
+    }
+    fn read(&self) -> RwLockReadGuard<'_, Vec<f32>> {
+        self.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, Vec<f32>> {
+        self.data.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Locks `reads` for reading and `write` for writing, in address order, and
+/// runs `f` on the slices. `write` must not alias any of `reads` (callers copy
+/// aliased inputs first); duplicate reads are locked once.
+fn with_bufs<R>(
+    reads: &[&CpuBuf],
+    write: &CpuBuf,
+    f: impl FnOnce(&[&[f32]], &mut [f32]) -> R,
+) -> R {
+    let mut order: Vec<&CpuBuf> = reads.to_vec();
+    order.push(write);
+    order.sort_by_key(|b| b.key());
+    order.dedup_by_key(|b| b.key());
+    let mut rguards: Vec<(usize, RwLockReadGuard<'_, Vec<f32>>)> = Vec::with_capacity(order.len());
+    let mut wguard = None;
+    for b in order {
+        if b.same(write) {
+            wguard = Some(b.write());
+        } else {
+            rguards.push((b.key(), b.read()));
+        }
+    }
+    let slices: Vec<&[f32]> = reads
+        .iter()
+        .map(|r| {
+            let i = rguards.iter().position(|(k, _)| *k == r.key()).unwrap_or(0);
+            &rguards[i].1[..]
+        })
+        .collect();
+    let mut w = wguard.unwrap_or_else(|| write.write());
+    f(&slices, &mut w[..])
+}
+
+/// The state of a CPU event: fired with a time, or not yet.
+#[derive(Clone)]
+pub(crate) struct CpuEvent {
+    state: Arc<(Mutex<Option<Instant>>, Condvar)>,
+}
+
+impl CpuEvent {
+    fn new() -> Self {
+        CpuEvent {
+            state: Arc::new((Mutex::new(None), Condvar::new())),
+        }
+    }
+    fn fired() -> Self {
+        let e = Self::new();
+        e.fire();
+        e
+    }
+    fn fire(&self) {
+        self.fire_at(Instant::now());
+    }
+    fn fire_at(&self, t: Instant) {
+        let (m, cv) = &*self.state;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        cv.notify_all();
+    }
+    fn wait(&self) -> Instant {
+        let (m, cv) = &*self.state;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(t) = *g {
+                return t;
+            }
+            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Microseconds between two events (waits for both).
+pub(crate) fn elapsed_us(start: &CpuEvent, end: &CpuEvent) -> f64 {
+    let a = start.wait();
+    let b = end.wait();
+    if b >= a {
+        b.duration_since(a).as_secs_f64() * 1e6
+    } else {
+        -(a.duration_since(b).as_secs_f64() * 1e6)
+    }
+}
+
+/// A job on a worker stream. Its argument is the stream's clock: the time the
+/// stream reaches the job, i.e. the later of when the previous job ended and
+/// when this one was enqueued; the job moves it to when it ends.
+type Job = Box<dyn FnOnce(&mut Instant) -> Result<()> + Send>;
+
+/// One stream served by a worker thread with a FIFO of jobs.
+struct Worker {
+    name: &'static str,
+    tx: Option<mpsc::Sender<Job>>,
+    handle: Option<JoinHandle<()>>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Worker {
+    fn spawn(name: &'static str) -> Result<Worker> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let error = Arc::new(Mutex::new(None::<String>));
+        let err = error.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("kvpr-{name}"))
+            .spawn(move || {
+                let mut clock = Instant::now();
+                for job in rx {
+                    if let Err(e) = job(&mut clock) {
+                        let mut slot = err.lock().unwrap_or_else(|e| e.into_inner());
+                        slot.get_or_insert(e.to_string());
+                    }
+                }
+            })
+            .map_err(|e| KernelError::StreamFailed {
+                device: "cpu".into(),
+                stream: name,
+                message: format!("could not start the worker thread: {e}"),
+            })?;
+        Ok(Worker {
+            name,
+            tx: Some(tx),
+            handle: Some(handle),
+            error,
+        })
+    }
+
+    fn push(&self, job: Job) -> Result<()> {
+        let enqueued = Instant::now();
+        let job: Job = Box::new(move |clock: &mut Instant| {
+            *clock = (*clock).max(enqueued);
+            job(clock)
+        });
+        let dead = || KernelError::StreamFailed {
+            device: "cpu".into(),
+            stream: self.name,
+            message: "the worker thread has stopped".into(),
+        };
+        self.tx
+            .as_ref()
+            .ok_or_else(dead)?
+            .send(job)
+            .map_err(|_| dead())
+    }
+
+    fn take_error(&self) -> Result<()> {
+        match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(message) => Err(KernelError::StreamFailed {
+                device: "cpu".into(),
+                stream: self.name,
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sleeps until `deadline`, spinning the last ~100 µs.
+fn sleep_until(deadline: Instant) {
+    const SPIN: Duration = Duration::from_micros(100);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        let left = deadline - now;
+        if left > SPIN {
+            std::thread::sleep(left - SPIN);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+pub(crate) struct CpuBackend {
+    link_gbps: Option<f64>,
+    copy: Worker,
+    writeback: Worker,
+}
+
+impl CpuBackend {
+    pub(crate) fn new(opts: BackendOptions) -> Result<Self> {
+        if let Some(d) = opts.dtype {
+            if d != Dtype::F32 {
+                return Err(KernelError::Unsupported {
+                    op: match d {
+                        Dtype::F16 => "f16 compute dtype",
+                        _ => "bf16 compute dtype",
+                    },
+                    device: "cpu".into(),
+                });
+            }
+        }
+        if let Some(g) = opts.link_gbps {
+            if !(g.is_finite() && g > 0.0) {
+                return Err(KernelError::Shape {
+                    op: "link pacing",
+                    device: "cpu".into(),
+                    shape: format!("{g} GB/s"),
+                    reason: "the link bandwidth must be a positive number of GB/s".into(),
+                });
+            }
+        }
+        Ok(CpuBackend {
+            link_gbps: opts.link_gbps,
+            copy: Worker::spawn("copy")?,
+            writeback: Worker::spawn("writeback")?,
+        })
+    }
+
+    pub(crate) fn name(&self) -> String {
+        match self.link_gbps {
+            Some(g) => format!("cpu (f32, link paced to {g} GB/s)"),
+            None => "cpu (f32)".to_string(),
+        }
+    }
+
+    pub(crate) fn link_gbps(&self) -> Option<f64> {
+        self.link_gbps
+    }
+
+    fn dev(&self) -> String {
+        "cpu".to_string()
+    }
+
+    pub(crate) fn alloc(&self, len: usize) -> CpuBuf {
+        CpuBuf {
+            data: Arc::new(RwLock::new(vec![0.0; len])),
+            len,
+        }
+    }
+
+    pub(crate) fn upload(&self, data: &[f32]) -> CpuBuf {
+        CpuBuf {
+            data: Arc::new(RwLock::new(data.to_vec())),
+            len: data.len(),
+        }
+    }
+
+    pub(crate) fn download(&self, buf: &CpuBuf, off: usize, len: usize) -> Result<Vec<f32>> {
+        check_range("download", "cpu", "buffer", off, len, buf.len)?;
+        self.synchronize()?;
+        Ok(buf.read()[off..off + len].to_vec())
+    }
+
+    pub(crate) fn host_write(&self, dst: &CpuBuf, off: usize, data: &[f32]) -> Result<()> {
+        check_range("host_write", "cpu", "host buffer", off, data.len(), dst.len)?;
+        dst.write()[off..off + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    pub(crate) fn host_read(&self, src: &CpuBuf, off: usize, len: usize) -> Result<Vec<f32>> {
+        check_range("host_read", "cpu", "host buffer", off, len, src.len)?;
+        Ok(src.read()[off..off + len].to_vec())
+    }
+
+    fn worker(&self, stream: Stream) -> Option<&Worker> {
+        match stream {
+            Stream::Copy => Some(&self.copy),
+            Stream::Writeback => Some(&self.writeback),
+            Stream::Compute => None,
+        }
+    }
+
+    /// Any copy: checks ranges now, runs on the stream (paced if `paced` and a
+    /// link bandwidth is set).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn copy(
+        &self,
+        stream: Stream,
+        op: &'static str,
+        src: &CpuBuf,
+        src_off: usize,
+        dst: &CpuBuf,
+        dst_off: usize,
+        len: usize,
+        paced: bool,
+    ) -> Result<()> {
+        check_range(op, "cpu", "source", src_off, len, src.len)?;
+        check_range(op, "cpu", "destination", dst_off, len, dst.len)?;
+        let (src, dst) = (src.clone(), dst.clone());
+        let gbps = if paced { self.link_gbps } else { None };
+        let job = move |clock: &mut Instant| {
+            let t0 = Instant::now();
+            if src.same(&dst) {
+                dst.write().copy_within(src_off..src_off + len, dst_off);
+            } else {
+                with_bufs(&[&src], &dst, |r, w| {
+                    w[dst_off..dst_off + len].copy_from_slice(&r[0][src_off..src_off + len])
+                });
+            }
+            let work = t0.elapsed();
+            let paced = gbps.map(|g| Duration::from_secs_f64((len * 4) as f64 / (g * 1e9)));
+            *clock += paced.map_or(work, |p| p.max(work));
+            if paced.is_some() {
+                sleep_until(*clock);
+            }
+        };
+        match self.worker(stream) {
+            Some(w) => w.push(Box::new(move |clock: &mut Instant| {
+                job(clock);
+                Ok(())
+            })),
+            None => {
+                job(&mut Instant::now());
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn record(&self, stream: Stream) -> Result<CpuEvent> {
+        match self.worker(stream) {
+            None => {
+                self.copy.take_error()?;
+                self.writeback.take_error()?;
+                Ok(CpuEvent::fired())
+            }
+            Some(w) => {
+                w.take_error()?;
+                let ev = CpuEvent::new();
+                let e = ev.clone();
+                w.push(Box::new(move |clock: &mut Instant| {
+                    e.fire_at(*clock);
+                    Ok(())
+                }))?;
+                Ok(ev)
+            }
+        }
+    }
+
+    pub(crate) fn wait(&self, stream: Stream, ev: &CpuEvent) -> Result<()> {
+        match self.worker(stream) {
+            None => {
+                ev.wait();
+                self.copy.take_error()?;
+                self.writeback.take_error()
+            }
+            Some(w) => {
+                w.take_error()?;
+                let e = ev.clone();
+                w.push(Box::new(move |clock: &mut Instant| {
+                    *clock = (*clock).max(e.wait());
+                    Ok(())
+                }))
+            }
+        }
+    }
+
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        let a = self.record(Stream::Copy)?;
+        let b = self.record(Stream::Writeback)?;
+        a.wait();
+        b.wait();
+        self.copy.take_error()?;
+        self.writeback.take_error()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm(
+        &self,
+        x: &CpuBuf,
+        x_off: usize,
+        w: &CpuBuf,
+        w_off: usize,
+        out: &CpuBuf,
+        out_off: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let d = self.dev();
+        check_range(
+            "gemm",
+            &d,
+            "x",
+            x_off,
+            mul_checked("gemm", &d, &[m, k])?,
+            x.len,
+        )?;
+        check_range(
+            "gemm",
+            &d,
+            "w",
+            w_off,
+            mul_checked("gemm", &d, &[n, k])?,
+            w.len,
+        )?;
+        check_range(
+            "gemm",
+            &d,
+            "out",
+            out_off,
+            mul_checked("gemm", &d, &[m, n])?,
+            out.len,
+        )?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if out.same(w) {
+            return Err(KernelError::Shape {
+                op: "gemm",
+                device: d,
+                shape: format!("m={m} n={n} k={k}"),
+                reason: "out must not alias the weights".into(),
+            });
+        }
+        if out.same(x) {
+            let tmp = self.upload(&x.read()[x_off..x_off + m * k]);
+            return self.gemm(&tmp, 0, w, w_off, out, out_off, m, n, k);
+        }
+        with_bufs(&[x, w], out, |r, o| {
+            ops::gemm(
+                &r[0][x_off..x_off + m * k],
+                &r[1][w_off..w_off + n * k],
+                &mut o[out_off..out_off + m * n],
+                m,
+                n,
+                k,
+            )
+        });
+        Ok(())
+    }
+
+    /// A copy of `src[..len]` if it aliases `out`, so ops can read and write safely.
+    fn unalias(&self, src: &CpuBuf, out: &CpuBuf, len: usize) -> Option<CpuBuf> {
+        src.same(out).then(|| self.upload(&src.read()[..len]))
+    }
+
+    pub(crate) fn rmsnorm(
+        &self,
+        x: &CpuBuf,
+        weight: &CpuBuf,
+        out: &CpuBuf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let d = self.dev();
+        let len = mul_checked("rmsnorm", &d, &[rows, dim])?;
+        check_range("rmsnorm", &d, "x", 0, len, x.len)?;
+        check_range("rmsnorm", &d, "weight", 0, dim, weight.len)?;
+        check_range("rmsnorm", &d, "out", 0, len, out.len)?;
+        let xa = self.unalias(x, out, len);
+        let x = xa.as_ref().unwrap_or(x);
+        with_bufs(&[x, weight], out, |r, o| {
+            ops::rmsnorm(&r[0][..len], &r[1][..dim], &mut o[..len], dim, eps)
+        });
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rope(
+        &self,
+        x: &CpuBuf,
+        x_off: usize,
+        rows: usize,
+        row_stride: usize,
+        n_heads: usize,
+        head_dim: usize,
+        positions: &[u32],
+        theta: f32,
+        interleaved: bool,
+    ) -> Result<()> {
+        let d = self.dev();
+        let shape =
+            || format!("rows={rows} row_stride={row_stride} n_heads={n_heads} head_dim={head_dim}");
+        let bad = |reason: String| KernelError::Shape {
+            op: "rope",
+            device: "cpu".into(),
+            shape: shape(),
+            reason,
+        };
+        if !head_dim.is_multiple_of(2) {
+            return Err(bad("head_dim must be even".into()));
+        }
+        if positions.len() != rows {
+            return Err(bad(format!(
+                "{} positions given for {rows} rows",
+                positions.len()
+            )));
+        }
+        let width = mul_checked("rope", &d, &[n_heads, head_dim])?;
+        if rows == 0 || width == 0 {
+            return Ok(());
+        }
+        if width > row_stride {
+            return Err(bad("n_heads * head_dim is wider than row_stride".into()));
+        }
+        let span = mul_checked("rope", &d, &[rows - 1, row_stride])?
+            .checked_add(width)
+            .ok_or_else(|| bad("size overflows".into()))?;
+        check_range("rope", &d, "x", x_off, span, x.len)?;
+        let mut g = x.write();
+        ops::rope(
+            &mut g[x_off..x_off + span],
+            row_stride,
+            n_heads,
+            head_dim,
+            positions,
+            theta,
+            interleaved,
+        );
+        Ok(())
+    }
+
+    pub(crate) fn attention(
+        &self,
+        q: &CpuBuf,
+        k: &CpuBuf,
+        v: &CpuBuf,
+        out: &CpuBuf,
+        a: AttnShape,
+    ) -> Result<()> {
+        let d = self.dev();
+        let bad = |reason: String| KernelError::Shape {
+            op: "attention",
+            device: "cpu".into(),
+            shape: format!("{a:?}"),
+            reason,
+        };
+        if a.n_kv_heads == 0 || !a.n_heads.is_multiple_of(a.n_kv_heads) {
+            return Err(bad("n_heads must be a multiple of n_kv_heads".into()));
+        }
+        if a.q_len > 0 && a.q_pos0 + a.q_len > a.kv_capacity {
+            return Err(bad(format!(
+                "queries reach position {} but the cache holds {} positions",
+                a.q_pos0 + a.q_len - 1,
+                a.kv_capacity
+            )));
+        }
+        let q_len = mul_checked("attention", &d, &[a.batch, a.q_len, a.n_heads, a.head_dim])?;
+        let kv_len = mul_checked(
+            "attention",
+            &d,
+            &[a.batch, a.kv_capacity, a.n_kv_heads, a.head_dim],
+        )?;
+        check_range("attention", &d, "q", 0, q_len, q.len)?;
+        check_range("attention", &d, "k", 0, kv_len, k.len)?;
+        check_range("attention", &d, "v", 0, kv_len, v.len)?;
+        check_range("attention", &d, "out", 0, q_len, out.len)?;
+        if out.same(k) || out.same(v) {
+            return Err(bad("out must not alias k or v".into()));
+        }
+        let qa = self.unalias(q, out, q_len);
+        let q = qa.as_ref().unwrap_or(q);
+        with_bufs(&[q, k, v], out, |r, o| {
+            ops::attention(
+                &r[0][..q_len],
+                &r[1][..kv_len],
+                &r[2][..kv_len],
+                &mut o[..q_len],
+                &a,
+            )
+        });
+        Ok(())
+    }
+
+    pub(crate) fn silu_gate(
+        &self,
+        gate: &CpuBuf,
+        up: &CpuBuf,
+        out: &CpuBuf,
+        len: usize,
+    ) -> Result<()> {
+        let d = self.dev();
+        check_range("silu_gate", &d, "gate", 0, len, gate.len)?;
+        check_range("silu_gate", &d, "up", 0, len, up.len)?;
+        check_range("silu_gate", &d, "out", 0, len, out.len)?;
+        let ga = self.unalias(gate, out, len);
+        let ua = self.unalias(up, out, len);
+        let (gate, up) = (ga.as_ref().unwrap_or(gate), ua.as_ref().unwrap_or(up));
+        with_bufs(&[gate, up], out, |r, o| {
+            ops::silu_gate(&r[0][..len], &r[1][..len], &mut o[..len])
+        });
+        Ok(())
+    }
+
+    pub(crate) fn add(&self, a: &CpuBuf, b: &CpuBuf, out: &CpuBuf, len: usize) -> Result<()> {
+        let d = self.dev();
+        check_range("add", &d, "a", 0, len, a.len)?;
+        check_range("add", &d, "b", 0, len, b.len)?;
+        check_range("add", &d, "out", 0, len, out.len)?;
+        match (a.same(out), b.same(out)) {
+            (true, true) => {
+                let mut g = out.write();
+                g[..len].iter_mut().for_each(|v| *v += *v);
+            }
+            (true, false) => with_bufs(&[b], out, |r, o| {
+                ops::add_assign(&mut o[..len], &r[0][..len])
+            }),
+            (false, true) => with_bufs(&[a], out, |r, o| {
+                ops::add_assign(&mut o[..len], &r[0][..len])
+            }),
+            (false, false) => with_bufs(&[a, b], out, |r, o| {
+                ops::add(&r[0][..len], &r[1][..len], &mut o[..len])
+            }),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn embedding(
+        &self,
+        table: &CpuBuf,
+        ids: &[u32],
+        out: &CpuBuf,
+        dim: usize,
+    ) -> Result<()> {
+        let d = self.dev();
+        let len = mul_checked("embedding", &d, &[ids.len(), dim])?;
+        check_range("embedding", &d, "out", 0, len, out.len)?;
+        if dim == 0 {
+            return Ok(());
+        }
+        let vocab = table.len / dim;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(KernelError::Shape {
+                op: "embedding",
+                device: d,
+                shape: format!("table [{vocab}, {dim}]"),
+                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            });
+        }
+        if table.same(out) {
+            return Err(KernelError::Shape {
+                op: "embedding",
+                device: d,
+                shape: format!("table [{vocab}, {dim}]"),
+                reason: "out must not alias the table".into(),
+            });
+        }
+        with_bufs(&[table], out, |r, o| {
+            for (row, &id) in o[..len].chunks_exact_mut(dim).zip(ids) {
+                let s = id as usize * dim;
+                row.copy_from_slice(&r[0][s..s + dim]);
+            }
+        });
+        Ok(())
+    }
+
+    pub(crate) fn argmax(&self, x: &CpuBuf, rows: usize, cols: usize) -> Result<Vec<u32>> {
+        let d = self.dev();
+        let len = mul_checked("argmax", &d, &[rows, cols])?;
+        check_range("argmax", &d, "x", 0, len, x.len)?;
+        if cols == 0 {
+            return Err(KernelError::Shape {
+                op: "argmax",
+                device: d,
+                shape: format!("[{rows}, {cols}]"),
+                reason: "rows are empty".into(),
+            });
+        }
+        let g = x.read();
+        Ok(g[..len].chunks_exact(cols).map(ops::argmax_row).collect())
+    }
+}

@@ -1,0 +1,173 @@
+//! The CPU compute ops on plain f32 slices. Shapes are checked by the caller
+//! (`cpu/mod.rs`); these functions only compute.
+
+use candle_core::cpu::kernels::VecOps;
+use rayon::prelude::*;
+
+use crate::AttnShape;
+
+/// `out[m, n] = x[m, k] . w[n, k]^T`, on the slices in place (no copy of `w`).
+pub(super) fn gemm(x: &[f32], w: &[f32], out: &mut [f32], m: usize, n: usize, k: usize) {
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    // Small products are not worth waking the pool for.
+    let parallelism = if threads > 1 && m * n * k >= 1 << 15 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices hold exactly m*k, n*k and m*n elements (checked by
+    // the caller), and the strides below address only those: x is row-major
+    // [m, k] (row stride k, column stride 1), w^T is [k, n] read from the
+    // row-major [n, k] weights (row stride 1, column stride k), out is
+    // row-major [m, n]. `read_dst = false`: out is overwritten, not accumulated.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Dot product through candle-core's SIMD kernel.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let len = a.len().min(b.len());
+    let mut r = 0.0f32;
+    // SAFETY: both pointers are valid for `len` reads; `r` is a valid f32 slot.
+    unsafe { <f32 as VecOps>::vec_dot(a.as_ptr(), b.as_ptr(), &mut r, len) };
+    r
+}
+
+pub(super) fn rmsnorm(x: &[f32], weight: &[f32], out: &mut [f32], dim: usize, eps: f32) {
+    if dim == 0 {
+        return;
+    }
+    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let inv = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+/// RoPE in place on `x` (starts at row 0), rows `row_stride` apart.
+pub(super) fn rope(
+    x: &mut [f32],
+    row_stride: usize,
+    n_heads: usize,
+    head_dim: usize,
+    positions: &[u32],
+    theta: f32,
+    interleaved: bool,
+) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64))
+        .collect();
+    let mut cs = vec![(0.0f32, 0.0f32); half];
+    for (r, &pos) in positions.iter().enumerate() {
+        for (c, f) in cs.iter_mut().zip(&inv_freq) {
+            let a = pos as f64 * f;
+            *c = (a.cos() as f32, a.sin() as f32);
+        }
+        let row = &mut x[r * row_stride..r * row_stride + n_heads * head_dim];
+        for head in row.chunks_exact_mut(head_dim) {
+            for (i, &(c, s)) in cs.iter().enumerate() {
+                let (a, b) = if interleaved {
+                    (2 * i, 2 * i + 1)
+                } else {
+                    (i, i + half)
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c - x1 * s;
+                head[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+/// Causal GQA attention; every (row, query, head) is one parallel task.
+pub(super) fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], a: &AttnShape) {
+    let hd = a.head_dim;
+    if hd == 0 || a.n_heads == 0 {
+        return;
+    }
+    let kv_dim = a.n_kv_heads * hd;
+    let group = a.n_heads / a.n_kv_heads;
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let h = idx % a.n_heads;
+        let j = (idx / a.n_heads) % a.q_len;
+        let b = idx / (a.n_heads * a.q_len);
+        let kvh = h / group;
+        let qv = &q[idx * hd..idx * hd + hd];
+        let n_keys = a.q_pos0 + j + 1;
+        let base = b * a.kv_capacity * kv_dim + kvh * hd;
+        let mut scores: Vec<f32> = (0..n_keys)
+            .map(|t| dot(qv, &k[base + t * kv_dim..base + t * kv_dim + hd]) * a.scale)
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        o.fill(0.0);
+        for (t, &p) in scores.iter().enumerate() {
+            let vr = &v[base + t * kv_dim..base + t * kv_dim + hd];
+            let p = p * inv;
+            for (ov, &vv) in o.iter_mut().zip(vr) {
+                *ov += p * vv;
+            }
+        }
+    });
+}
+
+pub(super) fn silu_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+pub(super) fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+    <f32 as VecOps>::vec_add(a, b, out);
+}
+
+pub(super) fn add_assign(out: &mut [f32], b: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(b) {
+        *o += v;
+    }
+}
+
+/// Index of the first largest value (NaN never wins).
+pub(super) fn argmax_row(row: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] || row[best].is_nan() && !v.is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,635 @@
+//! CPU backend tests: every op against a straightforward scalar reference on
+//! random inputs, copy/event ordering, link pacing, and range errors.
+
+use std::time::Instant;
+
+use crate::*;
+
+/// A small deterministic generator (xorshift), values in [-1, 1).
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub(crate) fn f(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub(crate) fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+pub(crate) fn cpu() -> Backend {
+    Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap()
+}
+
+pub(crate) fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: element {i}: got {g}, want {w}"
+        );
+    }
+}
+
+pub(crate) fn ref_gemm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for l in 0..k {
+                s += x[i * k + l] as f64 * w[j * k + l] as f64;
+            }
+            out[i * n + j] = s as f32;
+        }
+    }
+    out
+}
+
+fn ref_rmsnorm(x: &[f32], g: &[f32], dim: usize, eps: f32) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for r in 0..x.len() / dim {
+        let row = &x[r * dim..(r + 1) * dim];
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        for c in 0..dim {
+            out[r * dim + c] = row[c] / (ms + eps).sqrt() * g[c];
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ref_rope(
+    x: &mut [f32],
+    off: usize,
+    stride: usize,
+    n_heads: usize,
+    hd: usize,
+    pos: &[u32],
+    theta: f32,
+    interleaved: bool,
+) {
+    for (r, &p) in pos.iter().enumerate() {
+        for h in 0..n_heads {
+            let base = off + r * stride + h * hd;
+            for i in 0..hd / 2 {
+                let freq = 1.0 / (theta as f64).powf(2.0 * i as f64 / hd as f64);
+                let ang = p as f64 * freq;
+                let (a, b) = if interleaved {
+                    (2 * i, 2 * i + 1)
+                } else {
+                    (i, i + hd / 2)
+                };
+                let (x0, x1) = (x[base + a] as f64, x[base + b] as f64);
+                x[base + a] = (x0 * ang.cos() - x1 * ang.sin()) as f32;
+                x[base + b] = (x0 * ang.sin() + x1 * ang.cos()) as f32;
+            }
+        }
+    }
+}
+
+fn ref_attention(q: &[f32], k: &[f32], v: &[f32], a: &AttnShape) -> Vec<f32> {
+    let hd = a.head_dim;
+    let kv_dim = a.n_kv_heads * hd;
+    let qd = a.n_heads * hd;
+    let mut out = vec![0.0; q.len()];
+    for b in 0..a.batch {
+        for j in 0..a.q_len {
+            for h in 0..a.n_heads {
+                let kvh = h / (a.n_heads / a.n_kv_heads);
+                let qv = &q[(b * a.q_len + j) * qd + h * hd..][..hd];
+                let keys = a.q_pos0 + j + 1;
+                let mut s: Vec<f64> = (0..keys)
+                    .map(|t| {
+                        let kr = &k[(b * a.kv_capacity + t) * kv_dim + kvh * hd..][..hd];
+                        qv.iter()
+                            .zip(kr)
+                            .map(|(x, y)| (*x as f64) * (*y as f64))
+                            .sum::<f64>()
+                            * a.scale as f64
+                    })
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                s.iter_mut().for_each(|x| *x = (*x - mx).exp());
+                let sum: f64 = s.iter().sum();
+                for d in 0..hd {
+                    let mut acc = 0.0;
+                    for (t, p) in s.iter().enumerate() {
+                        acc += p / sum * v[(b * a.kv_capacity + t) * kv_dim + kvh * hd + d] as f64;
+                    }
+                    out[(b * a.q_len + j) * qd + h * hd + d] = acc as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn device_spec_parses() {
+    assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+    assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+    assert_eq!("CUDA:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+    let e = "tpu".parse::<DeviceSpec>().unwrap_err().to_string();
+    assert!(e.contains("\"tpu\"") && e.contains("cuda:N"), "{e}");
+    assert!("cuda:x".parse::<DeviceSpec>().is_err());
+}
+
+#[test]
+fn gemm_matches_reference() {
+    let be = cpu();
+    let mut rng = Rng::new(1);
+    for &(m, n, k) in &[
+        (1, 7, 5),
+        (3, 16, 9),
+        (17, 33, 64),
+        (64, 96, 128),
+        (5, 1, 300),
+    ] {
+        let x = rng.vec(m * k + 3);
+        let w = rng.vec(n * k + 2);
+        let xb = be.upload(&x).unwrap();
+        let wb = be.upload(&w).unwrap();
+        let out = be.alloc(m * n + 4).unwrap();
+        be.gemm(&xb, 3, &wb, 2, &out, 4, m, n, k).unwrap();
+        let got = be.download(&out, 4, m * n).unwrap();
+        assert_close(
+            &got,
+            &ref_gemm(&x[3..], &w[2..], m, n, k),
+            1e-4,
+            &format!("gemm {m}x{n}x{k}"),
+        );
+        assert_eq!(
+            be.download(&out, 0, 4).unwrap(),
+            vec![0.0; 4],
+            "gemm wrote before out_off"
+        );
+    }
+}
+
+#[test]
+fn rmsnorm_matches_reference_and_may_alias() {
+    let be = cpu();
+    let mut rng = Rng::new(2);
+    for &(rows, dim) in &[(1, 7), (3, 64), (5, 576)] {
+        let x = rng.vec(rows * dim);
+        let g = rng.vec(dim);
+        let (xb, gb, out) = (
+            be.upload(&x).unwrap(),
+            be.upload(&g).unwrap(),
+            be.alloc(rows * dim).unwrap(),
+        );
+        be.rmsnorm(&xb, &gb, &out, rows, dim, 1e-5).unwrap();
+        let want = ref_rmsnorm(&x, &g, dim, 1e-5);
+        assert_close(
+            &be.download(&out, 0, rows * dim).unwrap(),
+            &want,
+            1e-5,
+            "rmsnorm",
+        );
+        be.rmsnorm(&xb, &gb, &xb, rows, dim, 1e-5).unwrap();
+        assert_close(
+            &be.download(&xb, 0, rows * dim).unwrap(),
+            &want,
+            1e-5,
+            "rmsnorm in place",
+        );
+    }
+}
+
+#[test]
+fn rope_matches_reference_both_conventions() {
+    let be = cpu();
+    let mut rng = Rng::new(3);
+    for interleaved in [false, true] {
+        for &(rows, n_heads, hd, extra) in &[(1, 1, 2, 0), (3, 2, 8, 5), (4, 3, 64, 16)] {
+            let stride = n_heads * hd + extra;
+            let off = 7;
+            let x = rng.vec(off + rows * stride);
+            let pos: Vec<u32> = (0..rows as u32).map(|r| r * 37 + 3).collect();
+            let xb = be.upload(&x).unwrap();
+            be.rope(
+                &xb,
+                off,
+                rows,
+                stride,
+                n_heads,
+                hd,
+                &pos,
+                10000.0,
+                interleaved,
+            )
+            .unwrap();
+            let mut want = x.clone();
+            ref_rope(
+                &mut want,
+                off,
+                stride,
+                n_heads,
+                hd,
+                &pos,
+                10000.0,
+                interleaved,
+            );
+            let got = be.download(&xb, 0, x.len()).unwrap();
+            assert_close(
+                &got,
+                &want,
+                1e-5,
+                &format!("rope interleaved={interleaved}"),
+            );
+        }
+    }
+    // The two conventions differ on the same input.
+    let x = Rng::new(4).vec(8);
+    let (a, b) = (be.upload(&x).unwrap(), be.upload(&x).unwrap());
+    be.rope(&a, 0, 1, 8, 1, 8, &[5], 10000.0, true).unwrap();
+    be.rope(&b, 0, 1, 8, 1, 8, &[5], 10000.0, false).unwrap();
+    assert_ne!(
+        be.download(&a, 0, 8).unwrap(),
+        be.download(&b, 0, 8).unwrap()
+    );
+}
+
+#[test]
+fn attention_matches_reference_mha_gqa_prefill_decode() {
+    let be = cpu();
+    let mut rng = Rng::new(5);
+    let cases = [
+        // batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity
+        (1, 1, 0, 2, 2, 4, 4),    // decode at position 0
+        (2, 1, 9, 4, 4, 16, 12),  // MHA decode
+        (2, 5, 0, 4, 4, 8, 8),    // MHA prefill, causal
+        (1, 6, 3, 8, 2, 16, 16),  // GQA, q_len > 1 after a cached prefix
+        (3, 1, 20, 9, 3, 64, 32), // GQA decode, SmolLM2-like heads
+    ];
+    for &(batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity) in &cases {
+        let a = AttnShape {
+            batch,
+            q_len,
+            q_pos0,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            kv_capacity,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        let q = rng.vec(batch * q_len * n_heads * head_dim);
+        let k: Vec<f32> = rng
+            .vec(batch * kv_capacity * n_kv_heads * head_dim)
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
+        let v = rng.vec(k.len());
+        let (qb, kb, vb) = (
+            be.upload(&q).unwrap(),
+            be.upload(&k).unwrap(),
+            be.upload(&v).unwrap(),
+        );
+        let out = be.alloc(q.len()).unwrap();
+        be.attention(&qb, &kb, &vb, &out, a).unwrap();
+        let got = be.download(&out, 0, q.len()).unwrap();
+        assert_close(
+            &got,
+            &ref_attention(&q, &k, &v, &a),
+            1e-5,
+            &format!("attention {a:?}"),
+        );
+    }
+    // Keys beyond the causal limit do not matter.
+    let a = AttnShape {
+        batch: 1,
+        q_len: 2,
+        q_pos0: 1,
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: 4,
+        kv_capacity: 6,
+        scale: 0.5,
+    };
+    let q = rng.vec(8);
+    let mut k = rng.vec(24);
+    let v = rng.vec(24);
+    let run = |k: &[f32]| {
+        let (qb, kb, vb) = (
+            be.upload(&q).unwrap(),
+            be.upload(k).unwrap(),
+            be.upload(&v).unwrap(),
+        );
+        let out = be.alloc(8).unwrap();
+        be.attention(&qb, &kb, &vb, &out, a).unwrap();
+        be.download(&out, 0, 8).unwrap()
+    };
+    let before = run(&k);
+    k[3 * 4..].iter_mut().for_each(|x| *x = 100.0);
+    assert_eq!(before, run(&k));
+    // Too short a cache is an error.
+    let bad = AttnShape {
+        kv_capacity: 2,
+        ..a
+    };
+    let (qb, kb, out) = (
+        be.upload(&q).unwrap(),
+        be.upload(&k).unwrap(),
+        be.alloc(8).unwrap(),
+    );
+    let e = be
+        .attention(&qb, &kb, &kb, &out, bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attention") && e.contains("cache holds 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn elementwise_ops_match_reference() {
+    let be = cpu();
+    let mut rng = Rng::new(6);
+    for &len in &[1usize, 17, 1536] {
+        let g = rng.vec(len);
+        let u = rng.vec(len);
+        let (gb, ub, out) = (
+            be.upload(&g).unwrap(),
+            be.upload(&u).unwrap(),
+            be.alloc(len).unwrap(),
+        );
+        be.silu_gate(&gb, &ub, &out, len).unwrap();
+        let want: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        assert_close(
+            &be.download(&out, 0, len).unwrap(),
+            &want,
+            1e-6,
+            "silu_gate",
+        );
+        be.silu_gate(&gb, &ub, &gb, len).unwrap();
+        assert_close(
+            &be.download(&gb, 0, len).unwrap(),
+            &want,
+            1e-6,
+            "silu_gate in place",
+        );
+
+        let want: Vec<f32> = want.iter().zip(&u).map(|(a, b)| a + b).collect();
+        be.add(&gb, &ub, &out, len).unwrap();
+        assert_close(&be.download(&out, 0, len).unwrap(), &want, 1e-6, "add");
+        be.add(&gb, &ub, &gb, len).unwrap();
+        assert_close(
+            &be.download(&gb, 0, len).unwrap(),
+            &want,
+            1e-6,
+            "add in place",
+        );
+        be.add(&ub, &gb, &gb, len).unwrap();
+        let want2: Vec<f32> = want.iter().zip(&u).map(|(a, b)| a + b).collect();
+        assert_close(
+            &be.download(&gb, 0, len).unwrap(),
+            &want2,
+            1e-6,
+            "add aliasing b",
+        );
+    }
+}
+
+#[test]
+fn embedding_and_argmax() {
+    let be = cpu();
+    let mut rng = Rng::new(7);
+    let (vocab, dim) = (11, 6);
+    let table = rng.vec(vocab * dim);
+    let tb = be.upload(&table).unwrap();
+    let ids = [3u32, 0, 10, 3];
+    let out = be.alloc(ids.len() * dim).unwrap();
+    be.embedding(&tb, &ids, &out, dim).unwrap();
+    let got = be.download(&out, 0, ids.len() * dim).unwrap();
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(
+            &got[i * dim..(i + 1) * dim],
+            &table[id as usize * dim..][..dim]
+        );
+    }
+    let e = be.embedding(&tb, &[11], &out, dim).unwrap_err().to_string();
+    assert!(
+        e.contains("token id 11") && e.contains("vocabulary of 11"),
+        "{e}"
+    );
+
+    let (rows, cols) = (4, 50);
+    let mut x = rng.vec(rows * cols);
+    x[7] = 5.0;
+    x[cols + 49] = 5.0;
+    x[2 * cols] = 5.0;
+    x[2 * cols + 1] = 5.0; // tie: first wins
+    let xb = be.upload(&x).unwrap();
+    let want: Vec<u32> = x
+        .chunks(cols)
+        .map(|r| {
+            let mut b = 0;
+            for (i, v) in r.iter().enumerate() {
+                if *v > r[b] {
+                    b = i;
+                }
+            }
+            b as u32
+        })
+        .collect();
+    let got = be.argmax(&xb, rows, cols).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(&got[..3], &[7, 49, 0]);
+}
+
+#[test]
+fn copy_then_waiting_compute_sees_the_data() {
+    let be = Backend::new(
+        DeviceSpec::Cpu,
+        BackendOptions {
+            link_gbps: Some(0.5),
+            dtype: None,
+        },
+    )
+    .unwrap();
+    let n = 1 << 18; // 1 MiB: 2 ms at 0.5 GB/s
+    let data = Rng::new(8).vec(n);
+    let host = be.alloc_host(n).unwrap();
+    be.host_write(&host, 0, &data).unwrap();
+    let dev = be.alloc(n).unwrap();
+    let sum = be.alloc(n).unwrap();
+    be.copy_h2d(Stream::Copy, &host, 0, &dev, 0, n).unwrap();
+    let ev = be.record(Stream::Copy).unwrap();
+    be.wait(Stream::Compute, &ev).unwrap();
+    be.add(&dev, &dev, &sum, n).unwrap();
+    let got = be.download(&sum, 0, 4).unwrap();
+    assert_eq!(got, data[..4].iter().map(|v| v + v).collect::<Vec<_>>());
+
+    // Writeback waits on a compute event, then the copy stream waits on the writeback.
+    let back = be.alloc_host(n).unwrap();
+    let ev = be.record(Stream::Compute).unwrap();
+    be.wait(Stream::Writeback, &ev).unwrap();
+    be.copy_d2h(Stream::Writeback, &sum, 0, &back, 0, n)
+        .unwrap();
+    let wb = be.record(Stream::Writeback).unwrap();
+    be.wait(Stream::Copy, &wb).unwrap();
+    let dev2 = be.alloc(n).unwrap();
+    be.copy_h2d(Stream::Copy, &back, 0, &dev2, 0, n).unwrap();
+    let done = be.record(Stream::Copy).unwrap();
+    be.wait(Stream::Compute, &done).unwrap();
+    assert_eq!(
+        be.download(&dev2, n - 2, 2).unwrap(),
+        be.download(&sum, n - 2, 2).unwrap()
+    );
+    assert!(
+        be.elapsed_us(&wb, &done).unwrap() > 1500.0,
+        "the second copy was not paced"
+    );
+    be.synchronize().unwrap();
+}
+
+#[test]
+fn paced_copy_takes_its_time() {
+    let be = Backend::new(
+        DeviceSpec::Cpu,
+        BackendOptions {
+            link_gbps: Some(1.0),
+            dtype: None,
+        },
+    )
+    .unwrap();
+    let n = 16 << 20; // 64 MiB of f32
+    let host = be.alloc_host(n).unwrap();
+    let dev = be.alloc(n).unwrap();
+    let want_us = (n * 4) as f64 / 1e9 * 1e6;
+    let t0 = Instant::now();
+    let a = be.record(Stream::Copy).unwrap();
+    be.copy_h2d(Stream::Copy, &host, 0, &dev, 0, n).unwrap();
+    let b = be.record(Stream::Copy).unwrap();
+    let issued = t0.elapsed().as_secs_f64() * 1e6;
+    be.synchronize().unwrap();
+    let wall = t0.elapsed().as_secs_f64() * 1e6;
+    let us = be.elapsed_us(&a, &b).unwrap();
+    assert!(
+        (us - want_us).abs() < 0.1 * want_us,
+        "64 MiB at 1 GB/s took {us} us, want {want_us}"
+    );
+    // The data really took that long to arrive (loose upper bound: a busy machine).
+    assert!(
+        wall > 0.9 * want_us && wall < 2.0 * want_us,
+        "wall time {wall} us, want {want_us}"
+    );
+    assert!(
+        issued < 0.5 * want_us,
+        "copy_h2d is not asynchronous: {issued} us to issue"
+    );
+    // Copy and writeback run side by side (full duplex).
+    let back = be.alloc_host(n / 2).unwrap();
+    let t0 = Instant::now();
+    be.copy_h2d(Stream::Copy, &host, 0, &dev, 0, n / 2).unwrap();
+    be.copy_d2h(Stream::Writeback, &dev, n / 2, &back, 0, n / 2)
+        .unwrap();
+    be.synchronize().unwrap();
+    let both = t0.elapsed().as_secs_f64() * 1e6;
+    assert!(
+        both < 0.8 * want_us,
+        "the two directions did not overlap: {both} us"
+    );
+}
+
+#[test]
+fn out_of_range_is_a_typed_error() {
+    let be = cpu();
+    let x = be.alloc(10).unwrap();
+    let w = be.alloc(12).unwrap();
+    let out = be.alloc(8).unwrap();
+    let e = be.gemm(&x, 1, &w, 0, &out, 0, 2, 4, 5).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KernelError::OutOfRange {
+                op: "gemm",
+                what: "x",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("1..11"), "{e}");
+    let e = be.gemm(&x, 0, &w, 0, &out, 0, 3, 4, 3).unwrap_err();
+    assert!(
+        matches!(e, KernelError::OutOfRange { what: "out", .. }),
+        "{e}"
+    );
+    let h = be.alloc_host(4).unwrap();
+    assert!(be.copy_h2d(Stream::Copy, &h, 2, &x, 0, 3).is_err());
+    assert!(be.copy_d2h(Stream::Writeback, &x, 8, &h, 0, 3).is_err());
+    assert!(be.copy_d2d(Stream::Copy, &x, 0, &out, 6, 3).is_err());
+    assert!(be.download(&x, 9, 2).is_err());
+    assert!(be.host_write(&h, 3, &[1.0, 2.0]).is_err());
+    assert!(be.host_read(&h, usize::MAX, 2).is_err());
+    assert!(be.rope(&x, 0, 2, 5, 1, 4, &[0, 1], 1e4, false).is_ok());
+    assert!(be.rope(&x, 0, 2, 7, 1, 4, &[0, 1], 1e4, false).is_err());
+    assert!(be.rope(&x, 0, 2, 5, 1, 3, &[0, 1], 1e4, false).is_err());
+    assert!(be.rope(&x, 0, 2, 5, 1, 4, &[0], 1e4, false).is_err());
+    assert!(be.rmsnorm(&x, &w, &out, 2, 5, 1e-5).is_err());
+    assert!(be.argmax(&x, 3, 4).is_err());
+    assert!(be.silu_gate(&x, &w, &out, 9).is_err());
+    // Nothing was left broken.
+    be.synchronize().unwrap();
+}
+
+#[test]
+fn d2d_copies_within_and_across_buffers() {
+    let be = cpu();
+    let x = be.upload(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    let y = be.alloc(3).unwrap();
+    be.copy_d2d(Stream::Copy, &x, 1, &y, 0, 3).unwrap();
+    // The compute stream overwrites what the copy stream reads: order them.
+    let read = be.record(Stream::Copy).unwrap();
+    be.wait(Stream::Compute, &read).unwrap();
+    be.copy_d2d(Stream::Compute, &x, 0, &x, 2, 3).unwrap();
+    assert_eq!(be.download(&y, 0, 3).unwrap(), vec![2.0, 3.0, 4.0]);
+    assert_eq!(
+        be.download(&x, 0, 5).unwrap(),
+        vec![1.0, 2.0, 1.0, 2.0, 3.0]
+    );
+}
+
+#[test]
+fn cpu_refuses_half_dtypes_and_bad_pacing() {
+    let e = Backend::new(
+        DeviceSpec::Cpu,
+        BackendOptions {
+            link_gbps: None,
+            dtype: Some(Dtype::F16),
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, KernelError::Unsupported { .. }), "{e}");
+    assert!(Backend::new(
+        DeviceSpec::Cpu,
+        BackendOptions {
+            link_gbps: Some(0.0),
+            dtype: None
+        }
+    )
+    .is_err());
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Backend>();
+    check::<DeviceBuf>();
+    check::<HostBuf>();
+    check::<Event>();
+    check::<KernelError>();
+}

@@ -1,0 +1,139 @@
+//! Calibration on the CPU backend: a quick run gives a valid profile with
+//! sensible curves, and a paced link measures at its set bandwidth.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use kernels::{Backend, BackendOptions, DeviceSpec};
+use plans::{HardwareProfile, ModelSpec, Source};
+
+use crate::*;
+
+/// Calibrations in this binary run one at a time: on two cores, a GEMM sweep
+/// beside a paced copy thread would measure the scheduler, not the backend.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run(link_gbps: Option<f64>, model: Option<&str>) -> (HardwareProfile, usize, usize) {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let be = Backend::new(
+        DeviceSpec::Cpu,
+        BackendOptions {
+            link_gbps,
+            dtype: None,
+        },
+    )
+    .unwrap();
+    let opts = CalibrateOptions {
+        quick: true,
+        model: model.map(|m| ModelSpec::resolve(m).unwrap()),
+        name: None,
+    };
+    let (mut planned, mut steps) = (0, 0);
+    let p = calibrate(&be, &opts, &mut |e| match e {
+        CalibrationEvent::Plan { steps } => planned = steps,
+        CalibrationEvent::Step { .. } => steps += 1,
+    })
+    .unwrap();
+    (p, planned, steps)
+}
+
+#[test]
+fn quick_cpu_calibration_gives_a_valid_profile() {
+    let (p, planned, steps) = run(None, Some("llama-2-7b-tiny"));
+    assert_eq!(
+        planned, steps,
+        "the progress plan matches the steps reported"
+    );
+    let back = HardwareProfile::parse(Path::new("p.json"), &p.to_json()).unwrap();
+    assert_eq!(back, p);
+    assert_eq!(p.device.kind, plans::DeviceKind::Cpu);
+    assert!(p.device.memory_bytes > 0 && p.device.extra.contains_key("cores"));
+    assert!(p.measured_at.as_deref().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(p.kvpr_version.as_deref(), Some(plans::KVPR_VERSION));
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("in-memory copy (unpaced)")),
+        "{:?}",
+        p.notes
+    );
+    let bidir = p.link.bidirectional.as_ref().unwrap();
+    assert!(bidir.points.len() >= 5 && bidir.points.iter().all(|pt| pt.gbps > 0.0));
+    // Both copy threads share the memory bus, so only the one-way curves are
+    // held to the no-cliff rule.
+    for c in [&p.link.h2d_pinned, &p.link.d2h_pinned] {
+        assert_eq!(c.source, Source::Measured);
+        assert!(c.points.len() >= 5);
+        let last = c.points.last().unwrap();
+        assert!(
+            last.gbps >= 0.5 * c.peak_gbps(),
+            "bandwidth falls off a cliff: {:?}",
+            c.points
+        );
+    }
+    assert!(p.gemm.points.iter().all(|g| g.tflops > 0.0));
+    assert!(p.attention_gbps.value > 0.0 && p.launch_overhead_us.value > 0.0);
+}
+
+#[test]
+fn quick_gemm_throughput_grows_with_m() {
+    let (p, ..) = run(None, Some("llama-2-7b-tiny"));
+    let spec = ModelSpec::resolve("llama-2-7b-tiny").unwrap();
+    let rows = p.gemm.rows_curve(
+        plans::Dtype::F32,
+        spec.kv_dim() as u64,
+        spec.hidden_size as u64,
+    );
+    assert!(rows.len() >= 4, "{rows:?}");
+    let (top_m, top) = *rows.last().unwrap();
+    let best_smaller = rows[..rows.len() - 1]
+        .iter()
+        .map(|r| r.1)
+        .fold(0.0, f64::max);
+    assert!(
+        top >= 0.8 * best_smaller,
+        "m={top_m}: {top} TFLOP/s < 0.8 x {best_smaller}: {rows:?}"
+    );
+    assert!(top > rows[0].1, "m=1 is as fast as m={top_m}: {rows:?}");
+}
+
+#[test]
+fn paced_link_measures_its_set_bandwidth() {
+    let (p, ..) = run(Some(4.0), Some("tiny-gqa"));
+    for c in [&p.link.h2d_pinned, &p.link.d2h_pinned] {
+        for pt in c.points.iter().filter(|pt| pt.bytes >= 1 << 20) {
+            assert!(
+                (pt.gbps - 4.0).abs() < 0.4,
+                "paced at 4 GB/s, measured {pt:?}"
+            );
+        }
+    }
+    // Both paced threads spin at once on two cores here, so single points of
+    // the bidirectional curve are noisier: hold their median to the rule.
+    let curve = p.link.bidirectional.as_ref().unwrap();
+    let mut bidir: Vec<f64> = curve.points.iter().map(|pt| pt.gbps).collect();
+    bidir.sort_by(f64::total_cmp);
+    let median = bidir[bidir.len() / 2];
+    assert!(
+        (median - 4.0).abs() < 0.4,
+        "paced at 4 GB/s, bidirectional {bidir:?}"
+    );
+    assert_eq!(
+        p.device.extra.get("link_gbps").map(String::as_str),
+        Some("4")
+    );
+    assert!(
+        p.notes.iter().any(|n| n.contains("paced to 4 GB/s")),
+        "{:?}",
+        p.notes
+    );
+}
+
+#[test]
+fn rfc3339_formats_utc() {
+    let t = |s: u64| rfc3339_utc(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s));
+    assert_eq!(t(0), "1970-01-01T00:00:00Z");
+    assert_eq!(t(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(t(1_709_251_199), "2024-02-29T23:59:59Z");
+    assert_eq!(t(4_102_444_800), "2100-01-01T00:00:00Z");
+}

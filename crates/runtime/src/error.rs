@@ -1,0 +1,102 @@
+//! The one error type of the runtime: every variant names what the user needs
+//! to find the problem (file, field, tensor, layer, shape).
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A GGUF file that cannot be parsed or whose tensors run past its end.
+    #[error("{path}: corrupt or unsupported GGUF file: {reason}")]
+    Gguf { path: PathBuf, reason: String },
+    #[error("{path}: corrupt or unsupported safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    /// A model description kvpr cannot run (wrong family, bad field).
+    #[error("{path}: {field}: {reason}")]
+    Config {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+    #[error("{path}: tensor {name} is missing")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor {name} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{path}: tensor {name}: cannot convert {dtype} to f32: {reason}")]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+        reason: String,
+    },
+    #[error("{path}: tokenizer: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    /// A prompt the model cannot take (empty, longer than the context, ...).
+    #[error("prompt {index}: {reason}")]
+    Prompt { index: usize, reason: String },
+    /// A request that does not fit this run (batch, lengths, sampling).
+    #[error("{what}: {reason}")]
+    Request { what: String, reason: String },
+    #[error(transparent)]
+    Plan(#[from] plans::PlansError),
+    /// A backend op failed; `layer` is `None` outside the layers.
+    #[error("{}{source}", layer.map(|l| format!("layer {l}: ")).unwrap_or_default())]
+    Kernel {
+        layer: Option<usize>,
+        #[source]
+        source: kernels::KernelError,
+    },
+    /// A compute or copy operation failed; `layer` is `None` outside the layers.
+    #[error("{op}{}: {reason}", layer.map(|l| format!(" (layer {l})")).unwrap_or_default())]
+    Compute {
+        op: String,
+        layer: Option<usize>,
+        reason: String,
+    },
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+impl From<kernels::KernelError> for RuntimeError {
+    fn from(source: kernels::KernelError) -> Self {
+        RuntimeError::Kernel {
+            layer: None,
+            source,
+        }
+    }
+}
+
+/// Attaches the layer to a backend error.
+pub(crate) trait AtLayer<T> {
+    fn at(self, layer: usize) -> Result<T>;
+}
+
+impl<T> AtLayer<T> for std::result::Result<T, kernels::KernelError> {
+    fn at(self, layer: usize) -> Result<T> {
+        self.map_err(|source| RuntimeError::Kernel {
+            layer: Some(layer),
+            source,
+        })
+    }
+}
+
+impl RuntimeError {
+    pub(crate) fn compute(op: &str, layer: Option<usize>, reason: impl ToString) -> Self {
+        RuntimeError::Compute {
+            op: op.to_string(),
+            layer,
+            reason: reason.to_string(),
+        }
+    }
+}

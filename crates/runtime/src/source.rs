@@ -1,0 +1,362 @@
+//! Where a model comes from and how its tensors are read: a GGUF file, a
+//! Hugging Face safetensors directory, or a named preset with seeded random
+//! weights. Every tensor comes out as row-major `f32` (`[out, in]` for matrices),
+//! under its Hugging Face name (`model.layers.3.self_attn.q_proj.weight`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use plans::{Family, ModelSpec};
+use rand::{Rng, SeedableRng};
+
+use crate::{Result, RuntimeError};
+
+/// How a checkpoint's Q/K projections pair the dimensions RoPE rotates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(2i, 2i+1)`: llama.cpp permutes Q/K rows when it writes GGUF.
+    Interleaved,
+    /// Pairs `(i, i + d/2)` ("rotate_half"): Hugging Face checkpoints.
+    Halves,
+}
+
+impl RopeStyle {
+    pub fn interleaved(self) -> bool {
+        self == RopeStyle::Interleaved
+    }
+}
+
+/// A `--model` argument, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelSource {
+    Gguf(PathBuf),
+    /// A directory holding `config.json`, `*.safetensors` and `tokenizer.json`.
+    HfDir(PathBuf),
+    /// A named preset (see `plans::PRESETS`) with seeded random weights.
+    Preset {
+        name: String,
+        seed: u64,
+    },
+}
+
+impl ModelSource {
+    /// `preset:NAME` (seed 0), a GGUF file, or a Hugging Face directory (or its
+    /// `config.json`).
+    pub fn parse(arg: &str) -> Result<Self> {
+        if let Some(name) = arg.strip_prefix("preset:") {
+            return Ok(ModelSource::Preset {
+                name: name.to_string(),
+                seed: 0,
+            });
+        }
+        let path = PathBuf::from(arg);
+        let is_config = path.file_name().is_some_and(|n| n == "config.json");
+        if path.is_dir() {
+            Ok(ModelSource::HfDir(path))
+        } else if is_config && path.is_file() {
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            Ok(ModelSource::HfDir(dir))
+        } else if path.is_file() {
+            Ok(ModelSource::Gguf(path))
+        } else {
+            Err(RuntimeError::Io {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file or directory (presets are written preset:NAME)",
+                ),
+            })
+        }
+    }
+
+    /// A label for messages: the path, or `preset:NAME`.
+    pub fn label(&self) -> PathBuf {
+        match self {
+            ModelSource::Gguf(p) | ModelSource::HfDir(p) => p.clone(),
+            ModelSource::Preset { name, .. } => PathBuf::from(format!("preset:{name}")),
+        }
+    }
+}
+
+/// The resolved configuration the forward runs with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub spec: ModelSpec,
+    pub rope: RopeStyle,
+}
+
+impl Config {
+    /// Checks the shape is one the runtime's Llama forward can run.
+    pub fn new(spec: ModelSpec, rope: RopeStyle, path: &Path) -> Result<Self> {
+        if spec.family != Family::Llama {
+            return Err(RuntimeError::Config {
+                path: path.to_path_buf(),
+                field: "family".into(),
+                reason: format!(
+                    "{:?} models are not supported by the runtime; it runs the Llama family",
+                    spec.family
+                ),
+            });
+        }
+        if spec.head_dim & 1 == 1 {
+            return Err(RuntimeError::Config {
+                path: path.to_path_buf(),
+                field: "head_dim".into(),
+                reason: format!("{} is odd; RoPE needs an even head_dim", spec.head_dim),
+            });
+        }
+        Ok(Config { spec, rope })
+    }
+}
+
+/// How synthetic weights are drawn.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Init {
+    /// All ones (norm weights).
+    Ones,
+    /// Uniform with this standard deviation.
+    Std(f32),
+}
+
+enum Kind {
+    Gguf {
+        content: gguf_file::Content,
+        file: File,
+    },
+    Safetensors {
+        tensors: HashMap<String, Tensor>,
+    },
+    Synthetic {
+        seed: u64,
+    },
+}
+
+/// Reads named tensors from one model source (the runtime's `VarBuilder`).
+pub(crate) struct TensorSource {
+    path: PathBuf,
+    kind: Kind,
+}
+
+impl TensorSource {
+    /// Opens the source and resolves its configuration.
+    pub fn open(source: &ModelSource) -> Result<(Self, Config)> {
+        let path = source.label();
+        match source {
+            ModelSource::Gguf(p) => {
+                let spec = ModelSpec::from_gguf(p)?;
+                let mut file = File::open(p).map_err(|source| RuntimeError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+                let content =
+                    gguf_file::Content::read(&mut file).map_err(|e| RuntimeError::Gguf {
+                        path: p.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let cfg = Config::new(spec, RopeStyle::Interleaved, p)?;
+                let kind = Kind::Gguf { content, file };
+                Ok((TensorSource { path, kind }, cfg))
+            }
+            ModelSource::HfDir(dir) => {
+                let spec = ModelSpec::from_hf_config(&dir.join("config.json"))?;
+                let cfg = Config::new(spec, RopeStyle::Halves, dir)?;
+                let tensors = read_safetensors_dir(dir)?;
+                Ok((
+                    TensorSource {
+                        path,
+                        kind: Kind::Safetensors { tensors },
+                    },
+                    cfg,
+                ))
+            }
+            ModelSource::Preset { name, seed } => {
+                let spec = ModelSpec::preset(name)?;
+                let cfg = Config::new(spec, RopeStyle::Halves, &path)?;
+                let kind = Kind::Synthetic { seed: *seed };
+                Ok((TensorSource { path, kind }, cfg))
+            }
+        }
+    }
+
+    /// Whether the file holds a tensor under this (Hugging Face) name
+    /// (synthetic sources hold nothing on disk: tied stays tied).
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.kind {
+            Kind::Gguf { content, .. } => gguf_name(name)
+                .map(|n| content.tensor_infos.contains_key(&n))
+                .unwrap_or(false),
+            Kind::Safetensors { tensors } => tensors.contains_key(name),
+            Kind::Synthetic { .. } => false,
+        }
+    }
+
+    /// The tensor `name` as row-major f32, checked against `shape`.
+    pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Vec<f32>> {
+        let path = self.path.clone();
+        let missing = || RuntimeError::MissingTensor {
+            path: path.clone(),
+            name: name.to_string(),
+        };
+        let tensor = match &mut self.kind {
+            Kind::Synthetic { seed } => return Ok(synthetic(*seed, name, shape, init)),
+            Kind::Gguf { content, file } => {
+                let gname = gguf_name(name).ok_or_else(missing)?;
+                let info = content.tensor_infos.get(&gname).ok_or_else(missing)?;
+                let dtype = format!("{:?}", info.ggml_dtype);
+                let q = info
+                    .read(file, content.tensor_data_offset, &Device::Cpu)
+                    .map_err(|e| RuntimeError::Gguf {
+                        path: path.clone(),
+                        reason: format!("tensor {gname}: {e}"),
+                    })?;
+                q.dequantize(&Device::Cpu)
+                    .map_err(|e| RuntimeError::Dtype {
+                        path: path.clone(),
+                        name: gname.clone(),
+                        dtype,
+                        reason: e.to_string(),
+                    })?
+            }
+            Kind::Safetensors { tensors } => tensors.get(name).ok_or_else(missing)?.clone(),
+        };
+        let found = tensor.dims().to_vec();
+        if found != shape {
+            return Err(RuntimeError::Shape {
+                path,
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        let dtype = format!("{:?}", tensor.dtype());
+        tensor
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| RuntimeError::Dtype {
+                path,
+                name: name.to_string(),
+                dtype,
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// Reads every `*.safetensors` file of a directory.
+fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| RuntimeError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(RuntimeError::Safetensors {
+            path: dir.to_path_buf(),
+            reason: "no *.safetensors file in the directory".into(),
+        });
+    }
+    let mut all = HashMap::new();
+    for f in files {
+        let data = std::fs::read(&f).map_err(|source| RuntimeError::Io {
+            path: f.clone(),
+            source,
+        })?;
+        let tensors = candle_core::safetensors::load_buffer(&data, &Device::Cpu).map_err(|e| {
+            RuntimeError::Safetensors {
+                path: f.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        all.extend(tensors);
+    }
+    Ok(all)
+}
+
+/// The GGUF (llama.cpp) name of a Hugging Face tensor name.
+pub(crate) fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let short = match rest {
+        "input_layernorm.weight" => "attn_norm",
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{short}.weight"))
+}
+
+/// Seeded random weights: each tensor is a pure function of (seed, name, shape).
+fn synthetic(seed: u64, name: &str, shape: &[usize], init: Init) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    match init {
+        Init::Ones => vec![1.0; n],
+        Init::Std(std) => {
+            // FNV-1a over the name, mixed with the seed.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            for b in name.bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            let mut rng = rand::rngs::StdRng::seed_from_u64(h);
+            // Uniform on [-a, a] has standard deviation a / sqrt(3).
+            let a = std * 3f32.sqrt();
+            (0..n).map(|_| rng.random_range(-a..=a)).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names() {
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.k_proj.weight").as_deref(),
+            Some("blk.12.attn_k.weight")
+        );
+        assert_eq!(
+            gguf_name("model.embed_tokens.weight").as_deref(),
+            Some("token_embd.weight")
+        );
+        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+    }
+
+    #[test]
+    fn synthetic_is_deterministic_and_scaled() {
+        let a = synthetic(7, "w", &[64, 64], Init::Std(0.125));
+        let b = synthetic(7, "w", &[64, 64], Init::Std(0.125));
+        let c = synthetic(8, "w", &[64, 64], Init::Std(0.125));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let var = a.iter().map(|x| x * x).sum::<f32>() / a.len() as f32;
+        assert!((var.sqrt() / 0.125 - 1.0).abs() < 0.05, "{}", var.sqrt());
+    }
+
+    #[test]
+    fn unknown_path_is_named() {
+        let e = ModelSource::parse("/no/such/model.gguf")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/no/such/model.gguf"), "{e}");
+    }
+}

@@ -1,0 +1,247 @@
+//! The plan-following executor: every split (transfer, paper, chunked; 25%,
+//! 50%, 100% recomputed; with and without a resident prefix) gives the same
+//! greedy tokens and the same logits as the fully resident run, which itself
+//! matches the host reference forward.
+
+mod common;
+
+use std::path::Path;
+
+use kernels::{Backend, BackendOptions, DeviceSpec};
+use plans::{Dtype, HardwareProfile, ModelSpec, Plan, PlanHardware, Schedule, Workload};
+use runtime::{GenerationReport, Generator, Model, ModelSource, Reference, Sampling, Weights};
+use scheduler::{make_plan, ForcedSplit, PlanRequest, ScheduleChoice, Solver};
+
+fn backend() -> Backend {
+    Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap()
+}
+
+/// The A100 example profile with its GEMM curve relabelled f32 (the CPU
+/// backend's dtype); the numbers only shape the plan, the runtime just follows it.
+fn profile() -> HardwareProfile {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plans/hardware/a100-pcie4.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"f16\"", "\"f32\"");
+    HardwareProfile::parse(&p, &text).unwrap()
+}
+
+fn plan(
+    spec: &ModelSpec,
+    batch: usize,
+    prompt_len: usize,
+    gen_len: usize,
+    schedule: Schedule,
+    forced: Option<ForcedSplit>,
+) -> Plan {
+    let hw = profile();
+    let workload = Workload {
+        batch,
+        prompt_len,
+        gen_len,
+        dtype: Dtype::F32,
+        gpu_memory_budget: 1 << 40,
+        host_memory_budget: 1 << 40,
+    };
+    let req = PlanRequest {
+        schedule: ScheduleChoice::Fixed(schedule),
+        block_tokens: 1,
+        solver: Solver::Exhaustive,
+        forced,
+    };
+    let id = PlanHardware {
+        name: hw.name.clone(),
+        fingerprint: hw.fingerprint(),
+    };
+    make_plan(spec, &hw, id, &workload, &req).unwrap()
+}
+
+/// The splits every model is checked on: (schedule, recomputed share,
+/// resident tokens, chunks).
+fn cases() -> Vec<(Schedule, f64, usize, usize)> {
+    let mut v = vec![
+        (Schedule::Transfer, 0.0, 0, 1),
+        (Schedule::Transfer, 0.0, 2, 1),
+    ];
+    for g in [0, 2] {
+        for f in [0.25, 0.5, 1.0] {
+            v.push((Schedule::Paper, f, g, 1));
+        }
+        v.push((Schedule::Chunked, 0.5, g, 2));
+        v.push((Schedule::Chunked, 1.0, g, 3));
+    }
+    v
+}
+
+fn generate(g: &mut Generator, prompts: &[String], n: usize) -> GenerationReport {
+    g.generate(prompts, n, Sampling::Greedy, |_, _| {}).unwrap()
+}
+
+/// Runs every case on `model` and checks it against the resident run.
+fn check_all_splits(model: Model, prompts: Vec<String>, n: usize) {
+    check_all_splits_on(model, backend(), prompts, n);
+}
+
+fn check_all_splits_on(model: Model, be: Backend, prompts: Vec<String>, n: usize) {
+    let spec = model.spec().clone();
+    let mut g = Generator::new(model, be, None);
+    let base = generate(&mut g, &prompts, n);
+    assert_eq!(base.tokens[0].len(), n);
+    let p = g.model.tokenizer.encode(&prompts[0]).unwrap().len();
+    for (schedule, f, resident, chunks) in cases() {
+        let forced = ForcedSplit {
+            recompute_fraction: f,
+            resident_tokens: Some(resident),
+            chunks: Some(chunks),
+        };
+        let pl = plan(&spec, prompts.len(), p, n, schedule, Some(forced));
+        let what = format!("{schedule:?} recompute {f} resident {resident} chunks {chunks}");
+        let (model, be) = (g.model, g.backend);
+        g = Generator::new(model, be, Some(pl.clone()));
+        let r = generate(&mut g, &prompts, n);
+        assert_eq!(r.tokens, base.tokens, "{what}");
+        let d = common::rel_diff(&r.final_logits, &base.final_logits);
+        assert!(d < 1e-4, "{what}: relative logit difference {d}");
+        assert_eq!(r.host_bytes, pl.summary.host_memory_bytes, "{what}");
+        // The split the executor ran is the plan's, and bytes (all layers) follow from it.
+        let (h, kvd, b) = (spec.hidden_size, spec.kv_dim(), prompts.len());
+        let nl = spec.n_layers;
+        for st in &r.steps {
+            let step = pl.step_for(st.context).unwrap();
+            assert_eq!(st.resident, step.resident_tokens.min(st.context), "{what}");
+            assert_eq!(st.bytes_x, (nl * b * st.recompute * h * 4) as u64, "{what}");
+            assert_eq!(
+                st.bytes_kv,
+                (nl * b * st.transfer * 2 * kvd * 4) as u64,
+                "{what}"
+            );
+            assert!(st.predicted_us.is_some());
+        }
+        if f > 0.0 {
+            assert!(
+                r.steps.iter().any(|s| s.recompute > 0),
+                "{what}: nothing recomputed"
+            );
+        }
+        if resident > 0 {
+            assert!(r.steps.iter().all(|s| s.resident == resident), "{what}");
+        }
+    }
+}
+
+#[test]
+fn synthetic_mha_every_split_matches() {
+    let src = ModelSource::Preset {
+        name: "tiny-mha".into(),
+        seed: 11,
+    };
+    let be = backend();
+    let model = Model::load(&src, &be).unwrap();
+    // Two prompts of equal length (the byte tokenizer: equal byte counts).
+    check_all_splits(model, vec!["kv cache!".into(), "recompute".into()], 8);
+}
+
+/// With the copy stream paced to a slow link, copies really run behind the
+/// compute stream: any missing event shows up as wrong logits here.
+#[test]
+fn synthetic_mha_on_a_paced_link() {
+    let src = ModelSource::Preset {
+        name: "tiny-mha".into(),
+        seed: 12,
+    };
+    let opts = BackendOptions {
+        link_gbps: Some(0.02),
+        ..BackendOptions::default()
+    };
+    let be = Backend::new(DeviceSpec::Cpu, opts).unwrap();
+    let model = Model::load(&src, &be).unwrap();
+    check_all_splits_on(model, be, vec!["paced".into()], 6);
+}
+
+#[test]
+fn synthetic_backend_forward_matches_the_reference() {
+    let src = ModelSource::Preset {
+        name: "llama-2-7b-tiny".into(),
+        seed: 3,
+    };
+    let w = Weights::load(&src).unwrap();
+    let tk = runtime::Tokenizer::load(&src).unwrap();
+    let prompt = "hello".to_string();
+    let ids = tk.encode(&prompt).unwrap();
+    let be = backend();
+    let model = Model::from_weights(&w, tk, &be).unwrap();
+    let mut g = Generator::new(model, be, None);
+    let r = generate(&mut g, std::slice::from_ref(&prompt), 6);
+    let mut reference = Reference::new(&w, 1, ids.len() + 6).unwrap();
+    let mut logits = reference.forward(&ids, 0).unwrap();
+    let mut toks = vec![];
+    for i in 0..6 {
+        let t = reference.argmax(&logits)[0];
+        toks.push(t);
+        if i < 5 {
+            logits = reference.forward(&[t], ids.len() + i).unwrap();
+        }
+    }
+    assert_eq!(r.tokens[0], toks);
+    let d = common::rel_diff(&r.final_logits, &logits);
+    assert!(d < 1e-4, "relative logit difference {d}");
+}
+
+#[test]
+fn smollm2_every_split_matches() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let be = backend();
+    let model = Model::load(&ModelSource::Gguf(path), &be).unwrap();
+    let mut g = Generator::new(model, be, None);
+    let t = std::time::Instant::now();
+    let r = generate(&mut g, &["The capital of France is".to_string()], 4);
+    eprintln!(
+        "smollm2 resident run: {:?}, prefill {:.0} ms, decode {:.1} ms/token ({:.1} s)",
+        r.texts[0],
+        r.prefill_ms,
+        r.decode_ms_per_token,
+        t.elapsed().as_secs_f64()
+    );
+    assert!(r.texts[0].starts_with(" Paris"), "{:?}", r.texts[0]);
+    check_all_splits(g.model, vec!["The capital of France is".into()], 4);
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let src = ModelSource::Preset {
+        name: "tiny-gqa".into(),
+        seed: 1,
+    };
+    let be = backend();
+    let model = Model::load(&src, &be).unwrap();
+    let spec = model.spec().clone();
+    let mut g = Generator::new(model, be, None);
+    let err = |g: &mut Generator, prompts: &[&str], n: usize| {
+        let p: Vec<String> = prompts.iter().map(|s| s.to_string()).collect();
+        g.generate(&p, n, Sampling::Greedy, |_, _| {})
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&mut g, &[""], 2);
+    assert!(e.contains("prompt 0") && e.contains("empty"), "{e}");
+    let long = "x".repeat(spec.max_context + 1);
+    let e = err(&mut g, &[&long], 2);
+    assert!(e.contains("context"), "{e}");
+    let e = err(&mut g, &["abc", "abcd"], 2);
+    assert!(e.contains("prompt 1") && e.contains("equal"), "{e}");
+    // A plan for batch 1 refused for batch 2, naming the field.
+    let pl = plan(&spec, 1, 3, 2, Schedule::Transfer, None);
+    let (model, be) = (g.model, g.backend);
+    let mut g = Generator::new(model, be, Some(pl)).with_plan_path("p.json");
+    let e = err(&mut g, &["abc", "def"], 2);
+    assert!(e.contains("p.json") && e.contains("batch"), "{e}");
+    // Temperature sampling is seeded.
+    let (model, be) = (g.model, g.backend);
+    let mut g = Generator::new(model, be, None);
+    let s = Sampling::Temperature { t: 0.8, seed: 5 };
+    let a = g.generate(&["abc".into()], 5, s, |_, _| {}).unwrap();
+    let b = g.generate(&["abc".into()], 5, s, |_, _| {}).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+}
