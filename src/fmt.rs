@@ -27,6 +27,20 @@ pub fn us(t: f64) -> String {
     }
 }
 
+/// At most `k` indices of `0..n` for a summary table: the first, the last and
+/// evenly spaced ones between.
+pub fn sample_indices(n: usize, k: usize) -> Vec<usize> {
+    if n <= k {
+        return (0..n).collect();
+    }
+    if k < 2 {
+        return (0..k).collect();
+    }
+    let mut v: Vec<usize> = (0..k).map(|i| i * (n - 1) / (k - 1)).collect();
+    v.dedup();
+    v
+}
+
 /// A markdown table with right-aligned numeric columns (llama-bench style).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -67,5 +81,8 @@ mod tests {
         assert_eq!(us(12_300.0), "12.30 ms");
         let t = table(&["a", "bb"], &[vec!["1".into(), "22".into()]]);
         assert_eq!(t, "| a | bb |\n|--:|---:|\n| 1 | 22 |\n");
+        assert_eq!(sample_indices(3, 8), vec![0, 1, 2]);
+        assert_eq!(sample_indices(16, 8), vec![0, 2, 4, 6, 8, 10, 12, 15]);
+        assert_eq!(sample_indices(0, 8), Vec::<usize>::new());
     }
 }

@@ -123,15 +123,8 @@ pub fn summary_text(plan: &Plan) -> String {
         plan.schedule.name(),
         plan.block_tokens
     );
-    // At most 8 rows: the first, the last, and evenly spaced ones between.
     let n = plan.steps.len();
-    let picks: Vec<usize> = if n <= 8 {
-        (0..n).collect()
-    } else {
-        let mut v: Vec<usize> = (0..8).map(|i| i * (n - 1) / 7).collect();
-        v.dedup();
-        v
-    };
+    let picks = fmt::sample_indices(n, 8);
     let rows: Vec<Vec<String>> = picks
         .iter()
         .map(|&i| {

@@ -218,13 +218,7 @@ fn report_text(r: &GenerationReport) -> String {
     if n == 0 {
         return out;
     }
-    let picks: Vec<usize> = if n <= 6 {
-        (0..n).collect()
-    } else {
-        let mut v: Vec<usize> = (0..6).map(|i| i * (n - 1) / 5).collect();
-        v.dedup();
-        v
-    };
+    let picks = fmt::sample_indices(n, 6);
     let rows: Vec<Vec<String>> = picks
         .iter()
         .map(|&i| {
