@@ -257,6 +257,28 @@ fn rope_matches_reference_both_conventions() {
 }
 
 #[test]
+fn rope_table_serves_other_thetas_and_refuses_absurd_positions() {
+    let be = cpu();
+    let x = Rng::new(6).vec(8);
+    // The cached table must follow a change of theta: same input, same position,
+    // another theta gives another result, and the first theta gives the first again.
+    let run = |theta: f32| {
+        let a = be.upload(&x).unwrap();
+        be.rope(&a, 0, 1, 8, 1, 8, &[300], theta, false).unwrap();
+        be.download(&a, 0, 8).unwrap()
+    };
+    let (t1, t2, t1_again) = (run(10000.0), run(500000.0), run(10000.0));
+    assert_ne!(t1, t2);
+    assert_eq!(t1, t1_again);
+    let a = be.upload(&x).unwrap();
+    let e = be
+        .rope(&a, 0, 1, 8, 1, 8, &[u32::MAX], 10000.0, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("position"), "{e}");
+}
+
+#[test]
 fn attention_matches_reference_mha_gqa_prefill_decode() {
     let be = cpu();
     let mut rng = Rng::new(5);

@@ -251,6 +251,8 @@ pub(crate) struct CpuBackend {
     link_gbps: Option<f64>,
     copy: Worker,
     writeback: Worker,
+    /// RoPE's cos/sin per position, grown on demand (compute stream only).
+    rope_table: std::sync::Mutex<ops::RopeTable>,
 }
 
 impl CpuBackend {
@@ -280,6 +282,7 @@ impl CpuBackend {
             link_gbps: opts.link_gbps,
             copy: Worker::spawn("copy")?,
             writeback: Worker::spawn("writeback")?,
+            rope_table: Default::default(),
         })
     }
 
@@ -565,14 +568,24 @@ impl CpuBackend {
             .checked_add(width)
             .ok_or_else(|| bad("size overflows".into()))?;
         check_range("rope", &d, "x", x_off, span, x.len)?;
+        const MAX_POSITION: u32 = 1 << 22;
+        if let Some(&p) = positions.iter().find(|&&p| p >= MAX_POSITION) {
+            return Err(bad(format!(
+                "position {p} is beyond the {MAX_POSITION} positions RoPE supports"
+            )));
+        }
+        let mut table = self
+            .rope_table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        table.ensure(theta, head_dim, positions);
         let mut g = x.write();
         ops::rope(
             &mut g[x_off..x_off + span],
             row_stride,
             n_heads,
-            head_dim,
             positions,
-            theta,
+            &table,
             interleaved,
         );
         Ok(())

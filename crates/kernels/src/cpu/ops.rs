@@ -72,26 +72,67 @@ pub(super) fn rmsnorm(x: &[f32], weight: &[f32], out: &mut [f32], dim: usize, ep
     }
 }
 
-/// RoPE in place on `x` (starts at row 0), rows `row_stride` apart.
+/// `(cos, sin)` of `pos * inv_freq[i]` for positions `0..len` and the `head_dim / 2`
+/// frequencies of one `(theta, head_dim)`. Angles are computed in f64 once per
+/// position (as the per-call loop used to), so a RoPE call is a table read
+/// instead of `rows * head_dim / 2` trigonometric evaluations.
+#[derive(Default)]
+pub(super) struct RopeTable {
+    theta: f32,
+    head_dim: usize,
+    /// `[position][frequency]`.
+    cos_sin: Vec<(f32, f32)>,
+}
+
+impl RopeTable {
+    /// Makes the table cover `positions` for `(theta, head_dim)`; a different
+    /// `(theta, head_dim)` starts it afresh.
+    pub(super) fn ensure(&mut self, theta: f32, head_dim: usize, positions: &[u32]) {
+        let half = head_dim / 2;
+        if self.theta != theta || self.head_dim != head_dim {
+            *self = RopeTable {
+                theta,
+                head_dim,
+                cos_sin: Vec::new(),
+            };
+        }
+        let need = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
+        let have = self.cos_sin.len().checked_div(half).unwrap_or(0);
+        if half == 0 || need <= have {
+            return;
+        }
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64))
+            .collect();
+        self.cos_sin.reserve((need - have) * half);
+        for pos in have..need {
+            for f in &inv_freq {
+                let a = pos as f64 * f;
+                self.cos_sin.push((a.cos() as f32, a.sin() as f32));
+            }
+        }
+    }
+
+    fn row(&self, pos: u32) -> &[(f32, f32)] {
+        let half = self.head_dim / 2;
+        let at = pos as usize * half;
+        &self.cos_sin[at..at + half]
+    }
+}
+
+/// Rotary embedding in place; `table` must cover `positions` (see [`RopeTable::ensure`]).
 pub(super) fn rope(
     x: &mut [f32],
     row_stride: usize,
     n_heads: usize,
-    head_dim: usize,
     positions: &[u32],
-    theta: f32,
+    table: &RopeTable,
     interleaved: bool,
 ) {
+    let head_dim = table.head_dim;
     let half = head_dim / 2;
-    let inv_freq: Vec<f64> = (0..half)
-        .map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64))
-        .collect();
-    let mut cs = vec![(0.0f32, 0.0f32); half];
     for (r, &pos) in positions.iter().enumerate() {
-        for (c, f) in cs.iter_mut().zip(&inv_freq) {
-            let a = pos as f64 * f;
-            *c = (a.cos() as f32, a.sin() as f32);
-        }
+        let cs = table.row(pos);
         let row = &mut x[r * row_stride..r * row_stride + n_heads * head_dim];
         for head in row.chunks_exact_mut(head_dim) {
             for (i, &(c, s)) in cs.iter().enumerate() {
