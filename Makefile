@@ -34,5 +34,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench:
+# Benchmarks print their figures beside the floor and the baseline of the same run.
+bench: model
 	$(CARGO) bench -p scheduler --bench plan
+	KVPR_MODEL=$(MODEL) $(CARGO) bench -p runtime --bench decode

@@ -276,8 +276,8 @@ fn configs(a: &Args) -> Vec<(usize, usize)> {
         (Some(b), Some(p)) => vec![(b, p)],
         (Some(b), None) => vec![(b, 1024)],
         (None, Some(p)) => vec![(1, p)],
-        // b = 1: the executor's recompute GEMMs have the rows the model costs;
-        // b = 4: the example, where they do not (see the probe).
+        // b = 1 and b = 4: the executor runs one recompute GEMM of b*l/c rows
+        // per chunk, the shape the model costs (see the probe).
         (None, None) if a.quick => vec![(1, 1536)],
         (None, None) => vec![(1, 2048), (4, 1024)],
     }

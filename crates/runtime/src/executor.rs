@@ -8,16 +8,30 @@
 //! staging buffers are shared by all layers, two in flight, so the prefix is
 //! copied in each time rather than laid out once), then `X[g, g+l)` in `c`
 //! chunks with an event per chunk, then K/V `[g+l, s)`, then an event. The
-//! compute stream recomputes each chunk as soon as its event fires (K = X·Wk^T,
-//! V = X·Wv^T, RoPE on K), waits for the K/V event, and only then issues the
-//! next layer's copies, so layer i+1's transfers overlap layer i's attention
-//! and MLP (the cost model's pipeline). The new token's `X` and K/V go to the
-//! host store on the writeback stream (and to the resident area if its
-//! position is below the largest resident prefix).
+//! compute stream recomputes each chunk as soon as its event fires, waits for
+//! the K/V event, and only then issues the next layer's copies, so layer
+//! i+1's transfers overlap layer i's attention and MLP (the cost model's
+//! pipeline). The new token's `X` and K/V go to the host store on the
+//! writeback stream (and to the resident area if its position is below the
+//! largest resident prefix).
+//!
+//! Recompute layout: one GEMM per chunk across the whole batch, the shape the
+//! cost model prices (`b*l/c` rows). A chunk `[a, e)` of `n = e - a` positions
+//! lands in the X staging buffer as one contiguous `[b, n, h]` region at row
+//! `b*(a-g)` (the copy stream writes `b` pieces, sequence-major, then records
+//! the chunk's event). The compute stream then runs one GEMM for K and one for
+//! V into the recompute temporaries at the same rows (`[b*n, kv_dim]`), RoPE
+//! on the K rows in one call (positions listed per row, sequence-major), and
+//! scatters each sequence's `n` rows into its K/V staging region at `a` with
+//! `copy_d2d` on the compute stream (`2b` contiguous copies per chunk).
+//! Attention reads staging as `[b, capacity, kv_dim]`, so the scatter stays:
+//! it moves `2*b*n*kv_dim` values on the device, far less than the GEMMs
+//! read, and lets the GEMM run at the batch's full height.
 //!
 //! Ordering: each step starts by making the copy and compute streams wait for
 //! every earlier writeback; a staging buffer is refilled only after the
-//! attention that last read it (`attn_done`). No buffer is allocated per step.
+//! attention that last read it (`attn_done`). No device buffer is allocated
+//! per step, and the host-side position lists are preallocated too.
 
 use std::time::Instant;
 
@@ -55,7 +69,17 @@ pub struct Executor<'a> {
     x_stage: [DeviceBuf; 2],
     attn_done: [Option<Event>; 2],
     kv_ready: [Option<Event>; 2],
-    chunk_ready: [Vec<(usize, usize, Event)>; 2],
+    /// Per staging buffer: each chunk's `[a, e)`, its first entry in
+    /// `chunk_pos`, and the event that says its `X` has landed.
+    chunk_ready: [Vec<(usize, usize, usize, Event)>; 2],
+    /// Per staging buffer: RoPE positions of every recomputed row, chunk by
+    /// chunk, sequence-major within a chunk (capacity `batch * capacity`).
+    chunk_pos: [Vec<u32>; 2],
+    /// Recomputed K and V `[batch * capacity, kv_dim]`, rows as in `x_stage`.
+    k_tmp: DeviceBuf,
+    v_tmp: DeviceBuf,
+    /// The decode token's position, once per sequence.
+    tok_pos: Vec<u32>,
     k_res: Vec<DeviceBuf>,
     v_res: Vec<DeviceBuf>,
     new_x: Vec<DeviceBuf>,
@@ -116,6 +140,13 @@ impl<'a> Executor<'a> {
             attn_done: [None, None],
             kv_ready: [None, None],
             chunk_ready: [Vec::new(), Vec::new()],
+            chunk_pos: [
+                Vec::with_capacity(batch * capacity),
+                Vec::with_capacity(batch * capacity),
+            ],
+            k_tmp: a(batch * capacity * kvd)?,
+            v_tmp: a(batch * capacity * kvd)?,
+            tok_pos: Vec::with_capacity(batch),
             k_res: per_layer(batch * res_cap * kvd)?,
             v_res: per_layer(batch * res_cap * kvd)?,
             new_x: per_layer(batch * h)?,
@@ -360,20 +391,29 @@ impl<'a> Executor<'a> {
             }
         }
         let mut chunks = std::mem::take(&mut self.chunk_ready[buf]);
+        let mut rpos = std::mem::take(&mut self.chunk_pos[buf]);
         chunks.clear();
+        rpos.clear();
         if sp.l > 0 {
             let slot0 = self.store.read_range(Kind::X, li, sp.g, sp.g + sp.l)?;
             for (a, e) in chunk_bounds(sp.g, sp.l, sp.chunks) {
+                // The chunk as one `[b, n, h]` region at row `b*(a-g)`.
+                let (n, row0) = (e - a, b * (a - sp.g));
                 for bi in 0..b {
                     let src = self.store.offset(Kind::X, bi, slot0 + a - sp.g);
-                    let dst = (bi * cap + a) * h;
-                    be.copy_h2d(Stream::Copy, &self.store.x[li], src, xs, dst, (e - a) * h)
+                    let dst = (row0 + bi * n) * h;
+                    be.copy_h2d(Stream::Copy, &self.store.x[li], src, xs, dst, n * h)
                         .at(li)?;
                 }
-                chunks.push((a, e, be.record(Stream::Copy).at(li)?));
+                let p0 = rpos.len();
+                for _ in 0..b {
+                    rpos.extend(a as u32..e as u32);
+                }
+                chunks.push((a, e, p0, be.record(Stream::Copy).at(li)?));
             }
             self.bytes_x += (b * sp.l * h * 4) as u64;
         }
+        self.chunk_pos[buf] = rpos;
         self.chunk_ready[buf] = chunks;
         let t0 = sp.g + sp.l;
         if sp.s > t0 {
@@ -430,7 +470,9 @@ impl<'a> Executor<'a> {
         // resident area directly.
         let direct = sp.g == pos && pos < rc;
         be.embedding(&m.embed_tokens, ids, &self.hidden, h)?;
-        let positions = vec![pos as u32; b];
+        let mut positions = std::mem::take(&mut self.tok_pos);
+        positions.clear();
+        positions.resize(b, pos as u32);
         if !direct {
             self.issue_copies(0, sp)?;
         }
@@ -463,7 +505,7 @@ impl<'a> Executor<'a> {
                 .at(li)?;
             }
             if !direct {
-                self.recompute(li, buf)?;
+                self.recompute(li, buf, sp.g)?;
                 if let Some(ev) = &self.kv_ready[buf] {
                     be.wait(Stream::Compute, ev).at(li)?;
                 }
@@ -506,6 +548,7 @@ impl<'a> Executor<'a> {
                 b,
             )?;
         }
+        self.tok_pos = positions;
         let logits = self.head()?;
         let stats = StepStats {
             context: pos,
@@ -517,34 +560,32 @@ impl<'a> Executor<'a> {
         Ok((logits, stats))
     }
 
-    /// Recomputes K/V of each chunk of `X` as soon as its copy has landed.
-    fn recompute(&self, li: usize, buf: usize) -> Result<()> {
+    /// Recomputes K/V of each chunk of `X` as soon as its copy has landed:
+    /// per chunk one GEMM each for K and V over all `b*n` rows, one RoPE
+    /// call, then each sequence's rows scattered into its staging region.
+    fn recompute(&self, li: usize, buf: usize, g: usize) -> Result<()> {
         let be = self.backend;
         let s = self.model.spec();
-        let (h, kvd, cap) = (s.hidden_size, s.kv_dim(), self.cap);
+        let (h, kvd, cap, b) = (s.hidden_size, s.kv_dim(), self.cap, self.batch);
         let (theta, inter) = (s.rope_theta as f32, self.model.config.rope.interleaved());
         let a = &self.model.layers[li].self_attn;
         let (ks, vs, xs) = (&self.k_stage[buf], &self.v_stage[buf], &self.x_stage[buf]);
-        for (c0, c1, ev) in &self.chunk_ready[buf] {
+        let (kt, vt) = (&self.k_tmp, &self.v_tmp);
+        for &(c0, c1, p0, ref ev) in &self.chunk_ready[buf] {
             be.wait(Stream::Compute, ev).at(li)?;
-            let n = c1 - c0;
-            let rpos: Vec<u32> = (*c0 as u32..*c1 as u32).collect();
-            for bi in 0..self.batch {
-                let (xo, ko) = ((bi * cap + c0) * h, (bi * cap + c0) * kvd);
-                be.gemm(xs, xo, &a.k_proj, 0, ks, ko, n, kvd, h).at(li)?;
-                be.gemm(xs, xo, &a.v_proj, 0, vs, ko, n, kvd, h).at(li)?;
-                be.rope(
-                    ks,
-                    ko,
-                    n,
-                    kvd,
-                    s.n_kv_heads,
-                    s.head_dim,
-                    &rpos,
-                    theta,
-                    inter,
-                )
+            let (n, row0) = (c1 - c0, b * (c0 - g));
+            let (m, xo, ko) = (b * n, row0 * h, row0 * kvd);
+            be.gemm(xs, xo, &a.k_proj, 0, kt, ko, m, kvd, h).at(li)?;
+            be.gemm(xs, xo, &a.v_proj, 0, vt, ko, m, kvd, h).at(li)?;
+            let pos = &self.chunk_pos[buf][p0..p0 + m];
+            be.rope(kt, ko, m, kvd, s.n_kv_heads, s.head_dim, pos, theta, inter)
                 .at(li)?;
+            for bi in 0..b {
+                let (src, dst) = (ko + bi * n * kvd, (bi * cap + c0) * kvd);
+                be.copy_d2d(Stream::Compute, kt, src, ks, dst, n * kvd)
+                    .at(li)?;
+                be.copy_d2d(Stream::Compute, vt, src, vs, dst, n * kvd)
+                    .at(li)?;
             }
         }
         Ok(())

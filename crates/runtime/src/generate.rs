@@ -11,7 +11,6 @@ use rand::{Rng, SeedableRng};
 
 use crate::executor::Executor;
 use crate::model::Model;
-use crate::ops;
 use crate::store::{Split, StoreLayout};
 use crate::{Result, RuntimeError};
 
@@ -291,7 +290,7 @@ impl Generator {
 /// The next id of each row of `logits` (`[batch, vocab]`).
 fn sample(logits: &[f32], vocab: usize, s: Sampling, rng: &mut rand::rngs::StdRng) -> Vec<u32> {
     match s {
-        Sampling::Greedy => ops::argmax(logits, vocab),
+        Sampling::Greedy => logits.chunks_exact(vocab).map(argmax).collect(),
         Sampling::Temperature { t, .. } => logits
             .chunks_exact(vocab)
             .map(|row| {
@@ -309,4 +308,15 @@ fn sample(logits: &[f32], vocab: usize, s: Sampling, rng: &mut rand::rngs::StdRn
             })
             .collect(),
     }
+}
+
+/// Index of the largest value of `row` (the first on ties).
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
 }

@@ -1,7 +1,7 @@
 //! The plan-following executor: every split (transfer, paper, chunked; 25%,
 //! 50%, 100% recomputed; with and without a resident prefix) gives the same
-//! greedy tokens and the same logits as the fully resident run, which itself
-//! matches the host reference forward.
+//! greedy tokens and the same logits as the fully resident run (the backend
+//! forward, which `candle_reference.rs` checks against candle-transformers).
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::path::Path;
 
 use kernels::{Backend, BackendOptions, DeviceSpec};
 use plans::{Dtype, HardwareProfile, ModelSpec, Plan, PlanHardware, Schedule, Workload};
-use runtime::{GenerationReport, Generator, Model, ModelSource, Reference, Sampling, Weights};
+use runtime::{GenerationReport, Generator, Model, ModelSource, Sampling};
 use scheduler::{make_plan, ForcedSplit, PlanRequest, ScheduleChoice, Solver};
 
 fn backend() -> Backend {
@@ -155,36 +155,8 @@ fn synthetic_mha_on_a_paced_link() {
     };
     let be = Backend::new(DeviceSpec::Cpu, opts).unwrap();
     let model = Model::load(&src, &be).unwrap();
-    check_all_splits_on(model, be, vec!["paced".into()], 6);
-}
-
-#[test]
-fn synthetic_backend_forward_matches_the_reference() {
-    let src = ModelSource::Preset {
-        name: "llama-2-7b-tiny".into(),
-        seed: 3,
-    };
-    let w = Weights::load(&src).unwrap();
-    let tk = runtime::Tokenizer::load(&src).unwrap();
-    let prompt = "hello".to_string();
-    let ids = tk.encode(&prompt).unwrap();
-    let be = backend();
-    let model = Model::from_weights(&w, tk, &be).unwrap();
-    let mut g = Generator::new(model, be, None);
-    let r = generate(&mut g, std::slice::from_ref(&prompt), 6);
-    let mut reference = Reference::new(&w, 1, ids.len() + 6).unwrap();
-    let mut logits = reference.forward(&ids, 0).unwrap();
-    let mut toks = vec![];
-    for i in 0..6 {
-        let t = reference.argmax(&logits)[0];
-        toks.push(t);
-        if i < 5 {
-            logits = reference.forward(&[t], ids.len() + i).unwrap();
-        }
-    }
-    assert_eq!(r.tokens[0], toks);
-    let d = common::rel_diff(&r.final_logits, &logits);
-    assert!(d < 1e-4, "relative logit difference {d}");
+    // Two sequences: each chunk's X lands as one `[b, n, h]` region.
+    check_all_splits_on(model, be, vec!["paced".into(), "links".into()], 6);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::quantized::GgmlDType;
-use runtime::{ModelSource, Reference, RopeStyle, Tokenizer, Weights};
+use runtime::{ModelSource, RopeStyle, Tokenizer, Weights};
 
 fn preset(name: &str, seed: u64) -> Weights {
     Weights::load(&ModelSource::Preset {
@@ -13,15 +13,12 @@ fn preset(name: &str, seed: u64) -> Weights {
     .unwrap()
 }
 
-/// Prompt + greedy decode on the reference forward; returns every step's logits.
+/// Prompt + greedy decode on the CPU backend (all resident); returns the
+/// prompt's and every step's logits.
 fn run(w: &Weights, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
-    let mut m = Reference::new(w, 1, prompt.len() + steps).unwrap();
-    let mut logits = vec![m.forward(prompt, 0).unwrap()];
-    for i in 0..steps {
-        let next = m.argmax(logits.last().unwrap());
-        logits.push(m.forward(&next, prompt.len() + i).unwrap());
-    }
-    logits
+    let be = common::cpu();
+    let model = common::model_of(w, &be);
+    common::resident_greedy(&be, &model, prompt, steps).0
 }
 
 #[test]

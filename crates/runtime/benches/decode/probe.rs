@@ -12,14 +12,16 @@ use crate::report::{mean, pm, Table};
 use crate::Res;
 
 /// Buffers of one layer's copies and recomputation, laid out like the
-/// executor's staging (`apart = false`: one X buffer, recomputed K/V written
-/// into the buffers the copies fill) or with every chunk and output apart.
+/// executor's staging (`apart = false`: one X buffer, each chunk a `[b, n, h]`
+/// region; recomputed K/V in one temporary, scattered into the buffers the
+/// copies fill) or with every chunk and the temporaries in buffers apart.
 struct ProbeBufs {
     hx: HostBuf,
     hkv: [HostBuf; 2],
     xs: Vec<DeviceBuf>,
     kv: [DeviceBuf; 2],
-    out: Option<[DeviceBuf; 2]>,
+    tmp: [DeviceBuf; 2],
+    tmp_apart: Option<[DeviceBuf; 2]>,
     w: [DeviceBuf; 2],
 }
 
@@ -55,7 +57,8 @@ impl ProbeBufs {
             hkv: [be.alloc_host(n * kvd)?, be.alloc_host(n * kvd)?],
             xs: (0..nx).map(|_| be.alloc(n * h)).collect::<Result<_, _>>()?,
             kv: [be.alloc(n * kvd)?, be.alloc(n * kvd)?],
-            out: if apart {
+            tmp: [be.alloc(n * kvd)?, be.alloc(n * kvd)?],
+            tmp_apart: if apart {
                 Some([be.alloc(n * kvd)?, be.alloc(n * kvd)?])
             } else {
                 None
@@ -65,8 +68,9 @@ impl ProbeBufs {
     }
 
     /// Issues one layer's copies and/or recomputation as the executor does
-    /// (X chunks with an event each, then K/V; per chunk and sequence two
-    /// GEMMs and RoPE); wall time until everything is done, ms.
+    /// (X chunks as `[b, n, h]` regions with an event each, then K/V; per
+    /// chunk two GEMMs of `b*n` rows, one RoPE call and the scatter into the
+    /// per-sequence K/V); wall time until everything is done, ms.
     fn run(&self, be: &Backend, spec: &ModelSpec, sh: Shape, part: Part) -> Res<f64> {
         let Shape { b, s, l, c } = sh;
         let (h, kvd) = (spec.hidden_size, spec.kv_dim());
@@ -79,9 +83,10 @@ impl ProbeBufs {
         if copy {
             for (i, &(x0, x1)) in bounds.iter().enumerate() {
                 let xs = &self.xs[i.min(self.xs.len() - 1)];
+                let (n, row0) = (x1 - x0, b * x0);
                 for bi in 0..b {
-                    let off = (bi * s + x0) * h;
-                    be.copy_h2d(Stream::Copy, &self.hx, off, xs, off, (x1 - x0) * h)?;
+                    let (src, dst) = ((bi * s + x0) * h, (row0 + bi * n) * h);
+                    be.copy_h2d(Stream::Copy, &self.hx, src, xs, dst, n * h)?;
                 }
                 evs.push(be.record(Stream::Copy)?);
             }
@@ -105,22 +110,29 @@ impl ProbeBufs {
             None
         };
         if part != Part::Copies {
-            let out = self.out.as_ref().unwrap_or(&self.kv);
+            let tmp = self.tmp_apart.as_ref().unwrap_or(&self.tmp);
+            let (nh, hd) = (spec.n_kv_heads, spec.head_dim);
             for (i, &(x0, x1)) in bounds.iter().enumerate() {
                 if let Some(ev) = evs.get(i) {
                     be.wait(Stream::Compute, ev)?;
                 }
                 let xs = &self.xs[i.min(self.xs.len() - 1)];
-                let pos: Vec<u32> = (x0 as u32..x1 as u32).collect();
-                for bi in 0..b {
-                    let (xo, oo) = ((bi * s + x0) * h, (bi * s + x0) * kvd);
-                    if part != Part::Rope {
-                        be.gemm(xs, xo, &self.w[0], 0, &out[0], oo, x1 - x0, kvd, h)?;
-                        be.gemm(xs, xo, &self.w[1], 0, &out[1], oo, x1 - x0, kvd, h)?;
-                    }
-                    if part != Part::Gemms {
-                        let (nh, hd) = (spec.n_kv_heads, spec.head_dim);
-                        be.rope(&out[0], oo, x1 - x0, kvd, nh, hd, &pos, 1e4, false)?;
+                let (n, row0) = (x1 - x0, b * x0);
+                let (m, xo, ko) = (b * n, row0 * h, row0 * kvd);
+                if part != Part::Rope {
+                    be.gemm(xs, xo, &self.w[0], 0, &tmp[0], ko, m, kvd, h)?;
+                    be.gemm(xs, xo, &self.w[1], 0, &tmp[1], ko, m, kvd, h)?;
+                }
+                if part != Part::Gemms {
+                    let pos: Vec<u32> = (0..b).flat_map(|_| x0 as u32..x1 as u32).collect();
+                    be.rope(&tmp[0], ko, m, kvd, nh, hd, &pos, 1e4, false)?;
+                }
+                if part == Part::Together {
+                    for bi in 0..b {
+                        let (src, dst) = (ko + bi * n * kvd, (bi * s + x0) * kvd);
+                        for (t, kv) in tmp.iter().zip(&self.kv) {
+                            be.copy_d2d(Stream::Compute, t, src, kv, dst, n * kvd)?;
+                        }
                     }
                 }
             }
@@ -210,7 +222,7 @@ pub(crate) fn probe(
             if sh.l == 0 {
                 "-".into()
             } else {
-                format!("{} / {}", r * sh.l / sh.c, sh.l / sh.c)
+                format!("{} / {}", r * sh.l / sh.c, r * sh.l / sh.c)
             }
         };
         t.row(vec![
@@ -234,9 +246,10 @@ pub(crate) fn probe(
     }
     println!(
         "\nWhere the time goes: one layer at context {} (the first step's split), {reps} repeats. \
-         The model costs each chunk as one GEMM of b*l/c rows; the executor runs b GEMMs of l/c rows. \
-         \"buffers apart\": every X chunk and the recomputed K/V in buffers of their own (the CPU \
-         backend locks whole buffers). Last columns: the plan's cost model at this context, the same \
+         The model costs each chunk as one GEMM of b*l/c rows, and the executor runs one GEMM of \
+         b*l/c rows per chunk (X chunks laid out [b, n, h]); \"together\" includes the scatter of \
+         the recomputed rows into each sequence's K/V staging. \"buffers apart\": every X chunk and \
+         the recompute temporaries in buffers of their own (the CPU backend locks whole buffers). Last columns: the plan's cost model at this context, the same \
          model with its recompute term replaced by the GEMMs + RoPE measured here, and the measured \
          mean step of the table above.\n",
         w.prompt_len

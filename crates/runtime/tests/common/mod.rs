@@ -1,12 +1,65 @@
 //! Helpers shared by the runtime's integration tests: writing a model as a
-//! Hugging Face directory or a GGUF file, and finding the real SmolLM2 file.
+//! Hugging Face directory or a GGUF file, finding the real SmolLM2 file, and
+//! the fully resident greedy forward on the CPU backend (the oracle).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use runtime::Weights;
+use kernels::{Backend, BackendOptions, DeviceSpec};
+use runtime::{Executor, Model, Split, StoreLayout, Tokenizer, Weights};
+
+/// The CPU backend, unpaced.
+pub fn cpu() -> Backend {
+    Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap()
+}
+
+/// `w` on `be` with a byte tokenizer (for forwards driven by ids).
+pub fn model_of(w: &Weights, be: &Backend) -> Model {
+    let tk = Tokenizer::bytes(w.config.spec.vocab_size, "(synthetic)".into());
+    Model::from_weights(w, tk, be).unwrap()
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The backend forward, everything resident (no plan): prefill `prompt`
+/// (one sequence), then `steps` greedy decode steps. Returns the logits of
+/// the prompt and of every step, and each decode step's time in µs.
+pub fn resident_greedy(
+    be: &Backend,
+    model: &Model,
+    prompt: &[u32],
+    steps: usize,
+) -> (Vec<Vec<f32>>, Vec<f64>) {
+    let cap = prompt.len() + steps + 1;
+    let mut ex = Executor::new(be, model, StoreLayout::all_resident(cap), 1, cap).unwrap();
+    let mut logits = vec![ex.prefill(prompt, prompt.len()).unwrap()];
+    let mut us = Vec::with_capacity(steps);
+    for i in 0..steps {
+        let next = argmax(logits.last().unwrap());
+        let s = prompt.len() + i;
+        let sp = Split {
+            g: s,
+            l: 0,
+            s,
+            chunks: 1,
+        };
+        let (l, st) = ex.step(&[next], sp).unwrap();
+        logits.push(l);
+        us.push(st.measured_us);
+    }
+    (logits, us)
+}
 
 /// The SmolLM2 GGUF, from `KVPR_MODEL` or the default cache; `None` (with the
 /// reason printed) when it is absent.
