@@ -251,8 +251,17 @@ pub(crate) struct CpuBackend {
     link_gbps: Option<f64>,
     copy: Worker,
     writeback: Worker,
-    /// RoPE's cos/sin per position, grown on demand (compute stream only).
+    /// Reusable state of the compute stream's ops (boxed: the backend enum stays small).
+    scratch: Box<Scratch>,
+}
+
+/// State the compute stream's ops reuse across calls.
+#[derive(Default)]
+struct Scratch {
+    /// RoPE's cos/sin per position, grown on demand.
     rope_table: std::sync::Mutex<ops::RopeTable>,
+    /// GEMM's snapshot of its activations.
+    gemm_x: std::sync::Mutex<Vec<f32>>,
 }
 
 impl CpuBackend {
@@ -282,7 +291,7 @@ impl CpuBackend {
             link_gbps: opts.link_gbps,
             copy: Worker::spawn("copy")?,
             writeback: Worker::spawn("writeback")?,
-            rope_table: Default::default(),
+            scratch: Box::default(),
         })
     }
 
@@ -482,14 +491,23 @@ impl CpuBackend {
                 reason: "out must not alias the weights".into(),
             });
         }
-        if out.same(x) {
-            let tmp = self.upload(&x.read()[x_off..x_off + m * k]);
-            return self.gemm(&tmp, 0, w, w_off, out, out_off, m, n, k);
-        }
-        with_bufs(&[x, w], out, |r, o| {
+        // Snapshot the activations under a short read lock and compute without
+        // holding it: a copy stream writing elsewhere in `x` (the next chunk of
+        // activations) must not wait for this GEMM, just as a DMA engine on a
+        // GPU would not. The snapshot moves m*k values against 2*m*n*k FLOPs,
+        // reuses one scratch buffer (no allocation per call once warm), and
+        // also makes `out` aliasing `x` safe.
+        let mut xs = self
+            .scratch
+            .gemm_x
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        xs.clear();
+        xs.extend_from_slice(&x.read()[x_off..x_off + m * k]);
+        with_bufs(&[w], out, |r, o| {
             ops::gemm(
-                &r[0][x_off..x_off + m * k],
-                &r[1][w_off..w_off + n * k],
+                &xs,
+                &r[0][w_off..w_off + n * k],
                 &mut o[out_off..out_off + m * n],
                 m,
                 n,
@@ -575,6 +593,7 @@ impl CpuBackend {
             )));
         }
         let mut table = self
+            .scratch
             .rope_table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
