@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use kernels::{Backend, BackendOptions, DeviceSpec};
-use plans::{Dtype, Plan, Workload};
+use plans::{Plan, Workload};
 use runtime::{GenerationReport, Generator, Model, ModelSource, Sampling};
 use scheduler::PlanRequest;
 
@@ -177,11 +177,7 @@ fn plan_on_the_fly(
         batch: ids.len(),
         prompt_len: ids[0].len(),
         gen_len: args.max_new_tokens,
-        dtype: match gen.backend.dtype() {
-            kernels::Dtype::F32 => Dtype::F32,
-            kernels::Dtype::F16 => Dtype::F16,
-            kernels::Dtype::Bf16 => Dtype::Bf16,
-        },
+        dtype: gen.dtype(),
         gpu_memory_budget: 0,
         host_memory_budget: super::parse_size("--host-memory-budget", &args.host_memory_budget)?,
     };

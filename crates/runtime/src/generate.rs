@@ -88,6 +88,15 @@ impl Generator {
         self.plan.as_ref()
     }
 
+    /// The element type runs on this backend use, as a plan's workload names it.
+    pub fn dtype(&self) -> plans::Dtype {
+        match self.backend.dtype() {
+            kernels::Dtype::F32 => plans::Dtype::F32,
+            kernels::Dtype::F16 => plans::Dtype::F16,
+            kernels::Dtype::Bf16 => plans::Dtype::Bf16,
+        }
+    }
+
     /// Replaces the plan (e.g. one made on the fly for these prompts).
     pub fn set_plan(&mut self, plan: Plan) {
         self.plan = Some(plan);
@@ -171,11 +180,7 @@ impl Generator {
             batch: b,
             prompt_len: p,
             gen_len: max_new_tokens,
-            dtype: match self.backend.dtype() {
-                kernels::Dtype::F32 => plans::Dtype::F32,
-                kernels::Dtype::F16 => plans::Dtype::F16,
-                kernels::Dtype::Bf16 => plans::Dtype::Bf16,
-            },
+            dtype: self.dtype(),
             gpu_memory_budget: 0,
             host_memory_budget: 0,
         };
