@@ -23,7 +23,7 @@ pub use error::{Result, RuntimeError};
 pub use executor::{Executor, StepStats};
 pub use generate::{GenerationReport, Generator, Sampling, StepReport};
 pub use model::Model;
-pub use source::{Config, ModelSource, RopeStyle};
+pub use source::{gguf_name, Config, ModelSource, RopeStyle};
 pub use store::{Coverage, HostStore, Kind, Split, StoreLayout};
 pub use tokenizer::Tokenizer;
 pub use weights::{Attention, Block, Mlp, Weights};

@@ -279,8 +279,8 @@ fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(all)
 }
 
-/// The GGUF (llama.cpp) name of a Hugging Face tensor name.
-pub(crate) fn gguf_name(hf: &str) -> Option<String> {
+/// The GGUF (llama.cpp) name of a Hugging Face tensor name, if it is a Llama tensor.
+pub fn gguf_name(hf: &str) -> Option<String> {
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
         "model.norm.weight" => return Some("output_norm.weight".into()),

@@ -203,31 +203,6 @@ fn permute_rows(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> V
     out
 }
 
-fn gguf_name(hf: &str) -> String {
-    let map = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = map.iter().find(|(h, _)| *h == hf) {
-        return g.to_string();
-    }
-    let rest = hf.strip_prefix("model.layers.").unwrap();
-    let (layer, rest) = rest.split_once('.').unwrap();
-    let short = match rest {
-        "input_layernorm.weight" => "attn_norm",
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        _ => "ffn_down",
-    };
-    format!("blk.{layer}.{short}.weight")
-}
-
 /// Writes `w` (rotate_half convention) as a llama.cpp-style GGUF, matrices in
 /// `dtype` where their rows allow it (f32 otherwise).
 pub fn write_gguf(w: &Weights, path: &Path, dtype: GgmlDType) {
@@ -271,7 +246,10 @@ pub fn write_gguf(w: &Weights, path: &Path, dtype: GgmlDType) {
             } else {
                 GgmlDType::F32
             };
-            (gguf_name(&n), QTensor::quantize(&t, dt).unwrap())
+            (
+                runtime::gguf_name(&n).expect("a Llama tensor name"),
+                QTensor::quantize(&t, dt).unwrap(),
+            )
         })
         .collect();
     let mut f = std::fs::File::create(path).unwrap();
