@@ -1,21 +1,5 @@
 //! Small formatting helpers for the CLI's tables.
 
-/// Bytes in binary units: `1.50 GiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
-}
-
 /// Microseconds as a readable duration: `850 us`, `12.3 ms`, `1.20 s`.
 pub fn us(t: f64) -> String {
     if t < 1e3 {
@@ -75,8 +59,6 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(3 << 30), "3.00 GiB");
         assert_eq!(us(850.0), "850 us");
         assert_eq!(us(12_300.0), "12.30 ms");
         let t = table(&["a", "bb"], &[vec!["1".into(), "22".into()]]);

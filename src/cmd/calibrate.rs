@@ -113,7 +113,7 @@ pub fn render(p: &HardwareProfile) -> String {
     s.push_str(&format!(
         "device: {} ({}",
         d.name,
-        fmt::bytes(d.memory_bytes)
+        plans::human_bytes(d.memory_bytes)
     ));
     if let (Some(g), Some(w)) = (d.pcie_generation, d.pcie_width) {
         s.push_str(&format!(", PCIe gen {g} x{w}"));
@@ -152,7 +152,7 @@ pub fn render(p: &HardwareProfile) -> String {
         .iter()
         .map(|&b| {
             let mut r = vec![
-                fmt::bytes(b),
+                plans::human_bytes(b),
                 gbps_at(Some(&l.h2d_pinned), b),
                 gbps_at(Some(&l.d2h_pinned), b),
             ];

@@ -181,10 +181,10 @@ pub fn summary_text(plan: &Plan) -> String {
     ));
     out.push_str(&format!(
         "memory: host {} of {} budget  |  GPU {} of {} budget (K/V; weights not counted)\n",
-        fmt::bytes(s.host_memory_bytes),
-        fmt::bytes(w.host_memory_budget),
-        fmt::bytes(s.gpu_memory_bytes),
-        fmt::bytes(w.gpu_memory_budget),
+        plans::human_bytes(s.host_memory_bytes),
+        plans::human_bytes(w.host_memory_budget),
+        plans::human_bytes(s.gpu_memory_bytes),
+        plans::human_bytes(w.gpu_memory_budget),
     ));
     for note in &plan.notes {
         out.push_str(&format!("note: {note}\n"));

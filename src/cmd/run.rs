@@ -209,7 +209,7 @@ fn report_text(r: &GenerationReport) -> String {
         r.prefill_ms,
         r.decode_ms_per_token,
         n,
-        fmt::bytes(r.host_bytes)
+        plans::human_bytes(r.host_bytes)
     ));
     if n == 0 {
         return out;
@@ -225,8 +225,8 @@ fn report_text(r: &GenerationReport) -> String {
                 s.recompute.to_string(),
                 s.transfer.to_string(),
                 s.chunks.to_string(),
-                fmt::bytes(s.bytes_x),
-                fmt::bytes(s.bytes_kv),
+                plans::human_bytes(s.bytes_x),
+                plans::human_bytes(s.bytes_kv),
                 fmt::us(s.measured_us),
                 s.predicted_us.map(fmt::us).unwrap_or_default(),
                 s.predicted_us
@@ -257,8 +257,8 @@ fn report_text(r: &GenerationReport) -> String {
     out.push_str(&format!(
         "mean step: measured {} | bytes per step: activations {} + K/V {}",
         fmt::us(measured),
-        fmt::bytes(mean(&|s| s.bytes_x as f64) as u64),
-        fmt::bytes(mean(&|s| s.bytes_kv as f64) as u64),
+        plans::human_bytes(mean(&|s| s.bytes_x as f64) as u64),
+        plans::human_bytes(mean(&|s| s.bytes_kv as f64) as u64),
     ));
     if !predicted.is_empty() {
         let p = predicted.iter().sum::<f64>() / predicted.len() as f64;

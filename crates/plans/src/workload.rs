@@ -92,6 +92,22 @@ impl Workload {
     }
 }
 
+/// Bytes in binary units (`512 B`, `1.50 GiB`): the inverse of [`parse_bytes`] for messages and tables.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[i])
+    }
+}
+
 /// Parses a size such as `4GiB`, `512MiB`, `64GB`, `1.5 GiB` or `1000000` (bytes).
 pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
@@ -131,6 +147,9 @@ mod tests {
         assert_eq!(parse_bytes("64GB").unwrap(), 64_000_000_000);
         assert_eq!(parse_bytes("1.5 KiB").unwrap(), 1536);
         assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 30), "3.00 GiB");
+        assert_eq!(parse_bytes(&human_bytes(3 << 30)).unwrap(), 3 << 30);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("4 parsecs").unwrap_err().contains("parsecs"));
     }

@@ -3,7 +3,7 @@
 //! the runtime makes, after a warm-up, as the median of several samples.
 
 use kernels::{AttnShape, Backend, BackendOptions, DeviceBuf, Dtype, HostBuf, KernelError, Stream};
-use plans::{BandwidthPoint, GemmPoint};
+use plans::{human_bytes, BandwidthPoint, GemmPoint};
 
 use crate::{CalibrateOptions, CalibrationEvent, ProfilerError, Stage};
 
@@ -198,18 +198,6 @@ pub(crate) struct Link {
     pub h2d_pageable: Option<Vec<BandwidthPoint>>,
     pub d2h_pageable: Option<Vec<BandwidthPoint>>,
     pub bidirectional: Vec<BandwidthPoint>,
-}
-
-pub(crate) fn human_bytes(b: u64) -> String {
-    if b >= GIB && b.is_multiple_of(GIB) {
-        format!("{} GiB", b / GIB)
-    } else if b >= MIB && b.is_multiple_of(MIB) {
-        format!("{} MiB", b / MIB)
-    } else if b >= KIB && b.is_multiple_of(KIB) {
-        format!("{} KiB", b / KIB)
-    } else {
-        format!("{b} B")
-    }
 }
 
 #[derive(Clone, Copy, PartialEq)]

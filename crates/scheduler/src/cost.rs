@@ -35,8 +35,8 @@
 use plans::{BandwidthCurve, HardwareProfile, ModelSpec, Schedule, Workload};
 
 use crate::curves::{link_breakpoints, RowsCurve};
-use crate::error::human_bytes;
 use crate::SchedError;
+use plans::human_bytes;
 
 /// The cost of one decode step at one split; times in seconds, bytes per layer.
 #[derive(Clone, Copy, Debug, PartialEq)]

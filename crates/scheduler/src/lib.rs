@@ -19,7 +19,7 @@ pub mod sim;
 pub mod solve;
 
 pub use cost::{staging_bytes, CostModel, StepCost};
-pub use error::{human_bytes, SchedError};
+pub use error::SchedError;
 pub use plan::{context_ranges, make_plan, ForcedSplit, PlanRequest, ScheduleChoice};
 pub use sim::{simulate, OpKind, StreamKind, Timeline, TimelineOp};
 pub use solve::{Solver, Split, CHUNK_CANDIDATES};

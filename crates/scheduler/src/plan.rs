@@ -7,9 +7,9 @@ use plans::{
 };
 
 use crate::cost::CostModel;
-use crate::error::human_bytes;
 use crate::solve::{pick, Solver, Split, CHUNK_CANDIDATES};
 use crate::SchedError;
+use plans::human_bytes;
 
 /// Which schedule the plan uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
