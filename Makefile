@@ -37,4 +37,4 @@ lint:
 # Benchmarks print their figures beside the floor and the baseline of the same run.
 bench: model
 	$(CARGO) bench -p scheduler --bench plan
-	KVPR_MODEL=$(MODEL) $(CARGO) bench -p runtime --bench decode
+	KVPR_MODEL=$(MODEL) $(CARGO) bench --bench decode

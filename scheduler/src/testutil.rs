@@ -16,7 +16,7 @@ use crate::{
 /// A shipped profile from `plans/hardware/`.
 pub fn shipped(name: &str) -> HardwareProfile {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../plans/hardware")
+        .join("../plans/hardware")
         .join(format!("{name}.json"));
     HardwareProfile::load(&path).expect("shipped profile loads")
 }

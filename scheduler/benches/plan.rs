@@ -19,7 +19,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plans/hardware/a100-pcie4.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans/hardware/a100-pcie4.json");
     let hw = HardwareProfile::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let id = PlanHardware {
         name: hw.name.clone(),

@@ -19,7 +19,7 @@ fn backend() -> Backend {
 /// The A100 example profile with its GEMM curve relabelled f32 (the CPU
 /// backend's dtype); the numbers only shape the plan, the runtime just follows it.
 fn profile() -> HardwareProfile {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plans/hardware/a100-pcie4.json");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans/hardware/a100-pcie4.json");
     let text = std::fs::read_to_string(&p)
         .unwrap()
         .replace("\"f16\"", "\"f32\"");

@@ -1,4 +1,4 @@
-//! Decode benchmark on the CPU backend: `cargo bench -p runtime --bench decode`
+//! Decode benchmark on the CPU backend: `cargo bench --bench decode`
 //! (`-- --quick` for a shorter run).
 //!
 //! 1. **Overlap on a paced link.** A synthetic MHA preset in the GPU's regime:

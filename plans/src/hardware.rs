@@ -403,7 +403,7 @@ pub(crate) mod tests {
 
     #[test]
     fn shipped_profiles_load() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plans/hardware");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware");
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let path = e.unwrap().path();

@@ -22,7 +22,7 @@ fn main() {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plans/hardware/a100-pcie4.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans/hardware/a100-pcie4.json");
     let hw = HardwareProfile::load(&path)?;
     let block = 16;
     println!(
