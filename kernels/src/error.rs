@@ -50,6 +50,10 @@ pub enum KernelError {
         device: String,
         what: &'static str,
     },
+    /// A link rate to pace the CPU backend's copies to that is not a number
+    /// of GB/s within the range it can pace.
+    #[error("a link rate of {} GB/s cannot be paced: it must lie within {min}..={max} GB/s", short(*.gbps))]
+    BadLinkRate { gbps: f64, min: f64, max: f64 },
     /// An op this backend does not have yet.
     #[error("{op} is not supported on {device} yet")]
     Unsupported { op: &'static str, device: String },
@@ -61,6 +65,15 @@ pub enum KernelError {
         stream: &'static str,
         message: String,
     },
+}
+
+/// A number as a user would write it: `1e-30`, not thirty zeros.
+fn short(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-3..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
 }
 
 /// `Result` with [`KernelError`].

@@ -24,6 +24,7 @@ mod error;
 #[cfg(test)]
 mod tests;
 
+pub use cpu::{LINK_GBPS_MAX, LINK_GBPS_MIN};
 pub use error::{KernelError, Result};
 
 use std::str::FromStr;
@@ -112,6 +113,8 @@ impl Dtype {
 pub struct BackendOptions {
     /// CPU only: pace the copy and writeback streams to this bandwidth
     /// (GB/s = 1e9 B/s), so that overlap is real on a machine with no GPU.
+    /// Within [`LINK_GBPS_MIN`]..=[`LINK_GBPS_MAX`], else
+    /// [`KernelError::BadLinkRate`].
     pub link_gbps: Option<f64>,
     /// Compute dtype. CPU: f32 only (None = f32). CUDA: None = f16.
     pub dtype: Option<Dtype>,
@@ -495,13 +498,22 @@ impl Backend {
     /// Microseconds from `start` to `end`; waits for both to fire.
     pub fn elapsed_us(&self, start: &Event, end: &Event) -> Result<f64> {
         match (&self.inner, &start.inner, &end.inner) {
-            (Inner::Cpu(_), EventInner::Cpu(a), EventInner::Cpu(b)) => Ok(cpu::elapsed_us(a, b)),
+            (Inner::Cpu(_), EventInner::Cpu(a), EventInner::Cpu(b)) => cpu::elapsed_us(a, b),
             (Inner::Cuda(c), EventInner::Cuda(a), EventInner::Cuda(b)) => c.elapsed_us(a, b),
             _ => Err(KernelError::WrongBackend {
                 op: "elapsed_us",
                 device: self.name(),
                 what: "event",
             }),
+        }
+    }
+
+    /// Test hook: makes `stream`'s worker panic (CPU backend; no-op elsewhere).
+    #[cfg(test)]
+    pub(crate) fn inject_panic(&self, stream: Stream, message: &'static str) -> Result<()> {
+        match &self.inner {
+            Inner::Cpu(b) => b.inject_panic(stream, message),
+            Inner::Cuda(_) => Ok(()),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The formats every kvpr stage shares: model spec, hardware profile
-//! (`kvpr.hardware/v1`), workload and plan (`kvpr.plan/v1`).
+//! (`kvpr.hardware/v1`), workload, plan (`kvpr.plan/v1`) and measured
+//! timeline (`kvpr.trace/v1`).
 //!
 //! This crate loads, validates and writes those formats and nothing else: it
 //! holds no cost model (that is `scheduler`), touches no device (that is
@@ -12,6 +13,7 @@ mod hardware;
 mod io;
 mod model;
 mod plan;
+mod trace;
 mod workload;
 
 pub use error::{PlansError, Result};
@@ -22,6 +24,7 @@ pub use hardware::{
 pub use io::{fingerprint, load_json, write_atomic};
 pub use model::{Family, ModelSpec, PRESETS};
 pub use plan::{Plan, PlanHardware, Schedule, Step, Summary, PLAN_SCHEMA};
+pub use trace::{Trace, TraceOp, TraceOpKind, TraceStep, TraceStream, TRACE_SCHEMA};
 pub use workload::{human_bytes, parse_bytes, Dtype, Workload};
 
 /// The version of kvpr that wrote a file, recorded in every profile and plan.

@@ -32,13 +32,21 @@
 //! every earlier writeback; a staging buffer is refilled only after the
 //! attention that last read it (`attn_done`). No device buffer is allocated
 //! per step, and the host-side position lists are preallocated too.
+//!
+//! Tracing ([`Executor::trace_next_step`]): a traced step also records an
+//! event pair around each op on its stream (copy: `resident_copy`, `x_copy`
+//! per chunk, `kv_copy`; compute: `qkv`, `recompute` per chunk, `attention`,
+//! `dense`, `head`; writeback: `writeback`) and reads them once the step has
+//! finished (see `trace.rs`). An untraced step records nothing extra.
 
 use std::time::Instant;
 
 use kernels::{AttnShape, Backend, DeviceBuf, Event, Stream};
+use plans::{TraceOpKind, TraceStep};
 
 use crate::model::Model;
 use crate::store::{HostStore, Kind, Split, StoreLayout};
+use crate::trace::Recorder;
 use crate::{AtLayer, Result, RuntimeError};
 
 /// Bytes and time of one decode step.
@@ -95,6 +103,32 @@ pub struct Executor<'a> {
     logits: DeviceBuf,
     bytes_x: u64,
     bytes_kv: u64,
+    /// The index to give the next step's trace, when it is to be traced.
+    trace_next: Option<usize>,
+    /// The step being traced.
+    trace: Option<Recorder>,
+    /// The last traced step's timeline, until taken.
+    traced: Option<TraceStep>,
+}
+
+/// Opens a traced op on `stream` (nothing when not tracing).
+fn mark(be: &Backend, rec: &Option<Recorder>, stream: Stream) -> Result<Option<Event>> {
+    rec.as_ref().map(|_| Recorder::mark(be, stream)).transpose()
+}
+
+/// Closes an op opened by [`mark`].
+fn close(
+    be: &Backend,
+    rec: &mut Option<Recorder>,
+    start: Option<Event>,
+    stream: Stream,
+    layer: Option<usize>,
+    kind: TraceOpKind,
+) -> Result<()> {
+    match (rec.as_mut(), start) {
+        (Some(r), Some(start)) => r.close(be, start, stream, layer, kind),
+        _ => Ok(()),
+    }
 }
 
 /// Splits `[a, a+l)` into `c` nearly equal chunks.
@@ -162,6 +196,9 @@ impl<'a> Executor<'a> {
             logits: a(batch * s.vocab_size)?,
             bytes_x: 0,
             bytes_kv: 0,
+            trace_next: None,
+            trace: None,
+            traced: None,
         })
     }
 
@@ -382,6 +419,7 @@ impl<'a> Executor<'a> {
         }
         let (ks, vs, xs) = (&self.k_stage[buf], &self.v_stage[buf], &self.x_stage[buf]);
         if sp.g > 0 {
+            let t = mark(be, &self.trace, Stream::Copy)?;
             for bi in 0..b {
                 let (src, dst) = (bi * rc * kvd, bi * cap * kvd);
                 be.copy_d2d(Stream::Copy, &self.k_res[li], src, ks, dst, sp.g * kvd)
@@ -389,6 +427,8 @@ impl<'a> Executor<'a> {
                 be.copy_d2d(Stream::Copy, &self.v_res[li], src, vs, dst, sp.g * kvd)
                     .at(li)?;
             }
+            let kind = TraceOpKind::ResidentCopy;
+            close(be, &mut self.trace, t, Stream::Copy, Some(li), kind)?;
         }
         let mut chunks = std::mem::take(&mut self.chunk_ready[buf]);
         let mut rpos = std::mem::take(&mut self.chunk_pos[buf]);
@@ -399,6 +439,7 @@ impl<'a> Executor<'a> {
             for (a, e) in chunk_bounds(sp.g, sp.l, sp.chunks) {
                 // The chunk as one `[b, n, h]` region at row `b*(a-g)`.
                 let (n, row0) = (e - a, b * (a - sp.g));
+                let t = mark(be, &self.trace, Stream::Copy)?;
                 for bi in 0..b {
                     let src = self.store.offset(Kind::X, bi, slot0 + a - sp.g);
                     let dst = (row0 + bi * n) * h;
@@ -410,6 +451,14 @@ impl<'a> Executor<'a> {
                     rpos.extend(a as u32..e as u32);
                 }
                 chunks.push((a, e, p0, be.record(Stream::Copy).at(li)?));
+                close(
+                    be,
+                    &mut self.trace,
+                    t,
+                    Stream::Copy,
+                    Some(li),
+                    TraceOpKind::XCopy,
+                )?;
             }
             self.bytes_x += (b * sp.l * h * 4) as u64;
         }
@@ -418,6 +467,7 @@ impl<'a> Executor<'a> {
         let t0 = sp.g + sp.l;
         if sp.s > t0 {
             let slot0 = self.store.read_range(Kind::Kv, li, t0, sp.s)?;
+            let t = mark(be, &self.trace, Stream::Copy)?;
             for bi in 0..b {
                 let src = self.store.offset(Kind::Kv, bi, slot0);
                 let (dst, n) = ((bi * cap + t0) * kvd, (sp.s - t0) * kvd);
@@ -427,6 +477,14 @@ impl<'a> Executor<'a> {
                     .at(li)?;
             }
             self.bytes_kv += (b * (sp.s - t0) * 2 * kvd * 4) as u64;
+            close(
+                be,
+                &mut self.trace,
+                t,
+                Stream::Copy,
+                Some(li),
+                TraceOpKind::KvCopy,
+            )?;
         }
         self.kv_ready[buf] = Some(be.record(Stream::Copy).at(li)?);
         Ok(())
@@ -437,6 +495,10 @@ impl<'a> Executor<'a> {
     pub fn step(&mut self, ids: &[u32], sp: Split) -> Result<(Vec<f32>, StepStats)> {
         let t_start = Instant::now();
         let (be, m) = (self.backend, self.model);
+        self.trace = match self.trace_next.take() {
+            Some(i) => Some(Recorder::begin(be, i)?),
+            None => None,
+        };
         let s = m.spec();
         let (h, qd, kvd, b, cap, rc) = (
             s.hidden_size,
@@ -480,6 +542,7 @@ impl<'a> Executor<'a> {
             let l = &m.layers[li];
             let a = &l.self_attn;
             let buf = li % 2;
+            let t = mark(be, &self.trace, Stream::Compute)?;
             {
                 let (nx, nk, nv) = (&self.new_x[li], &self.new_k[li], &self.new_v[li]);
                 be.rmsnorm(&self.hidden, &l.input_layernorm, nx, b, h, eps)
@@ -504,8 +567,19 @@ impl<'a> Executor<'a> {
                 )
                 .at(li)?;
             }
+            close(
+                be,
+                &mut self.trace,
+                t,
+                Stream::Compute,
+                Some(li),
+                TraceOpKind::Qkv,
+            )?;
             if !direct {
-                self.recompute(li, buf, sp.g)?;
+                let mut rec = self.trace.take();
+                let r = self.recompute(li, buf, sp.g, &mut rec);
+                self.trace = rec;
+                r?;
                 if let Some(ev) = &self.kv_ready[buf] {
                     be.wait(Stream::Compute, ev).at(li)?;
                 }
@@ -520,6 +594,7 @@ impl<'a> Executor<'a> {
                 (&self.k_stage[buf], &self.v_stage[buf], cap)
             };
             let (nk, nv) = (&self.new_k[li], &self.new_v[li]);
+            let t = mark(be, &self.trace, Stream::Compute)?;
             for bi in 0..b {
                 let dst = (bi * kv_cap + pos) * kvd;
                 be.copy_d2d(Stream::Compute, nk, bi * kvd, ks, dst, kvd)
@@ -529,10 +604,13 @@ impl<'a> Executor<'a> {
             }
             let shape = self.attn_shape(b, 1, pos, kv_cap);
             be.attention(&self.q, ks, vs, &self.att, shape).at(li)?;
+            let kind = TraceOpKind::Attention;
+            close(be, &mut self.trace, t, Stream::Compute, Some(li), kind)?;
             if !direct {
                 self.attn_done[buf] = Some(be.record(Stream::Compute).at(li)?);
             }
             self.write_back_token(li, pos, direct)?;
+            let t = mark(be, &self.trace, Stream::Compute)?;
             be.gemm(&self.att, 0, &a.o_proj, 0, &self.tmp_h, 0, b, h, qd)
                 .at(li)?;
             be.add(&self.hidden, &self.tmp_h, &self.hidden, b * h)
@@ -547,9 +625,29 @@ impl<'a> Executor<'a> {
                 &self.mlp_out,
                 b,
             )?;
+            close(
+                be,
+                &mut self.trace,
+                t,
+                Stream::Compute,
+                Some(li),
+                TraceOpKind::Dense,
+            )?;
         }
         self.tok_pos = positions;
+        let t = mark(be, &self.trace, Stream::Compute)?;
         let logits = self.head()?;
+        close(
+            be,
+            &mut self.trace,
+            t,
+            Stream::Compute,
+            None,
+            TraceOpKind::Head,
+        )?;
+        if let Some(rec) = self.trace.take() {
+            self.traced = Some(rec.finish(be, sp)?);
+        }
         let stats = StepStats {
             context: pos,
             split: Some(sp),
@@ -563,7 +661,7 @@ impl<'a> Executor<'a> {
     /// Recomputes K/V of each chunk of `X` as soon as its copy has landed:
     /// per chunk one GEMM each for K and V over all `b*n` rows, one RoPE
     /// call, then each sequence's rows scattered into its staging region.
-    fn recompute(&self, li: usize, buf: usize, g: usize) -> Result<()> {
+    fn recompute(&self, li: usize, buf: usize, g: usize, rec: &mut Option<Recorder>) -> Result<()> {
         let be = self.backend;
         let s = self.model.spec();
         let (h, kvd, cap, b) = (s.hidden_size, s.kv_dim(), self.cap, self.batch);
@@ -573,6 +671,7 @@ impl<'a> Executor<'a> {
         let (kt, vt) = (&self.k_tmp, &self.v_tmp);
         for &(c0, c1, p0, ref ev) in &self.chunk_ready[buf] {
             be.wait(Stream::Compute, ev).at(li)?;
+            let t = mark(be, rec, Stream::Compute)?;
             let (n, row0) = (c1 - c0, b * (c0 - g));
             let (m, xo, ko) = (b * n, row0 * h, row0 * kvd);
             be.gemm(xs, xo, &a.k_proj, 0, kt, ko, m, kvd, h).at(li)?;
@@ -587,6 +686,14 @@ impl<'a> Executor<'a> {
                 be.copy_d2d(Stream::Compute, vt, src, vs, dst, n * kvd)
                     .at(li)?;
             }
+            close(
+                be,
+                rec,
+                t,
+                Stream::Compute,
+                Some(li),
+                TraceOpKind::Recompute,
+            )?;
         }
         Ok(())
     }
@@ -604,6 +711,10 @@ impl<'a> Executor<'a> {
             let ev = be.record(Stream::Compute).at(li)?;
             be.wait(Stream::Writeback, &ev).at(li)?;
         }
+        let t = match x_slot.or(kv_slot) {
+            Some(_) => mark(be, &self.trace, Stream::Writeback)?,
+            None => None,
+        };
         for bi in 0..self.batch {
             if let Some(slot) = x_slot {
                 let off = self.store.offset(Kind::X, bi, slot);
@@ -626,6 +737,8 @@ impl<'a> Executor<'a> {
                     .at(li)?;
             }
         }
+        let kind = TraceOpKind::Writeback;
+        close(be, &mut self.trace, t, Stream::Writeback, Some(li), kind)?;
         if x_slot.is_some() {
             self.store.mark_written(Kind::X, li, pos, pos + 1);
         }
@@ -633,6 +746,16 @@ impl<'a> Executor<'a> {
             self.store.mark_written(Kind::Kv, li, pos, pos + 1);
         }
         Ok(())
+    }
+
+    /// Traces the next decode step, which the trace will call step `index`.
+    pub fn trace_next_step(&mut self, index: usize) {
+        self.trace_next = Some(index);
+    }
+
+    /// The last traced step's measured timeline (once; None if none was traced).
+    pub fn take_trace(&mut self) -> Option<TraceStep> {
+        self.traced.take()
     }
 
     /// Host bytes of the store (f32).

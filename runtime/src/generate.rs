@@ -58,6 +58,9 @@ pub struct GenerationReport {
     pub final_logits: Vec<f32>,
     /// Host bytes held by the store.
     pub host_bytes: u64,
+    /// The measured timelines of the decode steps asked for with
+    /// [`Generator::trace_steps`], in step order.
+    pub trace: Vec<plans::TraceStep>,
 }
 
 /// Runs a model on a backend, optionally following a plan.
@@ -66,6 +69,8 @@ pub struct Generator {
     pub backend: Backend,
     plan: Option<Plan>,
     plan_path: PathBuf,
+    /// Decode steps (0: the first after prefill) whose timeline to record.
+    trace_steps: std::collections::BTreeSet<usize>,
 }
 
 impl Generator {
@@ -75,6 +80,7 @@ impl Generator {
             backend,
             plan,
             plan_path: PathBuf::from("(plan)"),
+            trace_steps: Default::default(),
         }
     }
 
@@ -95,6 +101,12 @@ impl Generator {
             kernels::Dtype::F16 => plans::Dtype::F16,
             kernels::Dtype::Bf16 => plans::Dtype::Bf16,
         }
+    }
+
+    /// Records the measured timeline of these decode steps (0: the first
+    /// after prefill); the others record nothing extra.
+    pub fn trace_steps(&mut self, steps: impl IntoIterator<Item = usize>) {
+        self.trace_steps = steps.into_iter().collect();
     }
 
     /// Replaces the plan (e.g. one made on the fly for these prompts).
@@ -218,6 +230,7 @@ impl Generator {
         let mut printed: Vec<String> = vec![String::new(); b];
         let mut done = vec![false; b];
         let mut steps = Vec::new();
+        let mut trace = Vec::new();
         for n in 0..max_new_tokens {
             let next = sample(&logits, vocab, sampling, &mut rng);
             for i in 0..b {
@@ -257,7 +270,11 @@ impl Generator {
                     None,
                 ),
             };
+            if self.trace_steps.contains(&n) {
+                exec.trace_next_step(n);
+            }
             let (l, st) = exec.step(&next, split)?;
+            trace.extend(exec.take_trace());
             logits = l;
             steps.push(StepReport {
                 context: s,
@@ -288,6 +305,7 @@ impl Generator {
             texts,
             final_logits: logits,
             host_bytes: exec.host_bytes(),
+            trace,
         })
     }
 }

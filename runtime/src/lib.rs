@@ -16,6 +16,7 @@ mod model;
 mod source;
 mod store;
 mod tokenizer;
+mod trace;
 mod weights;
 
 pub(crate) use error::AtLayer;

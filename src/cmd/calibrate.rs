@@ -45,16 +45,11 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
         .map(ModelSpec::resolve)
         .transpose()
         .context("reading --model")?;
-    if let Some(g) = args.link_gbps {
-        if !(g.is_finite() && g > 0.0) {
-            anyhow::bail!("--link-gbps: {g} is not a positive number of GB/s");
-        }
-        if args.device != DeviceSpec::Cpu {
-            anyhow::bail!(
-                "--link-gbps paces the CPU backend's link only; drop it for {}",
-                args.device
-            );
-        }
+    if args.link_gbps.is_some() && args.device != DeviceSpec::Cpu {
+        anyhow::bail!(
+            "--link-gbps paces the CPU backend's link only; drop it for {}",
+            args.device
+        );
     }
     let backend = Backend::new(
         args.device,
@@ -63,7 +58,7 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
             dtype: None,
         },
     )
-    .with_context(|| format!("opening --device {}", args.device))?;
+    .map_err(|e| super::backend_error(e, &args.device.to_string()))?;
     let opts = CalibrateOptions {
         quick: args.quick,
         model,

@@ -4,6 +4,7 @@ pub mod calibrate;
 pub mod plan;
 pub mod run;
 pub mod simulate;
+pub mod trace;
 
 use std::path::Path;
 
@@ -19,6 +20,14 @@ pub fn load_profile(path: &Path) -> anyhow::Result<(HardwareProfile, PlanHardwar
         fingerprint: hw.fingerprint(),
     };
     Ok((hw, id))
+}
+
+/// Maps an error building the backend to the flag behind it.
+pub fn backend_error(e: kernels::KernelError, device: &str) -> anyhow::Error {
+    match e {
+        kernels::KernelError::BadLinkRate { .. } => anyhow!("--link-gbps: {e}"),
+        e => anyhow::Error::new(e).context(format!("opening --device {device}")),
+    }
 }
 
 /// `--schedule auto|transfer|paper|chunked`.

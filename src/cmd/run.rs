@@ -59,6 +59,16 @@ pub struct RunArgs {
     /// On-the-fly planning: also write the plan here.
     #[arg(long)]
     pub plan_out: Option<PathBuf>,
+    /// Record when each copy, recompute, attention and dense op of each layer
+    /// started and ended on its stream (the backend's own events) and write
+    /// the timelines here (`kvpr.trace/v1`; draw it with `kvpr simulate --trace`).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// With --trace: the decode steps to record, comma-separated: step numbers
+    /// (0 is the first decode step, after prefill), `first`, `last` (the last
+    /// step --max-new-tokens allows). Steps not listed record nothing extra.
+    #[arg(long, default_value = "last", requires = "trace")]
+    pub trace_steps: String,
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -70,11 +80,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .device
         .parse()
         .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
-    if let Some(g) = args.link_gbps {
-        if !(g.is_finite() && g > 0.0) {
-            bail!("--link-gbps: {g} is not a positive number of GB/s");
-        }
-    }
+    let trace_steps = match &args.trace {
+        Some(_) => super::trace::parse_steps(&args.trace_steps, args.max_new_tokens)?,
+        None => Vec::new(),
+    };
     let backend = Backend::new(
         device,
         BackendOptions {
@@ -82,7 +91,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     )
-    .with_context(|| format!("opening --device {}", args.device))?;
+    .map_err(|e| super::backend_error(e, &args.device))?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     let t0 = std::time::Instant::now();
     let model = Model::load(&source, &backend).context("loading --model")?;
@@ -116,6 +125,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         eprintln!("note: {note}");
     }
     gen.set_plan(plan);
+    gen.trace_steps(trace_steps);
 
     let sampling = match args.temperature {
         Some(t) => Sampling::Temperature { t, seed: args.seed },
@@ -142,6 +152,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
     }
     eprint!("{}", report_text(&report));
+    if let (Some(path), Some(plan)) = (&args.trace, gen.plan()) {
+        let trace = super::trace::make(plan, &gen.model.spec().name, &gen.backend.name(), &report);
+        if trace.steps.is_empty() {
+            eprintln!("note: generation ended before the traced steps; the trace has no step");
+        }
+        trace
+            .save(path)
+            .with_context(|| format!("writing --trace {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -17,16 +17,23 @@
 //! a FIFO of jobs (copies, event fires, event waits). `wait(Compute, ev)`
 //! blocks the caller until `ev` fires; `wait(Copy | Writeback, ev)` enqueues a
 //! wait on that thread. Errors on a worker surface at the next record, wait or
-//! synchronize.
+//! synchronize; a worker job that fails or panics (caught) marks its stream
+//! failed and fails the events it was to fire, so a waiter gets
+//! [`KernelError::StreamFailed`] naming the stream and the cause, never a
+//! hang.
 //!
 //! **Stream clocks and pacing.** Each worker keeps its stream's clock, like a
 //! DMA engine's: a job starts at the later of the end of the previous job and
 //! the time it was enqueued (or the time the event it waits for fired), and
 //! events recorded on the stream carry that clock's time. With `link_gbps`, a
 //! host-device copy of `n` bytes occupies its stream for `n / bandwidth`
-//! seconds (or the memcpy's own time, if longer) from its start: the memcpy
-//! runs under the locks, then the worker sleeps (without locks) to the end,
-//! spinning the last ~100 µs for precision. Because deadlines follow the
+//! seconds (or the memcpy's own time, if longer) from its start: the worker
+//! sleeps (without locks) to the end of that window, spinning the last
+//! ~100 µs for precision, then runs the memcpy under the locks. The data
+//! lands at the end of the window, so code that reads a destination without
+//! waiting for the copy's event sees the old data, and tests catch it. The
+//! rate is checked when the backend is built ([`LINK_GBPS_MIN`] ..=
+//! [`LINK_GBPS_MAX`]) and every window is converted and added with checks. Because deadlines follow the
 //! stream clock rather than the moment the thread woke up, a worker that the
 //! OS schedules late catches up instead of losing bandwidth, so the link
 //! keeps its set rate on a busy two-core machine. Copy and writeback are
@@ -34,10 +41,12 @@
 //! are never paced.
 
 mod ops;
+mod stream;
 
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::thread::JoinHandle;
+pub(crate) use stream::{elapsed_us, CpuEvent};
+use stream::{sleep_until, Job, Worker};
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::{
@@ -101,151 +110,11 @@ fn with_bufs<R>(
     f(&slices, &mut w[..])
 }
 
-/// The state of a CPU event: fired with a time, or not yet.
-#[derive(Clone)]
-pub(crate) struct CpuEvent {
-    state: Arc<(Mutex<Option<Instant>>, Condvar)>,
-}
-
-impl CpuEvent {
-    fn new() -> Self {
-        CpuEvent {
-            state: Arc::new((Mutex::new(None), Condvar::new())),
-        }
-    }
-    fn fired() -> Self {
-        let e = Self::new();
-        e.fire();
-        e
-    }
-    fn fire(&self) {
-        self.fire_at(Instant::now());
-    }
-    fn fire_at(&self, t: Instant) {
-        let (m, cv) = &*self.state;
-        *m.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
-        cv.notify_all();
-    }
-    fn wait(&self) -> Instant {
-        let (m, cv) = &*self.state;
-        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(t) = *g {
-                return t;
-            }
-            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-/// Microseconds between two events (waits for both).
-pub(crate) fn elapsed_us(start: &CpuEvent, end: &CpuEvent) -> f64 {
-    let a = start.wait();
-    let b = end.wait();
-    if b >= a {
-        b.duration_since(a).as_secs_f64() * 1e6
-    } else {
-        -(a.duration_since(b).as_secs_f64() * 1e6)
-    }
-}
-
-/// A job on a worker stream. Its argument is the stream's clock: the time the
-/// stream reaches the job, i.e. the later of when the previous job ended and
-/// when this one was enqueued; the job moves it to when it ends.
-type Job = Box<dyn FnOnce(&mut Instant) -> Result<()> + Send>;
-
-/// One stream served by a worker thread with a FIFO of jobs.
-struct Worker {
-    name: &'static str,
-    tx: Option<mpsc::Sender<Job>>,
-    handle: Option<JoinHandle<()>>,
-    error: Arc<Mutex<Option<String>>>,
-}
-
-impl Worker {
-    fn spawn(name: &'static str) -> Result<Worker> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let error = Arc::new(Mutex::new(None::<String>));
-        let err = error.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("kvpr-{name}"))
-            .spawn(move || {
-                let mut clock = Instant::now();
-                for job in rx {
-                    if let Err(e) = job(&mut clock) {
-                        let mut slot = err.lock().unwrap_or_else(|e| e.into_inner());
-                        slot.get_or_insert(e.to_string());
-                    }
-                }
-            })
-            .map_err(|e| KernelError::StreamFailed {
-                device: "cpu".into(),
-                stream: name,
-                message: format!("could not start the worker thread: {e}"),
-            })?;
-        Ok(Worker {
-            name,
-            tx: Some(tx),
-            handle: Some(handle),
-            error,
-        })
-    }
-
-    fn push(&self, job: Job) -> Result<()> {
-        let enqueued = Instant::now();
-        let job: Job = Box::new(move |clock: &mut Instant| {
-            *clock = (*clock).max(enqueued);
-            job(clock)
-        });
-        let dead = || KernelError::StreamFailed {
-            device: "cpu".into(),
-            stream: self.name,
-            message: "the worker thread has stopped".into(),
-        };
-        self.tx
-            .as_ref()
-            .ok_or_else(dead)?
-            .send(job)
-            .map_err(|_| dead())
-    }
-
-    fn take_error(&self) -> Result<()> {
-        match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some(message) => Err(KernelError::StreamFailed {
-                device: "cpu".into(),
-                stream: self.name,
-                message,
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Sleeps until `deadline`, spinning the last ~100 µs.
-fn sleep_until(deadline: Instant) {
-    const SPIN: Duration = Duration::from_micros(100);
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return;
-        }
-        let left = deadline - now;
-        if left > SPIN {
-            std::thread::sleep(left - SPIN);
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
+/// The link rates the CPU backend paces to, GB/s. Slower than 1 MB/s, a
+/// model's copies would take hours; faster than 10 TB/s, pacing means nothing
+/// (the memcpy itself is slower).
+pub const LINK_GBPS_MIN: f64 = 1e-3;
+pub const LINK_GBPS_MAX: f64 = 1e4;
 
 pub(crate) struct CpuBackend {
     link_gbps: Option<f64>,
@@ -278,12 +147,11 @@ impl CpuBackend {
             }
         }
         if let Some(g) = opts.link_gbps {
-            if !(g.is_finite() && g > 0.0) {
-                return Err(KernelError::Shape {
-                    op: "link pacing",
-                    device: "cpu".into(),
-                    shape: format!("{g} GB/s"),
-                    reason: "the link bandwidth must be a positive number of GB/s".into(),
+            if !(LINK_GBPS_MIN..=LINK_GBPS_MAX).contains(&g) {
+                return Err(KernelError::BadLinkRate {
+                    gbps: g,
+                    min: LINK_GBPS_MIN,
+                    max: LINK_GBPS_MAX,
                 });
             }
         }
@@ -367,7 +235,31 @@ impl CpuBackend {
         check_range(op, "cpu", "destination", dst_off, len, dst.len)?;
         let (src, dst) = (src.clone(), dst.clone());
         let gbps = if paced { self.link_gbps } else { None };
-        let job = move |clock: &mut Instant| {
+        let job = move |clock: &mut Instant| -> Result<()> {
+            let start = *clock;
+            // The link's time for these bytes; the data lands at the end of it.
+            let window = match gbps {
+                Some(g) => {
+                    let secs = (len as f64 * 4.0) / (g * 1e9);
+                    let d = Duration::try_from_secs_f64(secs).map_err(|e| KernelError::Shape {
+                        op,
+                        device: "cpu".into(),
+                        shape: format!("{len} elements at {g} GB/s"),
+                        reason: format!("the paced copy's time ({secs} s) is not a duration: {e}"),
+                    })?;
+                    let deadline = start.checked_add(d).ok_or_else(|| KernelError::Shape {
+                        op,
+                        device: "cpu".into(),
+                        shape: format!("{len} elements at {g} GB/s"),
+                        reason: format!(
+                            "the paced copy's end ({secs} s from now) overflows the clock"
+                        ),
+                    })?;
+                    sleep_until(deadline);
+                    Some(d)
+                }
+                None => None,
+            };
             let t0 = Instant::now();
             if src.same(&dst) {
                 dst.write().copy_within(src_off..src_off + len, dst_off);
@@ -377,69 +269,64 @@ impl CpuBackend {
                 });
             }
             let work = t0.elapsed();
-            let paced = gbps.map(|g| Duration::from_secs_f64((len * 4) as f64 / (g * 1e9)));
-            *clock += paced.map_or(work, |p| p.max(work));
-            if paced.is_some() {
-                sleep_until(*clock);
-            }
+            // Saturating: `start + window` was checked above, and `work` is real time.
+            *clock = start
+                .checked_add(window.map_or(work, |w| w.max(work)))
+                .unwrap_or_else(Instant::now);
+            Ok(())
         };
         match self.worker(stream) {
-            Some(w) => w.push(Box::new(move |clock: &mut Instant| {
-                job(clock);
-                Ok(())
-            })),
-            None => {
-                job(&mut Instant::now());
-                Ok(())
+            Some(w) => {
+                w.check()?;
+                w.push(Job::Run(Box::new(job)))
             }
+            None => job(&mut Instant::now()),
         }
     }
 
     pub(crate) fn record(&self, stream: Stream) -> Result<CpuEvent> {
         match self.worker(stream) {
             None => {
-                self.copy.take_error()?;
-                self.writeback.take_error()?;
+                self.copy.check()?;
+                self.writeback.check()?;
                 Ok(CpuEvent::fired())
             }
-            Some(w) => {
-                w.take_error()?;
-                let ev = CpuEvent::new();
-                let e = ev.clone();
-                w.push(Box::new(move |clock: &mut Instant| {
-                    e.fire_at(*clock);
-                    Ok(())
-                }))?;
-                Ok(ev)
-            }
+            Some(w) => w.record(),
         }
     }
 
     pub(crate) fn wait(&self, stream: Stream, ev: &CpuEvent) -> Result<()> {
         match self.worker(stream) {
             None => {
-                ev.wait();
-                self.copy.take_error()?;
-                self.writeback.take_error()
+                ev.wait()?;
+                self.copy.check()?;
+                self.writeback.check()
             }
             Some(w) => {
-                w.take_error()?;
-                let e = ev.clone();
-                w.push(Box::new(move |clock: &mut Instant| {
-                    *clock = (*clock).max(e.wait());
-                    Ok(())
-                }))
+                w.check()?;
+                w.push(Job::Wait(ev.clone()))
             }
         }
     }
 
     pub(crate) fn synchronize(&self) -> Result<()> {
-        let a = self.record(Stream::Copy)?;
-        let b = self.record(Stream::Writeback)?;
-        a.wait();
-        b.wait();
-        self.copy.take_error()?;
-        self.writeback.take_error()
+        // Both streams are drained before either failure is reported.
+        let a = self.copy.record();
+        let b = self.writeback.record();
+        let a = a.and_then(|e| e.wait());
+        let b = b.and_then(|e| e.wait());
+        self.copy.check()?;
+        self.writeback.check()?;
+        a.and(b).map(|_| ())
+    }
+
+    /// Test hook: a job on `stream` that panics with `message`.
+    #[cfg(test)]
+    pub(crate) fn inject_panic(&self, stream: Stream, message: &'static str) -> Result<()> {
+        match self.worker(stream) {
+            Some(w) => w.push(Job::Run(Box::new(move |_| panic!("{message}")))),
+            None => Ok(()),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
