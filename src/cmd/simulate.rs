@@ -27,6 +27,7 @@ pub struct SimulateArgs {
 }
 
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+    super::check_output("--svg", args.svg.as_deref())?;
     let plan = Plan::load(&args.plan).context("reading --plan")?;
     let (hw, hw_id) = super::load_profile(&args.hardware)?;
     if hw_id.fingerprint != plan.hardware.fingerprint {
@@ -35,8 +36,12 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
             plan.hardware.name, plan.hardware.fingerprint, hw_id.name, hw_id.fingerprint
         );
     }
-    let tl = scheduler::simulate(&plan, &hw, args.context_len)
-        .with_context(|| format!("--context-len {}", args.context_len))?;
+    // A bad number inside the plan is named as the file's field, not as a flag.
+    let tl = scheduler::simulate(&plan, &hw, args.context_len).map_err(|e| {
+        super::name_field(e, |f| {
+            Some(format!("{}: {}", args.plan.display(), f.plan_path()))
+        })
+    })?;
     let step = plan
         .step_for(args.context_len)
         .context("the plan does not cover --context-len")?;
@@ -81,8 +86,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         tl.simulated_step_us / tl.predicted_step_us.max(1e-9)
     );
     if let Some(svg) = &args.svg {
-        draw(&tl, &plan, args.context_len, svg)
-            .with_context(|| format!("writing --svg {}", svg.display()))?;
+        draw(&tl, &plan, args.context_len, svg).context("writing --svg")?;
         eprintln!("wrote {}", svg.display());
     }
     Ok(())
