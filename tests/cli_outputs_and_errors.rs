@@ -351,3 +351,30 @@ fn a_plan_for_a_huge_generation_does_not_size_a_short_run() {
         assert!(stderr(&o).contains("huge.json"), "{}", stderr(&o));
     }
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_allocation_is_an_error_not_an_abort() {
+    // The memory check passes (the machine has the memory), but the process
+    // may not map it: the allocation itself fails and must be reported.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("prompts.txt"), "hi\n".repeat(100)).unwrap();
+    let script = format!(
+        "ulimit -v 3000000 && exec {} run --model preset:llama-2-7b-tiny --hardware {} \
+         --prompts-file prompts.txt --max-new-tokens 4000",
+        env!("CARGO_BIN_EXE_kvpr"),
+        cpu_profile()
+    );
+    let o = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    // On a machine with less than the run needs, the check refuses it first.
+    assert_fails(&o, &[]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot allocate") || err.contains("available"),
+        "{err}"
+    );
+}
