@@ -37,6 +37,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Errors are printed as messages: keep libraries (candle) from capturing a
+    // backtrace into them when RUST_BACKTRACE is set. Panics still get theirs.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Calibrate(args) => cmd::calibrate::run(args),

@@ -5,10 +5,10 @@
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// `libcuda.so.1` could not be loaded: no NVIDIA driver on this machine.
-    #[error("no CUDA driver found (libcuda.so.1 could not be loaded); use --device cpu")]
+    #[error("no CUDA driver found (libcuda.so.1 could not be loaded)")]
     NoDriver,
     /// The driver is there but a library the backend needs is not.
-    #[error("{device}: {library} could not be loaded; install the CUDA {library} runtime or use --device cpu")]
+    #[error("{device}: {library} could not be loaded; install the CUDA {library} runtime")]
     MissingLibrary {
         device: String,
         library: &'static str,
@@ -65,6 +65,9 @@ pub enum KernelError {
         stream: &'static str,
         message: String,
     },
+    /// A buffer the system could not allocate.
+    #[error("{device}: cannot allocate {bytes} bytes: out of memory")]
+    OutOfMemory { device: String, bytes: u64 },
 }
 
 /// A number as a user would write it: `1e-30`, not thirty zeros.

@@ -291,7 +291,7 @@ impl Backend {
     /// A zeroed device buffer of `len` elements.
     pub fn alloc(&self, len: usize) -> Result<DeviceBuf> {
         let inner = match &self.inner {
-            Inner::Cpu(b) => BufInner::Cpu(b.alloc(len)),
+            Inner::Cpu(b) => BufInner::Cpu(b.alloc(len)?),
             Inner::Cuda(b) => BufInner::Cuda(b.alloc(len)?),
         };
         Ok(DeviceBuf { inner })
@@ -317,7 +317,7 @@ impl Backend {
     /// A zeroed host buffer of `len` elements (pinned on CUDA).
     pub fn alloc_host(&self, len: usize) -> Result<HostBuf> {
         let inner = match &self.inner {
-            Inner::Cpu(b) => HostInner::Cpu(b.alloc(len)),
+            Inner::Cpu(b) => HostInner::Cpu(b.alloc(len)?),
             Inner::Cuda(b) => HostInner::Cuda(b.alloc_host(len, true)?),
         };
         Ok(HostBuf { inner })
@@ -327,7 +327,7 @@ impl Backend {
     /// pageable link. On the CPU backend this is the same as [`Backend::alloc_host`].
     pub fn alloc_host_pageable(&self, len: usize) -> Result<HostBuf> {
         let inner = match &self.inner {
-            Inner::Cpu(b) => HostInner::Cpu(b.alloc(len)),
+            Inner::Cpu(b) => HostInner::Cpu(b.alloc(len)?),
             Inner::Cuda(b) => HostInner::Cuda(b.alloc_host(len, false)?),
         };
         Ok(HostBuf { inner })

@@ -1,14 +1,19 @@
 use std::path::PathBuf;
 
+use crate::Field;
+
 /// Everything that can be wrong with a kvpr file or a model/workload description.
 #[derive(Debug, thiserror::Error)]
 pub enum PlansError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// An output path kvpr will not write (a device, a FIFO, a missing folder...).
+    #[error("{path}: {reason}")]
+    Output { path: PathBuf, reason: String },
     #[error("{path}:{line}:{column}: {field}: {message}")]
     Json {
         path: PathBuf,
@@ -34,8 +39,9 @@ pub enum PlansError {
     UnknownPreset { name: String, known: String },
     #[error("{path}: not a model kvpr can read: {reason}")]
     Model { path: PathBuf, reason: String },
-    #[error("{what}: {reason}")]
-    Workload { what: String, reason: String },
+    /// A workload number no plan can serve; the caller names where it came from.
+    #[error("{field}: {reason}")]
+    Workload { field: Field, reason: String },
     #[error("plan {path} was made for {field} = {plan}, but this run has {actual}; make a new plan with `kvpr plan` for this run")]
     Mismatch {
         path: PathBuf,
@@ -48,6 +54,14 @@ pub enum PlansError {
 pub type Result<T, E = PlansError> = std::result::Result<T, E>;
 
 impl PlansError {
+    /// The workload field the error is about, if it is about one.
+    pub fn field(&self) -> Option<Field> {
+        match self {
+            PlansError::Workload { field, .. } => Some(*field),
+            _ => None,
+        }
+    }
+
     pub(crate) fn invalid(
         path: impl Into<PathBuf>,
         field: impl Into<String>,

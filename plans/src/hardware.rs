@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::parse_json;
+use crate::io::{load_json, parse_json};
 use crate::{fingerprint, Dtype, PlansError, Result};
 
 pub const HARDWARE_SCHEMA: &str = "kvpr.hardware/v1";
@@ -206,11 +206,9 @@ impl GemmCurve {
 impl HardwareProfile {
     /// Loads and validates a profile; errors name file, line, column and field.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlansError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        let p: HardwareProfile = load_json(path, HARDWARE_SCHEMA)?;
+        p.validate(path)?;
+        Ok(p)
     }
 
     /// Parses a profile from text; `path` is used in messages only.

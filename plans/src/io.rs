@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -73,20 +74,184 @@ fn strip_position(message: &str) -> String {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a
 /// rename, so a reader sees the old file or the whole new one, never half.
+///
+/// - A path that exists and is not a regular file (a device such as
+///   `/dev/full`, a FIFO, a socket, a folder or a symlink) is refused, never
+///   replaced: [`check_output_path`].
+/// - The new file gets the permissions of the file it replaces, or those a
+///   plain `File::create` gives (`0666` less the umask).
+/// - The temporary file is `.{name}.kvpr-tmp.{pid}.{n}` beside the target. It is
+///   removed on every error; one left by a process that was killed (its pid no
+///   longer runs) is removed by the next write to the same target.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Creating the temporary file is itself the check that the folder takes files.
+    let existing = inspect_output(path)?;
+    let (dir, name) = split_target(path)?;
+    remove_stale_temps(dir, &name);
+    let tmp = dir.join(temp_name(&name));
     let io = |source| PlansError::Io {
         path: path.to_path_buf(),
         source,
     };
+    let write = || -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io)?;
+        if let Some(perm) = existing {
+            f.set_permissions(perm).map_err(io)?;
+        }
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    };
+    let result = write();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Checks, before any long work, that [`write_atomic`] can write `path`: it is
+/// absent or a regular file, and its folder exists and takes new files.
+/// Returns the permissions of the file it would replace, if any.
+pub fn check_output_path(path: &Path) -> Result<Option<std::fs::Permissions>> {
+    let existing = inspect_output(path)?;
+    let (dir, name) = split_target(path)?;
+    // The one reliable test that the folder takes new files is to make one.
+    let probe = dir.join(temp_name(&name));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|source| PlansError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(existing)
+}
+
+/// [`check_output_path`] short of making a file: the path is absent or a
+/// regular file (whose permissions are returned), in a folder that exists.
+fn inspect_output(path: &Path) -> Result<Option<std::fs::Permissions>> {
+    let refuse = |reason: String| PlansError::Output {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let existing = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Some(m.permissions()),
+        Ok(m) => {
+            return Err(refuse(format!(
+                "exists and is not a regular file ({}); kvpr replaces only regular files, \
+                 so give the path of a file",
+                file_kind(&m.file_type())
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(PlansError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let (dir, _) = split_target(path)?;
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(refuse(format!("{} is not a folder", dir.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(refuse(format!(
+                "folder {} does not exist; create it first",
+                dir.display()
+            )))
+        }
+        Err(source) => {
+            return Err(PlansError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    }
+    Ok(existing)
+}
+
+/// The folder (`.` for a bare name) and the file name of an output path.
+fn split_target(path: &Path) -> Result<(&Path, String)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| PlansError::Output {
+            path: path.to_path_buf(),
+            reason: "names no file; give the path of a file".into(),
+        })?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    Ok((dir, name))
+}
+
+const TEMP_TAG: &str = ".kvpr-tmp.";
+
+/// `.{name}.kvpr-tmp.{pid}.{n}`: hidden, recognisable, unique in this process.
+fn temp_name(name: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(".{name}{TEMP_TAG}{}.{n}", std::process::id())
+}
+
+/// Removes the temporary files of `name` left by processes that no longer run.
+/// Only where the system says which processes run (`/proc`); elsewhere nothing.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{name}{TEMP_TAG}");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let regular = e.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if regular && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// What a non-regular file is, in words.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// A short, stable fingerprint (16 hex digits of SHA-256) of some bytes.
@@ -152,5 +317,75 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn atomic_write_refuses_what_is_not_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.json");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = write_atomic(&link, b"new").unwrap_err().to_string();
+        assert!(e.contains("exists and is not a regular file"), "{e}");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        let e = write_atomic(dir.path(), b"new").unwrap_err().to_string();
+        assert!(e.contains("a folder"), "{e}");
+        let e = write_atomic(Path::new("/dev/null"), b"new")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a character device"), "{e}");
+        // Nothing but the target and the link is left.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn missing_folder_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("no/such/dir/x.json");
+        let e = check_output_path(&p).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(write_atomic(&p, b"x").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn new_files_follow_the_umask_and_replaced_files_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"one").unwrap();
+        let made = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        // What a plain File::create gives in the same folder, umask included.
+        let q = dir.path().join("b.json");
+        std::fs::File::create(&q).unwrap();
+        let plain = std::fs::metadata(&q).unwrap().permissions().mode() & 0o777;
+        assert_eq!(made, plain);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&p, b"two").unwrap();
+        let kept = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(kept, 0o640);
+    }
+
+    #[test]
+    fn a_dead_process_temp_file_is_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        // No process has a pid this large (above Linux's pid_max limit).
+        let stale = dir.path().join(format!(".a.json{TEMP_TAG}4294967295.0"));
+        std::fs::write(&stale, b"half").unwrap();
+        let other = dir.path().join(format!(".b.json{TEMP_TAG}4294967295.0"));
+        std::fs::write(&other, b"half").unwrap();
+        write_atomic(&p, b"whole").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"whole");
+        if Path::new("/proc/self").exists() {
+            assert!(!stale.exists());
+        }
+        assert!(other.exists(), "another target's temp file is left alone");
     }
 }

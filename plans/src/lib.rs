@@ -21,11 +21,11 @@ pub use hardware::{
     BandwidthCurve, BandwidthPoint, DeviceInfo, DeviceKind, GemmCurve, GemmPoint, HardwareProfile,
     LinkCurves, Scalar, Source, HARDWARE_SCHEMA,
 };
-pub use io::{fingerprint, load_json, write_atomic};
+pub use io::{check_output_path, fingerprint, load_json, write_atomic};
 pub use model::{Family, ModelSpec, PRESETS};
 pub use plan::{Plan, PlanHardware, Schedule, Step, Summary, PLAN_SCHEMA};
 pub use trace::{Trace, TraceOp, TraceOpKind, TraceStep, TraceStream, TRACE_SCHEMA};
-pub use workload::{human_bytes, parse_bytes, Dtype, Workload};
+pub use workload::{human_bytes, parse_bytes, Dtype, Field, Workload};
 
 /// The version of kvpr that wrote a file, recorded in every profile and plan.
 pub const KVPR_VERSION: &str = env!("CARGO_PKG_VERSION");

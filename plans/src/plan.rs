@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::parse_json;
+use crate::io::load_json;
 use crate::{write_atomic, ModelSpec, PlansError, Result, Workload};
 
 pub const PLAN_SCHEMA: &str = "kvpr.plan/v1";
@@ -122,11 +122,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlansError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let plan: Plan = parse_json(path, &text, PLAN_SCHEMA)?;
+        let plan: Plan = load_json(path, PLAN_SCHEMA)?;
         plan.validate(path)?;
         Ok(plan)
     }

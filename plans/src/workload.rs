@@ -64,24 +64,22 @@ impl Workload {
         self.prompt_len + self.gen_len.saturating_sub(1)
     }
 
-    /// Rejects workloads no plan can serve; `what` prefixes messages (e.g. the flag names).
+    /// Rejects workloads no plan can serve. Errors name the [`Field`]; the
+    /// caller says where it came from (a flag, a file).
     pub fn validate(&self, model: &ModelSpec) -> Result<()> {
-        let err = |what: &str, reason: String| PlansError::Workload {
-            what: what.to_string(),
-            reason,
-        };
+        let err = |field: Field, reason: String| PlansError::Workload { field, reason };
         if self.batch == 0 {
-            return Err(err("--batch", "must be at least 1".into()));
+            return Err(err(Field::Batch, "must be at least 1".into()));
         }
         if self.prompt_len == 0 {
-            return Err(err("--prompt-len", "must be at least 1 token".into()));
+            return Err(err(Field::PromptLen, "must be at least 1 token".into()));
         }
         if self.gen_len == 0 {
-            return Err(err("--gen-len", "must be at least 1 token".into()));
+            return Err(err(Field::GenLen, "must be at least 1 token".into()));
         }
         if self.prompt_len > model.max_context {
             return Err(err(
-                "--prompt-len",
+                Field::PromptLen,
                 format!(
                     "{} tokens is longer than {}'s context of {} tokens; shorten the prompt",
                     self.prompt_len, model.name, model.max_context
@@ -89,6 +87,51 @@ impl Workload {
             ));
         }
         Ok(())
+    }
+}
+
+/// A number of a workload or of a plan request that the user chose. Library
+/// errors carry it as data; the CLI names it as the user gave it: a flag
+/// (`--batch`) or a field of a file (`plan.json: workload.batch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Field {
+    Batch,
+    PromptLen,
+    GenLen,
+    Dtype,
+    GpuMemoryBudget,
+    HostMemoryBudget,
+    BlockTokens,
+    Schedule,
+}
+
+impl Field {
+    /// The field's name in the plan format (`prompt_len`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Batch => "batch",
+            Field::PromptLen => "prompt_len",
+            Field::GenLen => "gen_len",
+            Field::Dtype => "dtype",
+            Field::GpuMemoryBudget => "gpu_memory_budget",
+            Field::HostMemoryBudget => "host_memory_budget",
+            Field::BlockTokens => "block_tokens",
+            Field::Schedule => "schedule",
+        }
+    }
+
+    /// Its dotted path in a plan file (`workload.batch`, `block_tokens`).
+    pub fn plan_path(self) -> String {
+        match self {
+            Field::BlockTokens | Field::Schedule => self.name().to_string(),
+            f => format!("workload.{}", f.name()),
+        }
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -134,7 +177,15 @@ pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
             ))
         }
     };
-    Ok((value * mult).round() as u64)
+    let bytes = (value * mult).round();
+    // `value` has no sign (the split above stops at '-'), but may be huge or inf.
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!(
+            "{s:?} is more bytes than kvpr can count (at most 2^64 - 1 bytes, 16 EiB); \
+             write a smaller size"
+        ));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -155,6 +206,25 @@ mod tests {
     }
 
     #[test]
+    fn sizes_past_u64_negative_or_not_finite_are_refused() {
+        for s in [
+            "20000000000GiB",
+            "1e30",
+            "18446744073709551616",
+            "inf",
+            "NaN",
+            "-1GiB",
+        ] {
+            let e = parse_bytes(s).expect_err(s);
+            assert!(e.contains(s), "{s}: {e}");
+        }
+        let e = parse_bytes("20000000000GiB").unwrap_err();
+        assert!(e.contains("more bytes than kvpr can count"), "{e}");
+        assert_eq!(parse_bytes("16EiB").ok(), None);
+        assert_eq!(parse_bytes("15TiB").unwrap(), 15 << 40);
+    }
+
+    #[test]
     fn rejects_zero_batch_and_long_prompts() {
         let m = ModelSpec::preset("tiny-mha").unwrap();
         let mut w = Workload {
@@ -165,10 +235,26 @@ mod tests {
             gpu_memory_budget: 1 << 30,
             host_memory_budget: 1 << 30,
         };
-        assert!(w.validate(&m).unwrap_err().to_string().contains("--batch"));
+        let e = w.validate(&m).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PlansError::Workload {
+                    field: Field::Batch,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         w.batch = 1;
         w.prompt_len = m.max_context + 1;
-        let e = w.validate(&m).unwrap_err().to_string();
-        assert!(e.contains("--prompt-len") && e.contains("context"), "{e}");
+        let e = w.validate(&m).unwrap_err();
+        assert_eq!(e.field(), Some(Field::PromptLen));
+        let e = e.to_string();
+        assert!(
+            e.starts_with("prompt_len: ") && e.contains("context"),
+            "{e}"
+        );
+        assert!(!e.contains("--"), "a library error names no flag: {e}");
     }
 }

@@ -54,7 +54,7 @@ pub enum CalibrationEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum ProfilerError {
     /// A backend call failed while measuring `stage`.
-    #[error("calibration failed while measuring {stage}: {source}")]
+    #[error("calibration failed while measuring {stage}")]
     Kernel {
         stage: &'static str,
         #[source]
@@ -64,7 +64,7 @@ pub enum ProfilerError {
     #[error("calibration of {stage} gave an unusable figure: {reason}")]
     Measurement { stage: &'static str, reason: String },
     /// The assembled profile failed validation (a bug: report it).
-    #[error("the measured profile is invalid: {0}")]
+    #[error("the measured profile is invalid")]
     Invalid(#[from] plans::PlansError),
 }
 

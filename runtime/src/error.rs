@@ -1,12 +1,15 @@
 //! The one error type of the runtime: every variant names what the user needs
 //! to find the problem (file, field, tensor, layer, shape).
+//!
+//! A variant that holds its cause as a `source` does not repeat it in its own
+//! message: printed with its chain (`{:#}` of anyhow), the cause follows once.
 
 use std::path::PathBuf;
 
 /// Everything that can go wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -50,12 +53,27 @@ pub enum RuntimeError {
     Request { what: String, reason: String },
     #[error(transparent)]
     Plan(#[from] plans::PlansError),
-    /// A backend op failed; `layer` is `None` outside the layers.
-    #[error("{}{source}", layer.map(|l| format!("layer {l}: ")).unwrap_or_default())]
-    Kernel {
-        layer: Option<usize>,
+    /// A backend op failed outside the layers.
+    #[error(transparent)]
+    Kernel(#[from] kernels::KernelError),
+    /// A backend op of layer `layer` failed.
+    #[error("layer {layer}")]
+    KernelAt {
+        layer: usize,
         #[source]
         source: kernels::KernelError,
+    },
+    /// The run needs more memory than the machine has available.
+    #[error(
+        "{what} needs {} of memory, but this machine has {} available; {hint}",
+        plans::human_bytes(*needed),
+        plans::human_bytes(*available)
+    )]
+    OutOfMemory {
+        what: String,
+        needed: u64,
+        available: u64,
+        hint: String,
     },
     /// A compute or copy operation failed; `layer` is `None` outside the layers.
     #[error("{op}{}: {reason}", layer.map(|l| format!(" (layer {l})")).unwrap_or_default())]
@@ -68,15 +86,6 @@ pub enum RuntimeError {
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
-impl From<kernels::KernelError> for RuntimeError {
-    fn from(source: kernels::KernelError) -> Self {
-        RuntimeError::Kernel {
-            layer: None,
-            source,
-        }
-    }
-}
-
 /// Attaches the layer to a backend error.
 pub(crate) trait AtLayer<T> {
     fn at(self, layer: usize) -> Result<T>;
@@ -84,10 +93,7 @@ pub(crate) trait AtLayer<T> {
 
 impl<T> AtLayer<T> for std::result::Result<T, kernels::KernelError> {
     fn at(self, layer: usize) -> Result<T> {
-        self.map_err(|source| RuntimeError::Kernel {
-            layer: Some(layer),
-            source,
-        })
+        self.map_err(|source| RuntimeError::KernelAt { layer, source })
     }
 }
 

@@ -156,6 +156,7 @@ impl<'a> Executor<'a> {
             s.n_layers,
         );
         let res_cap = layout.max_resident.min(capacity);
+        check_memory_for(backend, s, &layout, batch, capacity, res_cap)?;
         let store = HostStore::new(backend, layout, nl, batch, h, kvd, capacity)?;
         let a = |n: usize| backend.alloc(n.max(1));
         let two = |n: usize| -> Result<[DeviceBuf; 2]> { Ok([a(n)?, a(n)?]) };
@@ -762,4 +763,44 @@ impl<'a> Executor<'a> {
     pub fn host_bytes(&self) -> u64 {
         self.store.bytes(4)
     }
+}
+
+/// Refuses a run whose buffers the machine cannot hold, before allocating
+/// them: the host store and, on the CPU backend (whose device is host memory),
+/// the staging, resident and scratch buffers [`Executor::new`] allocates.
+fn check_memory_for(
+    backend: &Backend,
+    s: &plans::ModelSpec,
+    layout: &StoreLayout,
+    batch: usize,
+    capacity: usize,
+    res_cap: usize,
+) -> Result<()> {
+    use crate::memory::bytes_of;
+    let (h, kvd, nl) = (s.hidden_size, s.kv_dim(), s.n_layers);
+    let p = if backend.is_cuda() {
+        backend.dtype().size()
+    } else {
+        std::mem::size_of::<f32>()
+    };
+    let mut needed = [
+        bytes_of(&[nl, batch, layout.x.len(), h, p]),
+        bytes_of(&[nl, batch, layout.kv.len(), 2 * kvd, p]),
+    ]
+    .iter()
+    .fold(0u64, |a, b| a.saturating_add(*b));
+    if !backend.is_cuda() {
+        let device = [
+            bytes_of(&[2, batch, capacity, 2 * kvd + h, p]), // k/v/x staging
+            bytes_of(&[batch, capacity, 2 * kvd, p]),        // k/v tmp
+            bytes_of(&[nl, batch, res_cap, 2 * kvd, p]),     // resident K/V
+            bytes_of(&[batch, s.vocab_size + 2 * s.intermediate_size, p]),
+        ];
+        needed = device.iter().fold(needed, |a, b| a.saturating_add(*b));
+    }
+    crate::check_memory(
+        &format!("a batch of {batch} up to context {capacity}"),
+        needed,
+        "run fewer prompts at once or generate fewer tokens",
+    )
 }

@@ -209,7 +209,7 @@ impl Generator {
         let layout = match &self.plan {
             Some(plan) => {
                 plan.check_matches(&self.plan_path, &spec, &workload)?;
-                StoreLayout::for_plan(plan)
+                StoreLayout::for_plan(plan).up_to(capacity)
             }
             None => StoreLayout::all_resident(capacity),
         };

@@ -12,6 +12,7 @@
 mod error;
 mod executor;
 mod generate;
+mod memory;
 mod model;
 mod source;
 mod store;
@@ -23,6 +24,7 @@ pub(crate) use error::AtLayer;
 pub use error::{Result, RuntimeError};
 pub use executor::{Executor, StepStats};
 pub use generate::{GenerationReport, Generator, Sampling, StepReport};
+pub use memory::{available_memory, check_memory};
 pub use model::Model;
 pub use source::{gguf_name, Config, ModelSource, RopeStyle};
 pub use store::{Coverage, HostStore, Kind, Split, StoreLayout};

@@ -85,6 +85,21 @@ impl Model {
 
     /// Uploads host weights.
     pub fn from_weights(w: &Weights, tokenizer: Tokenizer, backend: &Backend) -> Result<Self> {
+        if !backend.is_cuda() {
+            // The CPU backend's "device" buffers are host memory too, f32 at any dtype.
+            let s = &w.config.spec;
+            crate::check_memory(
+                &format!(
+                    "uploading {} ({} parameters) to {}",
+                    s.name,
+                    s.total_params(),
+                    backend.name()
+                ),
+                s.total_params()
+                    .saturating_mul(std::mem::size_of::<f32>() as u64),
+                "use a smaller model",
+            )?;
+        }
         let layers = w
             .layers
             .iter()

@@ -147,6 +147,24 @@ impl StoreLayout {
         }
     }
 
+    /// Only the positions below `capacity`: a run never reads past its own
+    /// last context, however long a generation its plan was made for.
+    pub fn up_to(self, capacity: usize) -> Self {
+        let clip = |c: &Coverage| {
+            Coverage::from_intervals(
+                c.spans
+                    .iter()
+                    .map(|&(a, b, _)| (a.min(capacity), b.min(capacity)))
+                    .collect(),
+            )
+        };
+        StoreLayout {
+            x: clip(&self.x),
+            kv: clip(&self.kv),
+            max_resident: self.max_resident.min(capacity),
+        }
+    }
+
     /// Host bytes for `layers` layers and `batch` sequences at `dtype_bytes`.
     pub fn bytes(&self, layers: usize, batch: usize, h: usize, kv_dim: usize, p: usize) -> u64 {
         let per_layer = self.x.len() * h + self.kv.len() * 2 * kv_dim;
@@ -279,5 +297,20 @@ mod tests {
         assert_eq!(c.range(6, 10), Some(3));
         assert_eq!(c.range(1, 6), None);
         assert_eq!(c.range(4, 4), Some(0));
+    }
+
+    #[test]
+    fn a_layout_is_clipped_to_the_run() {
+        let layout = StoreLayout {
+            x: Coverage::from_intervals(vec![(0, 4), (10, 1_000_000_000)]),
+            kv: Coverage::from_intervals(vec![(4, 1_000_000_000)]),
+            max_resident: 1_000_000,
+        };
+        let small = layout.clone().up_to(12);
+        assert_eq!(small.x.len(), 6);
+        assert_eq!(small.kv.len(), 8);
+        assert_eq!(small.max_resident, 12);
+        assert_eq!(small.x.slot(11), layout.x.slot(11));
+        assert_eq!(small.x.slot(12), None);
     }
 }

@@ -106,6 +106,15 @@ impl Weights {
     pub fn load(source: &ModelSource) -> Result<Self> {
         let (mut src, config) = TensorSource::open(source)?;
         let s = config.spec.clone();
+        crate::check_memory(
+            &format!(
+                "loading {} ({} parameters as f32)",
+                s.name,
+                s.total_params()
+            ),
+            s.total_params().saturating_mul(4),
+            "use a smaller model",
+        )?;
         let (h, v) = (s.hidden_size, s.vocab_size);
         let embed_tokens = src.get("model.embed_tokens.weight", &[v, h], Init::Std(1.0))?;
         let layers = (0..s.n_layers)

@@ -128,7 +128,7 @@ impl CostModel {
     ) -> Result<Self, SchedError> {
         if workload.batch == 0 {
             return Err(SchedError::Invalid {
-                flag: "--batch".into(),
+                field: plans::Field::Batch,
                 reason: "must be at least 1".into(),
             });
         }
@@ -159,8 +159,8 @@ impl CostModel {
             .fold(0.0, f64::max);
         let mem_bw = hw.attention_gbps.value * 1e9;
         if !(mem_bw.is_finite() && mem_bw > 0.0) || hw.link.h2d_pinned.points.is_empty() {
-            return Err(SchedError::Invalid {
-                flag: format!("hardware profile {:?}", hw.name),
+            return Err(SchedError::Profile {
+                profile: hw.name.clone(),
                 reason: "attention_gbps must be positive and link.h2d_pinned must have points; \
                          re-run `kvpr calibrate`"
                     .into(),

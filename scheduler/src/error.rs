@@ -1,7 +1,8 @@
-//! The one error type of the scheduler: every variant names the flag or field
-//! the user can change.
+//! The one error type of the scheduler: every variant names the field the user
+//! can change as data ([`SchedError::field`]); the CLI maps it to a flag or to a
+//! file's field.
 
-use plans::{Dtype, PlansError, Schedule};
+use plans::{Dtype, Field, PlansError, Schedule};
 
 /// Everything that can stop the scheduler from making a plan or a timeline.
 #[derive(Debug, thiserror::Error)]
@@ -10,14 +11,18 @@ pub enum SchedError {
     #[error(transparent)]
     Workload(#[from] PlansError),
 
-    /// A user-facing number is out of range; `flag` is what to change.
-    #[error("{flag}: {reason}")]
-    Invalid { flag: String, reason: String },
+    /// A user-facing number is out of range; `field` is what to change.
+    #[error("{field}: {reason}")]
+    Invalid { field: Field, reason: String },
+
+    /// The hardware profile lacks a figure the cost model needs.
+    #[error("hardware profile {profile:?}: {reason}")]
+    Profile { profile: String, reason: String },
 
     /// The profile has no GEMM measurement for the run's element type.
     #[error(
         "hardware profile {profile:?} has no GEMM points for dtype {dtype}: it was measured \
-         for {available}; pass --dtype with one of those, or re-calibrate with `kvpr calibrate` \
+         for {available}; choose one of those, or re-calibrate with `kvpr calibrate` \
          for {dtype}",
         dtype = .dtype.name()
     )]
@@ -29,8 +34,8 @@ pub enum SchedError {
 
     /// The GPU budget does not even hold the staging buffers of the layers in flight.
     #[error(
-        "--gpu-memory-budget {budget} is too small for batch {batch} at context {context}: \
-         staging needs {staging}; raise the budget or lower --batch"
+        "the GPU memory budget of {budget} is too small for batch {batch} at context {context}: \
+         staging needs {staging}; raise the budget or lower the batch"
     )]
     GpuBudget {
         budget: String,
@@ -41,9 +46,9 @@ pub enum SchedError {
 
     /// The stored activations and K/V do not fit the host budget.
     #[error(
-        "--host-memory-budget {budget} is too small: the plan stores {needed} in host memory \
-         (activations for recomputed positions, K/V for transferred ones); raise the budget, \
-         lower --batch or shorten --gen-len"
+        "the host memory budget of {budget} is too small: the plan stores {needed} in host \
+         memory (activations for recomputed positions, K/V for transferred ones); raise the \
+         budget, lower the batch or generate fewer tokens"
     )]
     HostBudget { needed: String, budget: String },
 
@@ -69,4 +74,22 @@ pub enum SchedError {
         context: usize,
         reason: String,
     },
+}
+
+impl SchedError {
+    /// The workload or request field the error is about, if it is about one:
+    /// the CLI names it as the user gave it (a flag, a file's field).
+    pub fn field(&self) -> Option<Field> {
+        match self {
+            SchedError::Workload(e) => e.field(),
+            SchedError::Invalid { field, .. } => Some(*field),
+            SchedError::NoGemmPoints { .. } => Some(Field::Dtype),
+            SchedError::GpuBudget { .. } => Some(Field::GpuMemoryBudget),
+            SchedError::HostBudget { .. } => Some(Field::HostMemoryBudget),
+            SchedError::Forced(_) => Some(Field::Schedule),
+            SchedError::Profile { .. }
+            | SchedError::NotCovered { .. }
+            | SchedError::Solver { .. } => None,
+        }
+    }
 }

@@ -72,7 +72,7 @@ pub fn make_plan(
     workload.validate(model)?;
     if req.block_tokens == 0 {
         return Err(SchedError::Invalid {
-            flag: "--block-tokens".into(),
+            field: plans::Field::BlockTokens,
             reason: "must be at least 1".into(),
         });
     }
@@ -244,12 +244,13 @@ fn forced_splits(
         ScheduleChoice::Auto => Schedule::Transfer,
         ScheduleChoice::Fixed(Schedule::Transfer) if frac > 0.0 => {
             return Err(SchedError::Forced(
-                "the transfer schedule recomputes nothing; use --schedule paper or chunked".into(),
+                "the transfer schedule recomputes nothing; use the paper or chunked schedule"
+                    .into(),
             ))
         }
         ScheduleChoice::Fixed(Schedule::Paper) if chunks > 1 => {
             return Err(SchedError::Forced(
-                "the paper schedule uses one chunk; use --schedule chunked".into(),
+                "the paper schedule uses one chunk; use the chunked schedule".into(),
             ))
         }
         ScheduleChoice::Fixed(s) => s,
@@ -261,7 +262,7 @@ fn forced_splits(
                 let g = n.min(s);
                 if g > cm.max_resident_tokens() {
                     return Err(SchedError::Forced(format!(
-                        "{g} resident tokens do not fit: --gpu-memory-budget holds {} after the staging buffers",
+                        "{g} resident tokens do not fit: the GPU memory budget holds {} after the staging buffers",
                         cm.max_resident_tokens()
                     )));
                 }

@@ -138,7 +138,7 @@ impl CostModel {
     ) -> Result<Vec<Split>, SchedError> {
         if block_tokens == 0 {
             return Err(SchedError::Invalid {
-                flag: "--block-tokens".into(),
+                field: plans::Field::BlockTokens,
                 reason: "must be at least 1".into(),
             });
         }

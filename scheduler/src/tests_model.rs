@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use plans::{Dtype, ModelSpec, Schedule};
+use plans::{Dtype, Field, ModelSpec, Schedule};
 
 use crate::testutil::{check_streams, forced, hw_id, model, profile, request, shipped, workload};
 use crate::{make_plan, simulate, CostModel, SchedError, ScheduleChoice, Solver};
@@ -141,7 +141,7 @@ fn err_text(r: Result<plans::Plan, SchedError>) -> String {
 }
 
 #[test]
-fn bad_input_names_the_flag() {
+fn bad_input_names_the_field_and_no_flag() {
     let hw = shipped("a100-pcie4");
     let m = preset("llama-2-7b");
     let req = request(ScheduleChoice::Auto, 16, Solver::Lp);
@@ -150,42 +150,47 @@ fn bad_input_names_the_flag() {
 
     let mut w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
     w.batch = 0;
-    assert!(err_text(plan(&w, &req)).contains("--batch"));
+    let e = plan(&w, &req).unwrap_err();
+    assert_eq!(e.field(), Some(Field::Batch), "{e}");
 
     let w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
-    let e = err_text(plan(&w, &request(ScheduleChoice::Auto, 0, Solver::Lp)));
-    assert!(e.contains("--block-tokens"), "{e}");
+    let e = plan(&w, &request(ScheduleChoice::Auto, 0, Solver::Lp)).unwrap_err();
+    assert_eq!(e.field(), Some(Field::BlockTokens), "{e}");
 
     let w = workload(&m, 1, 5000, 16, Dtype::F16, 0);
-    let e = err_text(plan(&w, &req));
-    assert!(e.contains("--prompt-len") && e.contains("4096"), "{e}");
+    let e = plan(&w, &req).unwrap_err();
+    assert_eq!(e.field(), Some(Field::PromptLen), "{e}");
+    assert!(e.to_string().contains("4096"), "{e}");
 
     let mut w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
     w.gpu_memory_budget -= 1;
-    let e = err_text(plan(&w, &req));
+    let e = plan(&w, &req).unwrap_err();
+    assert_eq!(e.field(), Some(Field::GpuMemoryBudget), "{e}");
+    let e = e.to_string();
     assert!(
-        e.contains("--gpu-memory-budget")
+        e.contains("GPU memory budget")
             && e.contains("batch 8")
             && e.contains("staging needs")
-            && e.contains("MiB")
-            && e.contains("--batch"),
+            && e.contains("MiB"),
         "{e}"
     );
 
     let mut w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
     w.host_memory_budget = 1 << 30;
-    let e = err_text(plan(&w, &req));
+    let e = plan(&w, &req).unwrap_err();
+    assert_eq!(e.field(), Some(Field::HostMemoryBudget), "{e}");
+    let e = e.to_string();
     assert!(
-        e.contains("--host-memory-budget") && e.contains("1.00 GiB"),
+        e.contains("host memory budget") && e.contains("1.00 GiB"),
         "{e}"
     );
 
     let w = workload(&m, 8, 1024, 16, Dtype::F32, 0);
-    let e = err_text(plan(&w, &req));
-    assert!(
-        e.contains("f32") && e.contains("a100-pcie4") && e.contains("--dtype"),
-        "{e}"
-    );
+    let e = plan(&w, &req).unwrap_err();
+    assert_eq!(e.field(), Some(Field::Dtype), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("f32") && e.contains("a100-pcie4"), "{e}");
+    assert!(!e.contains("--"), "a library error names no flag: {e}");
 
     let w = workload(&m, 8, 1024, 16, Dtype::F16, 0);
     let e = err_text(plan(&w, &forced(1.5, None, None)));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use kernels::{Backend, BackendOptions, DeviceSpec};
+use kernels::{BackendOptions, DeviceSpec};
 use plans::{BandwidthCurve, HardwareProfile, ModelSpec};
 use profiler::{CalibrateOptions, CalibrationEvent};
 
@@ -39,6 +39,7 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 }
 
 pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
+    super::check_output("--out", args.out.as_deref())?;
     let model = args
         .model
         .as_deref()
@@ -51,14 +52,13 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
             args.device
         );
     }
-    let backend = Backend::new(
+    let backend = super::open_backend(
         args.device,
         BackendOptions {
             link_gbps: args.link_gbps,
             dtype: None,
         },
-    )
-    .map_err(|e| super::backend_error(e, &args.device.to_string()))?;
+    )?;
     let opts = CalibrateOptions {
         quick: args.quick,
         model,
@@ -88,8 +88,7 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
         print!("{}", render(&profile));
     }
     if let Some(out) = &args.out {
-        plans::write_atomic(out, json.as_bytes())
-            .with_context(|| format!("writing --out {}", out.display()))?;
+        plans::write_atomic(out, json.as_bytes()).context("writing --out")?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())

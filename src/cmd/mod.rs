@@ -9,8 +9,9 @@ pub mod trace;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use plans::{HardwareProfile, PlanHardware, Schedule};
-use scheduler::{ScheduleChoice, Solver};
+use kernels::{Backend, BackendOptions, DeviceSpec, KernelError};
+use plans::{Field, HardwareProfile, PlanHardware, PlansError, Schedule};
+use scheduler::{SchedError, ScheduleChoice, Solver};
 
 /// Loads a hardware profile and names it for the plan file.
 pub fn load_profile(path: &Path) -> anyhow::Result<(HardwareProfile, PlanHardware)> {
@@ -20,14 +21,6 @@ pub fn load_profile(path: &Path) -> anyhow::Result<(HardwareProfile, PlanHardwar
         fingerprint: hw.fingerprint(),
     };
     Ok((hw, id))
-}
-
-/// Maps an error building the backend to the flag behind it.
-pub fn backend_error(e: kernels::KernelError, device: &str) -> anyhow::Error {
-    match e {
-        kernels::KernelError::BadLinkRate { .. } => anyhow!("--link-gbps: {e}"),
-        e => anyhow::Error::new(e).context(format!("opening --device {device}")),
-    }
 }
 
 /// `--schedule auto|transfer|paper|chunked`.
@@ -53,4 +46,84 @@ pub fn parse_solver(s: &str) -> anyhow::Result<Solver> {
 /// A size flag such as `--gpu-memory-budget 4GiB`.
 pub fn parse_size(flag: &str, s: &str) -> anyhow::Result<u64> {
     plans::parse_bytes(s).map_err(|e| anyhow!("{flag}: {e}"))
+}
+
+/// Checks an output flag's path before any long work: a file that can be
+/// written (not a device, FIFO, folder or symlink) in a folder that exists.
+pub fn check_output(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        plans::check_output_path(p).with_context(|| flag.to_string())?;
+    }
+    Ok(())
+}
+
+/// Opens `--device`; without a CUDA driver or library, suggests the CPU.
+pub fn open_backend(device: DeviceSpec, opts: BackendOptions) -> anyhow::Result<Backend> {
+    Backend::new(device, opts).map_err(|e| {
+        let e = match e {
+            KernelError::NoDriver | KernelError::MissingLibrary { .. } => {
+                anyhow!("{e}; run on the CPU with --device cpu")
+            }
+            KernelError::BadLinkRate { .. } => return anyhow!("--link-gbps: {e}"),
+            e => e.into(),
+        };
+        e.context(format!("opening --device {device}"))
+    })
+}
+
+/// Names a scheduler error after what the user typed: `given` maps the field
+/// the error is about to a flag (`--batch`) or a file's field
+/// (`plan.json: workload.batch`); `None` leaves the message as it is.
+pub fn name_field(e: SchedError, given: impl Fn(Field) -> Option<String>) -> anyhow::Error {
+    let Some(name) = e.field().and_then(given) else {
+        return e.into();
+    };
+    match e {
+        SchedError::Invalid { reason, .. }
+        | SchedError::Workload(PlansError::Workload { reason, .. }) => anyhow!("{name}: {reason}"),
+        e => anyhow::Error::new(e).context(name),
+    }
+}
+
+/// The flags of `kvpr plan`, one per field.
+pub fn plan_flag(f: Field) -> Option<String> {
+    let flag = match f {
+        Field::Batch => "--batch",
+        Field::PromptLen => "--prompt-len",
+        Field::GenLen => "--gen-len",
+        Field::Dtype => "--dtype",
+        Field::GpuMemoryBudget => "--gpu-memory-budget",
+        Field::HostMemoryBudget => "--host-memory-budget",
+        Field::BlockTokens => "--block-tokens",
+        Field::Schedule => "--schedule",
+    };
+    Some(flag.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_named_after_the_flag_or_the_file_field() {
+        let e = SchedError::Invalid {
+            field: Field::Batch,
+            reason: "must be at least 1".into(),
+        };
+        assert_eq!(
+            format!("{:#}", name_field(e, plan_flag)),
+            "--batch: must be at least 1"
+        );
+        let e = SchedError::HostBudget {
+            needed: "2 GiB".into(),
+            budget: "1 GiB".into(),
+        };
+        let named = name_field(e, |f| Some(format!("p.json: {}", f.plan_path())));
+        let text = format!("{named:#}");
+        assert!(
+            text.starts_with("p.json: workload.host_memory_budget: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("1 GiB").count(), 1, "{text}");
+    }
 }

@@ -51,6 +51,12 @@ pub struct PlanArgs {
 }
 
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
+    let out = match (&args.out, args.json) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(PathBuf::from("plan.json")),
+        (None, true) => None,
+    };
+    super::check_output("--out", out.as_deref())?;
     let model = ModelSpec::resolve(&args.model).context("reading --model")?;
     let (hw, hw_id) = super::load_profile(&args.hardware)?;
     let (schedule, solver) = (
@@ -78,7 +84,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         solver,
         forced: None,
     };
-    let plan = scheduler::make_plan(&model, &hw, hw_id, &workload, &request)?;
+    let plan = scheduler::make_plan(&model, &hw, hw_id, &workload, &request)
+        .map_err(|e| super::name_field(e, super::plan_flag))?;
     if workload.max_context_len() > model.max_context {
         eprintln!(
             "warning: decode reaches context {} but {} was trained for {} tokens; the plan is valid for the shape, the text past that point may degrade",
@@ -94,14 +101,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     } else {
         print!("{summary}");
     }
-    let out = match (&args.out, args.json) {
-        (Some(p), _) => Some(p.clone()),
-        (None, false) => Some(PathBuf::from("plan.json")),
-        (None, true) => None,
-    };
     if let Some(out) = out {
-        plan.save(&out)
-            .with_context(|| format!("writing --out {}", out.display()))?;
+        plan.save(&out).context("writing --out")?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use kernels::{Backend, BackendOptions, DeviceSpec};
-use plans::{Plan, Workload};
+use kernels::{BackendOptions, DeviceSpec};
+use plans::{Field, Plan, Workload};
 use runtime::{GenerationReport, Generator, Model, ModelSource, Sampling};
 use scheduler::PlanRequest;
 
@@ -56,7 +56,8 @@ pub struct RunArgs {
     /// On-the-fly planning: host memory for the store.
     #[arg(long, default_value = "64GiB")]
     pub host_memory_budget: String,
-    /// On-the-fly planning: also write the plan here.
+    /// On-the-fly planning: also write the plan here, once the run has
+    /// finished (a run that fails leaves no file).
     #[arg(long)]
     pub plan_out: Option<PathBuf>,
     /// Record when each copy, recompute, attention and dense op of each layer
@@ -76,6 +77,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.plan.is_none() && args.hardware.is_none() {
         bail!("kvpr run needs --plan FILE, or --hardware PROFILE to plan on the fly (e.g. a profile from `kvpr calibrate --out cpu.json`)");
     }
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens: must be at least 1");
+    }
+    super::check_output("--plan-out", args.plan_out.as_deref())?;
+    super::check_output("--trace", args.trace.as_deref())?;
     let device: DeviceSpec = args
         .device
         .parse()
@@ -84,14 +90,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(_) => super::trace::parse_steps(&args.trace_steps, args.max_new_tokens)?,
         None => Vec::new(),
     };
-    let backend = Backend::new(
+    let backend = super::open_backend(
         device,
         BackendOptions {
             link_gbps: args.link_gbps,
             ..Default::default()
         },
-    )
-    .map_err(|e| super::backend_error(e, &args.device))?;
+    )?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     let t0 = std::time::Instant::now();
     let model = Model::load(&source, &backend).context("loading --model")?;
@@ -124,6 +129,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     for note in &plan.notes {
         eprintln!("note: {note}");
     }
+    // Written once the run has passed every check and finished (below).
+    let plan_out = match (&args.plan, &args.plan_out) {
+        (None, Some(out)) => Some((out, plan.clone())),
+        _ => None,
+    };
     gen.set_plan(plan);
     gen.trace_steps(trace_steps);
 
@@ -161,6 +171,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             .save(path)
             .with_context(|| format!("writing --trace {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    if let Some((out, plan)) = plan_out {
+        plan.save(out).context("writing --plan-out")?;
+        eprintln!("wrote {}", out.display());
     }
     Ok(())
 }
@@ -211,13 +225,18 @@ fn plan_on_the_fly(
         solver: scheduler::Solver::Lp,
         forced: None,
     };
-    let plan = scheduler::make_plan(&spec, &hw, hw_id, &workload, &request)?;
-    if let Some(out) = &args.plan_out {
-        plan.save(out)
-            .with_context(|| format!("writing --plan-out {}", out.display()))?;
-        eprintln!("wrote {}", out.display());
+    scheduler::make_plan(&spec, &hw, hw_id, &workload, &request)
+        .map_err(|e| super::name_field(e, run_flag))
+}
+
+/// The flags of `kvpr run` a planning error can be about; the batch and the
+/// prompt length come from the prompts themselves.
+fn run_flag(f: Field) -> Option<String> {
+    match f {
+        Field::GenLen => Some("--max-new-tokens".into()),
+        Field::Batch | Field::PromptLen | Field::Dtype => None,
+        f => super::plan_flag(f),
     }
-    Ok(plan)
 }
 
 /// Prefill, decode speed, bytes per step, and measured against predicted.

@@ -35,6 +35,7 @@ pub struct SimulateArgs {
 }
 
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+    super::check_output("--svg", args.svg.as_deref())?;
     let plan = Plan::load(&args.plan).context("reading --plan")?;
     let (hw, hw_id) = super::load_profile(&args.hardware)?;
     if hw_id.fingerprint != plan.hardware.fingerprint {
@@ -56,9 +57,11 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         (None, Some(c)) => c,
         (None, None) => anyhow::bail!("give --context-len, or --trace to take it from a run"),
     };
-    let tl = scheduler::simulate(&plan, &hw, context_len).with_context(|| match measured {
-        Some(_) => format!("the traced step's context {context_len}"),
-        None => format!("--context-len {context_len}"),
+    // A bad number inside the plan is named as the file's field, not as a flag.
+    let tl = scheduler::simulate(&plan, &hw, context_len).map_err(|e| {
+        super::name_field(e, |f| {
+            Some(format!("{}: {}", args.plan.display(), f.plan_path()))
+        })
     })?;
     let step = plan
         .step_for(context_len)
@@ -127,8 +130,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(svg) = &args.svg {
-        draw(&tl, &plan, context_len, measured, svg)
-            .with_context(|| format!("writing --svg {}", svg.display()))?;
+        draw(&tl, &plan, context_len, measured, svg).context("writing --svg")?;
         eprintln!("wrote {}", svg.display());
     }
     Ok(())

@@ -178,11 +178,19 @@ impl CpuBackend {
         "cpu".to_string()
     }
 
-    pub(crate) fn alloc(&self, len: usize) -> CpuBuf {
-        CpuBuf {
-            data: Arc::new(RwLock::new(vec![0.0; len])),
+    /// A zeroed buffer; a failed allocation is an error, not an abort.
+    pub(crate) fn alloc(&self, len: usize) -> Result<CpuBuf> {
+        let mut data = Vec::new();
+        data.try_reserve_exact(len)
+            .map_err(|_| KernelError::OutOfMemory {
+                device: "cpu".into(),
+                bytes: (len as u64).saturating_mul(std::mem::size_of::<f32>() as u64),
+            })?;
+        data.resize(len, 0.0);
+        Ok(CpuBuf {
+            data: Arc::new(RwLock::new(data)),
             len,
-        }
+        })
     }
 
     pub(crate) fn upload(&self, data: &[f32]) -> CpuBuf {
