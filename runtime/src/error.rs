@@ -68,6 +68,15 @@ pub enum RuntimeError {
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
+impl From<plans::GgufError> for RuntimeError {
+    fn from(e: plans::GgufError) -> Self {
+        RuntimeError::Gguf {
+            path: e.path,
+            reason: e.reason,
+        }
+    }
+}
+
 impl From<kernels::KernelError> for RuntimeError {
     fn from(source: kernels::KernelError) -> Self {
         RuntimeError::Kernel {
