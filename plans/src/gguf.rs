@@ -277,7 +277,7 @@ fn tensor_info(
         .try_fold(1u64, |a, &d| a.checked_mul(d))
         .filter(|&e| e <= file_len.saturating_mul(8))
         .ok_or_else(|| format!("tensor {name:?}: {dims:?} elements cannot fit in the file"))?;
-    if elems % block != 0 {
+    if !elems.is_multiple_of(block) {
         return Err(format!(
             "tensor {name:?}: {elems} elements are not whole {tname} blocks of {block}"
         ));
@@ -285,7 +285,7 @@ fn tensor_info(
     let n_bytes = (elems / block)
         .checked_mul(block_bytes)
         .ok_or_else(|| format!("tensor {name:?}: its size overflows"))?;
-    if offset % alignment != 0 {
+    if !offset.is_multiple_of(alignment) {
         return Err(format!(
             "tensor {name:?}: offset {offset} is not a multiple of the alignment {alignment}"
         ));
