@@ -5,7 +5,7 @@ MODEL := $(KVPR_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 KVPR := ./target/release/kvpr
 DEMO := target/demo
 
-.PHONY: demo test build model lint bench
+.PHONY: demo test build model lint bench fuzz
 build:
 	$(CARGO) build --release
 
@@ -29,6 +29,12 @@ demo: build model
 # The whole suite. The real-model tests need the model: fetch it first.
 test: model
 	KVPR_MODEL=$(MODEL) $(CARGO) test --workspace
+
+# The mutation property tests over profiles, plans, GGUF headers and tokenizers,
+# at 100,000 cases each (`make test` runs 2,000).
+fuzz: model
+	KVPR_MODEL=$(MODEL) KVPR_FUZZ_CASES=100000 $(CARGO) test --release -p scheduler --test fuzz_inputs
+	KVPR_MODEL=$(MODEL) KVPR_FUZZ_CASES=100000 $(CARGO) test --release -p runtime --test fuzz_gguf
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -87,3 +87,26 @@ fn stage_crates_sit_at_the_top_level() {
     assert!(!root.join("crates").exists(), "crates/ is gone");
     assert!(root.join("plans/hardware/a100-pcie4.json").is_file());
 }
+
+/// `plans` is light: neither it (default features) nor the pure scheduler
+/// compiles a tensor library. The GGUF reader sits behind `plans`' `gguf` feature.
+#[test]
+fn the_scheduler_compiles_no_tensor_library() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for krate in ["plans", "scheduler"] {
+        let out = Command::new(&cargo)
+            .args(["tree", "--offline", "-e", "normal", "-p", krate])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8_lossy(&out.stdout);
+        for lib in ["candle", "tokenizers", "gemm "] {
+            assert!(!tree.contains(lib), "{krate} depends on {lib}:\n{tree}");
+        }
+    }
+}

@@ -10,6 +10,30 @@ use crate::{fingerprint, Dtype, PlansError, Result};
 
 pub const HARDWARE_SCHEMA: &str = "kvpr.hardware/v1";
 
+/// Bandwidths a profile may hold, GB/s: from 1 kB/s to 1 PB/s. Beyond either
+/// end the predictions overflow or vanish (and the LP loses its footing).
+pub const GBPS_RANGE: (f64, f64) = (1e-6, 1e6);
+/// GEMM throughputs a profile may hold, TFLOP/s (1 kFLOP/s to 1 EFLOP/s).
+pub const TFLOPS_RANGE: (f64, f64) = (1e-9, 1e6);
+/// Launch overheads a profile may hold, µs (up to one second).
+pub const LAUNCH_US_RANGE: (f64, f64) = (0.0, 1e6);
+/// The largest transfer size of a bandwidth point, bytes (1 PiB).
+pub const MAX_BYTES: u64 = 1 << 50;
+/// The largest GEMM dimension of a measured point.
+pub const MAX_GEMM_DIM: u64 = 1 << 24;
+
+/// Refuses a figure that is not finite or outside `lo ..= hi`, naming the file and field.
+fn in_range(path: &Path, field: &str, v: f64, (lo, hi): (f64, f64)) -> Result<()> {
+    if v.is_finite() && v >= lo && v <= hi {
+        return Ok(());
+    }
+    Err(PlansError::invalid(
+        path,
+        field,
+        format!("{v:e} is outside the sane range {lo:e} ..= {hi:e}"),
+    ))
+}
+
 /// Whether a figure was measured on the machine or typed in from a datasheet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -218,7 +242,8 @@ impl HardwareProfile {
         Ok(p)
     }
 
-    /// Every curve has points, every figure is positive and finite, sizes increase.
+    /// Every curve has points, every figure is finite and within its sane range
+    /// ([`GBPS_RANGE`], [`TFLOPS_RANGE`], [`LAUNCH_US_RANGE`]), sizes increase.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let mut curves = vec![
             ("link.h2d_pinned", Some(&self.link.h2d_pinned)),
@@ -237,11 +262,13 @@ impl HardwareProfile {
                 ));
             }
             for (i, p) in curve.points.iter().enumerate() {
-                if !(p.gbps.is_finite() && p.gbps > 0.0) || p.bytes == 0 {
+                let at = format!("{field}.points[{i}]");
+                in_range(path, &format!("{at}.gbps"), p.gbps, GBPS_RANGE)?;
+                if p.bytes == 0 || p.bytes > MAX_BYTES {
                     return Err(PlansError::invalid(
                         path,
-                        format!("{field}.points[{i}]"),
-                        "bytes and gbps must be positive",
+                        format!("{at}.bytes"),
+                        format!("{} is not in 1 ..= {MAX_BYTES}", p.bytes),
                     ));
                 }
                 if i > 0 && p.bytes <= curve.points[i - 1].bytes {
@@ -261,33 +288,30 @@ impl HardwareProfile {
             ));
         }
         for (i, p) in self.gemm.points.iter().enumerate() {
-            if !(p.tflops.is_finite() && p.tflops > 0.0) || p.m == 0 || p.n == 0 || p.k == 0 {
-                return Err(PlansError::invalid(
-                    path,
-                    format!("gemm.points[{i}]"),
-                    "m, n, k and tflops must be positive",
-                ));
+            let at = format!("gemm.points[{i}]");
+            in_range(path, &format!("{at}.tflops"), p.tflops, TFLOPS_RANGE)?;
+            for (dim, v) in [("m", p.m), ("n", p.n), ("k", p.k)] {
+                if v == 0 || v > MAX_GEMM_DIM {
+                    return Err(PlansError::invalid(
+                        path,
+                        format!("{at}.{dim}"),
+                        format!("{v} is not in 1 ..= {MAX_GEMM_DIM}"),
+                    ));
+                }
             }
         }
-        for (field, s) in [
-            ("attention_gbps.value", self.attention_gbps),
-            ("launch_overhead_us.value", self.launch_overhead_us),
-        ] {
-            if !(s.value.is_finite() && s.value >= 0.0) {
-                return Err(PlansError::invalid(
-                    path,
-                    field,
-                    "must be a finite, non-negative number",
-                ));
-            }
-        }
-        if self.attention_gbps.value == 0.0 {
-            return Err(PlansError::invalid(
-                path,
-                "attention_gbps.value",
-                "must be positive",
-            ));
-        }
+        in_range(
+            path,
+            "attention_gbps.value",
+            self.attention_gbps.value,
+            GBPS_RANGE,
+        )?;
+        in_range(
+            path,
+            "launch_overhead_us.value",
+            self.launch_overhead_us.value,
+            LAUNCH_US_RANGE,
+        )?;
         Ok(())
     }
 

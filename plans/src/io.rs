@@ -1,7 +1,7 @@
 //! Reading and writing the JSON formats: schema check first, then a typed parse
 //! whose errors carry file, line, column and field; writes are atomic.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -10,12 +10,57 @@ use sha2::{Digest, Sha256};
 
 use crate::{PlansError, Result};
 
-/// Reads `path`, checks its `schema` field equals `schema`, and parses it as `T`.
-pub fn load_json<T: DeserializeOwned>(path: &Path, schema: &'static str) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| PlansError::Io {
+/// The largest JSON file kvpr reads (profiles, plans, model configs).
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// Reads a whole regular file of at most `limit` bytes. Anything else (a
+/// directory, a device such as `/dev/zero`, a FIFO, a larger file) is refused
+/// before it is read, and the read stops at the limit even if the file grows.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let io = |source| PlansError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(PlansError::invalid(
+            path,
+            ".",
+            "is not a regular file; give the path of a file",
+        ));
+    }
+    let too_big = || {
+        PlansError::invalid(
+            path,
+            ".",
+            format!(
+                "is larger than {}, more than any file kvpr reads here",
+                crate::human_bytes(limit)
+            ),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// [`read_limited`], as UTF-8 text.
+pub fn read_text_limited(path: &Path, limit: u64) -> Result<String> {
+    String::from_utf8(read_limited(path, limit)?)
+        .map_err(|_| PlansError::invalid(path, ".", "is not UTF-8 text"))
+}
+
+/// Reads `path` (at most [`MAX_JSON_BYTES`]), checks its `schema` field equals
+/// `schema`, and parses it as `T`.
+pub fn load_json<T: DeserializeOwned>(path: &Path, schema: &'static str) -> Result<T> {
+    let text = read_text_limited(path, MAX_JSON_BYTES)?;
     parse_json(path, &text, schema)
 }
 
@@ -307,6 +352,30 @@ mod tests {
             err.contains("f.json:2:") && err.contains("inner.x"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn devices_directories_and_large_files_are_refused_before_reading() {
+        let e = load_json::<Doc>(Path::new("/dev/zero"), "s/v1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/zero") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_json::<Doc>(dir.path(), "s/v1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let p = dir.path().join("big.json");
+        std::fs::write(&p, vec![b' '; 2048]).unwrap();
+        let e = read_limited(&p, 1024).unwrap_err().to_string();
+        assert!(
+            e.contains("big.json") && e.contains("larger than 1.00 KiB"),
+            "{e}"
+        );
+        assert_eq!(read_limited(&p, 2048).unwrap().len(), 2048);
     }
 
     #[test]

@@ -7,23 +7,38 @@
 //! `kernels`) and runs no model (that is `runtime`). Every loader names the file,
 //! the line, the column and the field when something is wrong, and every writer
 //! goes through a temporary file and a rename so nothing half-written is left.
+//! Every number is checked on load (finite, in a sane range, sums that do not
+//! overflow), and files are read with a size limit.
+//!
+//! The one rule for a model argument is [`ModelSource::parse`]. GGUF headers are
+//! read by the `gguf` module, a bounded pure-Rust reader behind the `gguf` feature (off by
+//! default: the scheduler needs no model files and compiles no tensor library).
 
 mod error;
+#[cfg(feature = "gguf")]
+pub mod gguf;
 mod hardware;
 mod io;
 mod model;
 mod plan;
+mod source;
 mod trace;
 mod workload;
 
 pub use error::{PlansError, Result};
+#[cfg(feature = "gguf")]
+pub use gguf::{GgufError, GgufHeader, GgufTensorInfo, GgufValue};
 pub use hardware::{
     BandwidthCurve, BandwidthPoint, DeviceInfo, DeviceKind, GemmCurve, GemmPoint, HardwareProfile,
-    LinkCurves, Scalar, Source, HARDWARE_SCHEMA,
+    LinkCurves, Scalar, Source, GBPS_RANGE, HARDWARE_SCHEMA, LAUNCH_US_RANGE, TFLOPS_RANGE,
 };
-pub use io::{check_output_path, fingerprint, load_json, write_atomic};
-pub use model::{Family, ModelSpec, PRESETS};
-pub use plan::{Plan, PlanHardware, Schedule, Step, Summary, PLAN_SCHEMA};
+pub use io::{
+    check_output_path, fingerprint, load_json, read_limited, read_text_limited, write_atomic,
+    MAX_JSON_BYTES,
+};
+pub use model::{Family, ModelSpec, MAX_CONTEXT, PRESETS};
+pub use plan::{Plan, PlanHardware, Schedule, Step, Summary, MAX_BATCH, MAX_CHUNKS, PLAN_SCHEMA};
+pub use source::ModelSource;
 pub use trace::{Trace, TraceOp, TraceOpKind, TraceStep, TraceStream, TRACE_SCHEMA};
 pub use workload::{human_bytes, parse_bytes, Dtype, Field, Workload};
 

@@ -6,7 +6,17 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{fingerprint, PlansError, Result};
+use crate::io::{read_text_limited, MAX_JSON_BYTES};
+use crate::{fingerprint, ModelSource, PlansError, Result};
+
+/// Bounds on a model's shape: far beyond any published model, small enough
+/// that sizes computed from them cannot overflow.
+pub const MAX_LAYERS: usize = 1 << 12;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_HEADS: usize = 1 << 12;
+pub const MAX_HEAD_DIM: usize = 1 << 12;
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_CONTEXT: usize = 1 << 24;
 
 /// Architecture family: decides the parameter layout (the cost model needs only
 /// the shape; the runtime runs the Llama family).
@@ -161,44 +171,14 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    /// Resolves a `--model` argument: `preset:NAME`, a preset name, a `.gguf`
-    /// file, a Hugging Face directory holding `config.json`, or a `config.json`.
+    /// Resolves a model argument by [`ModelSource::parse`]'s rule and reads its shape.
     pub fn resolve(arg: &str) -> Result<Self> {
-        if let Some(name) = arg.strip_prefix("preset:") {
-            return Self::preset(name);
-        }
-        let path = Path::new(arg);
-        if !path.exists() {
-            if PRESETS.iter().any(|r| r.0 == arg) {
-                return Self::preset(arg);
-            }
-            return Err(PlansError::Model {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "no such file or directory, and not a preset (known presets: {})",
-                    PRESETS.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
-        if path.is_dir() {
-            return Self::from_hf_config(&path.join("config.json"));
-        }
-        let is_gguf = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-        if is_gguf {
-            Self::from_gguf(path)
-        } else {
-            Self::from_hf_config(path)
-        }
+        ModelSource::parse(arg)?.spec()
     }
 
     /// From a Hugging Face `config.json` (Llama family incl. GQA, and OPT).
     pub fn from_hf_config(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlansError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_text_limited(path, MAX_JSON_BYTES)?;
         let cfg: BTreeMap<String, serde_json::Value> =
             serde_json::from_str(&text).map_err(|e| PlansError::Json {
                 path: path.to_path_buf(),
@@ -276,26 +256,31 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    /// From a GGUF file's metadata (candle-core's reader); the fingerprint covers
-    /// the tensor layout (names, shapes, types, offsets) and the file length.
+    /// From a GGUF file's metadata (the header only; see [`crate::gguf`]).
+    #[cfg(feature = "gguf")]
     pub fn from_gguf(path: &Path) -> Result<Self> {
+        let (header, _) = crate::GgufHeader::open(path).map_err(|e| PlansError::Model {
+            path: path.to_path_buf(),
+            reason: format!("corrupt or unsupported GGUF file: {}", e.reason),
+        })?;
+        Self::from_gguf_header(&header, path)
+    }
+
+    /// From a GGUF header already read; the fingerprint covers the tensor layout
+    /// (names, shapes, types, offsets) and the file length. `path` names the file
+    /// in messages and, without `general.name`, the model.
+    #[cfg(feature = "gguf")]
+    pub fn from_gguf_header(header: &crate::GgufHeader, path: &Path) -> Result<Self> {
         let bad = |reason: String| PlansError::Model {
             path: path.to_path_buf(),
             reason,
         };
-        let mut file = std::fs::File::open(path).map_err(|source| PlansError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let content = candle_core::quantized::gguf_file::Content::read(&mut file)
-            .map_err(|e| bad(format!("corrupt or unsupported GGUF: {e}")))?;
-        let md = &content.metadata;
+        let md = &header.metadata;
         let arch = md
             .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?;
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?
+            .to_string();
         if arch != "llama" {
             return Err(bad(format!(
                 "architecture {arch:?} is not supported; kvpr runs the llama family"
@@ -303,18 +288,17 @@ impl ModelSpec {
         }
         let int = |key: &str| -> Result<usize> {
             md.get(&format!("{arch}.{key}"))
-                .and_then(|v| v.to_u64().ok())
-                .map(|v| v as usize)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| usize::try_from(v).ok())
                 .ok_or_else(|| {
                     bad(format!(
-                        "GGUF metadata {arch}.{key} missing or not an integer"
+                        "GGUF metadata {arch}.{key} missing or not a non-negative integer"
                     ))
                 })
         };
         let float = |key: &str, default: f64| {
             md.get(&format!("{arch}.{key}"))
-                .and_then(|v| v.to_f32().ok())
-                .map(f64::from)
+                .and_then(|v| v.as_f64())
                 .unwrap_or(default)
         };
         let hidden_size = int("embedding_length")?;
@@ -323,30 +307,27 @@ impl ModelSpec {
         let head_dim = int("attention.key_length")
             .or_else(|_| int("rope.dimension_count"))
             .unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
-        let vocab_size = match md
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.to_vec().ok())
-        {
+        let vocab_size = match md.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(tokens) => tokens.len(),
-            None => content
-                .tensor_infos
+            None => header
+                .tensors
                 .get("token_embd.weight")
-                .map(|t| t.shape.dims()[0].max(*t.shape.dims().last().unwrap_or(&0)))
+                .map(|t| t.dims.iter().copied().max().unwrap_or(0))
                 .ok_or_else(|| {
                     bad("GGUF has neither tokenizer.ggml.tokens nor token_embd.weight".into())
                 })?,
         };
-        let mut layout: Vec<String> = content
-            .tensor_infos
+        let mut layout: Vec<String> = header
+            .tensors
             .iter()
-            .map(|(n, t)| format!("{n}:{:?}:{:?}:{}", t.shape.dims(), t.ggml_dtype, t.offset))
+            .map(|(n, t)| format!("{n}:{:?}:{}:{}", t.dims, t.type_name(), t.offset))
             .collect();
         layout.sort();
-        layout.push(len.to_string());
+        layout.push(header.file_len.to_string());
         let name = md
             .get("general.name")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
             .unwrap_or_else(|| {
                 path.file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
@@ -365,7 +346,7 @@ impl ModelSpec {
             max_context: int("context_length")?,
             rope_theta: float("rope.freq_base", 1e4),
             norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
-            tie_embeddings: !content.tensor_infos.contains_key("output.weight"),
+            tie_embeddings: !header.tensors.contains_key("output.weight"),
             fingerprint: fingerprint(layout.join("\n").as_bytes()),
         };
         spec.validate(path)?;
@@ -388,6 +369,37 @@ impl ModelSpec {
             if v == 0 {
                 return Err(PlansError::invalid(path, field, "must be positive"));
             }
+        }
+        for (field, v, max) in [
+            ("num_hidden_layers", self.n_layers, MAX_LAYERS),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("num_attention_heads", self.n_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("max_position_embeddings", self.max_context, MAX_CONTEXT),
+        ] {
+            if v > max {
+                return Err(PlansError::invalid(
+                    path,
+                    field,
+                    format!("{v} is beyond any model kvpr can run (at most {max})"),
+                ));
+            }
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta >= 0.0) {
+            return Err(PlansError::invalid(
+                path,
+                "rope_theta",
+                format!("{} is not a finite, non-negative number", self.rope_theta),
+            ));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return Err(PlansError::invalid(
+                path,
+                "norm_eps",
+                format!("{} is not a number in (0, 1)", self.norm_eps),
+            ));
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(PlansError::invalid(
@@ -493,6 +505,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "gguf")]
     #[test]
     fn truncated_gguf_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -6,9 +6,29 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::io::load_json;
+use crate::model::MAX_CONTEXT;
 use crate::{write_atomic, ModelSpec, PlansError, Result, Workload};
 
 pub const PLAN_SCHEMA: &str = "kvpr.plan/v1";
+
+/// The most chunks a step may send its activations in.
+pub const MAX_CHUNKS: usize = 256;
+
+/// The largest batch a plan may hold.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// Refuses a prediction that is not a finite, non-negative number.
+fn finite(path: &Path, field: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(PlansError::invalid(
+            path,
+            field,
+            format!("{v} is not a finite, non-negative number"),
+        ))
+    }
+}
 
 /// How the copy and compute streams share a layer's work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -131,14 +151,17 @@ impl Plan {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Writes the plan atomically.
+    /// Writes the plan atomically; a plan with a number that could not be read
+    /// back (a non-finite prediction, tokens that overflow) is refused.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.check_numbers(path)?;
         write_atomic(path, self.to_json().as_bytes())
     }
 
     /// Steps cover `prompt_len ..= max_context_len` contiguously and every split
     /// adds up.
     pub fn validate(&self, path: &Path) -> Result<()> {
+        self.check_numbers(path)?;
         let w = &self.workload;
         let mut next = w.prompt_len;
         for (i, s) in self.steps.iter().enumerate() {
@@ -179,6 +202,101 @@ impl Plan {
                     w.max_context_len()
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every number of the file is in range before anything adds them up: the
+    /// model's shape, the workload, `block_tokens`, each step's token counts
+    /// (summed with checked arithmetic) and chunks, and every prediction finite.
+    fn check_numbers(&self, path: &Path) -> Result<()> {
+        self.model.validate(path).map_err(|e| match e {
+            PlansError::Invalid {
+                path,
+                field,
+                reason,
+            } => PlansError::Invalid {
+                path,
+                field: format!("model.{field}"),
+                reason,
+            },
+            e => e,
+        })?;
+        let w = &self.workload;
+        for (field, v) in [
+            ("workload.batch", w.batch),
+            ("workload.prompt_len", w.prompt_len),
+            ("workload.gen_len", w.gen_len),
+            ("block_tokens", self.block_tokens),
+        ] {
+            if v == 0 {
+                return Err(PlansError::invalid(path, field, "must be at least 1"));
+            }
+        }
+        for (field, v, max) in [
+            ("workload.batch", w.batch, MAX_BATCH),
+            ("block_tokens", self.block_tokens, MAX_CONTEXT),
+        ] {
+            if v > max {
+                return Err(PlansError::invalid(
+                    path,
+                    field,
+                    format!("{v} is more than kvpr plans for (at most {max})"),
+                ));
+            }
+        }
+        w.checked_max_context_len()
+            .filter(|&n| n <= MAX_CONTEXT)
+            .ok_or_else(|| {
+                PlansError::invalid(
+                    path,
+                    "workload.gen_len",
+                    format!(
+                        "prompt_len {} + gen_len {} is beyond any context kvpr plans for (at most {MAX_CONTEXT} tokens)",
+                        w.prompt_len, w.gen_len
+                    ),
+                )
+            })?;
+        if self.steps.is_empty() {
+            return Err(PlansError::invalid(path, "steps", "is empty"));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            let field = format!("steps[{i}]");
+            let total = s
+                .resident_tokens
+                .checked_add(s.recompute_tokens)
+                .and_then(|t| t.checked_add(s.transfer_tokens));
+            if total != Some(s.context_len_to) {
+                return Err(PlansError::invalid(
+                    path,
+                    field,
+                    "resident + recompute + transfer tokens must equal context_len_to",
+                ));
+            }
+            let most = s.recompute_tokens.clamp(1, MAX_CHUNKS);
+            if s.chunks == 0 || s.chunks > most {
+                return Err(PlansError::invalid(
+                    path,
+                    format!("{field}.chunks"),
+                    format!(
+                        "{} is not in 1 ..= {most} (at most one chunk per recomputed token, and {MAX_CHUNKS})",
+                        s.chunks
+                    ),
+                ));
+            }
+            for (name, v) in [("kv_ready_us", s.kv_ready_us), ("step_us", s.step_us)] {
+                finite(path, &format!("{field}.{name}"), v)?;
+            }
+        }
+        let m = &self.summary;
+        for (name, v) in [
+            ("predicted_decode_step_us", m.predicted_decode_step_us),
+            ("transfer_only_step_us", m.transfer_only_step_us),
+            ("io_floor_step_us", m.io_floor_step_us),
+            ("compute_floor_step_us", m.compute_floor_step_us),
+            ("speedup_vs_transfer", m.speedup_vs_transfer),
+        ] {
+            finite(path, &format!("summary.{name}"), v)?;
         }
         Ok(())
     }

@@ -59,9 +59,15 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Decode steps see contexts `prompt_len ..= max_context_len()`.
+    /// Decode steps see contexts `prompt_len ..= max_context_len()`
+    /// (saturating: a workload whose sum overflows is refused by `validate`).
     pub fn max_context_len(&self) -> usize {
-        self.prompt_len + self.gen_len.saturating_sub(1)
+        self.checked_max_context_len().unwrap_or(usize::MAX)
+    }
+
+    /// `prompt_len + gen_len - 1`, `None` if it overflows.
+    pub fn checked_max_context_len(&self) -> Option<usize> {
+        self.prompt_len.checked_add(self.gen_len.saturating_sub(1))
     }
 
     /// Rejects workloads no plan can serve. Errors name the [`Field`]; the
@@ -76,6 +82,20 @@ impl Workload {
         }
         if self.gen_len == 0 {
             return Err(err(Field::GenLen, "must be at least 1 token".into()));
+        }
+        match self.checked_max_context_len() {
+            Some(n) if n <= crate::model::MAX_CONTEXT => {}
+            _ => {
+                return Err(err(
+                    Field::GenLen,
+                    format!(
+                        "a prompt of {} tokens and {} generated ones exceed any context kvpr plans for (at most {} tokens)",
+                        self.prompt_len,
+                        self.gen_len,
+                        crate::model::MAX_CONTEXT
+                    ),
+                ))
+            }
         }
         if self.prompt_len > model.max_context {
             return Err(err(

@@ -86,6 +86,15 @@ pub enum RuntimeError {
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
+impl From<plans::GgufError> for RuntimeError {
+    fn from(e: plans::GgufError) -> Self {
+        RuntimeError::Gguf {
+            path: e.path,
+            reason: e.reason,
+        }
+    }
+}
+
 /// Attaches the layer to a backend error.
 pub(crate) trait AtLayer<T> {
     fn at(self, layer: usize) -> Result<T>;

@@ -4,9 +4,10 @@
 
 use kernels::{Backend, DeviceBuf};
 
-use crate::source::{Config, ModelSource};
+use crate::source::{Config, TensorSource};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, Weights};
+use crate::ModelSource;
 use crate::{AtLayer, Result};
 
 /// One layer's attention projections on the device (`[out, in]`).
@@ -78,8 +79,10 @@ pub struct Model {
 impl Model {
     /// Loads weights and tokenizer from `source` and uploads the weights.
     pub fn load(source: &ModelSource, backend: &Backend) -> Result<Self> {
-        let tokenizer = Tokenizer::load(source)?;
-        let w = Weights::load(source)?;
+        // One open, one header read: config, tokenizer and tensors come from it.
+        let (mut src, config) = TensorSource::open(source)?;
+        let tokenizer = src.tokenizer(&config)?;
+        let w = Weights::from_source(&mut src, config)?;
         Self::from_weights(&w, tokenizer, backend)
     }
 

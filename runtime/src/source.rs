@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
-use plans::{Family, ModelSpec};
+use plans::{Family, GgufHeader, ModelSource, ModelSpec};
 use rand::{Rng, SeedableRng};
 
-use crate::{Result, RuntimeError};
+use crate::{Result, RuntimeError, Tokenizer};
 
 /// How a checkpoint's Q/K projections pair the dimensions RoPE rotates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,58 +26,6 @@ pub enum RopeStyle {
 impl RopeStyle {
     pub fn interleaved(self) -> bool {
         self == RopeStyle::Interleaved
-    }
-}
-
-/// A `--model` argument, parsed.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ModelSource {
-    Gguf(PathBuf),
-    /// A directory holding `config.json`, `*.safetensors` and `tokenizer.json`.
-    HfDir(PathBuf),
-    /// A named preset (see `plans::PRESETS`) with seeded random weights.
-    Preset {
-        name: String,
-        seed: u64,
-    },
-}
-
-impl ModelSource {
-    /// `preset:NAME` (seed 0), a GGUF file, or a Hugging Face directory (or its
-    /// `config.json`).
-    pub fn parse(arg: &str) -> Result<Self> {
-        if let Some(name) = arg.strip_prefix("preset:") {
-            return Ok(ModelSource::Preset {
-                name: name.to_string(),
-                seed: 0,
-            });
-        }
-        let path = PathBuf::from(arg);
-        let is_config = path.file_name().is_some_and(|n| n == "config.json");
-        if path.is_dir() {
-            Ok(ModelSource::HfDir(path))
-        } else if is_config && path.is_file() {
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            Ok(ModelSource::HfDir(dir))
-        } else if path.is_file() {
-            Ok(ModelSource::Gguf(path))
-        } else {
-            Err(RuntimeError::Io {
-                path,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no such file or directory (presets are written preset:NAME)",
-                ),
-            })
-        }
-    }
-
-    /// A label for messages: the path, or `preset:NAME`.
-    pub fn label(&self) -> PathBuf {
-        match self {
-            ModelSource::Gguf(p) | ModelSource::HfDir(p) => p.clone(),
-            ModelSource::Preset { name, .. } => PathBuf::from(format!("preset:{name}")),
-        }
     }
 }
 
@@ -122,16 +70,9 @@ pub(crate) enum Init {
 }
 
 enum Kind {
-    Gguf {
-        content: gguf_file::Content,
-        file: File,
-    },
-    Safetensors {
-        tensors: HashMap<String, Tensor>,
-    },
-    Synthetic {
-        seed: u64,
-    },
+    Gguf { header: GgufHeader, file: File },
+    Safetensors { tensors: HashMap<String, Tensor> },
+    Synthetic { seed: u64 },
 }
 
 /// Reads named tensors from one model source (the runtime's `VarBuilder`).
@@ -146,18 +87,12 @@ impl TensorSource {
         let path = source.label();
         match source {
             ModelSource::Gguf(p) => {
-                let spec = ModelSpec::from_gguf(p)?;
-                let mut file = File::open(p).map_err(|source| RuntimeError::Io {
-                    path: p.clone(),
-                    source,
-                })?;
-                let content =
-                    gguf_file::Content::read(&mut file).map_err(|e| RuntimeError::Gguf {
-                        path: p.clone(),
-                        reason: e.to_string(),
-                    })?;
+                // The header is read once; the spec, the tokenizer and the
+                // tensors all come from it.
+                let (header, file) = GgufHeader::open(p)?;
+                let spec = ModelSpec::from_gguf_header(&header, p)?;
                 let cfg = Config::new(spec, RopeStyle::Interleaved, p)?;
-                let kind = Kind::Gguf { content, file };
+                let kind = Kind::Gguf { header, file };
                 Ok((TensorSource { path, kind }, cfg))
             }
             ModelSource::HfDir(dir) => {
@@ -185,11 +120,21 @@ impl TensorSource {
     /// (synthetic sources hold nothing on disk: tied stays tied).
     pub fn contains(&self, name: &str) -> bool {
         match &self.kind {
-            Kind::Gguf { content, .. } => gguf_name(name)
-                .map(|n| content.tensor_infos.contains_key(&n))
+            Kind::Gguf { header, .. } => gguf_name(name)
+                .map(|n| header.tensors.contains_key(&n))
                 .unwrap_or(false),
             Kind::Safetensors { tensors } => tensors.contains_key(name),
             Kind::Synthetic { .. } => false,
+        }
+    }
+
+    /// The tokenizer that goes with the source (from the header already read,
+    /// for a GGUF file).
+    pub fn tokenizer(&self, cfg: &Config) -> Result<Tokenizer> {
+        match &self.kind {
+            Kind::Gguf { header, .. } => Tokenizer::from_gguf_header(header, &self.path),
+            Kind::Safetensors { .. } => Tokenizer::from_hf_dir(&self.path),
+            Kind::Synthetic { .. } => Ok(Tokenizer::bytes(cfg.spec.vocab_size, self.path.clone())),
         }
     }
 
@@ -202,12 +147,22 @@ impl TensorSource {
         };
         let tensor = match &mut self.kind {
             Kind::Synthetic { seed } => return Ok(synthetic(*seed, name, shape, init)),
-            Kind::Gguf { content, file } => {
+            Kind::Gguf { header, file } => {
                 let gname = gguf_name(name).ok_or_else(missing)?;
-                let info = content.tensor_infos.get(&gname).ok_or_else(missing)?;
-                let dtype = format!("{:?}", info.ggml_dtype);
+                let info = header.tensors.get(&gname).ok_or_else(missing)?;
+                let dtype = info.type_name().to_string();
+                // The header reader checked the type, the size and that the
+                // data lies inside the file.
+                let info = gguf_file::TensorInfo {
+                    ggml_dtype: candle_type(info.ggml_type).ok_or_else(|| RuntimeError::Gguf {
+                        path: path.clone(),
+                        reason: format!("tensor {gname}: GGML type {dtype} is not readable"),
+                    })?,
+                    shape: info.dims.clone().into(),
+                    offset: info.offset,
+                };
                 let q = info
-                    .read(file, content.tensor_data_offset, &Device::Cpu)
+                    .read(file, header.data_offset, &Device::Cpu)
                     .map_err(|e| RuntimeError::Gguf {
                         path: path.clone(),
                         reason: format!("tensor {gname}: {e}"),
@@ -243,6 +198,28 @@ impl TensorSource {
                 reason: e.to_string(),
             })
     }
+}
+
+/// candle's type for a GGML type id the header reader accepted.
+fn candle_type(id: u32) -> Option<GgmlDType> {
+    Some(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        30 => GgmlDType::BF16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        _ => return None,
+    })
 }
 
 /// Reads every `*.safetensors` file of a directory.
@@ -350,13 +327,5 @@ mod tests {
         assert_ne!(a, c);
         let var = a.iter().map(|x| x * x).sum::<f32>() / a.len() as f32;
         assert!((var.sqrt() / 0.125 - 1.0).abs() < 0.05, "{}", var.sqrt());
-    }
-
-    #[test]
-    fn unknown_path_is_named() {
-        let e = ModelSource::parse("/no/such/model.gguf")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/no/such/model.gguf"), "{e}");
     }
 }

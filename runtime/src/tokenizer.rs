@@ -3,14 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
-use crate::source::ModelSource;
 use crate::{Result, RuntimeError};
+use plans::{GgufHeader, ModelSource};
+
+/// The largest `tokenizer.json` kvpr reads (the largest published ones are ~35 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
 enum Inner {
     Hf(Box<tokenizers::Tokenizer>),
@@ -65,24 +67,22 @@ impl Tokenizer {
         }
     }
 
-    /// From GGUF metadata (`tokenizer.ggml.*`, model `gpt2`).
+    /// From a GGUF file's metadata (`tokenizer.ggml.*`, model `gpt2`).
     pub fn from_gguf(path: &Path) -> Result<Self> {
+        let (header, _) = GgufHeader::open(path)?;
+        Self::from_gguf_header(&header, path)
+    }
+
+    /// From GGUF metadata already read; `path` names the file in messages.
+    pub fn from_gguf_header(header: &GgufHeader, path: &Path) -> Result<Self> {
         let bad = |reason: String| RuntimeError::Tokenizer {
             path: path.to_path_buf(),
             reason,
         };
-        let mut file = std::fs::File::open(path).map_err(|source| RuntimeError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| RuntimeError::Gguf {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let md = &content.metadata;
+        let md = &header.metadata;
         let model = md
             .get("tokenizer.ggml.model")
-            .and_then(|v| v.to_string().ok())
+            .and_then(|v| v.as_str())
             .ok_or_else(|| bad("no tokenizer.ggml.model in the GGUF metadata".into()))?;
         if model != "gpt2" {
             return Err(bad(format!(
@@ -92,13 +92,17 @@ impl Tokenizer {
         let strings = |key: &str| -> Result<Vec<String>> {
             let values = md
                 .get(key)
-                .and_then(|v| v.to_vec().ok())
+                .and_then(|v| v.as_array())
                 .ok_or_else(|| bad(format!("{key} missing or not an array")))?;
             values
                 .iter()
-                .map(|v| v.to_string().cloned())
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| bad(format!("{key}: {e}")))
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("{key}[{i}] is not a string")))
+                })
+                .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?
@@ -112,14 +116,14 @@ impl Tokenizer {
             .collect::<Result<Vec<_>>>()?;
         let types: Vec<i64> = md
             .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.to_vec().ok())
-            .map(|v| {
-                v.iter()
-                    .map(|t| t.to_i32().map(i64::from).unwrap_or(1))
-                    .collect()
-            })
+            .and_then(|v| v.as_array())
+            .map(|v| v.iter().map(|t| t.as_i64().unwrap_or(1)).collect())
             .unwrap_or_default();
-        let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+        let id = |key: &str| {
+            md.get(key)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok())
+        };
         let vocab: Vocab = tokens
             .iter()
             .enumerate()
@@ -152,14 +156,23 @@ impl Tokenizer {
     /// From a Hugging Face directory's `tokenizer.json` (ids of BOS/EOS from `config.json`).
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let tk = tokenizers::Tokenizer::from_file(&path).map_err(|e| RuntimeError::Tokenizer {
+        let bytes = plans::read_limited(&path, MAX_TOKENIZER_BYTES)?;
+        let bad = |reason: String| RuntimeError::Tokenizer {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let cfg: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(serde_json::Value::Null);
+            reason,
+        };
+        // The tokenizers crate panics on some malformed files (e.g. an invalid
+        // code point in a decoder's settings): that is an error in the file.
+        let tk = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| {
+                bad("malformed tokenizer.json: the tokenizers crate could not read it".into())
+            })?
+            .map_err(|e| bad(e.to_string()))?;
+        let cfg: serde_json::Value =
+            plans::read_text_limited(&dir.join("config.json"), plans::MAX_JSON_BYTES)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(serde_json::Value::Null);
         let id = |key: &str| {
             let v = cfg.get(key)?;
             v.as_u64()
@@ -168,7 +181,7 @@ impl Tokenizer {
                         .and_then(|a| a.first())
                         .and_then(|x| x.as_u64())
                 })
-                .map(|x| x as u32)
+                .and_then(|x| u32::try_from(x).ok())
         };
         Ok(Tokenizer {
             bos_token_id: id("bos_token_id"),

@@ -2,7 +2,8 @@
 //! (candle's llama.rs shape: `Attention`, `Mlp`, `Block`, `Weights`, each with
 //! `load`). Matrices are row-major `[out, in]`.
 
-use crate::source::{Config, Init, ModelSource, TensorSource};
+use crate::source::{Config, Init, TensorSource};
+use crate::ModelSource;
 use crate::Result;
 
 /// One layer's attention projections.
@@ -105,6 +106,11 @@ impl Weights {
     /// Loads (and dequantises) every tensor of the source.
     pub fn load(source: &ModelSource) -> Result<Self> {
         let (mut src, config) = TensorSource::open(source)?;
+        Self::from_source(&mut src, config)
+    }
+
+    /// Reads every tensor of an open source.
+    pub(crate) fn from_source(src: &mut TensorSource, config: Config) -> Result<Self> {
         let s = config.spec.clone();
         crate::check_memory(
             &format!(
@@ -118,7 +124,7 @@ impl Weights {
         let (h, v) = (s.hidden_size, s.vocab_size);
         let embed_tokens = src.get("model.embed_tokens.weight", &[v, h], Init::Std(1.0))?;
         let layers = (0..s.n_layers)
-            .map(|i| Block::load(&mut src, i, &config))
+            .map(|i| Block::load(src, i, &config))
             .collect::<Result<Vec<_>>>()?;
         let norm = src.get("model.norm.weight", &[h], Init::Ones)?;
         let has_head = !s.tie_embeddings || src.contains("lm_head.weight");

@@ -98,6 +98,8 @@ pub struct CostModel {
     resident_bytes_per_token: u64,
     max_resident: usize,
     saves_bytes: bool,
+    /// The hardware profile's name, for messages.
+    pub(crate) profile: String,
 }
 
 /// Device memory for the staging buffers, bytes: 2 layers in flight, each with
@@ -208,6 +210,7 @@ impl CostModel {
             resident_bytes_per_token,
             max_resident,
             saves_bytes: model.recompute_saves_bytes(),
+            profile: hw.name.clone(),
         })
     }
 
@@ -351,5 +354,24 @@ impl CostModel {
             io_bytes_x: self.batch * l * self.h * self.p,
             io_bytes_kv: self.batch * (n - l).max(0.0) * 2.0 * self.h_kv * self.p,
         }
+    }
+}
+
+impl CostModel {
+    /// The profile figures the LP's coefficients come from, for messages.
+    pub(crate) fn lp_figures(&self) -> String {
+        let link: Vec<String> = self
+            .link
+            .points
+            .iter()
+            .map(|p| format!("{:e} GB/s at {} B", p.gbps, p.bytes))
+            .collect();
+        format!(
+            "link.h2d_pinned [{}], peak gemm {:e} TFLOP/s, attention_gbps {:e}, launch_overhead_us {:e}",
+            link.join(", "),
+            self.peak_flops / 1e12,
+            self.mem_bw / 1e9,
+            self.launch * 1e6
+        )
     }
 }

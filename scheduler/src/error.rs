@@ -67,11 +67,20 @@ pub enum SchedError {
         to: usize,
     },
 
-    /// The linear program failed (should not happen: every interval's LP is feasible and bounded).
-    #[error("LP solver failed for the {schedule} schedule at context {context}: {reason}", schedule = .schedule.name())]
+    /// The linear program failed (should not happen: every interval's LP is
+    /// feasible and bounded; absurd profile figures are the likely cause).
+    #[error(
+        "LP solver failed for the {schedule} schedule at context {context} on hardware profile \
+         {profile:?}: {reason}; the profile's figures were {figures}: check them against the \
+         machine or re-run `kvpr calibrate`",
+        schedule = .schedule.name()
+    )]
     Solver {
         schedule: Schedule,
         context: usize,
+        profile: String,
+        /// The profile figures the LP's coefficients came from.
+        figures: String,
         reason: String,
     },
 }

@@ -43,6 +43,10 @@ pub struct Split {
     pub cost: StepCost,
 }
 
+/// The largest time, µs, handed to the LP (about 30,000 years): beyond it the
+/// profile's figures are absurd and the solver's arithmetic is not trusted.
+const MAX_LP_US: f64 = 1e18;
+
 /// Relative tolerance under which two step times count as a tie.
 const TIE: f64 = 1e-12;
 
@@ -157,7 +161,10 @@ impl CostModel {
         Ok(out)
     }
 
+    /// The split recomputing `l` tokens in `c` chunks (at most `l`: a chunk
+    /// holds at least one token).
     fn split_at(&self, s: usize, g: usize, l: usize, c: usize) -> Split {
+        let c = c.min(l.max(1));
         Split {
             resident: g,
             recompute: l,
@@ -212,6 +219,8 @@ impl CostModel {
                     .map_err(|reason| SchedError::Solver {
                         schedule,
                         context: s,
+                        profile: self.profile.clone(),
+                        figures: self.lp_figures(),
                         reason,
                     })?;
             let mut local: Option<(usize, Split)> = None;
@@ -257,6 +266,17 @@ impl CostModel {
         let (dx, dkv, dr) = (x1 * us - x0, kv1 * us - kv0, r1 * us - r0);
         let fixed = (self.t_attn(s as f64) + self.t_dense()) * us;
         let layers_after_first = self.n_layers().saturating_sub(1) as f64;
+        // microlp asserts on non-finite numbers; huge ones overflow inside it.
+        let coefficients = [x0, kv0, r0, dx, dkv, dr, fixed];
+        if coefficients
+            .iter()
+            .any(|v| !(v.is_finite() && v.abs() <= MAX_LP_US))
+        {
+            return Err(format!(
+                "the layer times it would be given are out of range (µs at l = {lo}: activations \
+                 {x0:e}, K/V {kv0:e}, recompute {r0:e}; attention + dense {fixed:e})"
+            ));
+        }
 
         let mut vars = ProblemVariables::new();
         let u = vars.add(variable().min(0.0).max(1.0));
