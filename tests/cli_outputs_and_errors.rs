@@ -184,14 +184,15 @@ fn bad_numbers_in_a_plan_file_are_named_as_the_file_field_not_a_flag() {
 #[test]
 fn a_cause_is_printed_once() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("folder.json")).unwrap();
+    // A path through a regular file: the OS says "Not a directory" once.
+    std::fs::write(dir.path().join("folder.json"), b"{}").unwrap();
     let o = kvpr(
         &[
             "plan",
             "--model",
             "preset:tiny-mha",
             "--hardware",
-            "folder.json",
+            "folder.json/profile.json",
             "--batch",
             "1",
             "--prompt-len",
@@ -202,7 +203,7 @@ fn a_cause_is_printed_once() {
         ],
         dir.path(),
     );
-    assert_fails(&o, &["--hardware", "folder.json"]);
+    assert_fails(&o, &["--hardware", "folder.json/profile.json"]);
     let err = stderr(&o);
     assert_eq!(err.matches("os error").count(), 1, "{err}");
 }

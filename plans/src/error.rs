@@ -11,6 +11,9 @@ pub enum PlansError {
         #[source]
         source: std::io::Error,
     },
+    /// An input kvpr will not read (a directory, a device, a file too large...).
+    #[error("{path}: {reason}")]
+    Input { path: PathBuf, reason: String },
     /// An output path kvpr will not write (a device, a FIFO, a missing folder...).
     #[error("{path}: {reason}")]
     Output { path: PathBuf, reason: String },

@@ -24,21 +24,17 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
-        return Err(PlansError::invalid(
-            path,
-            ".",
-            "is not a regular file; give the path of a file",
-        ));
+        return Err(PlansError::Input {
+            path: path.to_path_buf(),
+            reason: "is not a regular file; give the path of a file".into(),
+        });
     }
-    let too_big = || {
-        PlansError::invalid(
-            path,
-            ".",
-            format!(
-                "is larger than {}, more than any file kvpr reads here",
-                crate::human_bytes(limit)
-            ),
-        )
+    let too_big = || PlansError::Input {
+        path: path.to_path_buf(),
+        reason: format!(
+            "is larger than {}, more than any file kvpr reads here",
+            crate::human_bytes(limit)
+        ),
     };
     if meta.len() > limit {
         return Err(too_big());
@@ -54,7 +50,10 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
 /// [`read_limited`], as UTF-8 text.
 pub fn read_text_limited(path: &Path, limit: u64) -> Result<String> {
     String::from_utf8(read_limited(path, limit)?)
-        .map_err(|_| PlansError::invalid(path, ".", "is not UTF-8 text"))
+        .map_err(|_| PlansError::Input {
+            path: path.to_path_buf(),
+            reason: "is not UTF-8 text".into(),
+        })
 }
 
 /// Reads `path` (at most [`MAX_JSON_BYTES`]), checks its `schema` field equals
