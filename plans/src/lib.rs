@@ -10,6 +10,7 @@
 mod error;
 mod hardware;
 mod io;
+mod layout;
 mod model;
 mod plan;
 mod workload;
@@ -20,6 +21,7 @@ pub use hardware::{
     LinkCurves, Scalar, Source, HARDWARE_SCHEMA,
 };
 pub use io::{fingerprint, load_json, write_atomic};
+pub use layout::{Coverage, Split, StoreLayout};
 pub use model::{Family, ModelSpec, PRESETS};
 pub use plan::{Plan, PlanHardware, Schedule, Step, Summary, PLAN_SCHEMA};
 pub use workload::{human_bytes, parse_bytes, Dtype, Workload};

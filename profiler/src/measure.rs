@@ -217,7 +217,7 @@ fn sweep(
     dev: &DeviceBuf,
     progress: &mut dyn FnMut(CalibrationEvent),
 ) -> Result<Vec<BandwidthPoint>, ProfilerError> {
-    let esz = be.dtype().size() as u64;
+    let esz = be.dtype().bytes() as u64;
     let mut points = Vec::new();
     for &bytes in &plan.link_sizes {
         let len = (bytes / esz) as usize;
@@ -259,7 +259,7 @@ pub(crate) fn link(
     plan: &Plan,
     progress: &mut dyn FnMut(CalibrationEvent),
 ) -> Result<Link, ProfilerError> {
-    let esz = be.dtype().size() as u64;
+    let esz = be.dtype().bytes() as u64;
     let max = plan.link_sizes.iter().copied().max().unwrap_or(MIB);
     // At least 64 MiB of buffer so that small copies rotate through memory.
     let arena = (max.max(64 * MIB) / esz) as usize;
@@ -357,14 +357,6 @@ fn pattern(len: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-fn to_plans(d: Dtype) -> plans::Dtype {
-    match d {
-        Dtype::F32 => plans::Dtype::F32,
-        Dtype::F16 => plans::Dtype::F16,
-        Dtype::Bf16 => plans::Dtype::Bf16,
-    }
-}
-
 pub(crate) fn gemm(
     be: &Backend,
     plan: &Plan,
@@ -410,7 +402,7 @@ pub(crate) fn gemm(
                     m: m as u64,
                     n: n as u64,
                     k: k as u64,
-                    dtype: to_plans(dtype),
+                    dtype,
                     tflops,
                 });
                 progress(CalibrationEvent::Step {
@@ -465,7 +457,7 @@ pub(crate) fn attention(
     let a = plan.attn;
     let q_len = a.batch * a.n_heads * a.head_dim;
     let kv_len = a.batch * a.kv_capacity * a.n_kv_heads * a.head_dim;
-    let kv_bytes = 2.0 * kv_len as f64 * be.dtype().size() as f64;
+    let kv_bytes = 2.0 * kv_len as f64 * be.dtype().bytes() as f64;
     let q = be.upload(&pattern(q_len, 3)).stage(stage)?;
     let k = be.upload(&pattern(kv_len, 4)).stage(stage)?;
     let v = be.upload(&pattern(kv_len, 5)).stage(stage)?;

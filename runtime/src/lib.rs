@@ -24,6 +24,6 @@ pub use executor::{Executor, StepStats};
 pub use generate::{GenerationReport, Generator, Sampling, StepReport};
 pub use model::Model;
 pub use source::{gguf_name, Config, ModelSource, RopeStyle};
-pub use store::{Coverage, HostStore, Kind, Split, StoreLayout};
+pub use store::{HostStore, Stored};
 pub use tokenizer::Tokenizer;
 pub use weights::{Attention, Block, Mlp, Weights};

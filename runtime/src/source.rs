@@ -121,7 +121,8 @@ pub(crate) enum Init {
     Std(f32),
 }
 
-enum Kind {
+/// Where a model's tensors come from: a GGUF file, safetensors, or seeded random weights.
+enum WeightFormat {
     Gguf {
         content: gguf_file::Content,
         file: File,
@@ -137,7 +138,7 @@ enum Kind {
 /// Reads named tensors from one model source (the runtime's `VarBuilder`).
 pub(crate) struct TensorSource {
     path: PathBuf,
-    kind: Kind,
+    format: WeightFormat,
 }
 
 impl TensorSource {
@@ -157,8 +158,8 @@ impl TensorSource {
                         reason: e.to_string(),
                     })?;
                 let cfg = Config::new(spec, RopeStyle::Interleaved, p)?;
-                let kind = Kind::Gguf { content, file };
-                Ok((TensorSource { path, kind }, cfg))
+                let format = WeightFormat::Gguf { content, file };
+                Ok((TensorSource { path, format }, cfg))
             }
             ModelSource::HfDir(dir) => {
                 let spec = ModelSpec::from_hf_config(&dir.join("config.json"))?;
@@ -167,7 +168,7 @@ impl TensorSource {
                 Ok((
                     TensorSource {
                         path,
-                        kind: Kind::Safetensors { tensors },
+                        format: WeightFormat::Safetensors { tensors },
                     },
                     cfg,
                 ))
@@ -175,8 +176,8 @@ impl TensorSource {
             ModelSource::Preset { name, seed } => {
                 let spec = ModelSpec::preset(name)?;
                 let cfg = Config::new(spec, RopeStyle::Halves, &path)?;
-                let kind = Kind::Synthetic { seed: *seed };
-                Ok((TensorSource { path, kind }, cfg))
+                let format = WeightFormat::Synthetic { seed: *seed };
+                Ok((TensorSource { path, format }, cfg))
             }
         }
     }
@@ -184,12 +185,12 @@ impl TensorSource {
     /// Whether the file holds a tensor under this (Hugging Face) name
     /// (synthetic sources hold nothing on disk: tied stays tied).
     pub fn contains(&self, name: &str) -> bool {
-        match &self.kind {
-            Kind::Gguf { content, .. } => gguf_name(name)
+        match &self.format {
+            WeightFormat::Gguf { content, .. } => gguf_name(name)
                 .map(|n| content.tensor_infos.contains_key(&n))
                 .unwrap_or(false),
-            Kind::Safetensors { tensors } => tensors.contains_key(name),
-            Kind::Synthetic { .. } => false,
+            WeightFormat::Safetensors { tensors } => tensors.contains_key(name),
+            WeightFormat::Synthetic { .. } => false,
         }
     }
 
@@ -200,9 +201,9 @@ impl TensorSource {
             path: path.clone(),
             name: name.to_string(),
         };
-        let tensor = match &mut self.kind {
-            Kind::Synthetic { seed } => return Ok(synthetic(*seed, name, shape, init)),
-            Kind::Gguf { content, file } => {
+        let tensor = match &mut self.format {
+            WeightFormat::Synthetic { seed } => return Ok(synthetic(*seed, name, shape, init)),
+            WeightFormat::Gguf { content, file } => {
                 let gname = gguf_name(name).ok_or_else(missing)?;
                 let info = content.tensor_infos.get(&gname).ok_or_else(missing)?;
                 let dtype = format!("{:?}", info.ggml_dtype);
@@ -220,7 +221,7 @@ impl TensorSource {
                         reason: e.to_string(),
                     })?
             }
-            Kind::Safetensors { tensors } => tensors.get(name).ok_or_else(missing)?.clone(),
+            WeightFormat::Safetensors { tensors } => tensors.get(name).ok_or_else(missing)?.clone(),
         };
         let found = tensor.dims().to_vec();
         if found != shape {

@@ -242,16 +242,6 @@ impl CostModel {
         self.resident_bytes_per_token
     }
 
-    /// Host bytes per stored activation position, all layers: `L*b*h*p`.
-    pub fn activation_bytes_per_token(&self) -> u64 {
-        (self.n_layers as f64 * self.batch * self.h * self.p) as u64
-    }
-
-    /// Host bytes per stored K/V position, all layers: `L*b*2*h_kv*p`.
-    pub fn kv_bytes_per_token(&self) -> u64 {
-        self.resident_bytes_per_token
-    }
-
     /// Link time of `bytes`, s (the profile's pinned host-to-device curve).
     pub(crate) fn tl(&self, bytes: f64) -> f64 {
         self.link.seconds(bytes)
