@@ -25,6 +25,8 @@ pub use sim::{simulate, OpKind, StreamKind, Timeline, TimelineOp};
 pub use solve::{PricedSplit, Solver, CHUNK_CANDIDATES};
 
 #[cfg(test)]
+mod tests_dense;
+#[cfg(test)]
 mod tests_model;
 #[cfg(test)]
 mod tests_props;

@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// On-the-fly planning: also write the plan here.
     #[arg(long)]
     pub plan_out: Option<PathBuf>,
+    /// Also write the run's mean decode step, measured and predicted, here
+    /// (one line of JSON, for scripts comparing runs).
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -115,6 +119,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     for note in &plan.notes {
         eprintln!("note: {note}");
     }
+    let schedule = plan.schedule;
     gen.set_plan(plan);
 
     let sampling = match args.temperature {
@@ -142,7 +147,29 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
     }
     eprint!("{}", report_text(&report));
+    if let Some(path) = &args.summary_json {
+        let (measured, predicted) = mean_step_us(&report);
+        let json = serde_json::json!({
+            "schedule": schedule.name(),
+            "decode_steps": report.steps.len(),
+            "measured_step_us": measured,
+            "predicted_step_us": predicted,
+            "measured_over_predicted": predicted.map(|p| measured / p.max(1e-9)),
+        });
+        plans::write_atomic(path, format!("{json}\n").as_bytes())
+            .with_context(|| format!("writing --summary-json {}", path.display()))?;
+    }
     Ok(())
+}
+
+/// The mean decode step, µs: measured over all steps, and predicted over the
+/// steps the plan predicts (`None` when it predicts none).
+fn mean_step_us(r: &GenerationReport) -> (f64, Option<f64>) {
+    let n = r.steps.len().max(1) as f64;
+    let measured = r.steps.iter().map(|s| s.measured_us).sum::<f64>() / n;
+    let predicted: Vec<f64> = r.steps.iter().filter_map(|s| s.predicted_us).collect();
+    let p = (!predicted.is_empty()).then(|| predicted.iter().sum::<f64>() / predicted.len() as f64);
+    (measured, p)
 }
 
 /// The prompts from --prompt and --prompts-file, in that order.
@@ -252,16 +279,14 @@ fn report_text(r: &GenerationReport) -> String {
     ));
     let mean =
         |f: &dyn Fn(&runtime::StepReport) -> f64| r.steps.iter().map(f).sum::<f64>() / n as f64;
-    let measured = mean(&|s| s.measured_us);
-    let predicted: Vec<f64> = r.steps.iter().filter_map(|s| s.predicted_us).collect();
+    let (measured, predicted) = mean_step_us(r);
     out.push_str(&format!(
         "mean step: measured {} | bytes per step: activations {} + K/V {}",
         fmt::us(measured),
         plans::human_bytes(mean(&|s| s.bytes_x as f64) as u64),
         plans::human_bytes(mean(&|s| s.bytes_kv as f64) as u64),
     ));
-    if !predicted.is_empty() {
-        let p = predicted.iter().sum::<f64>() / predicted.len() as f64;
+    if let Some(p) = predicted {
         out.push_str(&format!(
             " | predicted {} (measured/predicted {:.2})",
             fmt::us(p),

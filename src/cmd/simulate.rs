@@ -95,6 +95,7 @@ fn color(kind: &OpKind) -> RGBColor {
         OpKind::Recompute { .. } => RGBColor(213, 94, 0),
         OpKind::Attention => RGBColor(0, 158, 115),
         OpKind::Dense => RGBColor(120, 120, 120),
+        OpKind::Head => RGBColor(60, 60, 60),
     }
 }
 
@@ -158,6 +159,7 @@ fn draw(tl: &Timeline, plan: &Plan, context_len: usize, path: &Path) -> anyhow::
             ("recompute", OpKind::Recompute { chunk: 0 }),
             ("attention", OpKind::Attention),
             ("MLP + projections", OpKind::Dense),
+            ("output head", OpKind::Head),
         ];
         for (label, kind) in legend {
             let c = color(&kind);
