@@ -25,6 +25,8 @@ demo: build model
 	@echo "== 4. where recomputation pays: a multi-head model (random weights) on a link paced to 0.5 GB/s"
 	$(KVPR) calibrate --quick --model preset:llama-2-7b-tiny --link-gbps 0.5 --out $(DEMO)/cpu-paced.json
 	$(KVPR) run --model preset:llama-2-7b-tiny --hardware $(DEMO)/cpu-paced.json --link-gbps 0.5 --prompt "$$(printf 'kvpr %.0s' $$(seq 1 300))" --max-new-tokens 24 > /dev/null
+	@echo "== 5. transfer and chunked measured side by side on the same paced preset"
+	bash scripts/compare-schedules.sh $(KVPR) $(DEMO)/schedules -- --model preset:llama-2-7b-tiny --hardware $(DEMO)/cpu-paced.json --link-gbps 0.5 --prompt "$$(printf 'kvpr %.0s' $$(seq 1 300))" --max-new-tokens 24
 
 # The whole suite. The real-model tests need the model: fetch it first.
 test: model

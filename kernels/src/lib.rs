@@ -82,31 +82,10 @@ impl Stream {
     }
 }
 
-/// Element type of device buffers (the compute dtype). The CPU backend is f32 only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Dtype {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::Bf16 => 2,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-        }
-    }
-}
+/// Element type of device buffers (the compute dtype): the plan's own
+/// [`plans::Dtype`], so a backend's dtype and a workload's are one type.
+/// The CPU backend is f32 only.
+pub use plans::Dtype;
 
 /// How to build a backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -49,11 +49,10 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
 
 /// [`read_limited`], as UTF-8 text.
 pub fn read_text_limited(path: &Path, limit: u64) -> Result<String> {
-    String::from_utf8(read_limited(path, limit)?)
-        .map_err(|_| PlansError::Input {
-            path: path.to_path_buf(),
-            reason: "is not UTF-8 text".into(),
-        })
+    String::from_utf8(read_limited(path, limit)?).map_err(|_| PlansError::Input {
+        path: path.to_path_buf(),
+        reason: "is not UTF-8 text".into(),
+    })
 }
 
 /// Reads `path` (at most [`MAX_JSON_BYTES`]), checks its `schema` field equals

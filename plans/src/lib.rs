@@ -19,6 +19,7 @@ mod error;
 pub mod gguf;
 mod hardware;
 mod io;
+mod layout;
 mod model;
 mod plan;
 mod source;
@@ -36,6 +37,7 @@ pub use io::{
     check_output_path, fingerprint, load_json, read_limited, read_text_limited, write_atomic,
     MAX_JSON_BYTES,
 };
+pub use layout::{Coverage, Split, StoreLayout};
 pub use model::{Family, ModelSpec, MAX_CONTEXT, PRESETS};
 pub use plan::{Plan, PlanHardware, Schedule, Step, Summary, MAX_BATCH, MAX_CHUNKS, PLAN_SCHEMA};
 pub use source::ModelSource;

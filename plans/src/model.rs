@@ -120,6 +120,30 @@ impl ModelSpec {
         attn + mlp
     }
 
+    /// The dense GEMMs of one decoder layer as `(n, k)` (output width, input
+    /// width), each run on `b` rows per decode step: Q, K, V and O, then the
+    /// MLP (Llama: gate, up, down; OPT: fc1, fc2). Their `n * k` add up to
+    /// [`ModelSpec::layer_params`].
+    pub fn layer_gemms(&self) -> Vec<(usize, usize)> {
+        let (h, q, kv, f) = (
+            self.hidden_size,
+            self.q_dim(),
+            self.kv_dim(),
+            self.intermediate_size,
+        );
+        let mut v = vec![(q, h), (kv, h), (kv, h), (h, q)];
+        match self.family {
+            Family::Llama => v.extend([(f, h), (f, h), (h, f)]),
+            Family::Opt => v.extend([(f, h), (h, f)]),
+        }
+        v
+    }
+
+    /// The output head's GEMM, `(vocab, h)`, run once per decode step after the last layer.
+    pub fn head_gemm(&self) -> (usize, usize) {
+        (self.vocab_size, self.hidden_size)
+    }
+
     /// All parameters: layers, embeddings and (unless tied) the output head.
     pub fn total_params(&self) -> u64 {
         let emb = (self.vocab_size * self.hidden_size) as u64;
@@ -452,6 +476,15 @@ mod tests {
                 mha,
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn layer_gemms_add_up_to_the_layer_parameters() {
+        for (name, ..) in PRESETS {
+            let m = ModelSpec::preset(name).unwrap();
+            let sum: u64 = m.layer_gemms().iter().map(|&(n, k)| (n * k) as u64).sum();
+            assert_eq!(sum, m.layer_params(), "{name}");
         }
     }
 

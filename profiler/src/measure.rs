@@ -33,6 +33,10 @@ pub(crate) struct Plan {
     attn: AttnShape,
 }
 
+/// Rows `m` the model's dense shapes are measured at: the batch sizes of decode.
+const DENSE_MS_QUICK: [usize; 4] = [1, 4, 16, 64];
+const DENSE_MS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
 fn geometric(from: u64, to: u64, factor: u64) -> Vec<u64> {
     let mut v = vec![from];
     while *v.last().unwrap_or(&to) * factor <= to {
@@ -64,13 +68,23 @@ impl Plan {
             .into_iter()
             .map(|m| m as usize)
             .collect();
-        let small_ms: Vec<usize> = ms.iter().copied().filter(|&m| m <= 64).collect();
         let (mut gemm_shapes, attn) = match &opts.model {
             Some(spec) => {
                 let (h, kv) = (spec.hidden_size, spec.kv_dim());
                 let mut shapes = vec![(kv, h, ms.clone())];
-                if kv != h {
-                    shapes.push((h, h, small_ms));
+                // The model's dense shapes (projections, MLP, head) at decode's
+                // row counts: the cost model prices each from its own points.
+                let dense_ms: &[usize] = if quick { &DENSE_MS_QUICK } else { &DENSE_MS };
+                let dense = spec.layer_gemms().into_iter().chain([spec.head_gemm()]);
+                for (n, k) in dense {
+                    match shapes.iter_mut().find(|s| (s.0, s.1) == (n, k)) {
+                        Some(s) => {
+                            s.2.extend(dense_ms);
+                            s.2.sort_unstable();
+                            s.2.dedup();
+                        }
+                        None => shapes.push((n, k, dense_ms.to_vec())),
+                    }
                 }
                 let ctx = (if quick { 1024 } else { 4096 }).min(spec.max_context.max(1));
                 (
@@ -95,8 +109,8 @@ impl Plan {
             link_sizes,
             bidir_sizes,
             pageable: cuda,
-            samples: if quick { 5 } else { 9 },
-            target_us: if quick { 5_000.0 } else { 20_000.0 },
+            samples: if quick { 11 } else { 15 },
+            target_us: if quick { 2_500.0 } else { 10_000.0 },
             gemm_shapes,
             gemm_dtypes,
             launch_reps: if quick { 200 } else { 2000 },
@@ -139,7 +153,10 @@ pub(crate) fn sig4(x: f64) -> f64 {
     format!("{r}").parse().unwrap_or(r)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of the samples: a sample slowed by a noisy neighbour (a
+/// preempted batch) moves it only when half the samples are slowed, where the
+/// mean would follow every outlier and the minimum a lucky one.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n == 0 {
@@ -217,7 +234,7 @@ fn sweep(
     dev: &DeviceBuf,
     progress: &mut dyn FnMut(CalibrationEvent),
 ) -> Result<Vec<BandwidthPoint>, ProfilerError> {
-    let esz = be.dtype().size() as u64;
+    let esz = be.dtype().bytes() as u64;
     let mut points = Vec::new();
     for &bytes in &plan.link_sizes {
         let len = (bytes / esz) as usize;
@@ -259,7 +276,7 @@ pub(crate) fn link(
     plan: &Plan,
     progress: &mut dyn FnMut(CalibrationEvent),
 ) -> Result<Link, ProfilerError> {
-    let esz = be.dtype().size() as u64;
+    let esz = be.dtype().bytes() as u64;
     let max = plan.link_sizes.iter().copied().max().unwrap_or(MIB);
     // At least 64 MiB of buffer so that small copies rotate through memory.
     let arena = (max.max(64 * MIB) / esz) as usize;
@@ -357,14 +374,6 @@ fn pattern(len: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-fn to_plans(d: Dtype) -> plans::Dtype {
-    match d {
-        Dtype::F32 => plans::Dtype::F32,
-        Dtype::F16 => plans::Dtype::F16,
-        Dtype::Bf16 => plans::Dtype::Bf16,
-    }
-}
-
 pub(crate) fn gemm(
     be: &Backend,
     plan: &Plan,
@@ -410,7 +419,7 @@ pub(crate) fn gemm(
                     m: m as u64,
                     n: n as u64,
                     k: k as u64,
-                    dtype: to_plans(dtype),
+                    dtype,
                     tflops,
                 });
                 progress(CalibrationEvent::Step {
@@ -465,7 +474,7 @@ pub(crate) fn attention(
     let a = plan.attn;
     let q_len = a.batch * a.n_heads * a.head_dim;
     let kv_len = a.batch * a.kv_capacity * a.n_kv_heads * a.head_dim;
-    let kv_bytes = 2.0 * kv_len as f64 * be.dtype().size() as f64;
+    let kv_bytes = 2.0 * kv_len as f64 * be.dtype().bytes() as f64;
     let q = be.upload(&pattern(q_len, 3)).stage(stage)?;
     let k = be.upload(&pattern(kv_len, 4)).stage(stage)?;
     let v = be.upload(&pattern(kv_len, 5)).stage(stage)?;

@@ -137,3 +137,33 @@ fn rfc3339_formats_utc() {
     assert_eq!(t(1_709_251_199), "2024-02-29T23:59:59Z");
     assert_eq!(t(4_102_444_800), "2100-01-01T00:00:00Z");
 }
+
+#[test]
+fn model_calibration_measures_the_dense_shapes() {
+    let (p, ..) = run(None, Some("tiny-mha"));
+    let spec = ModelSpec::resolve("tiny-mha").unwrap();
+    for (n, k) in spec.layer_gemms().into_iter().chain([spec.head_gemm()]) {
+        let ms: Vec<u64> = p
+            .gemm
+            .points
+            .iter()
+            .filter(|g| (g.n, g.k) == (n as u64, k as u64) && g.dtype == plans::Dtype::F32)
+            .map(|g| g.m)
+            .collect();
+        for m in [1, 4, 16, 64] {
+            assert!(ms.contains(&m), "no point at m={m} for ({n}, {k}): {ms:?}");
+        }
+    }
+}
+
+#[test]
+fn calibration_statistics_take_the_median() {
+    use crate::measure::median;
+    // Two batches slowed by a neighbour move neither the figure nor its side.
+    assert_eq!(
+        median(vec![10.0, 10.5, 9.5, 300.0, 10.0, 250.0, 10.2]),
+        10.2
+    );
+    assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    assert_eq!(median(vec![]), 0.0);
+}

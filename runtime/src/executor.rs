@@ -45,7 +45,9 @@ use kernels::{AttnShape, Backend, DeviceBuf, Event, Stream};
 use plans::{TraceOpKind, TraceStep};
 
 use crate::model::Model;
-use crate::store::{HostStore, Kind, Split, StoreLayout};
+use plans::{Split, StoreLayout};
+
+use crate::store::{HostStore, Stored};
 use crate::trace::Recorder;
 use crate::{AtLayer, Result, RuntimeError};
 
@@ -285,14 +287,14 @@ impl<'a> Executor<'a> {
         be.wait(Stream::Writeback, &ev).at(li)?;
         for bi in 0..self.batch {
             for pos in 0..p {
-                if let Some(slot) = self.store.stores(Kind::X, pos) {
-                    let off = self.store.offset(Kind::X, bi, slot);
+                if let Some(slot) = self.store.stores(Stored::X, pos) {
+                    let off = self.store.offset(Stored::X, bi, slot);
                     let src = (bi * p + pos) * h;
                     be.copy_d2h(Stream::Writeback, xn, src, &self.store.x[li], off, h)
                         .at(li)?;
                 }
-                if let Some(slot) = self.store.stores(Kind::Kv, pos) {
-                    let off = self.store.offset(Kind::Kv, bi, slot);
+                if let Some(slot) = self.store.stores(Stored::Kv, pos) {
+                    let off = self.store.offset(Stored::Kv, bi, slot);
                     let src = (bi * cap + pos) * kvd;
                     be.copy_d2h(
                         Stream::Writeback,
@@ -335,8 +337,8 @@ impl<'a> Executor<'a> {
             )
             .at(li)?;
         }
-        self.store.mark_written(Kind::X, li, 0, p);
-        self.store.mark_written(Kind::Kv, li, 0, p);
+        self.store.mark_written(Stored::X, li, 0, p);
+        self.store.mark_written(Stored::Kv, li, 0, p);
         // The next layer overwrites `xn` and the staging buffer.
         let done = be.record(Stream::Writeback).at(li)?;
         be.wait(Stream::Compute, &done).at(li)?;
@@ -436,13 +438,13 @@ impl<'a> Executor<'a> {
         chunks.clear();
         rpos.clear();
         if sp.l > 0 {
-            let slot0 = self.store.read_range(Kind::X, li, sp.g, sp.g + sp.l)?;
+            let slot0 = self.store.read_range(Stored::X, li, sp.g, sp.g + sp.l)?;
             for (a, e) in chunk_bounds(sp.g, sp.l, sp.chunks) {
                 // The chunk as one `[b, n, h]` region at row `b*(a-g)`.
                 let (n, row0) = (e - a, b * (a - sp.g));
                 let t = mark(be, &self.trace, Stream::Copy)?;
                 for bi in 0..b {
-                    let src = self.store.offset(Kind::X, bi, slot0 + a - sp.g);
+                    let src = self.store.offset(Stored::X, bi, slot0 + a - sp.g);
                     let dst = (row0 + bi * n) * h;
                     be.copy_h2d(Stream::Copy, &self.store.x[li], src, xs, dst, n * h)
                         .at(li)?;
@@ -467,10 +469,10 @@ impl<'a> Executor<'a> {
         self.chunk_ready[buf] = chunks;
         let t0 = sp.g + sp.l;
         if sp.s > t0 {
-            let slot0 = self.store.read_range(Kind::Kv, li, t0, sp.s)?;
+            let slot0 = self.store.read_range(Stored::Kv, li, t0, sp.s)?;
             let t = mark(be, &self.trace, Stream::Copy)?;
             for bi in 0..b {
-                let src = self.store.offset(Kind::Kv, bi, slot0);
+                let src = self.store.offset(Stored::Kv, bi, slot0);
                 let (dst, n) = ((bi * cap + t0) * kvd, (sp.s - t0) * kvd);
                 be.copy_h2d(Stream::Copy, &self.store.k[li], src, ks, dst, n)
                     .at(li)?;
@@ -706,8 +708,8 @@ impl<'a> Executor<'a> {
         let s = self.model.spec();
         let (h, kvd, rc) = (s.hidden_size, s.kv_dim(), self.res_cap);
         let (nx, nk, nv) = (&self.new_x[li], &self.new_k[li], &self.new_v[li]);
-        let x_slot = self.store.stores(Kind::X, pos);
-        let kv_slot = self.store.stores(Kind::Kv, pos);
+        let x_slot = self.store.stores(Stored::X, pos);
+        let kv_slot = self.store.stores(Stored::Kv, pos);
         if x_slot.is_some() || kv_slot.is_some() {
             let ev = be.record(Stream::Compute).at(li)?;
             be.wait(Stream::Writeback, &ev).at(li)?;
@@ -718,12 +720,12 @@ impl<'a> Executor<'a> {
         };
         for bi in 0..self.batch {
             if let Some(slot) = x_slot {
-                let off = self.store.offset(Kind::X, bi, slot);
+                let off = self.store.offset(Stored::X, bi, slot);
                 be.copy_d2h(Stream::Writeback, nx, bi * h, &self.store.x[li], off, h)
                     .at(li)?;
             }
             if let Some(slot) = kv_slot {
-                let off = self.store.offset(Kind::Kv, bi, slot);
+                let off = self.store.offset(Stored::Kv, bi, slot);
                 be.copy_d2h(Stream::Writeback, nk, bi * kvd, &self.store.k[li], off, kvd)
                     .at(li)?;
                 be.copy_d2h(Stream::Writeback, nv, bi * kvd, &self.store.v[li], off, kvd)
@@ -741,10 +743,10 @@ impl<'a> Executor<'a> {
         let kind = TraceOpKind::Writeback;
         close(be, &mut self.trace, t, Stream::Writeback, Some(li), kind)?;
         if x_slot.is_some() {
-            self.store.mark_written(Kind::X, li, pos, pos + 1);
+            self.store.mark_written(Stored::X, li, pos, pos + 1);
         }
         if kv_slot.is_some() {
-            self.store.mark_written(Kind::Kv, li, pos, pos + 1);
+            self.store.mark_written(Stored::Kv, li, pos, pos + 1);
         }
         Ok(())
     }
@@ -759,9 +761,10 @@ impl<'a> Executor<'a> {
         self.traced.take()
     }
 
-    /// Host bytes of the store (f32).
+    /// Host bytes of the store, at the backend's dtype.
     pub fn host_bytes(&self) -> u64 {
-        self.store.bytes(4)
+        self.store
+            .host_bytes(self.model.spec(), self.backend.dtype())
     }
 }
 
@@ -778,11 +781,7 @@ fn check_memory_for(
 ) -> Result<()> {
     use crate::memory::bytes_of;
     let (h, kvd, nl) = (s.hidden_size, s.kv_dim(), s.n_layers);
-    let p = if backend.is_cuda() {
-        backend.dtype().size()
-    } else {
-        std::mem::size_of::<f32>()
-    };
+    let p = backend.dtype().bytes();
     let mut needed = [
         bytes_of(&[nl, batch, layout.x.len(), h, p]),
         bytes_of(&[nl, batch, layout.kv.len(), 2 * kvd, p]),

@@ -11,8 +11,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::executor::Executor;
 use crate::model::Model;
-use crate::store::{Split, StoreLayout};
 use crate::{Result, RuntimeError};
+use plans::{Split, StoreLayout};
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -96,11 +96,7 @@ impl Generator {
 
     /// The element type runs on this backend use, as a plan's workload names it.
     pub fn dtype(&self) -> plans::Dtype {
-        match self.backend.dtype() {
-            kernels::Dtype::F32 => plans::Dtype::F32,
-            kernels::Dtype::F16 => plans::Dtype::F16,
-            kernels::Dtype::Bf16 => plans::Dtype::Bf16,
-        }
+        self.backend.dtype()
     }
 
     /// Records the measured timeline of these decode steps (0: the first

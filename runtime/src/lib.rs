@@ -28,6 +28,6 @@ pub use memory::{available_memory, check_memory};
 pub use model::Model;
 pub use plans::ModelSource;
 pub use source::{gguf_name, Config, RopeStyle};
-pub use store::{Coverage, HostStore, Kind, Split, StoreLayout};
+pub use store::{HostStore, Stored};
 pub use tokenizer::Tokenizer;
 pub use weights::{Attention, Block, Mlp, Weights};

@@ -69,7 +69,8 @@ pub(crate) enum Init {
     Std(f32),
 }
 
-enum Kind {
+/// Where a model's tensors come from: a GGUF file, safetensors, or seeded random weights.
+enum WeightFormat {
     Gguf { header: GgufHeader, file: File },
     Safetensors { tensors: HashMap<String, Tensor> },
     Synthetic { seed: u64 },
@@ -78,7 +79,7 @@ enum Kind {
 /// Reads named tensors from one model source (the runtime's `VarBuilder`).
 pub(crate) struct TensorSource {
     path: PathBuf,
-    kind: Kind,
+    format: WeightFormat,
 }
 
 impl TensorSource {
@@ -92,8 +93,8 @@ impl TensorSource {
                 let (header, file) = GgufHeader::open(p)?;
                 let spec = ModelSpec::from_gguf_header(&header, p)?;
                 let cfg = Config::new(spec, RopeStyle::Interleaved, p)?;
-                let kind = Kind::Gguf { header, file };
-                Ok((TensorSource { path, kind }, cfg))
+                let format = WeightFormat::Gguf { header, file };
+                Ok((TensorSource { path, format }, cfg))
             }
             ModelSource::HfDir(dir) => {
                 let spec = ModelSpec::from_hf_config(&dir.join("config.json"))?;
@@ -102,7 +103,7 @@ impl TensorSource {
                 Ok((
                     TensorSource {
                         path,
-                        kind: Kind::Safetensors { tensors },
+                        format: WeightFormat::Safetensors { tensors },
                     },
                     cfg,
                 ))
@@ -110,8 +111,8 @@ impl TensorSource {
             ModelSource::Preset { name, seed } => {
                 let spec = ModelSpec::preset(name)?;
                 let cfg = Config::new(spec, RopeStyle::Halves, &path)?;
-                let kind = Kind::Synthetic { seed: *seed };
-                Ok((TensorSource { path, kind }, cfg))
+                let format = WeightFormat::Synthetic { seed: *seed };
+                Ok((TensorSource { path, format }, cfg))
             }
         }
     }
@@ -119,22 +120,24 @@ impl TensorSource {
     /// Whether the file holds a tensor under this (Hugging Face) name
     /// (synthetic sources hold nothing on disk: tied stays tied).
     pub fn contains(&self, name: &str) -> bool {
-        match &self.kind {
-            Kind::Gguf { header, .. } => gguf_name(name)
+        match &self.format {
+            WeightFormat::Gguf { header, .. } => gguf_name(name)
                 .map(|n| header.tensors.contains_key(&n))
                 .unwrap_or(false),
-            Kind::Safetensors { tensors } => tensors.contains_key(name),
-            Kind::Synthetic { .. } => false,
+            WeightFormat::Safetensors { tensors } => tensors.contains_key(name),
+            WeightFormat::Synthetic { .. } => false,
         }
     }
 
     /// The tokenizer that goes with the source (from the header already read,
     /// for a GGUF file).
     pub fn tokenizer(&self, cfg: &Config) -> Result<Tokenizer> {
-        match &self.kind {
-            Kind::Gguf { header, .. } => Tokenizer::from_gguf_header(header, &self.path),
-            Kind::Safetensors { .. } => Tokenizer::from_hf_dir(&self.path),
-            Kind::Synthetic { .. } => Ok(Tokenizer::bytes(cfg.spec.vocab_size, self.path.clone())),
+        match &self.format {
+            WeightFormat::Gguf { header, .. } => Tokenizer::from_gguf_header(header, &self.path),
+            WeightFormat::Safetensors { .. } => Tokenizer::from_hf_dir(&self.path),
+            WeightFormat::Synthetic { .. } => {
+                Ok(Tokenizer::bytes(cfg.spec.vocab_size, self.path.clone()))
+            }
         }
     }
 
@@ -145,9 +148,9 @@ impl TensorSource {
             path: path.clone(),
             name: name.to_string(),
         };
-        let tensor = match &mut self.kind {
-            Kind::Synthetic { seed } => return Ok(synthetic(*seed, name, shape, init)),
-            Kind::Gguf { header, file } => {
+        let tensor = match &mut self.format {
+            WeightFormat::Synthetic { seed } => return Ok(synthetic(*seed, name, shape, init)),
+            WeightFormat::Gguf { header, file } => {
                 let gname = gguf_name(name).ok_or_else(missing)?;
                 let info = header.tensors.get(&gname).ok_or_else(missing)?;
                 let dtype = info.type_name().to_string();
@@ -175,7 +178,7 @@ impl TensorSource {
                         reason: e.to_string(),
                     })?
             }
-            Kind::Safetensors { tensors } => tensors.get(name).ok_or_else(missing)?.clone(),
+            WeightFormat::Safetensors { tensors } => tensors.get(name).ok_or_else(missing)?.clone(),
         };
         let found = tensor.dims().to_vec();
         if found != shape {

@@ -9,172 +9,13 @@
 //! positions, so a range the plan reads is contiguous in every batch row.
 
 use kernels::{Backend, HostBuf};
-use plans::Plan;
+use plans::{Coverage, Dtype, ModelSpec, StoreLayout};
 
 use crate::{Result, RuntimeError};
 
-/// A set of positions as sorted disjoint half-open intervals, with the slot of
-/// each position (its rank in the set).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Coverage {
-    /// `(start, end, first_slot)`
-    spans: Vec<(usize, usize, usize)>,
-    len: usize,
-}
-
-impl Coverage {
-    /// The union of `intervals` (empty ones ignored).
-    pub fn from_intervals(mut iv: Vec<(usize, usize)>) -> Self {
-        iv.retain(|(a, b)| b > a);
-        iv.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::new();
-        for (a, b) in iv {
-            match merged.last_mut() {
-                Some(last) if a <= last.1 => last.1 = last.1.max(b),
-                _ => merged.push((a, b)),
-            }
-        }
-        let mut spans = Vec::with_capacity(merged.len());
-        let mut len = 0;
-        for (a, b) in merged {
-            spans.push((a, b, len));
-            len += b - a;
-        }
-        Coverage { spans, len }
-    }
-
-    /// Number of positions covered.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The slot of `pos`, if covered.
-    pub fn slot(&self, pos: usize) -> Option<usize> {
-        let i = self.spans.partition_point(|s| s.1 <= pos);
-        self.spans
-            .get(i)
-            .filter(|s| s.0 <= pos)
-            .map(|s| s.2 + pos - s.0)
-    }
-
-    /// The first slot of `[a, b)` if the whole range is covered by one span
-    /// (so its slots are contiguous).
-    pub fn range(&self, a: usize, b: usize) -> Option<usize> {
-        if a >= b {
-            return Some(0);
-        }
-        let i = self.spans.partition_point(|s| s.1 <= a);
-        self.spans
-            .get(i)
-            .filter(|s| s.0 <= a && b <= s.1)
-            .map(|s| s.2 + a - s.0)
-    }
-}
-
-/// The split at one decode step, clamped to the context.
+/// Which stored value: the attention inputs `X` or the K/V.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Split {
-    /// `[0, g)` resident.
-    pub g: usize,
-    /// `[g, g + l)` recomputed.
-    pub l: usize,
-    /// `[g + l, s)` transferred.
-    pub s: usize,
-    pub chunks: usize,
-}
-
-impl Split {
-    /// The plan's split at context `s` (`None` past the plan's steps).
-    pub fn at(plan: &Plan, s: usize) -> Option<Split> {
-        let st = plan.step_for(s)?;
-        let g = st.resident_tokens.min(s);
-        let l = st.recompute_tokens.min(s - g);
-        Some(Split {
-            g,
-            l,
-            s,
-            chunks: st.chunks.clamp(1, l.max(1)),
-        })
-    }
-}
-
-/// What the store must hold for a plan: positions whose `X` is ever read
-/// and positions whose K/V are ever read, and the largest resident prefix.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoreLayout {
-    pub x: Coverage,
-    pub kv: Coverage,
-    pub max_resident: usize,
-}
-
-impl StoreLayout {
-    /// From a plan's steps, as the scheduler defines `summary.host_memory_bytes`:
-    /// `X` for the union of `[g, g+l)`, K/V for the union of `[g+l, context_len_to)`.
-    pub fn for_plan(plan: &Plan) -> Self {
-        let x = plan
-            .steps
-            .iter()
-            .map(|st| (st.resident_tokens, st.resident_tokens + st.recompute_tokens))
-            .collect();
-        let kv = plan
-            .steps
-            .iter()
-            .map(|st| (st.resident_tokens + st.recompute_tokens, st.context_len_to))
-            .collect();
-        let max_resident = plan
-            .steps
-            .iter()
-            .map(|st| st.resident_tokens)
-            .max()
-            .unwrap_or(0);
-        StoreLayout {
-            x: Coverage::from_intervals(x),
-            kv: Coverage::from_intervals(kv),
-            max_resident,
-        }
-    }
-
-    /// Everything resident: nothing stored on the host.
-    pub fn all_resident(capacity: usize) -> Self {
-        StoreLayout {
-            x: Coverage::default(),
-            kv: Coverage::default(),
-            max_resident: capacity,
-        }
-    }
-
-    /// Only the positions below `capacity`: a run never reads past its own
-    /// last context, however long a generation its plan was made for.
-    pub fn up_to(self, capacity: usize) -> Self {
-        let clip = |c: &Coverage| {
-            Coverage::from_intervals(
-                c.spans
-                    .iter()
-                    .map(|&(a, b, _)| (a.min(capacity), b.min(capacity)))
-                    .collect(),
-            )
-        };
-        StoreLayout {
-            x: clip(&self.x),
-            kv: clip(&self.kv),
-            max_resident: self.max_resident.min(capacity),
-        }
-    }
-
-    /// Host bytes for `layers` layers and `batch` sequences at `dtype_bytes`.
-    pub fn bytes(&self, layers: usize, batch: usize, h: usize, kv_dim: usize, p: usize) -> u64 {
-        let per_layer = self.x.len() * h + self.kv.len() * 2 * kv_dim;
-        (per_layer * layers * batch * p) as u64
-    }
-}
-
-/// Which kind of stored value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum Stored {
     X,
     Kv,
 }
@@ -225,30 +66,30 @@ impl HostStore {
         })
     }
 
-    fn cov(&self, kind: Kind) -> &Coverage {
+    fn cov(&self, kind: Stored) -> &Coverage {
         match kind {
-            Kind::X => &self.layout.x,
-            Kind::Kv => &self.layout.kv,
+            Stored::X => &self.layout.x,
+            Stored::Kv => &self.layout.kv,
         }
     }
 
     /// Element offset of `(batch row b, slot)` in a buffer of `kind`.
-    pub fn offset(&self, kind: Kind, b: usize, slot: usize) -> usize {
+    pub fn offset(&self, kind: Stored, b: usize, slot: usize) -> usize {
         let (cov, width) = match kind {
-            Kind::X => (&self.layout.x, self.h),
-            Kind::Kv => (&self.layout.kv, self.kv_dim),
+            Stored::X => (&self.layout.x, self.h),
+            Stored::Kv => (&self.layout.kv, self.kv_dim),
         };
         (b * cov.len() + slot) * width
     }
 
     /// Whether `pos` is stored for `kind` (the writer calls this per token).
-    pub fn stores(&self, kind: Kind, pos: usize) -> Option<usize> {
+    pub fn stores(&self, kind: Stored, pos: usize) -> Option<usize> {
         self.cov(kind).slot(pos)
     }
 
     /// Records that `[a, b)` of `layer` has been written for `kind`.
-    pub fn mark_written(&mut self, kind: Kind, layer: usize, a: usize, b: usize) {
-        let bit = if kind == Kind::X { 1 } else { 2 };
+    pub fn mark_written(&mut self, kind: Stored, layer: usize, a: usize, b: usize) {
+        let bit = if kind == Stored::X { 1 } else { 2 };
         if let Some(w) = self.written.get_mut(layer) {
             for p in a..b.min(w.len()) {
                 w[p] |= bit;
@@ -257,14 +98,14 @@ impl HostStore {
     }
 
     /// The first slot of `[a, b)` for a read, checking it is stored and written.
-    pub fn read_range(&self, kind: Kind, layer: usize, a: usize, b: usize) -> Result<usize> {
+    pub fn read_range(&self, kind: Stored, layer: usize, a: usize, b: usize) -> Result<usize> {
         let err = |reason: String| RuntimeError::compute("host store read", Some(layer), reason);
         let slot = self.cov(kind).range(a, b).ok_or_else(|| {
             err(format!(
                 "{kind:?} positions {a}..{b} are not all stored by this plan"
             ))
         })?;
-        let bit = if kind == Kind::X { 1 } else { 2 };
+        let bit = if kind == Stored::X { 1 } else { 2 };
         let w = &self.written[layer];
         if let Some(p) = (a..b).find(|&p| w.get(p).is_none_or(|x| x & bit == 0)) {
             return Err(err(format!(
@@ -274,43 +115,9 @@ impl HostStore {
         Ok(slot)
     }
 
-    /// Bytes held on the host.
-    pub fn bytes(&self, dtype_bytes: usize) -> u64 {
-        self.layout
-            .bytes(self.x.len(), self.batch, self.h, self.kv_dim, dtype_bytes)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coverage_slots() {
-        let c = Coverage::from_intervals(vec![(5, 8), (0, 2), (7, 10), (12, 12)]);
-        assert_eq!(c.len(), 7);
-        assert_eq!(c.slot(0), Some(0));
-        assert_eq!(c.slot(2), None);
-        assert_eq!(c.slot(5), Some(2));
-        assert_eq!(c.slot(9), Some(6));
-        assert_eq!(c.slot(10), None);
-        assert_eq!(c.range(6, 10), Some(3));
-        assert_eq!(c.range(1, 6), None);
-        assert_eq!(c.range(4, 4), Some(0));
-    }
-
-    #[test]
-    fn a_layout_is_clipped_to_the_run() {
-        let layout = StoreLayout {
-            x: Coverage::from_intervals(vec![(0, 4), (10, 1_000_000_000)]),
-            kv: Coverage::from_intervals(vec![(4, 1_000_000_000)]),
-            max_resident: 1_000_000,
-        };
-        let small = layout.clone().up_to(12);
-        assert_eq!(small.x.len(), 6);
-        assert_eq!(small.kv.len(), 8);
-        assert_eq!(small.max_resident, 12);
-        assert_eq!(small.x.slot(11), layout.x.slot(11));
-        assert_eq!(small.x.slot(12), None);
+    /// Bytes held on the host for `model`'s layers at `dtype` (the layout's
+    /// [`StoreLayout::host_bytes`], the figure a plan's summary reports).
+    pub fn host_bytes(&self, model: &ModelSpec, dtype: Dtype) -> u64 {
+        self.layout.host_bytes(model, self.batch, dtype)
     }
 }

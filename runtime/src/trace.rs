@@ -12,8 +12,8 @@
 use kernels::{Backend, Event, Stream};
 use plans::{TraceOp, TraceOpKind, TraceStep, TraceStream};
 
-use crate::store::Split;
 use crate::Result;
+use plans::Split;
 
 /// An op whose events are recorded but not yet read.
 struct Pending {

@@ -3,9 +3,12 @@
 //! the bytes the plan's summary says.
 
 use kernels::{Backend, BackendOptions, DeviceSpec};
-use plans::{Dtype, ModelSpec, Plan, PlanHardware, Schedule, Step, Summary, Workload, PLAN_SCHEMA};
+use plans::{
+    Dtype, ModelSpec, Plan, PlanHardware, Schedule, Split, Step, StoreLayout, Summary, Workload,
+    PLAN_SCHEMA,
+};
 use proptest::prelude::*;
-use runtime::{HostStore, Kind, Split, StoreLayout};
+use runtime::{HostStore, Stored};
 
 /// A plan with random (valid) splits over block-sized context ranges.
 fn random_plan(prompt: usize, gen: usize, block: usize, picks: &[(u8, u8, u8)]) -> Plan {
@@ -100,13 +103,13 @@ proptest! {
         let layout = StoreLayout::for_plan(&plan);
         let cap = plan.workload.max_context_len() + 1;
         let mut store = HostStore::new(&be, layout, spec.n_layers, 2, spec.hidden_size, spec.kv_dim(), cap).unwrap();
-        prop_assert_eq!(store.bytes(4), naive_bytes(&plan, &spec));
+        prop_assert_eq!(store.host_bytes(&spec, Dtype::F32), naive_bytes(&plan, &spec));
         // Prefill writes the prompt; each decode step reads its split, then writes its token.
         let write = |store: &mut HostStore, a: usize, b: usize| {
             for li in 0..spec.n_layers {
                 for p in a..b {
-                    if store.stores(Kind::X, p).is_some() { store.mark_written(Kind::X, li, p, p + 1); }
-                    if store.stores(Kind::Kv, p).is_some() { store.mark_written(Kind::Kv, li, p, p + 1); }
+                    if store.stores(Stored::X, p).is_some() { store.mark_written(Stored::X, li, p, p + 1); }
+                    if store.stores(Stored::Kv, p).is_some() { store.mark_written(Stored::Kv, li, p, p + 1); }
                 }
             }
         };
@@ -115,8 +118,8 @@ proptest! {
             let sp = Split::at(&plan, s).unwrap();
             prop_assert!(sp.g + sp.l <= s);
             for li in 0..spec.n_layers {
-                store.read_range(Kind::X, li, sp.g, sp.g + sp.l).unwrap();
-                store.read_range(Kind::Kv, li, sp.g + sp.l, s).unwrap();
+                store.read_range(Stored::X, li, sp.g, sp.g + sp.l).unwrap();
+                store.read_range(Stored::Kv, li, sp.g + sp.l, s).unwrap();
             }
             write(&mut store, s, s + 1);
         }
@@ -138,7 +141,10 @@ fn a_read_before_its_write_is_refused() {
         8,
     )
     .unwrap();
-    let e = store.read_range(Kind::Kv, 1, 2, 4).unwrap_err().to_string();
+    let e = store
+        .read_range(Stored::Kv, 1, 2, 4)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("layer 1") && e.contains("before it was written"),
         "{e}"

@@ -32,7 +32,7 @@
 //! compute-bound; the form above is what the two-stream simulator, `sim`, gives
 //! exactly, for every chunk count.)
 
-use plans::{BandwidthCurve, HardwareProfile, ModelSpec, Schedule, Workload};
+use plans::{BandwidthCurve, Dtype, HardwareProfile, ModelSpec, Schedule, Workload};
 
 use crate::curves::{link_breakpoints, RowsCurve};
 use crate::SchedError;
@@ -49,20 +49,61 @@ pub struct StepCost {
     pub r: f64,
     /// Decode attention of one layer, s: `b*(s+1)*2*h_kv*p / mem_bw + launch`.
     pub t_attn: f64,
-    /// The layer's dense part (projections and MLP), s: `max(2*b*params/F(b), params*p/mem_bw) + 8 * launch`.
+    /// The layer's dense part (projections and MLP), s: `sum_i gemm_i(b) + 8 * launch`
+    /// over the layer's GEMMs `(n_i, k_i)` (see [`CostModel::gemm_at`]).
     pub t_dense: f64,
+    /// The output head after the last layer, s: `gemm(b rows, vocab, h) + 2 * launch`.
+    pub t_head: f64,
     /// One layer, from the start of its copies until all its K/V are on the GPU, s.
     pub kv_ready: f64,
     /// The compute stream's work for one layer, s: `c*r + t_attn + t_dense`.
     pub compute_busy: f64,
     /// Per-layer period in the pipeline, s: `max(kv_ready, compute_busy)`.
     pub period: f64,
-    /// A whole decode step, s: `kv_ready + (L-1)*period + t_attn + t_dense`.
+    /// A whole decode step, s: `kv_ready + (L-1)*period + t_attn + t_dense + t_head`.
     pub step: f64,
     /// Activation bytes over the link, one layer: `b*l*h*p`.
     pub io_bytes_x: f64,
     /// K/V bytes over the link, one layer: `b*(s-g-l)*2*h_kv*p`.
     pub io_bytes_kv: f64,
+}
+
+/// Seconds for one dense GEMM of `m` rows at shape `(n, k)`: from the profile's
+/// points at exactly `(n, k)` for `dtype` when it has them (`kvpr calibrate
+/// --model` measures the model's own shapes, so the projections' and the
+/// head's throughput at small `m` is read, not guessed); otherwise from
+/// `fallback` (the curve nearest `(h, h)`) scaled by FLOPs,
+/// `n*k/(h*h) * fallback(m)`, and at least the weights' read time
+/// `n*k*p / mem_bw`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_at(
+    hw: &HardwareProfile,
+    dtype: Dtype,
+    n: usize,
+    k: usize,
+    m: f64,
+    fallback: &RowsCurve,
+    h: usize,
+    p: f64,
+    mem_bw: f64,
+) -> f64 {
+    let exact: Vec<(u64, f64)> = {
+        let mut v: Vec<(u64, f64)> = hw
+            .gemm
+            .points
+            .iter()
+            .filter(|pt| pt.dtype == dtype && pt.n == n as u64 && pt.k == k as u64)
+            .map(|pt| (pt.m, pt.tflops))
+            .collect();
+        v.sort_by_key(|pt| pt.0);
+        v.dedup_by_key(|pt| pt.0);
+        v
+    };
+    if let Some(curve) = RowsCurve::new(&exact, n, k) {
+        return curve.seconds(m);
+    }
+    let (nk, hh) = (n as f64 * k as f64, h as f64 * h as f64);
+    (nk / hh * fallback.seconds(m)).max(nk * p / mem_bw)
 }
 
 /// The cost model of one model on one profile for one workload, built once.
@@ -94,6 +135,8 @@ pub struct CostModel {
     peak_flops: f64,
     /// `t_dense` (independent of the context), s.
     t_dense: f64,
+    /// `t_head` (independent of the context), s.
+    t_head: f64,
     staging_bytes: u64,
     resident_bytes_per_token: u64,
     max_resident: usize,
@@ -173,9 +216,9 @@ impl CostModel {
         let p = workload.dtype.bytes() as f64;
         let layer_params = model.layer_params() as f64;
         let hf = h as f64;
-        // 2*b*params / F(b) with F(b) = 2*b*h*h / gemm(b rows, h, h): params/(h*h) GEMMs' worth.
-        let gemm_bound = layer_params / (hf * hf) * dense_gemm.seconds(b);
-        let t_dense = gemm_bound.max(layer_params * p / mem_bw) + 8.0 * launch;
+        let gemm = |(n, k): (usize, usize)| gemm_at(hw, dtype, n, k, b, &dense_gemm, h, p, mem_bw);
+        let t_dense = model.layer_gemms().into_iter().map(gemm).sum::<f64>() + 8.0 * launch;
+        let t_head = gemm(model.head_gemm()) + 2.0 * launch;
 
         let staging = staging_bytes(model, workload);
         let resident_bytes_per_token = (model.n_layers as u64)
@@ -206,6 +249,7 @@ impl CostModel {
             launch,
             peak_flops: peak_tflops * 1e12,
             t_dense,
+            t_head,
             staging_bytes: staging,
             resident_bytes_per_token,
             max_resident,
@@ -242,16 +286,6 @@ impl CostModel {
 
     /// Device bytes per resident token, all layers: `L*b*2*h_kv*p`.
     pub fn resident_bytes_per_token(&self) -> u64 {
-        self.resident_bytes_per_token
-    }
-
-    /// Host bytes per stored activation position, all layers: `L*b*h*p`.
-    pub fn activation_bytes_per_token(&self) -> u64 {
-        (self.n_layers as f64 * self.batch * self.h * self.p) as u64
-    }
-
-    /// Host bytes per stored K/V position, all layers: `L*b*2*h_kv*p`.
-    pub fn kv_bytes_per_token(&self) -> u64 {
         self.resident_bytes_per_token
     }
 
@@ -340,13 +374,15 @@ impl CostModel {
         let t_attn = self.t_attn(s);
         let compute_busy = c * r + t_attn + self.t_dense;
         let period = kv_ready.max(compute_busy);
-        let step = kv_ready + (self.n_layers as f64 - 1.0) * period + t_attn + self.t_dense;
+        let step =
+            kv_ready + (self.n_layers as f64 - 1.0) * period + t_attn + self.t_dense + self.t_head;
         StepCost {
             t_x,
             t_kv,
             r,
             t_attn,
             t_dense: self.t_dense,
+            t_head: self.t_head,
             kv_ready,
             compute_busy,
             period,

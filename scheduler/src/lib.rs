@@ -22,8 +22,10 @@ pub use cost::{staging_bytes, CostModel, StepCost};
 pub use error::SchedError;
 pub use plan::{context_ranges, make_plan, ForcedSplit, PlanRequest, ScheduleChoice};
 pub use sim::{simulate, OpKind, StreamKind, Timeline, TimelineOp};
-pub use solve::{Solver, Split, CHUNK_CANDIDATES};
+pub use solve::{PricedSplit, Solver, CHUNK_CANDIDATES};
 
+#[cfg(test)]
+mod tests_dense;
 #[cfg(test)]
 mod tests_model;
 #[cfg(test)]

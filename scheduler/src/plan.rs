@@ -2,12 +2,12 @@
 //! and the memory the plan needs.
 
 use plans::{
-    HardwareProfile, ModelSpec, Plan, PlanHardware, Schedule, Step, Summary, Workload,
+    HardwareProfile, ModelSpec, Plan, PlanHardware, Schedule, Step, StoreLayout, Summary, Workload,
     KVPR_VERSION, PLAN_SCHEMA,
 };
 
 use crate::cost::CostModel;
-use crate::solve::{pick, Solver, Split, CHUNK_CANDIDATES};
+use crate::solve::{pick, PricedSplit, Solver, CHUNK_CANDIDATES};
 use crate::SchedError;
 use plans::human_bytes;
 
@@ -134,7 +134,7 @@ pub fn make_plan(
         })
         .collect();
 
-    let summary = summarize(&cm, workload, &ranges, &splits)?;
+    let summary = summarize(&cm, model, workload, &ranges, &splits)?;
     Ok(Plan {
         schema: PLAN_SCHEMA.into(),
         kvpr_version: KVPR_VERSION.into(),
@@ -190,8 +190,8 @@ fn auto_splits(
     cm: &CostModel,
     ranges: &[(usize, usize)],
     req: &PlanRequest,
-) -> Result<(Schedule, Vec<Split>, [f64; 3]), SchedError> {
-    let mut per: [Vec<Split>; 3] = Default::default();
+) -> Result<(Schedule, Vec<PricedSplit>, [f64; 3]), SchedError> {
+    let mut per: [Vec<PricedSplit>; 3] = Default::default();
     for &(_, to) in ranges {
         let g = cm.resident_tokens(to);
         let all = cm.best_per_chunks(
@@ -202,7 +202,7 @@ fn auto_splits(
             req.solver,
             Schedule::Chunked,
         )?;
-        let c1: Vec<Split> = all.iter().copied().filter(|s| s.chunks == 1).collect();
+        let c1: Vec<PricedSplit> = all.iter().copied().filter(|s| s.chunks == 1).collect();
         let none = cm.no_recompute(to, g);
         per[0].push(none);
         per[1].push(pick(&c1).unwrap_or(none));
@@ -227,7 +227,7 @@ fn forced_splits(
     f: &ForcedSplit,
     choice: ScheduleChoice,
     block: usize,
-) -> Result<(Schedule, Vec<Split>), SchedError> {
+) -> Result<(Schedule, Vec<PricedSplit>), SchedError> {
     let frac = f.recompute_fraction;
     if !(frac.is_finite() && (0.0..=1.0).contains(&frac)) {
         return Err(SchedError::Forced(format!(
@@ -283,7 +283,7 @@ fn forced_splits(
             }
         };
         let c = if l == 0 { 1 } else { chunks.min(l) };
-        out.push(Split {
+        out.push(PricedSplit {
             resident: g,
             recompute: l,
             chunks: c,
@@ -293,32 +293,15 @@ fn forced_splits(
     Ok((schedule, out))
 }
 
-/// Total length of the union of half-open intervals.
-fn union_len(mut iv: Vec<(usize, usize)>) -> usize {
-    iv.retain(|(a, b)| b > a);
-    iv.sort_unstable();
-    let mut total = 0;
-    let mut cur: Option<(usize, usize)> = None;
-    for (a, b) in iv {
-        match cur {
-            Some((ca, cb)) if a <= cb => cur = Some((ca, cb.max(b))),
-            Some((ca, cb)) => {
-                total += cb - ca;
-                cur = Some((a, b));
-            }
-            None => cur = Some((a, b)),
-        }
-    }
-    total + cur.map_or(0, |(a, b)| b - a)
-}
-
-/// The summary, and the host-budget check: host memory holds the activations
-/// of positions ever recomputed and the K/V of positions ever transferred.
+/// The summary, and the host-budget check: host memory holds what the shared
+/// [`StoreLayout`] of the steps says (activations of positions ever recomputed,
+/// K/V of positions ever transferred), the layout the runtime allocates.
 fn summarize(
     cm: &CostModel,
+    model: &ModelSpec,
     workload: &Workload,
     ranges: &[(usize, usize)],
-    splits: &[Split],
+    splits: &[PricedSplit],
 ) -> Result<Summary, SchedError> {
     let predicted = weighted_mean(ranges, |i| splits[i].cost.step);
     let transfer = weighted_mean(ranges, |i| {
@@ -328,22 +311,13 @@ fn summarize(
     let io_floor = weighted_mean(ranges, |i| cm.io_floor(ranges[i].1, splits[i].resident));
     let compute_floor = weighted_mean(ranges, |i| cm.compute_floor(ranges[i].1));
 
-    let act = union_len(
-        splits
-            .iter()
-            .map(|sp| (sp.resident, sp.resident + sp.recompute))
-            .collect(),
-    );
-    let kv = union_len(
+    let layout = StoreLayout::from_steps(
         ranges
             .iter()
             .zip(splits)
-            .map(|(&(_, to), sp)| (sp.resident + sp.recompute, to))
-            .collect(),
+            .map(|(&(_, to), sp)| (sp.resident, sp.recompute, to)),
     );
-    let host = (act as u64)
-        .saturating_mul(cm.activation_bytes_per_token())
-        .saturating_add((kv as u64).saturating_mul(cm.kv_bytes_per_token()));
+    let host = layout.host_bytes(model, workload.batch, workload.dtype);
     if host > workload.host_memory_budget {
         return Err(SchedError::HostBudget {
             needed: human_bytes(host),
@@ -390,11 +364,5 @@ mod tests {
             ..w
         };
         assert_eq!(context_ranges(&w, 16), vec![(16, 16)]);
-    }
-
-    #[test]
-    fn union_of_intervals() {
-        assert_eq!(union_len(vec![(0, 4), (2, 6), (8, 9), (9, 9)]), 7);
-        assert_eq!(union_len(vec![]), 0);
     }
 }

@@ -6,7 +6,7 @@
 //! Per layer the copy stream sends the activation chunks, then the K/V; the
 //! compute stream recomputes chunk `j` once it has landed (and the stream is
 //! free), then runs attention once the K/V have arrived and every chunk is
-//! recomputed, then the dense part. Layer `i+1`'s copies are issued when layer
+//! recomputed, then the dense part; the output head follows the last layer. Layer `i+1`'s copies are issued when layer
 //! `i`'s K/V are ready; layer 0's start at 0. O(L*c) ops.
 
 use plans::{HardwareProfile, Plan};
@@ -34,6 +34,8 @@ pub enum OpKind {
     Attention,
     /// Output projection and MLP.
     Dense,
+    /// The output head after the last layer (drawn in the last layer's row).
+    Head,
 }
 
 /// One op on one stream, µs from the start of the step.
@@ -151,6 +153,16 @@ pub fn simulate(
         compute_busy += t_attn + t_dense;
         kv_ready_prev = kv_ready;
     }
+    let t_head = cost.t_head * 1e6;
+    push(
+        &mut ops,
+        StreamKind::Compute,
+        n_layers.saturating_sub(1),
+        OpKind::Head,
+        compute_free,
+        t_head,
+    );
+    compute_busy += t_head;
     let end = ops.iter().map(|o| o.end_us).fold(0.0, f64::max);
     Ok(Timeline {
         ops,

@@ -30,9 +30,11 @@ pub enum Solver {
 /// Chunk counts the `chunked` schedule considers (`paper` uses 1 only).
 pub const CHUNK_CANDIDATES: [usize; 8] = [1, 2, 3, 4, 6, 8, 12, 16];
 
-/// A split of the context `[0, s)` and what it costs.
+/// A candidate split of the context `[0, s)` and what the cost model predicts
+/// for it; the plan file records it as a step, which the runtime reads back as
+/// a [`plans::Split`].
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Split {
+pub struct PricedSplit {
     /// Tokens whose K/V stay on the GPU: `[0, resident)`.
     pub resident: usize,
     /// Tokens recomputed from activations: `[resident, resident + recompute)`.
@@ -52,7 +54,7 @@ const TIE: f64 = 1e-12;
 
 /// Whether `a` is strictly better than `b`: faster beyond the tie tolerance,
 /// or tied with fewer recomputed tokens, or tied on both with fewer chunks.
-pub(crate) fn better(a: &Split, b: &Split) -> bool {
+pub(crate) fn better(a: &PricedSplit, b: &PricedSplit) -> bool {
     let tol = TIE * b.cost.step.abs();
     if a.cost.step < b.cost.step - tol {
         return true;
@@ -109,7 +111,7 @@ impl CostModel {
         schedule: Schedule,
         block_tokens: usize,
         solver: Solver,
-    ) -> Result<Split, SchedError> {
+    ) -> Result<PricedSplit, SchedError> {
         let chunks: &[usize] = match schedule {
             Schedule::Transfer => &[],
             Schedule::Paper => &[1],
@@ -120,9 +122,9 @@ impl CostModel {
     }
 
     /// The split with nothing recomputed.
-    pub(crate) fn no_recompute(&self, s: usize, g: usize) -> Split {
+    pub(crate) fn no_recompute(&self, s: usize, g: usize) -> PricedSplit {
         let g = g.min(s);
-        Split {
+        PricedSplit {
             resident: g,
             recompute: 0,
             chunks: 1,
@@ -139,7 +141,7 @@ impl CostModel {
         block_tokens: usize,
         solver: Solver,
         schedule: Schedule,
-    ) -> Result<Vec<Split>, SchedError> {
+    ) -> Result<Vec<PricedSplit>, SchedError> {
         if block_tokens == 0 {
             return Err(SchedError::Invalid {
                 field: plans::Field::BlockTokens,
@@ -163,9 +165,9 @@ impl CostModel {
 
     /// The split recomputing `l` tokens in `c` chunks (at most `l`: a chunk
     /// holds at least one token).
-    fn split_at(&self, s: usize, g: usize, l: usize, c: usize) -> Split {
+    fn split_at(&self, s: usize, g: usize, l: usize, c: usize) -> PricedSplit {
         let c = c.min(l.max(1));
-        Split {
+        PricedSplit {
             resident: g,
             recompute: l,
             chunks: c,
@@ -174,7 +176,7 @@ impl CostModel {
     }
 
     /// Every block-aligned `l > 0` for `c` chunks.
-    fn exhaustive_for(&self, s: usize, g: usize, c: usize, block: usize) -> Split {
+    fn exhaustive_for(&self, s: usize, g: usize, c: usize, block: usize) -> PricedSplit {
         let al = Aligned::new(s - g, block);
         let mut best = self.split_at(s, g, al.at(1), c);
         for i in 2..=al.last {
@@ -194,7 +196,7 @@ impl CostModel {
         c: usize,
         block: usize,
         schedule: Schedule,
-    ) -> Result<Split, SchedError> {
+    ) -> Result<PricedSplit, SchedError> {
         let n = s - g;
         let nf = n as f64;
         let cf = c as f64;
@@ -223,7 +225,7 @@ impl CostModel {
                         figures: self.lp_figures(),
                         reason,
                     })?;
-            let mut local: Option<(usize, Split)> = None;
+            let mut local: Option<(usize, PricedSplit)> = None;
             for i in [al.floor(l_star), al.ceil(l_star), i_lo, i_hi] {
                 let i = i.clamp(i_lo, i_hi);
                 let cand = self.split_at(s, g, al.at(i), c);
@@ -298,7 +300,7 @@ impl CostModel {
 }
 
 /// The best of several splits (see [`better`]), `None` if empty.
-pub(crate) fn pick(splits: &[Split]) -> Option<Split> {
+pub(crate) fn pick(splits: &[PricedSplit]) -> Option<PricedSplit> {
     let mut it = splits.iter();
     let mut best = *it.next()?;
     for s in it {

@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// step --max-new-tokens allows). Steps not listed record nothing extra.
     #[arg(long, default_value = "last", requires = "trace")]
     pub trace_steps: String,
+    /// Also write the run's mean decode step, measured and predicted, here
+    /// (one line of JSON, for scripts comparing runs).
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -134,6 +138,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         (None, Some(out)) => Some((out, plan.clone())),
         _ => None,
     };
+    let schedule = plan.schedule;
     gen.set_plan(plan);
     gen.trace_steps(trace_steps);
 
@@ -176,7 +181,29 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         plan.save(out).context("writing --plan-out")?;
         eprintln!("wrote {}", out.display());
     }
+    if let Some(path) = &args.summary_json {
+        let (measured, predicted) = mean_step_us(&report);
+        let json = serde_json::json!({
+            "schedule": schedule.name(),
+            "decode_steps": report.steps.len(),
+            "measured_step_us": measured,
+            "predicted_step_us": predicted,
+            "measured_over_predicted": predicted.map(|p| measured / p.max(1e-9)),
+        });
+        plans::write_atomic(path, format!("{json}\n").as_bytes())
+            .with_context(|| format!("writing --summary-json {}", path.display()))?;
+    }
     Ok(())
+}
+
+/// The mean decode step, µs: measured over all steps, and predicted over the
+/// steps the plan predicts (`None` when it predicts none).
+fn mean_step_us(r: &GenerationReport) -> (f64, Option<f64>) {
+    let n = r.steps.len().max(1) as f64;
+    let measured = r.steps.iter().map(|s| s.measured_us).sum::<f64>() / n;
+    let predicted: Vec<f64> = r.steps.iter().filter_map(|s| s.predicted_us).collect();
+    let p = (!predicted.is_empty()).then(|| predicted.iter().sum::<f64>() / predicted.len() as f64);
+    (measured, p)
 }
 
 /// The prompts from --prompt and --prompts-file, in that order.
@@ -291,16 +318,14 @@ fn report_text(r: &GenerationReport) -> String {
     ));
     let mean =
         |f: &dyn Fn(&runtime::StepReport) -> f64| r.steps.iter().map(f).sum::<f64>() / n as f64;
-    let measured = mean(&|s| s.measured_us);
-    let predicted: Vec<f64> = r.steps.iter().filter_map(|s| s.predicted_us).collect();
+    let (measured, predicted) = mean_step_us(r);
     out.push_str(&format!(
         "mean step: measured {} | bytes per step: activations {} + K/V {}",
         fmt::us(measured),
         plans::human_bytes(mean(&|s| s.bytes_x as f64) as u64),
         plans::human_bytes(mean(&|s| s.bytes_kv as f64) as u64),
     ));
-    if !predicted.is_empty() {
-        let p = predicted.iter().sum::<f64>() / predicted.len() as f64;
+    if let Some(p) = predicted {
         out.push_str(&format!(
             " | predicted {} (measured/predicted {:.2})",
             fmt::us(p),

@@ -200,6 +200,7 @@ fn color(kind: &OpKind) -> RGBColor {
         OpKind::Recompute { .. } => RGBColor(213, 94, 0),
         OpKind::Attention => RGBColor(0, 158, 115),
         OpKind::Dense => RGBColor(120, 120, 120),
+        OpKind::Head => RGBColor(60, 60, 60),
     }
 }
 
@@ -309,6 +310,7 @@ fn draw(
             ("recompute", color(&OpKind::Recompute { chunk: 0 })),
             ("attention", color(&OpKind::Attention)),
             ("MLP + projections", color(&OpKind::Dense)),
+            ("output head", color(&OpKind::Head)),
         ];
         if measured.is_some() {
             legend.extend([

@@ -221,7 +221,7 @@ impl CudaBackend {
     }
 
     pub(crate) fn alloc(&self, len: usize) -> Result<CudaBuf> {
-        let esz = self.dtype.size();
+        let esz = self.dtype.bytes();
         let bytes = len.checked_mul(esz).ok_or_else(|| KernelError::Shape {
             op: "alloc",
             device: self.device.clone(),
@@ -270,7 +270,7 @@ impl CudaBackend {
     }
 
     pub(crate) fn alloc_host(&self, len: usize, pinned: bool) -> Result<CudaHostBuf> {
-        let esz = self.dtype.size();
+        let esz = self.dtype.bytes();
         let bytes = len.checked_mul(esz).ok_or_else(|| KernelError::Shape {
             op: "alloc_host",
             device: self.device.clone(),

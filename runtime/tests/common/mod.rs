@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use kernels::{Backend, BackendOptions, DeviceSpec};
-use runtime::{Executor, Model, Split, StoreLayout, Tokenizer, Weights};
+use plans::{Split, StoreLayout};
+use runtime::{Executor, Model, Tokenizer, Weights};
 
 /// The CPU backend, unpaced.
 pub fn cpu() -> Backend {
