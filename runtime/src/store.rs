@@ -112,29 +112,36 @@ pub struct StoreLayout {
 }
 
 impl StoreLayout {
-    /// From a plan's steps, as the scheduler defines `summary.host_memory_bytes`:
-    /// `X` for the union of `[g, g+l)`, K/V for the union of `[g+l, context_len_to)`.
+    /// From all of a plan's steps, as the scheduler defines
+    /// `summary.host_memory_bytes` (the largest run the plan serves): `X` for
+    /// the union of `[g, g+l)`, K/V for the union of `[g+l, context_len_to)`.
     pub fn for_plan(plan: &Plan) -> Self {
-        let x = plan
+        let (from, to) = plan.covered().unwrap_or((1, 0));
+        Self::for_contexts(plan, from, to)
+    }
+
+    /// What a run decoding contexts `from ..= to` reads, and no more: the
+    /// steps that cover those contexts, each cut at `to` (a 5-token prompt on
+    /// a plan made for 512 stores what contexts 5..=5+n-1 read, not what 575
+    /// would). The positions a context `s` reads are `[g, g+l)` for `X` and
+    /// `[g+l, s)` for K/V with `g`, `l` capped at `s` (see [`Split::at`]), so the
+    /// union over a step's contexts up to `to` is `[g, min(g+l, to))` and
+    /// `[g+l, to)`. Over a plan's whole coverage this is [`StoreLayout::for_plan`].
+    pub fn for_contexts(plan: &Plan, from: usize, to: usize) -> Self {
+        let steps: Vec<_> = plan
             .steps
             .iter()
-            .map(|st| (st.resident_tokens, st.resident_tokens + st.recompute_tokens))
+            .filter(|st| st.context_len_to >= from && st.context_len_from <= to)
+            .map(|st| {
+                let end = st.context_len_to.min(to);
+                let (g, l) = (st.resident_tokens, st.recompute_tokens);
+                ((g, (g + l).min(end)), (g + l, end), g)
+            })
             .collect();
-        let kv = plan
-            .steps
-            .iter()
-            .map(|st| (st.resident_tokens + st.recompute_tokens, st.context_len_to))
-            .collect();
-        let max_resident = plan
-            .steps
-            .iter()
-            .map(|st| st.resident_tokens)
-            .max()
-            .unwrap_or(0);
         StoreLayout {
-            x: Coverage::from_intervals(x),
-            kv: Coverage::from_intervals(kv),
-            max_resident,
+            x: Coverage::from_intervals(steps.iter().map(|s| s.0).collect()),
+            kv: Coverage::from_intervals(steps.iter().map(|s| s.1).collect()),
+            max_resident: steps.iter().map(|s| s.2).max().unwrap_or(0),
         }
     }
 
