@@ -251,7 +251,7 @@ fn plan_for(spec: &ModelSpec, hw: &HardwareProfile, w: &Workload, sch: Schedule)
 }
 
 fn run(g: &mut Generator, prompts: &[String], n: usize) -> Res<GenerationReport> {
-    Ok(g.generate(prompts, n, Sampling::Greedy, |_, _| {})?)
+    Ok(g.generate(prompts, n, Sampling::GREEDY, |_, _| {})?)
 }
 
 /// Swaps the plan of a generator (keeps model and backend).

@@ -220,3 +220,233 @@ fn calibrate_writes_a_profile_and_cuda_without_a_driver_is_a_clear_error() {
         assert_fails(&o, &["CUDA", "--device cpu"]);
     }
 }
+
+/// The CPU reference profile with its link slowed 50 times, so that the
+/// planner recomputes part of a multi-head model's context.
+fn slow_link_profile(dir: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(profile("cpu-reference.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for p in v["link"]["h2d_pinned"]["points"].as_array_mut().unwrap() {
+        p["gbps"] = serde_json::json!(p["gbps"].as_f64().unwrap() / 50.0);
+    }
+    let path = dir.join("slow-link.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// Runs `kvpr run` with `plan` (`--plan FILE` or `--hardware FILE`) and
+/// returns its stdout, failing the test on a non-zero exit.
+fn run_ok(dir: &std::path::Path, model: &str, plan: &[&str], prompt: &str, n: &str) -> String {
+    let mut args = vec!["run", "--model", model, "--prompt", prompt];
+    args.extend(["--max-new-tokens", n]);
+    args.extend(plan);
+    let o = kvpr(&args, dir);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Issue 10, item 3, on a multi-head preset whose plan recomputes: a plan made
+/// for `--prompt-len 512` drives prompts of 5, 100 and 512 tokens (the byte
+/// tokenizer: one token per byte) with the tokens of a run planned for each
+/// exact prompt; a 600-token prompt is refused, naming both ranges.
+#[test]
+fn a_plan_for_prompt_len_512_serves_shorter_prompts_with_the_same_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hw = slow_link_profile(d);
+    let model = "preset:llama-2-7b-tiny";
+    let o = kvpr(
+        &[
+            "plan",
+            "--model",
+            model,
+            "--hardware",
+            &hw,
+            "--batch",
+            "1",
+            "--prompt-len",
+            "512",
+            "--gen-len",
+            "8",
+            "--gpu-memory-budget",
+            "4MiB",
+            "--out",
+            "p512.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("covers contexts 1..=519"),
+        "{}",
+        stdout(&o)
+    );
+    let plan = plans::Plan::load(&d.join("p512.json")).unwrap();
+    assert_eq!(plan.covered(), Some((1, 519)));
+    for s in [100, 512] {
+        let st = plan.step_for(s).unwrap();
+        assert!(st.recompute_tokens > 0, "nothing recomputed at {s}: {st:?}");
+    }
+    let text = "kvpr recomputes part of the context while the rest crosses the link. ".repeat(10);
+    for n in [5, 100, 512] {
+        let prompt = &text[..n];
+        let from_plan = run_ok(d, model, &["--plan", "p512.json"], prompt, "8");
+        let out = format!("exact{n}.json");
+        let exact = run_ok(
+            d,
+            model,
+            &["--hardware", &hw, "--plan-out", &out],
+            prompt,
+            "8",
+        );
+        assert_eq!(from_plan, exact, "{n}-token prompt");
+        let exact_plan = plans::Plan::load(&d.join(&out)).unwrap();
+        assert_eq!(exact_plan.workload.prompt_len, n);
+    }
+    let o = kvpr(
+        &[
+            "run",
+            "--model",
+            model,
+            "--plan",
+            "p512.json",
+            "--prompt",
+            &text[..600],
+            "--max-new-tokens",
+            "8",
+        ],
+        d,
+    );
+    assert_fails(
+        &o,
+        &[
+            "p512.json covers contexts 1..=519 (prompts up to 512 tokens + 8 new)",
+            "this run needs 600..=607",
+        ],
+    );
+}
+
+/// The same on the real model (grouped-query attention: resident prefix and
+/// transfer, nothing recomputed): a plan for up to 512 prompt tokens serves
+/// a short, a medium and a long prompt with the text of an exact plan.
+#[test]
+fn smollm2_plan_for_512_tokens_serves_shorter_prompts_with_the_same_text() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hw = cpu_profile();
+    let o = kvpr(
+        &[
+            "plan",
+            "--model",
+            &model,
+            "--hardware",
+            &hw,
+            "--batch",
+            "1",
+            "--prompt-len",
+            "512",
+            "--gen-len",
+            "4",
+            "--gpu-memory-budget",
+            "8MiB",
+            "--out",
+            "p512.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sentence = "The quick brown fox jumps over the lazy dog near the river bank. ";
+    let prompts = [
+        "The capital of France is".to_string(),
+        sentence.repeat(7),
+        sentence.repeat(36),
+    ];
+    let mut lens = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let from_plan = run_ok(d, &model, &["--plan", "p512.json"], prompt, "4");
+        let out = format!("exact{i}.json");
+        let exact = run_ok(
+            d,
+            &model,
+            &["--hardware", &hw, "--plan-out", &out],
+            prompt,
+            "4",
+        );
+        assert_eq!(from_plan, exact, "prompt {i}");
+        lens.push(
+            plans::Plan::load(&d.join(&out))
+                .unwrap()
+                .workload
+                .prompt_len,
+        );
+    }
+    assert!(
+        lens[0] <= 8 && (80..=120).contains(&lens[1]) && (400..=512).contains(&lens[2]),
+        "prompt lengths in tokens: {lens:?}"
+    );
+    let o = kvpr(
+        &[
+            "run",
+            "--model",
+            &model,
+            "--plan",
+            "p512.json",
+            "--prompt",
+            &sentence.repeat(45),
+            "--max-new-tokens",
+            "4",
+        ],
+        d,
+    );
+    assert_fails(&o, &["covers contexts 1..=515", "this run needs"]);
+}
+
+/// Issue 10, item 4: `--temperature 0` is greedy (the default), and sampling
+/// with a seed gives the same tokens twice; bad values name their flag.
+#[test]
+fn temperature_0_is_greedy_and_a_seed_repeats_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hw = cpu_profile();
+    let model = "preset:tiny-mha";
+    let plan = ["--hardware", hw.as_str()];
+    let run = |extra: &[&str]| {
+        let mut p = plan.to_vec();
+        p.extend(extra);
+        run_ok(d, model, &p, "sampling", "16")
+    };
+    let greedy = run(&[]);
+    assert_eq!(run(&["--temperature", "0"]), greedy);
+    assert_eq!(
+        run(&["--temperature", "0", "--top-k", "5", "--seed", "9"]),
+        greedy
+    );
+    assert_eq!(run(&["--temperature", "1", "--top-k", "1"]), greedy);
+    let sampled = [
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "7",
+    ];
+    assert_eq!(run(&sampled), run(&sampled));
+    let hot = ["--temperature", "2", "--seed", "3"];
+    assert_eq!(run(&hot), run(&hot));
+
+    let bad = |extra: &[&str], flag: &str| {
+        let mut args = vec!["run", "--model", model, "--hardware", &hw, "--prompt", "hi"];
+        args.extend(extra);
+        assert_fails(&kvpr(&args, d), &[flag]);
+    };
+    bad(&["--temperature", "-1"], "--temperature");
+    bad(&["--temperature", "NaN"], "--temperature");
+    bad(&["--temperature", "inf"], "--temperature");
+    bad(&["--temperature", "1", "--top-k", "0"], "--top-k");
+    bad(&["--temperature", "1", "--top-k", "-3"], "--top-k");
+    bad(&["--temperature", "1", "--top-p", "0"], "--top-p");
+    bad(&["--temperature", "1", "--top-p", "1.5"], "--top-p");
+}

@@ -177,7 +177,10 @@ pub(crate) fn probe(
     ]);
     let mut base: Option<(f64, f64, f64)> = None;
     for (i, (sch, pl)) in plans.iter().enumerate() {
-        let st = &pl.steps[0];
+        // The step at the prompt (a plan's steps start at context 1).
+        let st = pl
+            .step_for(w.prompt_len)
+            .ok_or("the plan does not cover the prompt")?;
         let sh = Shape {
             b: w.batch,
             s: w.prompt_len,
@@ -245,7 +248,7 @@ pub(crate) fn probe(
         ]);
     }
     println!(
-        "\nWhere the time goes: one layer at context {} (the first step's split), {reps} repeats. \
+        "\nWhere the time goes: one layer at context {} (the split at the prompt), {reps} repeats. \
          The model costs each chunk as one GEMM of b*l/c rows, and the executor runs one GEMM of \
          b*l/c rows per chunk (X chunks laid out [b, n, h]); \"together\" includes the scatter of \
          the recomputed rows into each sequence's K/V staging. \"buffers apart\": every X chunk and \

@@ -52,6 +52,28 @@ pub enum PlansError {
         plan: String,
         actual: String,
     },
+    /// A run whose decode contexts the plan's steps do not all cover.
+    #[error("{path} covers contexts {from}..={to} ({}), but this run needs {need_from}..={need_to} ({run_prompt_len} prompt tokens + {run_gen_len} new); make a plan that covers it with `kvpr plan`", made_for(*from, *prompt_len, *gen_len))]
+    NotCovered {
+        path: PathBuf,
+        from: usize,
+        to: usize,
+        prompt_len: usize,
+        gen_len: usize,
+        need_from: usize,
+        need_to: usize,
+        run_prompt_len: usize,
+        run_gen_len: usize,
+    },
+}
+
+/// What a plan was made for, in the words of a coverage error.
+fn made_for(from: usize, prompt_len: usize, gen_len: usize) -> String {
+    if from <= 1 {
+        format!("prompts up to {prompt_len} tokens + {gen_len} new")
+    } else {
+        format!("prompts of {prompt_len} tokens + {gen_len} new")
+    }
 }
 
 pub type Result<T, E = PlansError> = std::result::Result<T, E>;

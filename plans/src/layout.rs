@@ -134,21 +134,24 @@ impl StoreLayout {
         )
     }
 
-    /// Only the positions below `capacity`: a run never reads past its own
-    /// last context, however long a generation its plan was made for.
-    pub fn up_to(self, capacity: usize) -> Self {
-        let clip = |c: &Coverage| {
-            Coverage::from_intervals(
-                c.spans
-                    .iter()
-                    .map(|&(a, b, _)| (a.min(capacity), b.min(capacity))),
-            )
-        };
-        StoreLayout {
-            x: clip(&self.x),
-            kv: clip(&self.kv),
-            max_resident: self.max_resident.min(capacity),
-        }
+    /// What a run decoding contexts `from ..= to` reads, and no more: the
+    /// steps that cover those contexts, each cut at `to` (a 5-token prompt on
+    /// a plan made for 512 stores what its own contexts read, not what the
+    /// plan's longest run would). A context `s` reads `X` at `[g, g+l)` and
+    /// K/V at `[g+l, s)` with `g` and `l` capped at `s` (see [`Split::at`]),
+    /// so over a step's contexts up to `to` that is `[g, min(g+l, to))` and
+    /// `[g+l, to)`. Over a plan's whole coverage this is [`StoreLayout::for_plan`].
+    pub fn for_contexts(plan: &Plan, from: usize, to: usize) -> Self {
+        Self::from_steps(
+            plan.steps
+                .iter()
+                .filter(|st| st.context_len_to >= from && st.context_len_from <= to)
+                .map(|st| {
+                    let end = st.context_len_to.min(to);
+                    let g = st.resident_tokens;
+                    (g, st.recompute_tokens.min(end.saturating_sub(g)), end)
+                }),
+        )
     }
 
     /// Everything resident: nothing stored on the host.

@@ -1,5 +1,13 @@
-//! The plan file (`kvpr.plan/v1`): for every context length a run will see, how
+//! The plan file (`kvpr.plan/v1`): for every context length a run may see, how
 //! many tokens are resident, recomputed and transferred, and the predicted times.
+//!
+//! A plan covers a workload, not one prompt: made for prompts of `prompt_len`
+//! tokens generating `gen_len`, its steps cover every context from 1 to
+//! `prompt_len + gen_len - 1`, so any prompt of up to `prompt_len` tokens runs
+//! from it (and a longer generation too, as long as its contexts are covered).
+//! What a run needs is coverage of its own contexts (see [`Plan::check_matches`]).
+//! Files written before this rule start at `prompt_len`; they stay valid and
+//! serve the prompts whose contexts they cover.
 
 use std::path::Path;
 
@@ -74,9 +82,14 @@ pub struct PlanHardware {
 }
 
 /// The split for decode steps whose context length (tokens already cached) is in
-/// `context_len_from ..= context_len_to`. `transfer_tokens` is the count at
-/// `context_len_to`; at a shorter context `s` it is `s - resident - recompute`.
-/// Predictions are for a step at `context_len_to`.
+/// `context_len_from ..= context_len_to`. Consecutive context ranges with the
+/// same split (resident, recompute, chunks) are one step, so a step may span
+/// many blocks. `transfer_tokens` is the count at `context_len_to`; at a
+/// shorter context `s` it is `s - resident - recompute` ([`Step::transfer_at`]),
+/// and at a context shorter than `resident + recompute` the runtime caps the
+/// resident and recomputed tokens at `s`. The predictions (`kv_ready_us`,
+/// `step_us`) are for a step at `context_len_to`, the longest context of the
+/// range: an upper bound for the shorter ones, whose K/V transfer is smaller.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -104,9 +117,12 @@ impl Step {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Summary {
-    /// Mean predicted decode step over all decode steps, µs.
+    /// Mean predicted decode step over the contexts the planned workload
+    /// decodes (`prompt_len ..= prompt_len + gen_len - 1`, not the shorter
+    /// contexts the plan also covers), each context priced at the end of its
+    /// block (the context the split was solved at), µs.
     pub predicted_decode_step_us: f64,
-    /// The same workload with the `transfer` schedule, µs.
+    /// The same mean with the `transfer` schedule (same resident prefix), µs.
     pub transfer_only_step_us: f64,
     /// Bytes that must cross the link at the least, over the measured bandwidth, µs.
     pub io_floor_step_us: f64,
@@ -114,7 +130,11 @@ pub struct Summary {
     pub compute_floor_step_us: f64,
     /// `transfer_only_step_us / predicted_decode_step_us`.
     pub speedup_vs_transfer: f64,
-    /// Host memory for the stored activations and K/V, bytes.
+    /// Host memory for the stored activations and K/V of the largest run the
+    /// plan serves (every step's ranges together: activations for the union of
+    /// `[resident, resident + recompute)`, K/V for the union of
+    /// `[resident + recompute, context_len_to)`), bytes. A run whose contexts
+    /// are a part of the plan's allocates only what those contexts read.
     pub host_memory_bytes: u64,
     /// Device memory for the resident K/V and the staging buffers, bytes (weights not counted).
     pub gpu_memory_bytes: u64,
@@ -158,12 +178,26 @@ impl Plan {
         write_atomic(path, self.to_json().as_bytes())
     }
 
-    /// Steps cover `prompt_len ..= max_context_len` contiguously and every split
-    /// adds up.
+    /// Steps are contiguous from the first one's `context_len_from` (1 in plans
+    /// from this version, `prompt_len` in older ones, at most `prompt_len`)
+    /// up to `workload.max_context_len()`, and every split adds up.
     pub fn validate(&self, path: &Path) -> Result<()> {
         self.check_numbers(path)?;
         let w = &self.workload;
-        let mut next = w.prompt_len;
+        let Some(first) = self.steps.first() else {
+            return Err(PlansError::invalid(path, "steps", "must not be empty"));
+        };
+        if first.context_len_from == 0 || first.context_len_from > w.prompt_len {
+            return Err(PlansError::invalid(
+                path,
+                "steps[0].context_len_from",
+                format!(
+                    "is {}; it must be between 1 and workload.prompt_len ({})",
+                    first.context_len_from, w.prompt_len
+                ),
+            ));
+        }
+        let mut next = first.context_len_from;
         for (i, s) in self.steps.iter().enumerate() {
             let field = format!("steps[{i}]");
             if s.context_len_from != next || s.context_len_to < s.context_len_from {
@@ -171,12 +205,16 @@ impl Plan {
                     path,
                     field,
                     format!(
-                        "context ranges must be contiguous from {} upward",
-                        w.prompt_len
+                        "context ranges must be contiguous from {} upward (expected context_len_from = {next} and context_len_to >= it)",
+                        first.context_len_from
                     ),
                 ));
             }
-            if s.resident_tokens + s.recompute_tokens + s.transfer_tokens != s.context_len_to {
+            let sum = s
+                .resident_tokens
+                .checked_add(s.recompute_tokens)
+                .and_then(|x| x.checked_add(s.transfer_tokens));
+            if sum != Some(s.context_len_to) {
                 return Err(PlansError::invalid(
                     path,
                     field,
@@ -190,15 +228,17 @@ impl Plan {
                     "must be at least 1",
                 ));
             }
-            next = s.context_len_to + 1;
+            next = s.context_len_to.saturating_add(1);
         }
-        if next != w.max_context_len() + 1 {
+        let last = self.steps.last().map_or(0, |s| s.context_len_to);
+        if last != w.max_context_len() {
             return Err(PlansError::invalid(
                 path,
                 "steps",
                 format!(
-                    "must cover contexts {} ..= {}",
+                    "end at context {last}, but the workload (prompt_len {} + gen_len {}) reaches {}",
                     w.prompt_len,
+                    w.gen_len,
                     w.max_context_len()
                 ),
             ));
@@ -301,13 +341,25 @@ impl Plan {
         Ok(())
     }
 
+    /// The contexts the steps cover, `(first, last)` inclusive (`None` without steps).
+    pub fn covered(&self) -> Option<(usize, usize)> {
+        Some((
+            self.steps.first()?.context_len_from,
+            self.steps.last()?.context_len_to,
+        ))
+    }
+
     /// The step covering context length `s`, if the plan covers it.
     pub fn step_for(&self, s: usize) -> Option<&Step> {
         let i = self.steps.partition_point(|st| st.context_len_to < s);
         self.steps.get(i).filter(|st| st.context_len_from <= s)
     }
 
-    /// Refuses to run this plan for another model or workload, naming the field.
+    /// Refuses to run this plan for another model, batch or dtype, naming the
+    /// field, and for a run whose decode contexts (`workload.prompt_len ..=
+    /// workload.max_context_len()`) the steps do not all cover, naming both
+    /// ranges. Any prompt length is accepted otherwise: a plan made for
+    /// `prompt_len` P serves every prompt of up to P tokens.
     pub fn check_matches(&self, path: &Path, model: &ModelSpec, workload: &Workload) -> Result<()> {
         let mismatch = |field: &str, plan: String, actual: String| PlansError::Mismatch {
             path: path.to_path_buf(),
@@ -326,26 +378,27 @@ impl Plan {
         if p.batch != w.batch {
             return Err(mismatch("batch", p.batch.to_string(), w.batch.to_string()));
         }
-        if p.prompt_len != w.prompt_len {
-            return Err(mismatch(
-                "prompt_len",
-                p.prompt_len.to_string(),
-                w.prompt_len.to_string(),
-            ));
-        }
-        if w.max_context_len() > p.max_context_len() {
-            return Err(mismatch(
-                "gen_len",
-                p.gen_len.to_string(),
-                format!("{} (the plan covers fewer tokens)", w.gen_len),
-            ));
-        }
         if p.dtype != w.dtype {
             return Err(mismatch(
                 "dtype",
                 p.dtype.name().into(),
                 w.dtype.name().into(),
             ));
+        }
+        let (from, to) = self.covered().unwrap_or((1, 0));
+        let (need_from, need_to) = (w.prompt_len, w.max_context_len());
+        if need_from < from || need_to > to {
+            return Err(PlansError::NotCovered {
+                path: path.to_path_buf(),
+                from,
+                to,
+                prompt_len: p.prompt_len,
+                gen_len: p.gen_len,
+                need_from,
+                need_to,
+                run_prompt_len: w.prompt_len,
+                run_gen_len: w.gen_len,
+            });
         }
         Ok(())
     }
@@ -356,6 +409,21 @@ mod tests {
     use super::*;
     use crate::Dtype;
 
+    fn step(from: usize, to: usize, resident: usize, recompute: usize) -> Step {
+        Step {
+            context_len_from: from,
+            context_len_to: to,
+            resident_tokens: resident,
+            recompute_tokens: recompute,
+            transfer_tokens: to - resident - recompute,
+            chunks: 1,
+            kv_ready_us: 1.0,
+            step_us: 2.0,
+        }
+    }
+
+    /// A plan for prompts up to 10 tokens + 8 new: contexts 1 ..= 17, the
+    /// ranges with the same split merged.
     fn plan() -> Plan {
         let workload = Workload {
             batch: 1,
@@ -364,16 +432,6 @@ mod tests {
             dtype: Dtype::F32,
             gpu_memory_budget: 0,
             host_memory_budget: 1 << 30,
-        };
-        let step = |from, to| Step {
-            context_len_from: from,
-            context_len_to: to,
-            resident_tokens: 0,
-            recompute_tokens: 4,
-            transfer_tokens: to - 4,
-            chunks: 1,
-            kv_ready_us: 1.0,
-            step_us: 2.0,
         };
         Plan {
             schema: PLAN_SCHEMA.into(),
@@ -386,7 +444,7 @@ mod tests {
             workload,
             schedule: Schedule::Paper,
             block_tokens: 4,
-            steps: vec![step(10, 11), step(12, 15), step(16, 17)],
+            steps: vec![step(1, 11, 0, 0), step(12, 15, 0, 4), step(16, 17, 0, 8)],
             summary: Summary {
                 predicted_decode_step_us: 2.0,
                 transfer_only_step_us: 3.0,
@@ -401,6 +459,19 @@ mod tests {
         }
     }
 
+    /// The run's workload: `prompt` tokens, `gen` new.
+    fn run(p: &Plan, prompt: usize, gen: usize) -> Workload {
+        Workload {
+            prompt_len: prompt,
+            gen_len: gen,
+            ..p.workload.clone()
+        }
+    }
+
+    fn invalid(p: &Plan) -> String {
+        p.validate(Path::new("x.json")).unwrap_err().to_string()
+    }
+
     #[test]
     fn round_trip_and_lookup() {
         let dir = tempfile::tempdir().unwrap();
@@ -408,17 +479,90 @@ mod tests {
         plan().save(&p).unwrap();
         let back = Plan::load(&p).unwrap();
         assert_eq!(back, plan());
+        assert_eq!(back.covered(), Some((1, 17)));
+        assert_eq!(back.step_for(1).unwrap().context_len_to, 11);
         assert_eq!(back.step_for(13).unwrap().context_len_from, 12);
         assert_eq!(back.step_for(17).unwrap().context_len_to, 17);
-        assert!(back.step_for(9).is_none() && back.step_for(18).is_none());
+        assert!(back.step_for(0).is_none() && back.step_for(18).is_none());
     }
 
     #[test]
     fn gaps_are_refused() {
         let mut p = plan();
         p.steps.remove(1);
-        let e = p.validate(Path::new("x.json")).unwrap_err().to_string();
+        let e = invalid(&p);
         assert!(e.contains("steps[1]") && e.contains("contiguous"), "{e}");
+        let mut p = plan();
+        p.steps[1].context_len_from = 13;
+        assert!(invalid(&p).contains("steps[1]"));
+    }
+
+    #[test]
+    fn steps_must_start_at_a_covered_prompt_and_reach_the_last_context() {
+        let mut p = plan();
+        p.steps[0].context_len_from = 0;
+        assert!(invalid(&p).contains("steps[0].context_len_from"));
+        // Starting past the planned prompt leaves that prompt uncovered.
+        let mut p = plan();
+        p.steps[0].context_len_from = 11;
+        let e = invalid(&p);
+        assert!(
+            e.contains("steps[0].context_len_from") && e.contains("10"),
+            "{e}"
+        );
+        let mut p = plan();
+        p.steps.pop();
+        let e = invalid(&p);
+        assert!(e.contains("end at context 15") && e.contains("17"), "{e}");
+        let mut p = plan();
+        p.steps.clear();
+        assert!(invalid(&p).contains("empty"));
+    }
+
+    #[test]
+    fn token_counts_that_wrap_are_refused() {
+        let mut p = plan();
+        p.steps[0].resident_tokens = usize::MAX;
+        p.steps[0].transfer_tokens = 12;
+        assert!(invalid(&p).contains("must equal context_len_to"));
+    }
+
+    #[test]
+    fn a_plan_serves_every_prompt_whose_contexts_it_covers() {
+        let p = plan();
+        let path = Path::new("x.json");
+        for (prompt, gen) in [(1, 1), (1, 17), (5, 8), (10, 8), (12, 6)] {
+            p.check_matches(path, &p.model, &run(&p, prompt, gen))
+                .unwrap_or_else(|e| panic!("prompt {prompt} + {gen}: {e}"));
+        }
+        let e = p
+            .check_matches(path, &p.model, &run(&p, 15, 4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x.json covers contexts 1..=17 (prompts up to 10 tokens + 8 new)")
+                && e.contains("this run needs 15..=18 (15 prompt tokens + 4 new)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_older_plan_from_its_prompt_serves_what_it_covers() {
+        let mut p = plan();
+        p.steps = vec![step(10, 11, 0, 0), step(12, 17, 0, 4)];
+        p.validate(Path::new("old.json")).unwrap();
+        let path = Path::new("old.json");
+        p.check_matches(path, &p.model, &run(&p, 10, 8)).unwrap();
+        p.check_matches(path, &p.model, &run(&p, 12, 2)).unwrap();
+        let e = p
+            .check_matches(path, &p.model, &run(&p, 5, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("covers contexts 10..=17 (prompts of 10 tokens + 8 new)")
+                && e.contains("needs 5..=12"),
+            "{e}"
+        );
     }
 
     #[test]

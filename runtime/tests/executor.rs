@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 
 use kernels::{Backend, BackendOptions, DeviceSpec};
+use plans::StoreLayout;
 use plans::{Dtype, HardwareProfile, ModelSpec, Plan, PlanHardware, Schedule, Workload};
 use runtime::{GenerationReport, Generator, Model, ModelSource, Sampling};
 use scheduler::{make_plan, ForcedSplit, PlanRequest, ScheduleChoice, Solver};
@@ -74,7 +75,7 @@ fn cases() -> Vec<(Schedule, f64, usize, usize)> {
 }
 
 fn generate(g: &mut Generator, prompts: &[String], n: usize) -> GenerationReport {
-    g.generate(prompts, n, Sampling::Greedy, |_, _| {}).unwrap()
+    g.generate(prompts, n, Sampling::GREEDY, |_, _| {}).unwrap()
 }
 
 /// Runs every case on `model` and checks it against the resident run.
@@ -102,9 +103,23 @@ fn check_all_splits_on(model: Model, be: Backend, prompts: Vec<String>, n: usize
         assert_eq!(r.tokens, base.tokens, "{what}");
         let d = common::rel_diff(&r.final_logits, &base.final_logits);
         assert!(d < 1e-4, "{what}: relative logit difference {d}");
-        assert_eq!(r.host_bytes, pl.summary.host_memory_bytes, "{what}");
-        // The split the executor ran is the plan's, and bytes (all layers) follow from it.
+        // The store holds what this run's contexts read; over the plan's whole
+        // coverage (its largest run) that is the summary's host memory.
         let (h, kvd, b) = (spec.hidden_size, spec.kv_dim(), prompts.len());
+        let bytes = |l: StoreLayout| l.host_bytes(&spec, b, plans::Dtype::F32);
+        let run_max = p + n - 1;
+        assert_eq!(
+            r.host_bytes,
+            bytes(StoreLayout::for_contexts(&pl, p, run_max)),
+            "{what}"
+        );
+        assert_eq!(
+            bytes(StoreLayout::for_plan(&pl)),
+            pl.summary.host_memory_bytes,
+            "{what}"
+        );
+        assert!(r.host_bytes <= pl.summary.host_memory_bytes, "{what}");
+        // The split the executor ran is the plan's, and bytes (all layers) follow from it.
         let nl = spec.n_layers;
         for st in &r.steps {
             let step = pl.step_for(st.context).unwrap();
@@ -180,6 +195,55 @@ fn smollm2_every_split_matches() {
     check_all_splits(g.model, vec!["The capital of France is".into()], 4);
 }
 
+/// A plan made for prompts of up to 12 tokens (contexts 1 ..= 17) drives
+/// shorter prompts with the tokens and logits of the resident run, recomputing
+/// as it says, with a store sized for the run's own contexts; a prompt whose
+/// contexts it does not cover is refused, naming both ranges.
+#[test]
+fn a_plan_for_a_longer_prompt_drives_shorter_ones() {
+    let src = ModelSource::Preset {
+        name: "tiny-mha".into(),
+        seed: 13,
+    };
+    let be = backend();
+    let model = Model::load(&src, &be).unwrap();
+    let spec = model.spec().clone();
+    let forced = ForcedSplit {
+        recompute_fraction: 0.5,
+        resident_tokens: Some(2),
+        chunks: Some(2),
+    };
+    let pl = plan(&spec, 1, 12, 6, Schedule::Chunked, Some(forced));
+    assert_eq!(pl.covered(), Some((1, 17)));
+    let mut g = Generator::new(model, be, None);
+    let mut stores = Vec::new();
+    for prompt in ["kv", "recompute", "recompute!!!"] {
+        let prompts = vec![prompt.to_string()];
+        g = Generator::new(g.model, g.backend, None);
+        let base = generate(&mut g, &prompts, 6);
+        g = Generator::new(g.model, g.backend, Some(pl.clone()));
+        let r = generate(&mut g, &prompts, 6);
+        assert_eq!(r.tokens, base.tokens, "{prompt:?}");
+        let d = common::rel_diff(&r.final_logits, &base.final_logits);
+        assert!(d < 1e-4, "{prompt:?}: relative logit difference {d}");
+        assert!(r.steps.iter().any(|s| s.recompute > 0), "{prompt:?}");
+        assert!(r.host_bytes <= pl.summary.host_memory_bytes, "{prompt:?}");
+        stores.push(r.host_bytes);
+    }
+    assert!(
+        stores[0] < stores[2],
+        "the 2-token run stores as much as the 12-token one: {stores:?}"
+    );
+    let e = g
+        .generate(&["recompute!!!!".into()], 6, Sampling::GREEDY, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("covers contexts 1..=17") && e.contains("needs 13..=18"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_requests_are_clear_errors() {
     let src = ModelSource::Preset {
@@ -192,7 +256,7 @@ fn bad_requests_are_clear_errors() {
     let mut g = Generator::new(model, be, None);
     let err = |g: &mut Generator, prompts: &[&str], n: usize| {
         let p: Vec<String> = prompts.iter().map(|s| s.to_string()).collect();
-        g.generate(&p, n, Sampling::Greedy, |_, _| {})
+        g.generate(&p, n, Sampling::GREEDY, |_, _| {})
             .unwrap_err()
             .to_string()
     };
@@ -212,7 +276,12 @@ fn bad_requests_are_clear_errors() {
     // Temperature sampling is seeded.
     let (model, be) = (g.model, g.backend);
     let mut g = Generator::new(model, be, None);
-    let s = Sampling::Temperature { t: 0.8, seed: 5 };
+    let s = Sampling {
+        temperature: 0.8,
+        top_k: Some(40),
+        top_p: Some(0.9),
+        seed: 5,
+    };
     let a = g.generate(&["abc".into()], 5, s, |_, _| {}).unwrap();
     let b = g.generate(&["abc".into()], 5, s, |_, _| {}).unwrap();
     assert_eq!(a.tokens, b.tokens);

@@ -1,5 +1,7 @@
-//! Plan generation: one split per block-aligned context range, the summary,
-//! and the memory the plan needs.
+//! Plan generation: one split per block-aligned context range from context 1
+//! up to the workload's last (so the plan serves every prompt of up to
+//! `prompt_len` tokens), consecutive ranges with the same split merged into
+//! one step, the summary, and the memory the plan needs.
 
 use plans::{
     HardwareProfile, ModelSpec, Plan, PlanHardware, Schedule, Step, StoreLayout, Summary, Workload,
@@ -43,14 +45,15 @@ pub struct PlanRequest {
     pub forced: Option<ForcedSplit>,
 }
 
-/// The context ranges a plan has steps for: `prompt_len` up to the next
-/// multiple of `block` minus 1, then one block at a time, up to
-/// `workload.max_context_len()` (inclusive ranges).
+/// The context ranges a plan solves a split for: `1 ..= block - 1`, then one
+/// block at a time (`k*block ..= (k+1)*block - 1`), up to
+/// `workload.max_context_len()` (inclusive ranges). Every context a prompt of
+/// up to `prompt_len` tokens decodes is in one.
 pub fn context_ranges(workload: &Workload, block: usize) -> Vec<(usize, usize)> {
     let block = block.max(1);
     let last = workload.max_context_len();
-    let mut out = Vec::new();
-    let mut from = workload.prompt_len;
+    let mut out = Vec::with_capacity(last / block + 1);
+    let mut from = 1;
     while from <= last {
         let to = ((from / block + 1) * block - 1).min(last);
         out.push((from, to));
@@ -59,9 +62,66 @@ pub fn context_ranges(workload: &Workload, block: usize) -> Vec<(usize, usize)> 
     out
 }
 
+/// How many of the planned workload's decode contexts (`prompt_len ..=
+/// max_context_len()`) fall in each range: the weights of the summary's means.
+fn decode_weights(workload: &Workload, ranges: &[(usize, usize)]) -> Vec<f64> {
+    let (a, b) = (workload.prompt_len, workload.max_context_len());
+    ranges
+        .iter()
+        .map(|&(from, to)| (to.min(b) + 1).saturating_sub(from.max(a)) as f64)
+        .collect()
+}
+
+/// Whether `next`'s split, capped at each context `s` of `prev` as the runtime
+/// and the simulator cap it (`g = min(resident, s)`, `l = min(recompute, s - g)`),
+/// is `prev`'s: then one step carries both ranges. That is the same resident,
+/// recompute and chunks, or e.g. "all resident" twice (`resident = context_len_to`
+/// in both: the second, capped, keeps every context of the first resident).
+fn same_split(prev: &Step, next: &Step) -> bool {
+    let to = prev.context_len_to;
+    let (ga, gb) = (prev.resident_tokens, next.resident_tokens);
+    let (la, lb) = (prev.recompute_tokens, next.recompute_tokens);
+    let g = ga.min(to);
+    // Capped values agree on every s <= to iff equal or both at least the cap at `to`.
+    let same_g = ga == gb || ga.min(gb) >= to;
+    let same_l = la == lb || la.min(lb) >= to - g;
+    same_g && same_l && prev.chunks == next.chunks
+}
+
+/// The plan's steps: one per range, then consecutive ranges with the same
+/// split ([`same_split`]) merged into one step carrying the later range's
+/// split. A merged step keeps the prediction of its last range, so it is for
+/// a step at its `context_len_to`.
+fn merged_steps(ranges: &[(usize, usize)], splits: &[PricedSplit]) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for (&(from, to), sp) in ranges.iter().zip(splits) {
+        let step = Step {
+            context_len_from: from,
+            context_len_to: to,
+            resident_tokens: sp.resident,
+            recompute_tokens: sp.recompute,
+            transfer_tokens: to - sp.resident - sp.recompute,
+            chunks: sp.chunks,
+            kv_ready_us: sp.cost.kv_ready * 1e6,
+            step_us: sp.cost.step * 1e6,
+        };
+        match steps.last_mut() {
+            Some(last) if same_split(last, &step) => {
+                *last = Step {
+                    context_len_from: last.context_len_from,
+                    ..step
+                };
+            }
+            _ => steps.push(step),
+        }
+    }
+    steps
+}
+
 /// Makes the plan for `model` on `hw` for `workload`: validates the workload,
-/// solves one split per context range (at the range's longest context), and
-/// fills the summary. Fails with an error naming the flag when a budget is too small.
+/// solves one split per context range (at the range's longest context) for
+/// every context from 1 to `workload.max_context_len()`, merges the ranges
+/// with the same split, and fills the summary. Fails with an error naming the flag when a budget is too small.
 pub fn make_plan(
     model: &ModelSpec,
     hw: &HardwareProfile,
@@ -78,6 +138,7 @@ pub fn make_plan(
     }
     let cm = CostModel::new(model, hw, workload)?;
     let ranges = context_ranges(workload, req.block_tokens);
+    let weights = decode_weights(workload, &ranges);
     let mut notes = Vec::new();
 
     let (schedule, splits) = match (req.forced, req.schedule) {
@@ -104,7 +165,7 @@ pub fn make_plan(
             (sch, splits)
         }
         (None, ScheduleChoice::Auto) => {
-            let (sch, splits, means) = auto_splits(&cm, &ranges, req)?;
+            let (sch, splits, means) = auto_splits(&cm, &ranges, &weights, req)?;
             notes.push(format!(
                 "auto: chose {} (mean predicted step: transfer {:.3} ms, paper {:.3} ms, chunked {:.3} ms).",
                 sch.name(),
@@ -119,22 +180,8 @@ pub fn make_plan(
         notes.insert(0, no_saving_note(model, req.forced.is_some()));
     }
 
-    let steps: Vec<Step> = ranges
-        .iter()
-        .zip(&splits)
-        .map(|(&(from, to), sp)| Step {
-            context_len_from: from,
-            context_len_to: to,
-            resident_tokens: sp.resident,
-            recompute_tokens: sp.recompute,
-            transfer_tokens: to - sp.resident - sp.recompute,
-            chunks: sp.chunks,
-            kv_ready_us: sp.cost.kv_ready * 1e6,
-            step_us: sp.cost.step * 1e6,
-        })
-        .collect();
-
-    let summary = summarize(&cm, model, workload, &ranges, &splits)?;
+    let steps = merged_steps(&ranges, &splits);
+    let summary = summarize(&cm, model, workload, &ranges, &weights, &splits)?;
     Ok(Plan {
         schema: PLAN_SCHEMA.into(),
         kvpr_version: KVPR_VERSION.into(),
@@ -168,13 +215,15 @@ fn no_saving_note(model: &ModelSpec, forced: bool) -> String {
     )
 }
 
-/// Mean over all decode steps of a per-range value (each range weighted by its contexts), s.
-fn weighted_mean(ranges: &[(usize, usize)], mut value: impl FnMut(usize) -> f64) -> f64 {
+/// Mean of a per-range value, each range weighted by `weights` (its decode
+/// contexts in the planned workload), s.
+fn weighted_mean(weights: &[f64], mut value: impl FnMut(usize) -> f64) -> f64 {
     let (mut sum, mut n) = (0.0, 0.0);
-    for (i, &(from, to)) in ranges.iter().enumerate() {
-        let w = (to - from + 1) as f64;
-        sum += w * value(i);
-        n += w;
+    for (i, &w) in weights.iter().enumerate() {
+        if w > 0.0 {
+            sum += w * value(i);
+            n += w;
+        }
     }
     if n > 0.0 {
         sum / n
@@ -185,10 +234,12 @@ fn weighted_mean(ranges: &[(usize, usize)], mut value: impl FnMut(usize) -> f64)
 
 /// `Auto`: the three schedules' splits from one pass over the chunk counts
 /// (`paper` is the `c = 1` subset of `chunked`, `transfer` the `l = 0` split);
-/// returns the fastest and the three means, s.
+/// returns the fastest over the planned workload's decode contexts and the
+/// three means, s.
 fn auto_splits(
     cm: &CostModel,
     ranges: &[(usize, usize)],
+    weights: &[f64],
     req: &PlanRequest,
 ) -> Result<(Schedule, Vec<PricedSplit>, [f64; 3]), SchedError> {
     let mut per: [Vec<PricedSplit>; 3] = Default::default();
@@ -208,7 +259,7 @@ fn auto_splits(
         per[1].push(pick(&c1).unwrap_or(none));
         per[2].push(pick(&all).unwrap_or(none));
     }
-    let means = [0, 1, 2].map(|k| weighted_mean(ranges, |i| per[k][i].cost.step));
+    let means = [0, 1, 2].map(|k| weighted_mean(weights, |i| per[k][i].cost.step));
     let mut best = 0;
     for k in 1..3 {
         if means[k] < means[best] * (1.0 - 1e-12) {
@@ -293,23 +344,26 @@ fn forced_splits(
     Ok((schedule, out))
 }
 
-/// The summary, and the host-budget check: host memory holds what the shared
-/// [`StoreLayout`] of the steps says (activations of positions ever recomputed,
-/// K/V of positions ever transferred), the layout the runtime allocates.
+/// The summary, and the host-budget check. The means are over the planned
+/// workload's decode contexts (`weights`); the memory is for the largest run
+/// the plan serves: what the shared [`StoreLayout`] of the steps says
+/// (activations of positions ever recomputed, K/V of positions ever
+/// transferred), the layout the runtime allocates.
 fn summarize(
     cm: &CostModel,
     model: &ModelSpec,
     workload: &Workload,
     ranges: &[(usize, usize)],
+    weights: &[f64],
     splits: &[PricedSplit],
 ) -> Result<Summary, SchedError> {
-    let predicted = weighted_mean(ranges, |i| splits[i].cost.step);
-    let transfer = weighted_mean(ranges, |i| {
+    let predicted = weighted_mean(weights, |i| splits[i].cost.step);
+    let transfer = weighted_mean(weights, |i| {
         let (s, g) = (ranges[i].1, splits[i].resident);
         cm.step(s, g, 0, 1, Schedule::Transfer).step
     });
-    let io_floor = weighted_mean(ranges, |i| cm.io_floor(ranges[i].1, splits[i].resident));
-    let compute_floor = weighted_mean(ranges, |i| cm.compute_floor(ranges[i].1));
+    let io_floor = weighted_mean(weights, |i| cm.io_floor(ranges[i].1, splits[i].resident));
+    let compute_floor = weighted_mean(weights, |i| cm.compute_floor(ranges[i].1));
 
     let layout = StoreLayout::from_steps(
         ranges
@@ -347,22 +401,111 @@ fn summarize(
 mod tests {
     use super::*;
 
-    #[test]
-    fn ranges_are_block_aligned_and_contiguous() {
-        let w = Workload {
+    fn workload(prompt_len: usize, gen_len: usize) -> Workload {
+        Workload {
             batch: 1,
-            prompt_len: 10,
-            gen_len: 8,
+            prompt_len,
+            gen_len,
             dtype: plans::Dtype::F32,
             gpu_memory_budget: 0,
             host_memory_budget: 0,
-        };
-        assert_eq!(context_ranges(&w, 4), vec![(10, 11), (12, 15), (16, 17)]);
-        let w = Workload {
-            prompt_len: 16,
-            gen_len: 1,
-            ..w
-        };
-        assert_eq!(context_ranges(&w, 16), vec![(16, 16)]);
+        }
+    }
+
+    #[test]
+    fn ranges_are_block_aligned_and_contiguous_from_context_1() {
+        let w = workload(10, 8);
+        assert_eq!(
+            context_ranges(&w, 4),
+            vec![(1, 3), (4, 7), (8, 11), (12, 15), (16, 17)]
+        );
+        assert_eq!(
+            context_ranges(&workload(16, 1), 16),
+            vec![(1, 15), (16, 16)]
+        );
+        assert_eq!(context_ranges(&workload(1, 2), 1), vec![(1, 1), (2, 2)]);
+        // Only the planned workload's decode contexts (10 ..= 17) weigh in the means.
+        assert_eq!(
+            decode_weights(&w, &context_ranges(&w, 4)),
+            vec![0.0, 0.0, 2.0, 4.0, 2.0]
+        );
+    }
+
+    fn split(resident: usize, recompute: usize, chunks: usize, step: f64) -> PricedSplit {
+        PricedSplit {
+            resident,
+            recompute,
+            chunks,
+            cost: crate::cost::StepCost {
+                t_x: 0.0,
+                t_kv: 0.0,
+                r: 0.0,
+                t_attn: 0.0,
+                t_dense: 0.0,
+                t_head: 0.0,
+                kv_ready: step / 2.0,
+                compute_busy: 0.0,
+                period: 0.0,
+                step,
+                io_bytes_x: 0.0,
+                io_bytes_kv: 0.0,
+            },
+        }
+    }
+
+    #[test]
+    fn ranges_with_the_same_split_merge_into_one_step() {
+        let ranges = [(1, 3), (4, 7), (8, 11), (12, 15), (16, 17)];
+        let splits = [
+            split(0, 0, 1, 1.0),
+            split(0, 0, 1, 2.0),
+            split(0, 4, 1, 3.0),
+            split(0, 4, 2, 4.0),
+            split(0, 4, 2, 5.0),
+        ];
+        let steps = merged_steps(&ranges, &splits);
+        // "All resident" merges too: capped at the earlier contexts it is the same split.
+        // (8 resident at 8..=11 keeps every context up to 8 resident, as 3 and 7 did.)
+        let all = [
+            split(3, 0, 1, 1.0),
+            split(7, 0, 1, 2.0),
+            split(8, 0, 1, 3.0),
+            split(8, 4, 2, 4.0),
+        ];
+        let merged: Vec<_> = merged_steps(&ranges[..4], &all)
+            .iter()
+            .map(|s| {
+                (
+                    s.context_len_from,
+                    s.context_len_to,
+                    s.resident_tokens,
+                    s.recompute_tokens,
+                    s.transfer_tokens,
+                )
+            })
+            .collect();
+        assert_eq!(merged, vec![(1, 11, 8, 0, 3), (12, 15, 8, 4, 3)]);
+        let got: Vec<_> = steps
+            .iter()
+            .map(|s| {
+                (
+                    s.context_len_from,
+                    s.context_len_to,
+                    s.recompute_tokens,
+                    s.transfer_tokens,
+                    s.chunks,
+                    s.step_us,
+                )
+            })
+            .collect();
+        // A merged step keeps the prediction and the transfer count at its last context.
+        assert_eq!(
+            got,
+            vec![
+                (1, 7, 0, 7, 1, 2e6),
+                (8, 11, 4, 7, 1, 3e6),
+                (12, 17, 4, 13, 2, 5e6)
+            ]
+        );
     }
 }

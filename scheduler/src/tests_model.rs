@@ -70,7 +70,7 @@ fn mha_recomputes_part_of_the_context_on_a100() {
         &request(ScheduleChoice::Auto, 16, Solver::Lp),
     )
     .unwrap();
-    let st = plan.steps[0];
+    let st = *plan.step_for(4096).unwrap();
     assert!(
         st.recompute_tokens > 0 && st.recompute_tokens < 4096,
         "{st:?}"
@@ -126,8 +126,9 @@ fn plan_round_trips_through_json() {
     }
     assert_eq!(back.notes, plan.notes);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(plan.steps[0].context_len_from, 1000);
-    assert_eq!(plan.steps[0].context_len_to, 1007);
+    // The plan covers every prompt up to 1000 tokens: contexts 1 ..= 1099.
+    assert_eq!(plan.covered(), Some((1, 1099)));
+    assert_eq!(plan.step_for(1000).unwrap().context_len_from % 16, 0);
     assert!(plan.steps.iter().all(|s| s.resident_tokens == 300));
     let per_token = (32 * 4 * 2 * 4096 * 2) as u64;
     assert_eq!(
@@ -215,18 +216,26 @@ fn forced_splits_are_block_aligned() {
         let plan = make_plan(&m, &hw, hw_id(&hw), &w, &forced(frac, resident, chunks)).unwrap();
         plan.validate(Path::new("p.json")).unwrap();
         for st in &plan.steps {
-            let n = st.context_len_to - st.resident_tokens;
-            assert_eq!(st.resident_tokens, resident.unwrap_or(0));
+            // The forced prefix is capped at the context (the plan starts at context 1).
+            let g = resident.unwrap_or(0).min(st.context_len_to);
+            assert_eq!(st.resident_tokens, g, "{st:?}");
+            let n = st.context_len_to - g;
+            let l = st.recompute_tokens;
             if frac == 1.0 {
-                assert_eq!(st.recompute_tokens, n);
+                assert_eq!(l, n);
+            } else if n >= 16 {
+                assert_eq!(l % 16, 0, "{st:?}");
+                assert!((l as f64 - frac * n as f64).abs() <= 8.0, "{st:?}");
             } else {
-                assert_eq!(st.recompute_tokens % 16, 0, "{st:?}");
-                assert!(
-                    (st.recompute_tokens as f64 - frac * n as f64).abs() <= 8.0,
-                    "{st:?}"
-                );
+                // Less than a block to split: the one (partial) block is recomputed.
+                assert_eq!(l, n, "{st:?}");
             }
-            assert_eq!(st.chunks, chunks.unwrap_or(1));
+            let c = if l == 0 {
+                1
+            } else {
+                chunks.unwrap_or(1).min(l)
+            };
+            assert_eq!(st.chunks, c, "{st:?}");
         }
         let want = if chunks.unwrap_or(1) > 1 {
             Schedule::Chunked
@@ -239,7 +248,8 @@ fn forced_splits_are_block_aligned() {
     let m = preset("tiny-gqa");
     let w = workload(&m, 1, 64, 8, Dtype::F16, 0);
     let plan = make_plan(&m, &hw, hw_id(&hw), &w, &forced(0.5, None, None)).unwrap();
-    assert!(plan.steps.iter().all(|s| s.recompute_tokens == 32));
+    assert_eq!(plan.step_for(64).unwrap().recompute_tokens, 32);
+    assert!(plan.steps.iter().all(|s| s.recompute_tokens > 0));
     assert!(plan.notes.iter().any(|n| n.contains("forced")));
 }
 
@@ -315,7 +325,7 @@ fn simulator_refuses_uncovered_contexts() {
     )
     .unwrap();
     let e = simulate(&plan, &hw, 200).unwrap_err().to_string();
-    assert!(e.contains("200") && e.contains("100 ..= 109"), "{e}");
+    assert!(e.contains("200") && e.contains("1 ..= 109"), "{e}");
 }
 
 #[test]
@@ -330,4 +340,92 @@ fn simulator_has_every_op() {
     check_streams(&tl, 32);
     assert!((tl.simulated_step_us / tl.predicted_step_us - 1.0).abs() < 1e-9);
     assert!(tl.copy_busy_us <= tl.simulated_step_us && tl.compute_busy_us <= tl.simulated_step_us);
+}
+
+/// A plan covers contexts 1 ..= P+G-1 in steps that merge the ranges with the
+/// same split; replayed at every block end, the merged steps give back each
+/// block's solved split, and the summary's mean is over the planned decode
+/// contexts P ..= P+G-1 only, each priced at its block's end.
+#[test]
+fn merged_steps_keep_every_block_split_and_the_mean_is_over_the_planned_decode() {
+    let hw = shipped("a100-pcie4");
+    let m = preset("llama-2-7b");
+    let (p, g, block) = (1000, 100, 16);
+    let w = workload(&m, 4, p, g, Dtype::F16, 300);
+    let plan = make_plan(
+        &m,
+        &hw,
+        hw_id(&hw),
+        &w,
+        &request(ScheduleChoice::Fixed(Schedule::Chunked), block, Solver::Lp),
+    )
+    .unwrap();
+    plan.validate(Path::new("plan.json")).unwrap();
+    let ranges = crate::context_ranges(&w, block);
+    assert!(
+        plan.steps.len() < ranges.len(),
+        "{} steps for {} ranges: nothing merged",
+        plan.steps.len(),
+        ranges.len()
+    );
+    // Neighbouring steps differ (else they would be one).
+    for pair in plan.steps.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(
+            (a.resident_tokens, a.recompute_tokens, a.chunks)
+                != (b.resident_tokens, b.recompute_tokens, b.chunks),
+            "{a:?} {b:?}"
+        );
+    }
+    // Each step's prediction is at its last context.
+    for st in &plan.steps {
+        let tl = simulate(&plan, &hw, st.context_len_to).unwrap();
+        assert!((tl.predicted_step_us / st.step_us - 1.0).abs() < 1e-9);
+    }
+    let end_of = |s: usize| ranges.iter().find(|r| r.0 <= s && s <= r.1).unwrap().1;
+    let decode: Vec<usize> = (p..p + g).collect();
+    let mean = decode
+        .iter()
+        .map(|&s| simulate(&plan, &hw, end_of(s)).unwrap().predicted_step_us)
+        .sum::<f64>()
+        / decode.len() as f64;
+    let got = plan.summary.predicted_decode_step_us;
+    assert!(
+        (got / mean - 1.0).abs() < 1e-9,
+        "summary {got}, mean {mean}"
+    );
+}
+
+/// Planning a long workload solves one block at a time from context 1: 4352
+/// contexts, 272 blocks, still one plan, and the GQA model's "all resident"
+/// and "all transferred" splits are one step each.
+#[test]
+fn a_long_workload_is_covered_from_context_1() {
+    let hw = shipped("a100-pcie4");
+    let m = preset("llama-2-7b");
+    let w = workload(&m, 8, 4096, 256, Dtype::F16, 0);
+    let plan = make_plan(
+        &m,
+        &hw,
+        hw_id(&hw),
+        &w,
+        &request(ScheduleChoice::Auto, 16, Solver::Lp),
+    )
+    .unwrap();
+    assert_eq!(plan.covered(), Some((1, 4351)));
+    assert!(plan.steps.len() <= 272);
+    let m = preset("smollm2-135m");
+    for resident in [0, 1 << 20] {
+        let w = workload(&m, 1, 2048, 64, Dtype::F16, resident);
+        let plan = make_plan(
+            &m,
+            &hw,
+            hw_id(&hw),
+            &w,
+            &request(ScheduleChoice::Auto, 16, Solver::Lp),
+        )
+        .unwrap();
+        assert_eq!(plan.covered(), Some((1, 2111)));
+        assert_eq!(plan.steps.len(), 1, "resident {resident}: {:?}", plan.steps);
+    }
 }

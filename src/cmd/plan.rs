@@ -18,10 +18,11 @@ pub struct PlanArgs {
     pub hardware: PathBuf,
     #[arg(long)]
     pub batch: usize,
-    /// Prompt length in tokens (every sequence of the batch).
+    /// Longest prompt in tokens (every sequence of the batch): the plan covers
+    /// contexts 1 ..= prompt-len + gen-len - 1, so it serves any shorter prompt too.
     #[arg(long)]
     pub prompt_len: usize,
-    /// Tokens to generate.
+    /// Tokens to generate (after the longest prompt).
     #[arg(long)]
     pub gen_len: usize,
     /// auto picks the fastest of transfer, paper and chunked.
@@ -125,6 +126,12 @@ pub fn summary_text(plan: &Plan) -> String {
         plan.block_tokens
     );
     let n = plan.steps.len();
+    if let Some((from, to)) = plan.covered() {
+        out.push_str(&format!(
+            "covers contexts {from}..={to}: prompts up to {} tokens + {} new; {n} steps (ranges with the same split merged; predictions at each range's last context)\n\n",
+            w.prompt_len, w.gen_len
+        ));
+    }
     let picks = fmt::sample_indices(n, 8);
     let rows: Vec<Vec<String>> = picks
         .iter()
@@ -159,15 +166,13 @@ pub fn summary_text(plan: &Plan) -> String {
         &rows,
     ));
     if n > picks.len() {
-        out.push_str(&format!(
-            "({} of {} context ranges shown)\n",
-            picks.len(),
-            n
-        ));
+        out.push_str(&format!("({} of {} steps shown)\n", picks.len(), n));
     }
     out.push_str(&format!(
-        "\npredicted decode step {}  |  transfer-only {}  ->  {:.2}x\n",
+        "\npredicted decode step {} (mean over contexts {}..={})  |  transfer-only {}  ->  {:.2}x\n",
         fmt::us(s.predicted_decode_step_us),
+        w.prompt_len,
+        w.max_context_len(),
         fmt::us(s.transfer_only_step_us),
         s.speedup_vs_transfer
     ));

@@ -17,7 +17,8 @@ pub struct RunArgs {
     /// Model: a .gguf file, a Hugging Face directory, or `preset:NAME` (seeded random weights).
     #[arg(long)]
     pub model: String,
-    /// Plan file from `kvpr plan` (made for this model, batch and prompt length).
+    /// Plan file from `kvpr plan`: made for this model and batch, it serves every
+    /// prompt whose contexts it covers (up to its --prompt-len, with its --gen-len).
     #[arg(long, conflicts_with = "hardware")]
     pub plan: Option<PathBuf>,
     /// Hardware profile: plan on the fly for exactly these prompts.
@@ -31,10 +32,17 @@ pub struct RunArgs {
     pub prompts_file: Option<PathBuf>,
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
-    /// Sample at this temperature instead of greedy decoding.
-    #[arg(long)]
-    pub temperature: Option<f32>,
-    /// Seed for --temperature.
+    /// Sampling temperature; 0 (the default) is greedy decoding.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// Sample only among the K most likely tokens (K >= 1; with --temperature above 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_k: Option<i64>,
+    /// Nucleus sampling: only among the most likely tokens whose probability
+    /// reaches P, in (0, 1] (with --temperature above 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Seed of the sampler: the same seed and flags give the same tokens.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// cpu, or cuda:N.
@@ -77,6 +85,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let sampling = sampling(args)?;
     let prompts = prompts(args)?;
     if args.plan.is_none() && args.hardware.is_none() {
         bail!("kvpr run needs --plan FILE, or --hardware PROFILE to plan on the fly (e.g. a profile from `kvpr calibrate --out cpu.json`)");
@@ -142,10 +151,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     gen.set_plan(plan);
     gen.trace_steps(trace_steps);
 
-    let sampling = match args.temperature {
-        Some(t) => Sampling::Temperature { t, seed: args.seed },
-        None => Sampling::Greedy,
-    };
     let batch = prompts.len();
     if batch == 1 {
         print!("{}", prompts[0]);
@@ -204,6 +209,31 @@ fn mean_step_us(r: &GenerationReport) -> (f64, Option<f64>) {
     let predicted: Vec<f64> = r.steps.iter().filter_map(|s| s.predicted_us).collect();
     let p = (!predicted.is_empty()).then(|| predicted.iter().sum::<f64>() / predicted.len() as f64);
     (measured, p)
+}
+
+/// --temperature, --top-k, --top-p and --seed, checked before anything loads;
+/// the library names the field, this names the flag.
+fn sampling(args: &RunArgs) -> anyhow::Result<Sampling> {
+    let top_k = match args.top_k {
+        Some(k) if k < 1 => bail!("--top-k: {k} is not a count of tokens; use 1 or more"),
+        Some(k) => Some(usize::try_from(k).unwrap_or(usize::MAX)),
+        None => None,
+    };
+    let s = Sampling {
+        temperature: args.temperature,
+        top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    if let Err(e) = s.validate() {
+        match e {
+            runtime::RuntimeError::Request { what, reason } => {
+                bail!("--{}: {reason}", what.replace('_', "-"))
+            }
+            e => return Err(e.into()),
+        }
+    }
+    Ok(s)
 }
 
 /// The prompts from --prompt and --prompts-file, in that order.
