@@ -89,7 +89,8 @@ pub struct PlanHardware {
 /// and at a context shorter than `resident + recompute` the runtime caps the
 /// resident and recomputed tokens at `s`. The predictions (`kv_ready_us`,
 /// `step_us`) are for a step at `context_len_to`, the longest context of the
-/// range: an upper bound for the shorter ones, whose K/V transfer is smaller.
+/// range; `first_step_us` is the step at `context_len_from`, and a context in
+/// between is predicted by interpolating the two ([`Step::step_us_at`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -102,11 +103,33 @@ pub struct Step {
     pub chunks: usize,
     /// One layer: from the start of its transfers until all its K/V are on the GPU, µs.
     pub kv_ready_us: f64,
-    /// A whole decode step (all layers), µs.
+    /// A whole decode step (all layers) at `context_len_to`, µs.
     pub step_us: f64,
+    /// A whole decode step at `context_len_from`, µs, when the step covers
+    /// more than one context (absent in older plans: then `step_us` holds for
+    /// the whole range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_step_us: Option<f64>,
 }
 
 impl Step {
+    /// The predicted decode step at context `s` (clamped to this step's range),
+    /// µs: linear between `first_step_us` at `context_len_from` and `step_us`
+    /// at `context_len_to`. With the split fixed over the range, the step's
+    /// terms (K/V bytes, attention reads) grow linearly with the context, so
+    /// the line is exact up to where the link curve or the `max` of the
+    /// pipeline bends.
+    pub fn step_us_at(&self, s: usize) -> f64 {
+        let (a, b) = (self.context_len_from, self.context_len_to);
+        match self.first_step_us {
+            Some(first) if b > a => {
+                let t = (s.clamp(a, b) - a) as f64 / (b - a) as f64;
+                first + t * (self.step_us - first)
+            }
+            _ => self.step_us,
+        }
+    }
+
     /// Tokens transferred as K/V at context length `s` (within this step's range).
     pub fn transfer_at(&self, s: usize) -> usize {
         s.saturating_sub(self.resident_tokens + self.recompute_tokens)
@@ -327,6 +350,9 @@ impl Plan {
             for (name, v) in [("kv_ready_us", s.kv_ready_us), ("step_us", s.step_us)] {
                 finite(path, &format!("{field}.{name}"), v)?;
             }
+            if let Some(v) = s.first_step_us {
+                finite(path, &format!("{field}.first_step_us"), v)?;
+            }
         }
         let m = &self.summary;
         for (name, v) in [
@@ -347,6 +373,11 @@ impl Plan {
             self.steps.first()?.context_len_from,
             self.steps.last()?.context_len_to,
         ))
+    }
+
+    /// The predicted decode step at context `s`, µs, if the plan covers it.
+    pub fn predicted_step_us(&self, s: usize) -> Option<f64> {
+        self.step_for(s).map(|st| st.step_us_at(s))
     }
 
     /// The step covering context length `s`, if the plan covers it.
@@ -419,7 +450,19 @@ mod tests {
             chunks: 1,
             kv_ready_us: 1.0,
             step_us: 2.0,
+            first_step_us: None,
         }
+    }
+
+    #[test]
+    fn a_prediction_between_the_ends_of_a_step_is_interpolated() {
+        let mut st = step(10, 20, 0, 0);
+        assert_eq!(st.step_us_at(15), 2.0);
+        st.first_step_us = Some(1.0);
+        assert_eq!(st.step_us_at(10), 1.0);
+        assert_eq!(st.step_us_at(15), 1.5);
+        assert_eq!(st.step_us_at(20), 2.0);
+        assert_eq!(st.step_us_at(99), 2.0);
     }
 
     /// A plan for prompts up to 10 tokens + 8 new: contexts 1 ..= 17, the

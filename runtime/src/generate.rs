@@ -303,7 +303,7 @@ impl Generator {
                         what: "plan".into(),
                         reason: format!("has no step for context {s}"),
                     })?;
-                    (sp, plan.step_for(s).map(|st| st.step_us))
+                    (sp, plan.predicted_step_us(s))
                 }
                 None => (
                     Split {

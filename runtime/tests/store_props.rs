@@ -40,6 +40,7 @@ fn random_plan(prompt: usize, gen: usize, block: usize, picks: &[(u8, u8, u8)]) 
             chunks: 1 + usize::from(c) % 4,
             kv_ready_us: 1.0,
             step_us: 1.0,
+            first_step_us: None,
         });
         from = to + 1;
     }

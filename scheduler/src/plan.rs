@@ -88,12 +88,37 @@ fn same_split(prev: &Step, next: &Step) -> bool {
     same_g && same_l && prev.chunks == next.chunks
 }
 
+/// How far a merged step's straight-line prediction may stray from the cost
+/// model at any of its block ends (relative).
+const MERGE_TOLERANCE: f64 = 0.01;
+
 /// The plan's steps: one per range, then consecutive ranges with the same
 /// split ([`same_split`]) merged into one step carrying the later range's
-/// split. A merged step keeps the prediction of its last range, so it is for
-/// a step at its `context_len_to`.
-fn merged_steps(ranges: &[(usize, usize)], splits: &[PricedSplit]) -> Vec<Step> {
+/// split, as long as a straight line between the merged step's first context
+/// (`first_step_us`, priced here) and its last (`step_us`) predicts every
+/// block end in between within [`MERGE_TOLERANCE`]. A run then interpolates
+/// the prediction at any context ([`Step::step_us_at`]).
+fn merged_steps(
+    cm: &CostModel,
+    schedule: Schedule,
+    ranges: &[(usize, usize)],
+    splits: &[PricedSplit],
+) -> Vec<Step> {
+    merge_steps(ranges, splits, |s, st| {
+        let (g, l, c) = (st.resident_tokens, st.recompute_tokens, st.chunks);
+        cm.step(s, g, l, c, schedule).step * 1e6
+    })
+}
+
+/// [`merged_steps`] with the price of a step's split at a context, µs, given.
+fn merge_steps(
+    ranges: &[(usize, usize)],
+    splits: &[PricedSplit],
+    price: impl Fn(usize, &Step) -> f64,
+) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
+    // The block ends `(context, step_us)` of the last step.
+    let mut ends: Vec<(usize, f64)> = Vec::new();
     for (&(from, to), sp) in ranges.iter().zip(splits) {
         let step = Step {
             context_len_from: from,
@@ -104,16 +129,36 @@ fn merged_steps(ranges: &[(usize, usize)], splits: &[PricedSplit]) -> Vec<Step> 
             chunks: sp.chunks,
             kv_ready_us: sp.cost.kv_ready * 1e6,
             step_us: sp.cost.step * 1e6,
+            first_step_us: None,
         };
-        match steps.last_mut() {
-            Some(last) if same_split(last, &step) => {
-                *last = Step {
-                    context_len_from: last.context_len_from,
-                    ..step
-                };
+        let merged = steps
+            .last()
+            .filter(|last| same_split(last, &step))
+            .map(|last| Step {
+                context_len_from: last.context_len_from,
+                first_step_us: Some(price(last.context_len_from, &step)),
+                ..step
+            });
+        match merged {
+            Some(m)
+                if ends
+                    .iter()
+                    .all(|&(s, t)| (m.step_us_at(s) / t - 1.0).abs() <= MERGE_TOLERANCE) =>
+            {
+                if let Some(last) = steps.last_mut() {
+                    *last = m;
+                }
             }
-            _ => steps.push(step),
+            _ => {
+                ends.clear();
+                let mut step = step;
+                if to > from {
+                    step.first_step_us = Some(price(from, &step));
+                }
+                steps.push(step);
+            }
         }
+        ends.push((to, sp.cost.step * 1e6));
     }
     steps
 }
@@ -180,7 +225,7 @@ pub fn make_plan(
         notes.insert(0, no_saving_note(model, req.forced.is_some()));
     }
 
-    let steps = merged_steps(&ranges, &splits);
+    let steps = merged_steps(&cm, schedule, &ranges, &splits);
     let summary = summarize(&cm, model, workload, &ranges, &weights, &splits)?;
     Ok(Plan {
         schema: PLAN_SCHEMA.into(),
@@ -463,7 +508,16 @@ mod tests {
             split(0, 4, 2, 4.0),
             split(0, 4, 2, 5.0),
         ];
-        let steps = merged_steps(&ranges, &splits);
+        // Prices at the first contexts consistent with the block ends above
+        // (a straight line through them), so merging is decided by the split.
+        let price = |s: usize, _: &Step| {
+            if s == 12 {
+                2.5e6
+            } else {
+                0.25e6 * (s as f64 + 1.0)
+            }
+        };
+        let steps = merge_steps(&ranges, &splits, price);
         // "All resident" merges too: capped at the earlier contexts it is the same split.
         // (8 resident at 8..=11 keeps every context up to 8 resident, as 3 and 7 did.)
         let all = [
@@ -472,7 +526,7 @@ mod tests {
             split(8, 0, 1, 3.0),
             split(8, 4, 2, 4.0),
         ];
-        let merged: Vec<_> = merged_steps(&ranges[..4], &all)
+        let merged: Vec<_> = merge_steps(&ranges[..4], &all, price)
             .iter()
             .map(|s| {
                 (
@@ -507,5 +561,51 @@ mod tests {
                 (12, 17, 4, 13, 2, 5e6)
             ]
         );
+    }
+
+    #[test]
+    fn a_merged_step_predicts_its_first_context_and_interpolates_between() {
+        let model = ModelSpec::preset("llama-2-7b").unwrap();
+        let hw = crate::testutil::shipped("a100-pcie4");
+        let mut w = Workload {
+            batch: 4,
+            prompt_len: 2048,
+            gen_len: 64,
+            dtype: plans::Dtype::F16,
+            gpu_memory_budget: 0,
+            host_memory_budget: u64::MAX,
+        };
+        w.gpu_memory_budget = crate::staging_bytes(&model, &w);
+        for schedule in [Schedule::Transfer, Schedule::Chunked] {
+            let req = PlanRequest {
+                schedule: ScheduleChoice::Fixed(schedule),
+                block_tokens: 16,
+                solver: Solver::Lp,
+                forced: None,
+            };
+            let plan = make_plan(&model, &hw, crate::testutil::hw_id(&hw), &w, &req).unwrap();
+            let cm = CostModel::new(&model, &hw, &w).unwrap();
+            let exact = |st: &Step, s: usize| {
+                let c = st.chunks.min(st.recompute_tokens.max(1));
+                cm.step(s, st.resident_tokens, st.recompute_tokens, c, plan.schedule)
+                    .step
+                    * 1e6
+            };
+            let mut merged = 0;
+            for st in &plan.steps {
+                let (a, b) = (st.context_len_from, st.context_len_to);
+                if b == a {
+                    assert_eq!(st.first_step_us, None);
+                    continue;
+                }
+                merged += 1;
+                assert!((st.step_us_at(a) / exact(st, a) - 1.0).abs() < 1e-9);
+                assert!((st.step_us_at(b) / st.step_us - 1.0).abs() < 1e-12);
+                let mid = (a + b) / 2;
+                let d = st.step_us_at(mid) / exact(st, mid) - 1.0;
+                assert!(d.abs() < 0.02, "{schedule:?} {a}..={b} at {mid}: {d}");
+            }
+            assert!(merged > 0, "{schedule:?}: some ranges merge");
+        }
     }
 }

@@ -368,14 +368,13 @@ fn merged_steps_keep_every_block_split_and_the_mean_is_over_the_planned_decode()
         plan.steps.len(),
         ranges.len()
     );
-    // Neighbouring steps differ (else they would be one).
-    for pair in plan.steps.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        assert!(
-            (a.resident_tokens, a.recompute_tokens, a.chunks)
-                != (b.resident_tokens, b.recompute_tokens, b.chunks),
-            "{a:?} {b:?}"
-        );
+    // A merged step's straight line between its ends predicts every block
+    // end it covers within 1% of the cost model there.
+    for &(_, to) in &ranges {
+        let st = plan.step_for(to).unwrap();
+        let exact = simulate(&plan, &hw, to).unwrap().predicted_step_us;
+        let d = st.step_us_at(to) / exact - 1.0;
+        assert!(d.abs() <= 0.01 + 1e-12, "{st:?} at {to}: {d}");
     }
     // Each step's prediction is at its last context.
     for st in &plan.steps {
@@ -398,7 +397,8 @@ fn merged_steps_keep_every_block_split_and_the_mean_is_over_the_planned_decode()
 
 /// Planning a long workload solves one block at a time from context 1: 4352
 /// contexts, 272 blocks, still one plan, and the GQA model's "all resident"
-/// and "all transferred" splits are one step each.
+/// and "all transferred" splits take a few steps each (as many as a straight
+/// line between a step's ends needs to stay within 1% of the cost model).
 #[test]
 fn a_long_workload_is_covered_from_context_1() {
     let hw = shipped("a100-pcie4");
@@ -426,6 +426,10 @@ fn a_long_workload_is_covered_from_context_1() {
         )
         .unwrap();
         assert_eq!(plan.covered(), Some((1, 2111)));
-        assert_eq!(plan.steps.len(), 1, "resident {resident}: {:?}", plan.steps);
+        assert!(
+            plan.steps.len() <= 3,
+            "resident {resident}: {:?}",
+            plan.steps
+        );
     }
 }
