@@ -37,7 +37,7 @@ fn random_plan(prompt: usize, gen: usize, block: usize, picks: &[(u8, u8, u8)]) 
             resident_tokens: g,
             recompute_tokens: l,
             transfer_tokens: to - g - l,
-            chunks: 1 + usize::from(c) % 4,
+            chunks: (1 + usize::from(c) % 4).min(l.max(1)),
             kv_ready_us: 1.0,
             step_us: 1.0,
             first_step_us: None,
