@@ -33,6 +33,11 @@ pub(crate) struct Plan {
     attn: AttnShape,
 }
 
+/// Bytes of weight copies a GEMM measurement cycles through, more than any
+/// last-level cache, so that each call reads its matrix from memory as a
+/// decode step does.
+const COLD_WEIGHT_BYTES: usize = 128 << 20;
+
 /// Rows `m` the model's dense shapes are measured at: the batch sizes of decode.
 const DENSE_MS_QUICK: [usize; 4] = [1, 4, 16, 64];
 const DENSE_MS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
@@ -407,12 +412,17 @@ pub(crate) fn gemm(
         for (n, k, ms) in &plan.gemm_shapes {
             let (n, k) = (*n, *k);
             let m_max = ms.iter().copied().max().unwrap_or(1);
-            let w = b.upload(&pattern(n * k, 1)).stage(stage)?;
+            // A decode step reads each weight matrix from memory once; a loop
+            // over one matrix would run it hot in cache and price decode far
+            // too fast. So the calls cycle through enough copies of the
+            // matrix to exceed any cache.
+            let copies = (COLD_WEIGHT_BYTES / (n * k * b.dtype().bytes()).max(1)).max(1);
+            let w = b.upload(&pattern(n * k * copies, 1)).stage(stage)?;
             let x = b.upload(&pattern(m_max * k, 2)).stage(stage)?;
             let out = b.alloc(m_max * n).stage(stage)?;
             for &m in ms {
-                let us = time_per_call(b, Stream::Compute, plan, stage, 1000, &mut |_| {
-                    b.gemm(&x, 0, &w, 0, &out, 0, m, n, k)
+                let us = time_per_call(b, Stream::Compute, plan, stage, 1000, &mut |i| {
+                    b.gemm(&x, 0, &w, (i % copies) * n * k, &out, 0, m, n, k)
                 })?;
                 let tflops = sig4(2.0 * (m * n * k) as f64 / (us * 1e-6) / 1e12);
                 points.push(GemmPoint {
