@@ -107,7 +107,7 @@ fn paced_link_measures_its_set_bandwidth() {
     for c in [&p.link.h2d_pinned, &p.link.d2h_pinned] {
         for pt in c.points.iter().filter(|pt| pt.bytes >= 1 << 20) {
             assert!(
-                pt.gbps <= 1.05 && pt.gbps >= 0.5,
+                (0.5..=1.05).contains(&pt.gbps),
                 "paced at 1 GB/s, measured {pt:?}"
             );
         }
@@ -119,7 +119,7 @@ fn paced_link_measures_its_set_bandwidth() {
     bidir.sort_by(f64::total_cmp);
     let median = bidir[bidir.len() / 2];
     assert!(
-        median <= 1.05 && median >= 0.5,
+        (0.5..=1.05).contains(&median),
         "paced at 1 GB/s, bidirectional {bidir:?}"
     );
     assert_eq!(
