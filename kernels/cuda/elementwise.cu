@@ -1,0 +1,63 @@
+// Element-wise kernels and strided copies. Compiled after common.cuh (concatenated by the runtime;
+// no #include). Each thread reads its element(s) before writing the same index, so outputs may
+// alias inputs.
+
+// silu_gate_<dtype>(gate, up, out, n): out[i] = gate[i] / (1 + exp(-gate[i])) * up[i].
+// Grid-stride loop over n; block 256, any grid.
+template <class D>
+__device__ __forceinline__ void silu_gate_body(const typename D::T* gate, const typename D::T* up,
+                                               typename D::T* out, unsigned long long n) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += stride) {
+        const float g = D::load(gate[i]);
+        out[i] = D::store(g / (1.0f + expf(-g)) * D::load(up[i]));
+    }
+}
+
+// add_<dtype>(a, b, out, n): out[i] = a[i] + b[i]. Grid-stride loop over n; block 256, any grid.
+template <class D>
+__device__ __forceinline__ void add_body(const typename D::T* a, const typename D::T* b,
+                                         typename D::T* out, unsigned long long n) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += stride) {
+        out[i] = D::store(D::load(a[i]) + D::load(b[i]));
+    }
+}
+
+// scatter_<dtype>(src, dst, groups, group_len, src_stride, dst_stride):
+//   dst[g*dst_stride + i] = src[g*src_stride + i] for g < groups, i < group_len.
+// grid (min(ceil(group_len/256), 65535), groups), block 256. Both dimensions loop, so any grid
+// covers everything (also groups > 65535, the limit of gridDim.y).
+template <class D>
+__device__ __forceinline__ void scatter_body(const typename D::T* src, typename D::T* dst,
+                                             int groups, unsigned long long group_len,
+                                             unsigned long long src_stride,
+                                             unsigned long long dst_stride) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (int g = blockIdx.y; g < groups; g += gridDim.y) {
+        const typename D::T* s = src + (unsigned long long)g * src_stride;
+        typename D::T* d = dst + (unsigned long long)g * dst_stride;
+        for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+             i < group_len; i += stride) {
+            d[i] = s[i];
+        }
+    }
+}
+
+#define KVPR_ELEMENTWISE(SFX, D)                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                         \
+        silu_gate_##SFX(const D::T* gate, const D::T* up, D::T* out, unsigned long long n) {  \
+        silu_gate_body<D>(gate, up, out, n);                                                  \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                         \
+        add_##SFX(const D::T* a, const D::T* b, D::T* out, unsigned long long n) {            \
+        add_body<D>(a, b, out, n);                                                            \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                         \
+        scatter_##SFX(const D::T* src, D::T* dst, int groups, unsigned long long group_len,   \
+                      unsigned long long src_stride, unsigned long long dst_stride) {         \
+        scatter_body<D>(src, dst, groups, group_len, src_stride, dst_stride);                 \
+    }
+KVPR_FOR_EACH_DTYPE(KVPR_ELEMENTWISE)
