@@ -15,12 +15,14 @@
 #define ATTN_MAX_HEAD_DIM 256
 // A lane holds 2 adjacent dims of every 64-dim chunk: dims 2*lane + 64*c and +1, c < ATTN_CHUNKS.
 #define ATTN_CHUNKS (ATTN_MAX_HEAD_DIM / (2 * KVPR_WARP))
+// Keys a warp works on at once (see attn_split_body's main loop).
+#define ATTN_UNROLL 4
 
 // attn_split_<dtype>: grid (n_splits, n_heads, batch*q_len), block 128 (4 warps).
 // Split s covers keys [s*split_len, min((s+1)*split_len, n_keys)). Warp w takes keys start + w,
-// start + w + 4, ...: per key the warp computes the dot product (each lane 2 dims per 64-dim chunk,
-// coalesced, then a shuffle all-reduce), and keeps an online softmax (running max m, sum l and the
-// rescaled sum of v in registers, head_dim <= 256). The 4 warps then merge their (m, l, o) through
+// start + w + 4, ..., ATTN_UNROLL of them at a time: per key the warp computes the dot product
+// (each lane 2 dims per 64-dim chunk, coalesced, then a shuffle all-reduce), and keeps an online
+// softmax (running max m, sum l and the rescaled sum of v in registers, head_dim <= 256). The 4 warps then merge their (m, l, o) through
 // 4 KiB of shared memory and the block writes the split's partial.
 template <class D>
 __device__ __forceinline__ void attn_split_body(const typename D::T* q, const typename D::T* k,
@@ -73,27 +75,50 @@ __device__ __forceinline__ void attn_split_body(const typename D::T* q, const ty
         acc[2 * c + 1] = 0.0f;
     }
 
+    // Each iteration a warp takes ATTN_UNROLL keys (t0, t0 + 4, ...): all their K loads are issued
+    // before the first shuffle reduction and all V loads before the accumulation, so several keys'
+    // loads are in flight at once. Keys past `end` score -inf (weight 0) and are not loaded.
     float m = KVPR_NEG_INF, l = 0.0f;
-    for (int t = start + warp; t < end; t += ATTN_WARPS) {
-        const typename D::T* kt = kb + (unsigned long long)t * kv_row;
-        const typename D::T* vt = vb + (unsigned long long)t * kv_row;
-        float dot = 0.0f;
+    for (int t0 = start + warp; t0 < end; t0 += ATTN_WARPS * ATTN_UNROLL) {
+        float sc[ATTN_UNROLL];
 #pragma unroll
-        for (int c = 0; c < ATTN_CHUNKS; ++c) {
-            const int d = 2 * lane + 2 * KVPR_WARP * c;
-            if (d < head_dim) dot += qr[2 * c] * D::load(kt[d]) + qr[2 * c + 1] * D::load(kt[d + 1]);
+        for (int u = 0; u < ATTN_UNROLL; ++u) {
+            const int t = t0 + u * ATTN_WARPS;
+            const typename D::T* kt = kb + (unsigned long long)t * kv_row;
+            float dot = 0.0f;
+#pragma unroll
+            for (int c = 0; c < ATTN_CHUNKS; ++c) {
+                const int d = 2 * lane + 2 * KVPR_WARP * c;
+                if (t < end && d < head_dim)
+                    dot += qr[2 * c] * D::load(kt[d]) + qr[2 * c + 1] * D::load(kt[d + 1]);
+            }
+            sc[u] = dot;
         }
-        const float score = scale * warp_sum(dot);
-        const float m_new = fmaxf(m, score);
-        const float corr = expf(m - m_new);  // 0 for the first key (m = -inf)
-        const float p = expf(score - m_new);
-        l = l * corr + p;
+        float m_new = m;
 #pragma unroll
-        for (int c = 0; c < ATTN_CHUNKS; ++c) {
-            const int d = 2 * lane + 2 * KVPR_WARP * c;
-            if (d < head_dim) {
-                acc[2 * c] = acc[2 * c] * corr + p * D::load(vt[d]);
-                acc[2 * c + 1] = acc[2 * c + 1] * corr + p * D::load(vt[d + 1]);
+        for (int u = 0; u < ATTN_UNROLL; ++u) {
+            const float score = scale * warp_sum(sc[u]);
+            sc[u] = t0 + u * ATTN_WARPS < end ? score : KVPR_NEG_INF;
+            m_new = fmaxf(m_new, sc[u]);
+        }
+        // m_new is finite (key t0 < end is valid); corr is 0 on the first keys (m = -inf).
+        const float corr = expf(m - m_new);
+        l *= corr;
+#pragma unroll
+        for (int c = 0; c < 2 * ATTN_CHUNKS; ++c) acc[c] *= corr;
+#pragma unroll
+        for (int u = 0; u < ATTN_UNROLL; ++u) {
+            const int t = t0 + u * ATTN_WARPS;
+            const float p = expf(sc[u] - m_new);  // 0 for keys past `end`
+            l += p;
+            const typename D::T* vt = vb + (unsigned long long)t * kv_row;
+#pragma unroll
+            for (int c = 0; c < ATTN_CHUNKS; ++c) {
+                const int d = 2 * lane + 2 * KVPR_WARP * c;
+                if (t < end && d < head_dim) {
+                    acc[2 * c] += p * D::load(vt[d]);
+                    acc[2 * c + 1] += p * D::load(vt[d + 1]);
+                }
             }
         }
         m = m_new;
