@@ -125,7 +125,17 @@ impl ProbeBufs {
                 }
                 if part != Part::Gemms {
                     let pos: Vec<u32> = (0..b).flat_map(|_| x0 as u32..x1 as u32).collect();
-                    be.rope(&tmp[0], ko, m, kvd, nh, hd, &pos, 1e4, false)?;
+                    let ids = be.alloc_ids(pos.len())?;
+                    be.write_ids(&ids, 0, &pos)?;
+                    let r = kernels::RopeShape {
+                        rows: m,
+                        row_stride: kvd,
+                        n_heads: nh,
+                        head_dim: hd,
+                        theta: 1e4,
+                        interleaved: false,
+                    };
+                    be.rope(&tmp[0], ko, &ids, 0, r)?;
                 }
                 if part == Part::Together {
                     for bi in 0..b {

@@ -20,6 +20,9 @@ pub enum KernelError {
         call: &'static str,
         message: String,
     },
+    /// NVRTC refused the kernels (the log says where).
+    #[error("the CUDA kernels do not compile for {arch}:\n{log}")]
+    Compile { arch: String, log: String },
     /// The `--device` text is not one we know.
     #[error("invalid device {spec:?}: expected \"cpu\", \"cuda\" or \"cuda:N\"")]
     BadDeviceSpec { spec: String },

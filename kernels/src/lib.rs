@@ -1,33 +1,49 @@
-//! kvpr's compute backends: one [`Backend`] type that dispatches with an `enum`
-//! to the CPU reference backend (f32, candle-core's kernels, a copy thread that
-//! can be paced to a link bandwidth) or the CUDA backend (cudarc with dynamic
-//! loading: it always compiles and reports [`KernelError::NoDriver`] where no
-//! driver is found).
+//! kvpr's compute backends behind one boundary.
 //!
-//! The API is the one the runtime needs: device buffers ([`DeviceBuf`], in the
-//! backend's compute dtype), host buffers for the KV/activation store
-//! ([`HostBuf`], pinned on CUDA), three streams ([`Stream::Copy`],
-//! [`Stream::Compute`], [`Stream::Writeback`]) ordered by [`Event`]s, copies
-//! between them, and the compute ops of a Llama decoder (GEMM, RMSNorm, RoPE,
-//! attention, SiLU-gate, add, embedding, argmax). Offsets and lengths are in
-//! elements; every shape and range is checked and reported as a typed
-//! [`KernelError`], never a panic.
+//! [`Backend`] is what the runtime holds. It checks every call (shapes,
+//! ranges, which backend a buffer belongs to) once, then hands it to a
+//! [`device::Device`] implementation: the CPU reference backend (f32,
+//! candle-core's kernels, copy threads that can be paced to a link bandwidth)
+//! or the CUDA backend (cudarc with dynamic loading, kernels compiled by NVRTC,
+//! cuBLAS GEMMs; it always compiles and reports [`KernelError::NoDriver`]
+//! where no driver is found). Each op is written once per backend, and every
+//! op has a plain scalar twin in [`twin`] that tests and `kvpr selftest`
+//! compare both backends against.
+//!
+//! The API is shaped for a device: buffers live on the device ([`DeviceBuf`]
+//! in the compute dtype, [`IdBuf`] for token ids and positions), host memory
+//! for the KV/activation store is a [`HostBuf`] (pinned on CUDA), and three
+//! streams ([`Stream::Copy`], [`Stream::Compute`], [`Stream::Writeback`]) are
+//! ordered only by [`Event`]s. Token ids and positions are written to the
+//! device once per step; argmax and sampling run on the device and only the
+//! chosen ids come back ([`Backend::read_ids`]). Offsets and lengths are in
+//! elements; every error is a typed [`KernelError`], never a panic.
 //!
 //! This crate must not know about models, plans or files: it moves and
 //! computes numbers. Deciding what to move is `scheduler`'s job, doing it in
 //! order is `runtime`'s.
 
+mod check;
 mod cpu;
 mod cuda;
+mod device;
 mod error;
+pub mod selftest;
+pub mod twin;
 
 #[cfg(test)]
 mod tests;
 
 pub use cpu::{LINK_GBPS_MAX, LINK_GBPS_MIN};
+pub use cuda::{
+    compile_kernels, compile_kernels_in, default_kernel_cache, kernel_names, kernel_source,
+    CompiledKernels, KERNEL_ARCHS,
+};
 pub use error::{KernelError, Result};
 
 use std::str::FromStr;
+
+use device::Device;
 
 /// Which device a backend runs on: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,33 +132,97 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
-/// A compute backend. See the crate docs.
-pub struct Backend {
-    spec: DeviceSpec,
-    inner: Inner,
+/// Shape of a [`Backend::rope`] call: `rows` rows `row_stride` elements
+/// apart, each `n_heads` heads of `head_dim`. `interleaved`: GGUF/llama.cpp
+/// pairs `(2i, 2i+1)`; else the Hugging Face `rotate_half` pairs
+/// `(i, i + head_dim/2)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeShape {
+    pub rows: usize,
+    pub row_stride: usize,
+    pub n_heads: usize,
+    pub head_dim: usize,
+    pub theta: f32,
+    pub interleaved: bool,
 }
 
-enum Inner {
-    Cpu(cpu::CpuBackend),
-    Cuda(Box<cuda::CudaBackend>),
+/// A strided block of elements: `rows` runs of `width` elements, `src_pitch`
+/// apart in the source and `dst_pitch` apart in the destination (the shape
+/// of one 2-D copy, `cuMemcpy2D`'s, in elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub rows: usize,
+    pub width: usize,
+    pub src_pitch: usize,
+    pub dst_pitch: usize,
+}
+
+impl Rows {
+    /// One contiguous run of `len` elements.
+    pub fn contiguous(len: usize) -> Rows {
+        Rows {
+            rows: 1,
+            width: len,
+            src_pitch: len,
+            dst_pitch: len,
+        }
+    }
+
+    /// Elements moved.
+    pub fn elements(&self) -> usize {
+        self.rows.saturating_mul(self.width)
+    }
+}
+
+/// How [`Backend::sample`] draws: logits times `inv_temperature`, cut to the
+/// `top_k` largest (0: all) and to the nucleus of mass `top_p` (1: all),
+/// then one draw by the Gumbel-max trick with noise hashed from
+/// `(seed, step, row, column)`; the exact rule is [`twin::sample_row`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleArgs {
+    pub inv_temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub seed: u64,
+    pub step: u64,
+}
+
+/// A compute backend: checks each call, then runs it on its device.
+pub struct Backend {
+    spec: DeviceSpec,
+    dev: Box<dyn Device>,
 }
 
 /// Device memory: `len` elements of the backend's compute dtype.
 pub struct DeviceBuf {
+    len: usize,
     inner: BufInner,
 }
 
-enum BufInner {
+pub(crate) enum BufInner {
     Cpu(cpu::CpuBuf),
     Cuda(cuda::CudaBuf),
 }
 
+/// Device memory for `u32` token ids and positions.
+pub struct IdBuf {
+    len: usize,
+    inner: IdInner,
+}
+
+pub(crate) enum IdInner {
+    Cpu(cpu::CpuIds),
+    Cuda(cuda::CudaIds),
+}
+
 /// Host memory for the KV/activation store: pinned on CUDA, plain on CPU.
 pub struct HostBuf {
+    len: usize,
+    pinned: bool,
     inner: HostInner,
 }
 
-enum HostInner {
+pub(crate) enum HostInner {
     Cpu(cpu::CpuBuf),
     Cuda(cuda::CudaHostBuf),
 }
@@ -152,7 +232,7 @@ pub struct Event {
     inner: EventInner,
 }
 
-enum EventInner {
+pub(crate) enum EventInner {
     Cpu(cpu::CpuEvent),
     Cuda(cuda::CudaEv),
 }
@@ -160,78 +240,50 @@ enum EventInner {
 impl DeviceBuf {
     /// Number of elements.
     pub fn len(&self) -> usize {
-        match &self.inner {
-            BufInner::Cpu(b) => b.len(),
-            BufInner::Cuda(b) => b.len(),
-        }
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+}
+
+impl IdBuf {
+    /// Number of ids.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
 impl HostBuf {
     /// Number of elements.
     pub fn len(&self) -> usize {
-        match &self.inner {
-            HostInner::Cpu(b) => b.len(),
-            HostInner::Cuda(b) => b.len(),
-        }
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// Whether the buffer is page-locked (always false on the CPU backend).
     pub fn is_pinned(&self) -> bool {
-        match &self.inner {
-            HostInner::Cpu(_) => false,
-            HostInner::Cuda(b) => b.is_pinned(),
-        }
+        self.pinned
     }
-}
-
-macro_rules! cpu_bufs {
-    ($self:ident, $op:expr, [$($b:ident),*], $body:expr) => {{
-        let name = $self.name();
-        $(
-            let $b = match &$b.inner {
-                BufInner::Cpu(x) => x,
-                BufInner::Cuda(_) => return Err(KernelError::WrongBackend { op: $op, device: name, what: "device buffer" }),
-            };
-        )*
-        let _ = &name;
-        $body
-    }};
-}
-
-macro_rules! cuda_bufs {
-    ($self:ident, $op:expr, [$($b:ident),*], $body:expr) => {{
-        let name = $self.name();
-        $(
-            let $b = match &$b.inner {
-                BufInner::Cuda(x) => x,
-                BufInner::Cpu(_) => return Err(KernelError::WrongBackend { op: $op, device: name, what: "device buffer" }),
-            };
-        )*
-        let _ = &name;
-        $body
-    }};
 }
 
 impl Backend {
     /// Builds a backend. CUDA: probes for the driver first and returns
     /// [`KernelError::NoDriver`] when there is none.
     pub fn new(spec: DeviceSpec, opts: BackendOptions) -> Result<Backend> {
-        let inner = match spec {
-            DeviceSpec::Cpu => Inner::Cpu(cpu::CpuBackend::new(opts)?),
-            DeviceSpec::Cuda(ordinal) => {
-                Inner::Cuda(Box::new(cuda::CudaBackend::new(ordinal, opts)?))
-            }
+        let dev: Box<dyn Device> = match spec {
+            DeviceSpec::Cpu => Box::new(cpu::CpuBackend::new(opts)?),
+            DeviceSpec::Cuda(ordinal) => Box::new(cuda::CudaBackend::new(ordinal, opts)?),
         };
-        Ok(Backend { spec, inner })
+        Ok(Backend { spec, dev })
     }
 
     /// The device this backend was built for.
@@ -241,113 +293,90 @@ impl Backend {
 
     /// Human-readable device name, e.g. `cpu (f32, link paced to 2 GB/s)`.
     pub fn name(&self) -> String {
-        match &self.inner {
-            Inner::Cpu(b) => b.name(),
-            Inner::Cuda(b) => b.name(),
-        }
+        self.dev.name()
     }
 
     pub fn is_cuda(&self) -> bool {
-        matches!(self.inner, Inner::Cuda(_))
+        matches!(self.spec, DeviceSpec::Cuda(_))
     }
 
     /// The compute dtype of device buffers.
     pub fn dtype(&self) -> Dtype {
-        match &self.inner {
-            Inner::Cpu(_) => Dtype::F32,
-            Inner::Cuda(b) => b.dtype(),
-        }
+        self.dev.dtype()
     }
 
     /// The link pacing of the CPU backend, GB/s (None: unpaced, or CUDA).
     pub fn link_gbps(&self) -> Option<f64> {
-        match &self.inner {
-            Inner::Cpu(b) => b.link_gbps(),
-            Inner::Cuda(_) => None,
-        }
+        self.dev.link_gbps()
     }
 
     /// A zeroed device buffer of `len` elements.
     pub fn alloc(&self, len: usize) -> Result<DeviceBuf> {
-        let inner = match &self.inner {
-            Inner::Cpu(b) => BufInner::Cpu(b.alloc(len)?),
-            Inner::Cuda(b) => BufInner::Cuda(b.alloc(len)?),
-        };
-        Ok(DeviceBuf { inner })
+        let inner = self.dev.alloc(len)?;
+        Ok(DeviceBuf { len, inner })
     }
 
     /// A device buffer holding `data` (converted to the compute dtype); synchronous.
     pub fn upload(&self, data: &[f32]) -> Result<DeviceBuf> {
-        let inner = match &self.inner {
-            Inner::Cpu(b) => BufInner::Cpu(b.upload(data)),
-            Inner::Cuda(b) => BufInner::Cuda(b.upload(data)?),
-        };
-        Ok(DeviceBuf { inner })
+        let inner = self.dev.upload(data)?;
+        Ok(DeviceBuf {
+            len: data.len(),
+            inner,
+        })
     }
 
     /// Elements `off..off+len` of `buf` as f32, after every stream has finished.
     pub fn download(&self, buf: &DeviceBuf, off: usize, len: usize) -> Result<Vec<f32>> {
-        match &self.inner {
-            Inner::Cpu(b) => cpu_bufs!(self, "download", [buf], b.download(buf, off, len)),
-            Inner::Cuda(b) => cuda_bufs!(self, "download", [buf], b.download(buf, off, len)),
+        self.range("download", "buffer", off, len, buf.len)?;
+        self.dev.download(&buf.inner, off, len)
+    }
+
+    /// A zeroed id buffer of `len` ids.
+    pub fn alloc_ids(&self, len: usize) -> Result<IdBuf> {
+        let inner = self.dev.alloc_ids(len)?;
+        Ok(IdBuf { len, inner })
+    }
+
+    /// Writes `ids` at `off`, in order on the compute stream (the host's
+    /// slice may be reused as soon as this returns).
+    pub fn write_ids(&self, dst: &IdBuf, off: usize, ids: &[u32]) -> Result<()> {
+        self.range("write_ids", "id buffer", off, ids.len(), dst.len)?;
+        if ids.is_empty() {
+            return Ok(());
         }
+        self.dev.write_ids(&dst.inner, off, ids)
+    }
+
+    /// Ids `off..off+len`, once the compute stream has produced them: the
+    /// one point where the host waits for the device in a decode step.
+    pub fn read_ids(&self, src: &IdBuf, off: usize, len: usize) -> Result<Vec<u32>> {
+        self.range("read_ids", "id buffer", off, len, src.len)?;
+        self.dev.read_ids(&src.inner, off, len)
     }
 
     /// A zeroed host buffer of `len` elements (pinned on CUDA).
     pub fn alloc_host(&self, len: usize) -> Result<HostBuf> {
-        let inner = match &self.inner {
-            Inner::Cpu(b) => HostInner::Cpu(b.alloc(len)?),
-            Inner::Cuda(b) => HostInner::Cuda(b.alloc_host(len, true)?),
-        };
-        Ok(HostBuf { inner })
+        let (inner, pinned) = self.dev.alloc_host(len, true)?;
+        Ok(HostBuf { len, pinned, inner })
     }
 
     /// A zeroed pageable (not page-locked) host buffer, for measuring the
     /// pageable link. On the CPU backend this is the same as [`Backend::alloc_host`].
     pub fn alloc_host_pageable(&self, len: usize) -> Result<HostBuf> {
-        let inner = match &self.inner {
-            Inner::Cpu(b) => HostInner::Cpu(b.alloc(len)?),
-            Inner::Cuda(b) => HostInner::Cuda(b.alloc_host(len, false)?),
-        };
-        Ok(HostBuf { inner })
-    }
-
-    fn host_cpu<'a>(&self, op: &'static str, h: &'a HostBuf) -> Result<&'a cpu::CpuBuf> {
-        match &h.inner {
-            HostInner::Cpu(x) => Ok(x),
-            HostInner::Cuda(_) => Err(KernelError::WrongBackend {
-                op,
-                device: self.name(),
-                what: "host buffer",
-            }),
-        }
-    }
-
-    fn host_cuda<'a>(&self, op: &'static str, h: &'a HostBuf) -> Result<&'a cuda::CudaHostBuf> {
-        match &h.inner {
-            HostInner::Cuda(x) => Ok(x),
-            HostInner::Cpu(_) => Err(KernelError::WrongBackend {
-                op,
-                device: self.name(),
-                what: "host buffer",
-            }),
-        }
+        let (inner, pinned) = self.dev.alloc_host(len, false)?;
+        Ok(HostBuf { len, pinned, inner })
     }
 
     /// Writes `data` at `off`; waits for in-flight copies that touch those elements.
     pub fn host_write(&self, dst: &HostBuf, off: usize, data: &[f32]) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => b.host_write(self.host_cpu("host_write", dst)?, off, data),
-            Inner::Cuda(b) => b.host_write(self.host_cuda("host_write", dst)?, off, data),
-        }
+        self.range("host_write", "host buffer", off, data.len(), dst.len)?;
+        self.dev.host_write(&dst.inner, off, data)
     }
 
     /// Reads elements `off..off+len`; waits for in-flight copies that touch them.
     pub fn host_read(&self, src: &HostBuf, off: usize, len: usize) -> Result<Vec<f32>> {
-        match &self.inner {
-            Inner::Cpu(b) => b.host_read(self.host_cpu("host_read", src)?, off, len),
-            Inner::Cuda(b) => b.host_read(self.host_cuda("host_read", src)?, off, len),
-        }
+        self.range("host_read", "host buffer", off, len, src.len)?;
+        self.dev.host_read(&src.inner, off, len)
     }
 
     /// Copies `len` elements host-to-device on `stream`; asynchronous.
@@ -361,26 +390,33 @@ impl Backend {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => {
-                let s = self.host_cpu("copy_h2d", src)?;
-                cpu_bufs!(
-                    self,
-                    "copy_h2d",
-                    [dst],
-                    b.copy(stream, "copy_h2d", s, src_off, dst, dst_off, len, true)
-                )
-            }
-            Inner::Cuda(b) => {
-                let s = self.host_cuda("copy_h2d", src)?;
-                cuda_bufs!(
-                    self,
-                    "copy_h2d",
-                    [dst],
-                    b.copy_h2d(stream, s, src_off, dst, dst_off, len)
-                )
-            }
+        self.copy_h2d_rows(stream, src, src_off, dst, dst_off, Rows::contiguous(len))
+    }
+
+    /// Copies a strided block host-to-device on `stream` as one copy; asynchronous.
+    pub fn copy_h2d_rows(
+        &self,
+        stream: Stream,
+        src: &HostBuf,
+        src_off: usize,
+        dst: &DeviceBuf,
+        dst_off: usize,
+        rows: Rows,
+    ) -> Result<()> {
+        self.rows("copy_h2d", "source", src_off, rows, rows.src_pitch, src.len)?;
+        self.rows(
+            "copy_h2d",
+            "destination",
+            dst_off,
+            rows,
+            rows.dst_pitch,
+            dst.len,
+        )?;
+        if rows.elements() == 0 {
+            return Ok(());
         }
+        self.dev
+            .copy_h2d(stream, &src.inner, src_off, &dst.inner, dst_off, rows)
     }
 
     /// Copies `len` elements device-to-host on `stream`; asynchronous.
@@ -394,26 +430,33 @@ impl Backend {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => {
-                let d = self.host_cpu("copy_d2h", dst)?;
-                cpu_bufs!(
-                    self,
-                    "copy_d2h",
-                    [src],
-                    b.copy(stream, "copy_d2h", src, src_off, d, dst_off, len, true)
-                )
-            }
-            Inner::Cuda(b) => {
-                let d = self.host_cuda("copy_d2h", dst)?;
-                cuda_bufs!(
-                    self,
-                    "copy_d2h",
-                    [src],
-                    b.copy_d2h(stream, src, src_off, d, dst_off, len)
-                )
-            }
+        self.copy_d2h_rows(stream, src, src_off, dst, dst_off, Rows::contiguous(len))
+    }
+
+    /// Copies a strided block device-to-host on `stream` as one copy; asynchronous.
+    pub fn copy_d2h_rows(
+        &self,
+        stream: Stream,
+        src: &DeviceBuf,
+        src_off: usize,
+        dst: &HostBuf,
+        dst_off: usize,
+        rows: Rows,
+    ) -> Result<()> {
+        self.rows("copy_d2h", "source", src_off, rows, rows.src_pitch, src.len)?;
+        self.rows(
+            "copy_d2h",
+            "destination",
+            dst_off,
+            rows,
+            rows.dst_pitch,
+            dst.len,
+        )?;
+        if rows.elements() == 0 {
+            return Ok(());
         }
+        self.dev
+            .copy_d2h(stream, &src.inner, src_off, &dst.inner, dst_off, rows)
     }
 
     /// Copies `len` elements device-to-device on `stream`; asynchronous, never paced.
@@ -427,73 +470,43 @@ impl Backend {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => cpu_bufs!(
-                self,
-                "copy_d2d",
-                [src, dst],
-                b.copy(stream, "copy_d2d", src, src_off, dst, dst_off, len, false)
-            ),
-            Inner::Cuda(b) => cuda_bufs!(
-                self,
-                "copy_d2d",
-                [src, dst],
-                b.copy_d2d(stream, src, src_off, dst, dst_off, len)
-            ),
+        self.range("copy_d2d", "source", src_off, len, src.len)?;
+        self.range("copy_d2d", "destination", dst_off, len, dst.len)?;
+        if len == 0 {
+            return Ok(());
         }
+        self.dev
+            .copy_d2d(stream, &src.inner, src_off, &dst.inner, dst_off, len)
     }
 
     /// An event that fires when `stream` reaches this point. Reports an earlier
     /// failure of that stream.
     pub fn record(&self, stream: Stream) -> Result<Event> {
-        let inner = match &self.inner {
-            Inner::Cpu(b) => EventInner::Cpu(b.record(stream)?),
-            Inner::Cuda(b) => EventInner::Cuda(b.record(stream)?),
-        };
-        Ok(Event { inner })
+        Ok(Event {
+            inner: self.dev.record(stream)?,
+        })
     }
 
-    /// Makes `stream` wait for `ev`. CPU: on the compute stream this blocks the caller.
+    /// Makes `stream` wait for `ev`. (The CPU backend's compute stream is the
+    /// calling thread, so there this blocks the caller; on CUDA it never does.)
     pub fn wait(&self, stream: Stream, ev: &Event) -> Result<()> {
-        match (&self.inner, &ev.inner) {
-            (Inner::Cpu(b), EventInner::Cpu(e)) => b.wait(stream, e),
-            (Inner::Cuda(b), EventInner::Cuda(e)) => b.wait(stream, e),
-            _ => Err(KernelError::WrongBackend {
-                op: "wait",
-                device: self.name(),
-                what: "event",
-            }),
-        }
+        self.dev.wait(stream, &ev.inner)
     }
 
     /// Waits until every stream has finished its work; reports stream failures.
     pub fn synchronize(&self) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => b.synchronize(),
-            Inner::Cuda(b) => b.synchronize(),
-        }
+        self.dev.synchronize()
     }
 
     /// Microseconds from `start` to `end`; waits for both to fire.
     pub fn elapsed_us(&self, start: &Event, end: &Event) -> Result<f64> {
-        match (&self.inner, &start.inner, &end.inner) {
-            (Inner::Cpu(_), EventInner::Cpu(a), EventInner::Cpu(b)) => cpu::elapsed_us(a, b),
-            (Inner::Cuda(c), EventInner::Cuda(a), EventInner::Cuda(b)) => c.elapsed_us(a, b),
-            _ => Err(KernelError::WrongBackend {
-                op: "elapsed_us",
-                device: self.name(),
-                what: "event",
-            }),
-        }
+        self.dev.elapsed_us(&start.inner, &end.inner)
     }
 
     /// Test hook: makes `stream`'s worker panic (CPU backend; no-op elsewhere).
     #[cfg(test)]
     pub(crate) fn inject_panic(&self, stream: Stream, message: &'static str) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => b.inject_panic(stream, message),
-            Inner::Cuda(_) => Ok(()),
-        }
+        self.dev.inject_panic(stream, message)
     }
 
     /// `out[m, n] = x[m, k] . w[n, k]^T` (w row-major `[n, k]`, like `nn.Linear`),
@@ -511,20 +524,17 @@ impl Backend {
         n: usize,
         k: usize,
     ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => cpu_bufs!(
-                self,
-                "gemm",
-                [x, w, out],
-                b.gemm(x, x_off, w, w_off, out, out_off, m, n, k)
-            ),
-            Inner::Cuda(b) => cuda_bufs!(
-                self,
-                "gemm",
-                [x, w, out],
-                b.gemm(x, x_off, w, w_off, out, out_off, m, n, k)
-            ),
+        let d = self.name();
+        let op = "gemm";
+        self.range(op, "x", x_off, check::mul(op, &d, &[m, k])?, x.len)?;
+        self.range(op, "w", w_off, check::mul(op, &d, &[n, k])?, w.len)?;
+        self.range(op, "out", out_off, check::mul(op, &d, &[m, n])?, out.len)?;
+        if m == 0 || n == 0 {
+            return Ok(());
         }
+        self.dev.gemm(
+            &x.inner, x_off, &w.inner, w_off, &out.inner, out_off, m, n, k,
+        )
     }
 
     /// RMSNorm of `rows` rows of `dim`: `out = x / sqrt(mean(x^2) + eps) * weight`.
@@ -538,56 +548,38 @@ impl Backend {
         dim: usize,
         eps: f32,
     ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => cpu_bufs!(
-                self,
-                "rmsnorm",
-                [x, weight, out],
-                b.rmsnorm(x, weight, out, rows, dim, eps)
-            ),
-            Inner::Cuda(b) => Err(b.unsupported("rmsnorm")),
+        let len = check::mul("rmsnorm", &self.name(), &[rows, dim])?;
+        self.range("rmsnorm", "x", 0, len, x.len)?;
+        self.range("rmsnorm", "weight", 0, dim, weight.len)?;
+        self.range("rmsnorm", "out", 0, len, out.len)?;
+        if len == 0 {
+            return Ok(());
         }
+        self.dev
+            .rmsnorm(&x.inner, &weight.inner, &out.inner, rows, dim, eps)
     }
 
-    /// Rotary embedding in place on `rows` rows starting at `x_off`, `row_stride`
-    /// elements apart, each `n_heads` heads of `head_dim`; row `r` is at
-    /// `positions[r]`. `interleaved`: GGUF/llama.cpp pairs `(2i, 2i+1)`; else the
-    /// Hugging Face `rotate_half` pairs `(i, i + head_dim/2)`.
-    #[allow(clippy::too_many_arguments)]
+    /// Rotary embedding in place on `r.rows` rows of `x` from `x_off`; row `i`
+    /// is at position `pos[pos_off + i]`.
     pub fn rope(
         &self,
         x: &DeviceBuf,
         x_off: usize,
-        rows: usize,
-        row_stride: usize,
-        n_heads: usize,
-        head_dim: usize,
-        positions: &[u32],
-        theta: f32,
-        interleaved: bool,
+        pos: &IdBuf,
+        pos_off: usize,
+        r: RopeShape,
     ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => cpu_bufs!(
-                self,
-                "rope",
-                [x],
-                b.rope(
-                    x,
-                    x_off,
-                    rows,
-                    row_stride,
-                    n_heads,
-                    head_dim,
-                    positions,
-                    theta,
-                    interleaved
-                )
-            ),
-            Inner::Cuda(b) => Err(b.unsupported("rope")),
+        let span = check::rope(&self.name(), &r)?;
+        self.range("rope", "x", x_off, span, x.len)?;
+        self.range("rope", "positions", pos_off, r.rows, pos.len)?;
+        if span == 0 {
+            return Ok(());
         }
+        self.dev.rope(&x.inner, x_off, &pos.inner, pos_off, r)
     }
 
     /// Causal grouped-query attention; see [`AttnShape`]. Softmax in f32.
+    /// `out` may alias `q`, not `k` or `v`.
     pub fn attention(
         &self,
         q: &DeviceBuf,
@@ -596,15 +588,16 @@ impl Backend {
         out: &DeviceBuf,
         a: AttnShape,
     ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => cpu_bufs!(
-                self,
-                "attention",
-                [q, k, v, out],
-                b.attention(q, k, v, out, a)
-            ),
-            Inner::Cuda(b) => Err(b.unsupported("attention")),
+        let (q_len, kv_len) = check::attention(&self.name(), &a)?;
+        self.range("attention", "q", 0, q_len, q.len)?;
+        self.range("attention", "k", 0, kv_len, k.len)?;
+        self.range("attention", "v", 0, kv_len, v.len)?;
+        self.range("attention", "out", 0, q_len, out.len)?;
+        if q_len == 0 {
+            return Ok(());
         }
+        self.dev
+            .attention(&q.inner, &k.inner, &v.inner, &out.inner, a)
     }
 
     /// `out = silu(gate) * up` over `len` elements. `out` may alias an input.
@@ -615,83 +608,172 @@ impl Backend {
         out: &DeviceBuf,
         len: usize,
     ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => cpu_bufs!(
-                self,
-                "silu_gate",
-                [gate, up, out],
-                b.silu_gate(gate, up, out, len)
-            ),
-            Inner::Cuda(b) => Err(b.unsupported("silu_gate")),
+        self.range("silu_gate", "gate", 0, len, gate.len)?;
+        self.range("silu_gate", "up", 0, len, up.len)?;
+        self.range("silu_gate", "out", 0, len, out.len)?;
+        if len == 0 {
+            return Ok(());
         }
+        self.dev.silu_gate(&gate.inner, &up.inner, &out.inner, len)
     }
 
     /// `out = a + b` over `len` elements. `out` may alias `a` (or `b`).
     pub fn add(&self, a: &DeviceBuf, b: &DeviceBuf, out: &DeviceBuf, len: usize) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(be) => cpu_bufs!(self, "add", [a, b, out], be.add(a, b, out, len)),
-            Inner::Cuda(be) => Err(be.unsupported("add")),
+        self.range("add", "a", 0, len, a.len)?;
+        self.range("add", "b", 0, len, b.len)?;
+        self.range("add", "out", 0, len, out.len)?;
+        if len == 0 {
+            return Ok(());
         }
+        self.dev.add(&a.inner, &b.inner, &out.inner, len)
     }
 
-    /// Row `ids[i]` of `table` (`[vocab, dim]`) into row `i` of `out`.
+    /// A strided copy on the compute stream, as a kernel: `rows` runs of
+    /// `width` elements (the K/V scatter into staging). `src` and `dst` must
+    /// be different buffers.
+    pub fn scatter(
+        &self,
+        src: &DeviceBuf,
+        src_off: usize,
+        dst: &DeviceBuf,
+        dst_off: usize,
+        rows: Rows,
+    ) -> Result<()> {
+        self.rows("scatter", "source", src_off, rows, rows.src_pitch, src.len)?;
+        self.rows(
+            "scatter",
+            "destination",
+            dst_off,
+            rows,
+            rows.dst_pitch,
+            dst.len,
+        )?;
+        if rows.elements() == 0 {
+            return Ok(());
+        }
+        self.dev
+            .scatter(&src.inner, src_off, &dst.inner, dst_off, rows)
+    }
+
+    /// Row `ids[ids_off + i]` of `table` (`[vocab, dim]`) into row `i` of
+    /// `out`, for `rows` rows. An id outside the vocabulary gives zeros (ids
+    /// from the host are checked by [`Backend::write_ids`]'s caller).
     pub fn embedding(
         &self,
         table: &DeviceBuf,
-        ids: &[u32],
+        ids: &IdBuf,
+        ids_off: usize,
         out: &DeviceBuf,
+        rows: usize,
         dim: usize,
     ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu(b) => cpu_bufs!(
-                self,
+        let len = check::mul("embedding", &self.name(), &[rows, dim])?;
+        self.range("embedding", "ids", ids_off, rows, ids.len)?;
+        self.range("embedding", "out", 0, len, out.len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if table.len < dim {
+            return Err(self.shape(
                 "embedding",
-                [table, out],
-                b.embedding(table, ids, out, dim)
-            ),
-            Inner::Cuda(b) => Err(b.unsupported("embedding")),
+                format!("table of {} elements, dim {dim}", table.len),
+                "the table holds no row",
+            ));
+        }
+        self.dev
+            .embedding(&table.inner, &ids.inner, ids_off, &out.inner, rows, dim)
+    }
+
+    /// The index of the largest value of each of `rows` rows of `cols` (the
+    /// first on ties; NaN never wins) into `out[out_off..]`.
+    pub fn argmax(
+        &self,
+        x: &DeviceBuf,
+        rows: usize,
+        cols: usize,
+        out: &IdBuf,
+        out_off: usize,
+    ) -> Result<()> {
+        self.rows_of("argmax", x, rows, cols, out, out_off)?;
+        self.dev.argmax(&x.inner, rows, cols, &out.inner, out_off)
+    }
+
+    /// One draw per row of `x` (`[rows, cols]` logits) into `out[out_off..]`;
+    /// see [`SampleArgs`].
+    pub fn sample(
+        &self,
+        x: &DeviceBuf,
+        rows: usize,
+        cols: usize,
+        out: &IdBuf,
+        out_off: usize,
+        s: SampleArgs,
+    ) -> Result<()> {
+        self.rows_of("sample", x, rows, cols, out, out_off)?;
+        let temperature_ok = s.inv_temperature.is_finite() && s.inv_temperature > 0.0;
+        let top_p_ok = s.top_p > 0.0 && s.top_p <= 1.0;
+        if !(temperature_ok && top_p_ok) {
+            return Err(self.shape(
+                "sample",
+                format!("{s:?}"),
+                "inv_temperature must be finite and > 0, top_p in (0, 1]",
+            ));
+        }
+        self.dev
+            .sample(&x.inner, rows, cols, &out.inner, out_off, s)
+    }
+
+    fn rows_of(
+        &self,
+        op: &'static str,
+        x: &DeviceBuf,
+        rows: usize,
+        cols: usize,
+        out: &IdBuf,
+        out_off: usize,
+    ) -> Result<()> {
+        let len = check::mul(op, &self.name(), &[rows, cols])?;
+        self.range(op, "x", 0, len, x.len)?;
+        self.range(op, "out", out_off, rows, out.len)?;
+        if cols == 0 || cols > u32::MAX as usize {
+            return Err(self.shape(
+                op,
+                format!("[{rows}, {cols}]"),
+                "rows must hold 1..2^32 values",
+            ));
+        }
+        Ok(())
+    }
+
+    fn range(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        off: usize,
+        len: usize,
+        buf_len: usize,
+    ) -> Result<()> {
+        check::range(op, &self.dev.short_name(), what, off, len, buf_len)
+    }
+
+    fn rows(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        off: usize,
+        r: Rows,
+        pitch: usize,
+        buf_len: usize,
+    ) -> Result<()> {
+        check::rows(op, &self.dev.short_name(), what, off, r, pitch, buf_len)
+    }
+
+    fn shape(&self, op: &'static str, shape: String, reason: &str) -> KernelError {
+        KernelError::Shape {
+            op,
+            device: self.dev.short_name(),
+            shape,
+            reason: reason.into(),
         }
     }
-
-    /// Index of the largest value of each of `rows` rows of `cols` (first on ties).
-    pub fn argmax(&self, x: &DeviceBuf, rows: usize, cols: usize) -> Result<Vec<u32>> {
-        match &self.inner {
-            Inner::Cpu(b) => cpu_bufs!(self, "argmax", [x], b.argmax(x, rows, cols)),
-            Inner::Cuda(b) => Err(b.unsupported("argmax")),
-        }
-    }
-}
-
-/// Checks `off..off+len` lies within `buf_len`; the error names op and buffer.
-pub(crate) fn check_range(
-    op: &'static str,
-    device: &str,
-    what: &'static str,
-    off: usize,
-    len: usize,
-    buf_len: usize,
-) -> Result<()> {
-    match off.checked_add(len) {
-        Some(end) if end <= buf_len => Ok(()),
-        end => Err(KernelError::OutOfRange {
-            op,
-            device: device.to_string(),
-            what,
-            off,
-            end: end.unwrap_or(usize::MAX),
-            buf_len,
-        }),
-    }
-}
-
-/// `a * b` with overflow reported as a shape error.
-pub(crate) fn mul_checked(op: &'static str, device: &str, dims: &[usize]) -> Result<usize> {
-    dims.iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| KernelError::Shape {
-            op,
-            device: device.to_string(),
-            shape: format!("{dims:?}"),
-            reason: "size overflows".into(),
-        })
 }

@@ -36,29 +36,34 @@ pub(crate) fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 }
 
 pub(crate) fn ref_gemm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let mut s = 0.0f64;
-            for l in 0..k {
-                s += x[i * k + l] as f64 * w[j * k + l] as f64;
-            }
-            out[i * n + j] = s as f32;
-        }
-    }
-    out
+    twin::gemm(x, w, m, n, k)
 }
 
-fn ref_rmsnorm(x: &[f32], g: &[f32], dim: usize, eps: f32) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for r in 0..x.len() / dim {
-        let row = &x[r * dim..(r + 1) * dim];
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-        for c in 0..dim {
-            out[r * dim + c] = row[c] / (ms + eps).sqrt() * g[c];
-        }
-    }
-    out
+/// RoPE with host positions (uploaded to an id buffer first).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope(
+    be: &Backend,
+    x: &DeviceBuf,
+    off: usize,
+    rows: usize,
+    row_stride: usize,
+    n_heads: usize,
+    head_dim: usize,
+    pos: &[u32],
+    theta: f32,
+    interleaved: bool,
+) -> Result<()> {
+    let p = be.alloc_ids(pos.len())?;
+    be.write_ids(&p, 0, pos)?;
+    let r = RopeShape {
+        rows,
+        row_stride,
+        n_heads,
+        head_dim,
+        theta,
+        interleaved,
+    };
+    be.rope(x, off, &p, 0, r)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -72,60 +77,22 @@ fn ref_rope(
     theta: f32,
     interleaved: bool,
 ) {
-    for (r, &p) in pos.iter().enumerate() {
-        for h in 0..n_heads {
-            let base = off + r * stride + h * hd;
-            for i in 0..hd / 2 {
-                let freq = 1.0 / (theta as f64).powf(2.0 * i as f64 / hd as f64);
-                let ang = p as f64 * freq;
-                let (a, b) = if interleaved {
-                    (2 * i, 2 * i + 1)
-                } else {
-                    (i, i + hd / 2)
-                };
-                let (x0, x1) = (x[base + a] as f64, x[base + b] as f64);
-                x[base + a] = (x0 * ang.cos() - x1 * ang.sin()) as f32;
-                x[base + b] = (x0 * ang.sin() + x1 * ang.cos()) as f32;
-            }
-        }
-    }
+    let r = RopeShape {
+        rows: pos.len(),
+        row_stride: stride,
+        n_heads,
+        head_dim: hd,
+        theta,
+        interleaved,
+    };
+    twin::rope(&mut x[off..], pos, &r);
 }
 
-fn ref_attention(q: &[f32], k: &[f32], v: &[f32], a: &AttnShape) -> Vec<f32> {
-    let hd = a.head_dim;
-    let kv_dim = a.n_kv_heads * hd;
-    let qd = a.n_heads * hd;
-    let mut out = vec![0.0; q.len()];
-    for b in 0..a.batch {
-        for j in 0..a.q_len {
-            for h in 0..a.n_heads {
-                let kvh = h / (a.n_heads / a.n_kv_heads);
-                let qv = &q[(b * a.q_len + j) * qd + h * hd..][..hd];
-                let keys = a.q_pos0 + j + 1;
-                let mut s: Vec<f64> = (0..keys)
-                    .map(|t| {
-                        let kr = &k[(b * a.kv_capacity + t) * kv_dim + kvh * hd..][..hd];
-                        qv.iter()
-                            .zip(kr)
-                            .map(|(x, y)| (*x as f64) * (*y as f64))
-                            .sum::<f64>()
-                            * a.scale as f64
-                    })
-                    .collect();
-                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                s.iter_mut().for_each(|x| *x = (*x - mx).exp());
-                let sum: f64 = s.iter().sum();
-                for d in 0..hd {
-                    let mut acc = 0.0;
-                    for (t, p) in s.iter().enumerate() {
-                        acc += p / sum * v[(b * a.kv_capacity + t) * kv_dim + kvh * hd + d] as f64;
-                    }
-                    out[(b * a.q_len + j) * qd + h * hd + d] = acc as f32;
-                }
-            }
-        }
-    }
-    out
+/// Token ids in a fresh id buffer.
+pub(crate) fn ids(be: &Backend, v: &[u32]) -> IdBuf {
+    let b = be.alloc_ids(v.len()).unwrap();
+    be.write_ids(&b, 0, v).unwrap();
+    b
 }
 
 #[test]
@@ -183,7 +150,7 @@ fn rmsnorm_matches_reference_and_may_alias() {
             be.alloc(rows * dim).unwrap(),
         );
         be.rmsnorm(&xb, &gb, &out, rows, dim, 1e-5).unwrap();
-        let want = ref_rmsnorm(&x, &g, dim, 1e-5);
+        let want = twin::rmsnorm(&x, &g, dim, 1e-5);
         assert_close(
             &be.download(&out, 0, rows * dim).unwrap(),
             &want,
@@ -211,7 +178,8 @@ fn rope_matches_reference_both_conventions() {
             let x = rng.vec(off + rows * stride);
             let pos: Vec<u32> = (0..rows as u32).map(|r| r * 37 + 3).collect();
             let xb = be.upload(&x).unwrap();
-            be.rope(
+            rope(
+                &be,
                 &xb,
                 off,
                 rows,
@@ -246,8 +214,8 @@ fn rope_matches_reference_both_conventions() {
     // The two conventions differ on the same input.
     let x = Rng::new(4).vec(8);
     let (a, b) = (be.upload(&x).unwrap(), be.upload(&x).unwrap());
-    be.rope(&a, 0, 1, 8, 1, 8, &[5], 10000.0, true).unwrap();
-    be.rope(&b, 0, 1, 8, 1, 8, &[5], 10000.0, false).unwrap();
+    rope(&be, &a, 0, 1, 8, 1, 8, &[5], 10000.0, true).unwrap();
+    rope(&be, &b, 0, 1, 8, 1, 8, &[5], 10000.0, false).unwrap();
     assert_ne!(
         be.download(&a, 0, 8).unwrap(),
         be.download(&b, 0, 8).unwrap()
@@ -262,15 +230,14 @@ fn rope_table_serves_other_thetas_and_refuses_absurd_positions() {
     // another theta gives another result, and the first theta gives the first again.
     let run = |theta: f32| {
         let a = be.upload(&x).unwrap();
-        be.rope(&a, 0, 1, 8, 1, 8, &[300], theta, false).unwrap();
+        rope(&be, &a, 0, 1, 8, 1, 8, &[300], theta, false).unwrap();
         be.download(&a, 0, 8).unwrap()
     };
     let (t1, t2, t1_again) = (run(10000.0), run(500000.0), run(10000.0));
     assert_ne!(t1, t2);
     assert_eq!(t1, t1_again);
     let a = be.upload(&x).unwrap();
-    let e = be
-        .rope(&a, 0, 1, 8, 1, 8, &[u32::MAX], 10000.0, false)
+    let e = rope(&be, &a, 0, 1, 8, 1, 8, &[u32::MAX], 10000.0, false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("position"), "{e}");
@@ -316,7 +283,7 @@ fn attention_matches_reference_mha_gqa_prefill_decode() {
         let got = be.download(&out, 0, q.len()).unwrap();
         assert_close(
             &got,
-            &ref_attention(&q, &k, &v, &a),
+            &twin::attention(&q, &k, &v, &a),
             1e-5,
             &format!("attention {a:?}"),
         );
@@ -428,21 +395,19 @@ fn embedding_and_argmax() {
     let (vocab, dim) = (11, 6);
     let table = rng.vec(vocab * dim);
     let tb = be.upload(&table).unwrap();
-    let ids = [3u32, 0, 10, 3];
-    let out = be.alloc(ids.len() * dim).unwrap();
-    be.embedding(&tb, &ids, &out, dim).unwrap();
-    let got = be.download(&out, 0, ids.len() * dim).unwrap();
-    for (i, &id) in ids.iter().enumerate() {
+    let id = [3u32, 0, 10, 3, 11];
+    let out = be.alloc(id.len() * dim).unwrap();
+    be.embedding(&tb, &ids(&be, &id), 0, &out, id.len(), dim)
+        .unwrap();
+    let got = be.download(&out, 0, id.len() * dim).unwrap();
+    // An id outside the vocabulary gives zeros, on every backend.
+    assert_eq!(&got[4 * dim..], &[0.0; 6]);
+    for (i, &id) in id.iter().take(4).enumerate() {
         assert_eq!(
             &got[i * dim..(i + 1) * dim],
             &table[id as usize * dim..][..dim]
         );
     }
-    let e = be.embedding(&tb, &[11], &out, dim).unwrap_err().to_string();
-    assert!(
-        e.contains("token id 11") && e.contains("vocabulary of 11"),
-        "{e}"
-    );
 
     let (rows, cols) = (4, 50);
     let mut x = rng.vec(rows * cols);
@@ -463,7 +428,9 @@ fn embedding_and_argmax() {
             b as u32
         })
         .collect();
-    let got = be.argmax(&xb, rows, cols).unwrap();
+    let o = be.alloc_ids(rows + 1).unwrap();
+    be.argmax(&xb, rows, cols, &o, 1).unwrap();
+    let got = be.read_ids(&o, 1, rows).unwrap();
     assert_eq!(got, want);
     assert_eq!(&got[..3], &[7, 49, 0]);
 }
@@ -711,12 +678,13 @@ fn out_of_range_is_a_typed_error() {
     assert!(be.download(&x, 9, 2).is_err());
     assert!(be.host_write(&h, 3, &[1.0, 2.0]).is_err());
     assert!(be.host_read(&h, usize::MAX, 2).is_err());
-    assert!(be.rope(&x, 0, 2, 5, 1, 4, &[0, 1], 1e4, false).is_ok());
-    assert!(be.rope(&x, 0, 2, 7, 1, 4, &[0, 1], 1e4, false).is_err());
-    assert!(be.rope(&x, 0, 2, 5, 1, 3, &[0, 1], 1e4, false).is_err());
-    assert!(be.rope(&x, 0, 2, 5, 1, 4, &[0], 1e4, false).is_err());
+    assert!(rope(&be, &x, 0, 2, 5, 1, 4, &[0, 1], 1e4, false).is_ok());
+    assert!(rope(&be, &x, 0, 2, 7, 1, 4, &[0, 1], 1e4, false).is_err());
+    assert!(rope(&be, &x, 0, 2, 5, 1, 3, &[0, 1], 1e4, false).is_err());
+    assert!(rope(&be, &x, 0, 2, 5, 1, 4, &[0], 1e4, false).is_err());
     assert!(be.rmsnorm(&x, &w, &out, 2, 5, 1e-5).is_err());
-    assert!(be.argmax(&x, 3, 4).is_err());
+    assert!(be.argmax(&x, 3, 4, &be.alloc_ids(3).unwrap(), 0).is_err());
+    assert!(be.argmax(&x, 2, 4, &be.alloc_ids(3).unwrap(), 2).is_err());
     assert!(be.silu_gate(&x, &w, &out, 9).is_err());
     // Nothing was left broken.
     be.synchronize().unwrap();
@@ -783,4 +751,80 @@ fn handles_are_send_and_sync() {
     check::<HostBuf>();
     check::<Event>();
     check::<KernelError>();
+}
+
+/// The CPU backend against every twin, as `kvpr selftest --device cpu` runs it.
+#[test]
+fn cpu_ops_match_their_twins() {
+    let rows = crate::selftest::check_ops(&cpu(), 3).unwrap();
+    assert!(rows.len() > 40, "{}", rows.len());
+    let bad: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[test]
+fn top_k_1_is_greedy_on_the_backend_and_its_twin() {
+    let s = SampleArgs {
+        inv_temperature: 1.0,
+        top_k: 1,
+        top_p: 1.0,
+        seed: 0,
+        step: 0,
+    };
+    let row = [0.1, 0.7, 0.3, 0.69];
+    // top_k = 1 is greedy.
+    assert_eq!(twin::sample_row(&row, 0, &s), 1);
+    let be = cpu();
+    let x = be.upload(&row).unwrap();
+    let o = be.alloc_ids(1).unwrap();
+    be.sample(&x, 1, 4, &o, 0, s).unwrap();
+    assert_eq!(be.read_ids(&o, 0, 1).unwrap(), vec![1]);
+}
+
+#[test]
+fn sampling_stays_in_the_top_k_and_the_nucleus_and_draws_every_candidate() {
+    let row: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+    let top5: Vec<u32> = order[..5].iter().map(|&i| i as u32).collect();
+    let mut seen = std::collections::HashSet::new();
+    for step in 0..400 {
+        let s = SampleArgs {
+            inv_temperature: 1.0,
+            top_k: 5,
+            top_p: 1.0,
+            seed: 9,
+            step,
+        };
+        let id = twin::sample_row(&row, 0, &s);
+        assert!(top5.contains(&id), "{id} outside the top 5");
+        seen.insert(id);
+    }
+    assert_eq!(seen.len(), 5, "every candidate comes up: {seen:?}");
+    // A tiny nucleus keeps only the most likely token.
+    let s = SampleArgs {
+        inv_temperature: 1.0,
+        top_k: 0,
+        top_p: 1e-6,
+        seed: 1,
+        step: 3,
+    };
+    assert_eq!(twin::sample_row(&row, 0, &s), order[0] as u32);
+    // The same seed and step repeat; another seed draws differently somewhere.
+    let draw = |seed| {
+        (0..64)
+            .map(|step| {
+                let s = SampleArgs {
+                    inv_temperature: 1.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                    seed,
+                    step,
+                };
+                twin::sample_row(&row, 0, &s)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(draw(4), draw(4));
+    assert_ne!(draw(4), draw(5));
 }

@@ -100,6 +100,18 @@ impl Coverage {
             .filter(|s| s.0 <= a && b <= s.1)
             .map(|s| s.2 + a - s.0)
     }
+
+    /// The covered parts of `[a, b)`, each as `(start, end, first_slot)`, in order.
+    pub fn spans_within(
+        &self,
+        a: usize,
+        b: usize,
+    ) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        self.spans.iter().filter_map(move |&(s, e, slot)| {
+            let (lo, hi) = (s.max(a), e.min(b));
+            (lo < hi).then(|| (lo, hi, slot + lo - s))
+        })
+    }
 }
 
 /// What the host store holds for a plan: the positions whose `X` is ever read,
@@ -192,6 +204,9 @@ mod tests {
         assert_eq!(c.range(6, 10), Some(3));
         assert_eq!(c.range(1, 6), None);
         assert_eq!(c.range(4, 4), Some(0));
+        let spans: Vec<_> = c.spans_within(1, 9).collect();
+        assert_eq!(spans, vec![(1, 2, 1), (5, 9, 2)]);
+        assert_eq!(c.spans_within(2, 5).count(), 0);
     }
 
     #[test]

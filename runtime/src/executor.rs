@@ -18,20 +18,29 @@
 //! Recompute layout: one GEMM per chunk across the whole batch, the shape the
 //! cost model prices (`b*l/c` rows). A chunk `[a, e)` of `n = e - a` positions
 //! lands in the X staging buffer as one contiguous `[b, n, h]` region at row
-//! `b*(a-g)` (the copy stream writes `b` pieces, sequence-major, then records
-//! the chunk's event). The compute stream then runs one GEMM for K and one for
-//! V into the recompute temporaries at the same rows (`[b*n, kv_dim]`), RoPE
-//! on the K rows in one call (positions listed per row, sequence-major), and
-//! scatters each sequence's `n` rows into its K/V staging region at `a` with
-//! `copy_d2d` on the compute stream (`2b` contiguous copies per chunk).
-//! Attention reads staging as `[b, capacity, kv_dim]`, so the scatter stays:
-//! it moves `2*b*n*kv_dim` values on the device, far less than the GEMMs
-//! read, and lets the GEMM run at the batch's full height.
+//! `b*(a-g)` (the copy stream writes it as one strided copy, then records the
+//! chunk's event). The compute stream then runs one GEMM for K and one for V
+//! into the recompute temporaries at the same rows (`[b*n, kv_dim]`), RoPE on
+//! the K rows in one call (their positions sit at the same rows of the step's
+//! position buffer), and scatters each sequence's `n` rows into its K/V
+//! staging region at `a` with one `scatter` kernel per K and V. Attention
+//! reads staging as `[b, capacity, kv_dim]`, so the scatter stays: it moves
+//! `2*b*n*kv_dim` values on the device, far less than the GEMMs read, and lets
+//! the GEMM run at the batch's full height.
 //!
-//! Ordering: each step starts by making the copy and compute streams wait for
-//! every earlier writeback; a staging buffer is refilled only after the
-//! attention that last read it (`attn_done`). No device buffer is allocated
-//! per step, and the host-side position lists are preallocated too.
+//! Data stays on the device: a step's token ids are the previous step's
+//! choice (argmax or sampling on the device, [`Executor::choose`]), and its
+//! positions (the new token's, then every recomputed row's) are written to the
+//! device once per step. The host waits for the device once per step, to read
+//! the chosen ids; logits are downloaded only when asked for
+//! ([`Executor::logits`]).
+//!
+//! Ordering is expressed only as stream waits on events, so the same code
+//! gives the same schedule on a backend whose host runs ahead (CUDA) and on
+//! the CPU backend: each step starts by making the copy and compute streams
+//! wait for every earlier writeback; a staging buffer is refilled only after
+//! the attention that last read it (`attn_done`). No buffer is allocated per
+//! step, on the device or on the host.
 //!
 //! Tracing ([`Executor::trace_next_step`]): a traced step also records an
 //! event pair around each op on its stream (copy: `resident_copy`, `x_copy`
@@ -39,9 +48,7 @@
 //! `dense`, `head`; writeback: `writeback`) and reads them once the step has
 //! finished (see `trace.rs`). An untraced step records nothing extra.
 
-use std::time::Instant;
-
-use kernels::{AttnShape, Backend, DeviceBuf, Event, Stream};
+use kernels::{AttnShape, Backend, DeviceBuf, Event, IdBuf, RopeShape, Rows, SampleArgs, Stream};
 use plans::{TraceOpKind, TraceStep};
 
 use crate::model::Model;
@@ -79,17 +86,20 @@ pub struct Executor<'a> {
     x_stage: [DeviceBuf; 2],
     attn_done: [Option<Event>; 2],
     kv_ready: [Option<Event>; 2],
-    /// Per staging buffer: each chunk's `[a, e)`, its first entry in
-    /// `chunk_pos`, and the event that says its `X` has landed.
-    chunk_ready: [Vec<(usize, usize, usize, Event)>; 2],
-    /// Per staging buffer: RoPE positions of every recomputed row, chunk by
-    /// chunk, sequence-major within a chunk (capacity `batch * capacity`).
-    chunk_pos: [Vec<u32>; 2],
+    /// Per staging buffer: each chunk's `[a, e)` and the event that says its
+    /// `X` has landed.
+    chunk_ready: [Vec<(usize, usize, Event)>; 2],
     /// Recomputed K and V `[batch * capacity, kv_dim]`, rows as in `x_stage`.
     k_tmp: DeviceBuf,
     v_tmp: DeviceBuf,
-    /// The decode token's position, once per sequence.
-    tok_pos: Vec<u32>,
+    /// The step's token ids on the device (one per sequence): written by
+    /// [`Executor::choose`] (or [`Executor::set_ids`]), read by the embedding.
+    ids: IdBuf,
+    /// The step's positions on the device: `[0, batch)` the new token's, then
+    /// from `batch` every recomputed row's, at its row of `x_stage`.
+    pos: IdBuf,
+    /// The host copy of `pos` (preallocated; written once per step).
+    pos_host: Vec<u32>,
     k_res: Vec<DeviceBuf>,
     v_res: Vec<DeviceBuf>,
     new_x: Vec<DeviceBuf>,
@@ -111,6 +121,16 @@ pub struct Executor<'a> {
     trace: Option<Recorder>,
     /// The last traced step's timeline, until taken.
     traced: Option<TraceStep>,
+    /// The step issued last, until [`Executor::finish_step`].
+    issued: Option<Issued>,
+}
+
+/// A step on its way: what it moved, and the events around it.
+struct Issued {
+    stats: StepStats,
+    start: Event,
+    end: Event,
+    trace: Option<Recorder>,
 }
 
 /// Opens a traced op on `stream` (nothing when not tracing).
@@ -177,13 +197,11 @@ impl<'a> Executor<'a> {
             attn_done: [None, None],
             kv_ready: [None, None],
             chunk_ready: [Vec::new(), Vec::new()],
-            chunk_pos: [
-                Vec::with_capacity(batch * capacity),
-                Vec::with_capacity(batch * capacity),
-            ],
             k_tmp: a(batch * capacity * kvd)?,
             v_tmp: a(batch * capacity * kvd)?,
-            tok_pos: Vec::with_capacity(batch),
+            ids: backend.alloc_ids(batch.max(1))?,
+            pos: backend.alloc_ids(batch + batch * capacity)?,
+            pos_host: Vec::with_capacity(batch + batch * capacity),
             k_res: per_layer(batch * res_cap * kvd)?,
             v_res: per_layer(batch * res_cap * kvd)?,
             new_x: per_layer(batch * h)?,
@@ -202,12 +220,14 @@ impl<'a> Executor<'a> {
             trace_next: None,
             trace: None,
             traced: None,
+            issued: None,
         })
     }
 
     /// Runs the prompts (`[batch, p]` ids) at positions `0..p`, fills the host
-    /// store and the resident area, and returns the last position's logits.
-    pub fn prefill(&mut self, tokens: &[u32], p: usize) -> Result<Vec<f32>> {
+    /// store and the resident area, and leaves the last position's logits on
+    /// the device (see [`Executor::choose`], [`Executor::logits`]).
+    pub fn prefill(&mut self, tokens: &[u32], p: usize) -> Result<()> {
         let (be, m) = (self.backend, self.model);
         let s = m.spec();
         let (h, qd, kvd, f, b, cap) = (
@@ -236,9 +256,20 @@ impl<'a> Executor<'a> {
         let tmp = be.alloc(rows * h)?;
         let gate = be.alloc(rows * f)?;
         let up = be.alloc(rows * f)?;
-        be.embedding(&m.embed_tokens, tokens, &hidden, h)?;
-        let pos: Vec<u32> = (0..p as u32).collect();
+        let vocab = s.vocab_size;
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(RuntimeError::Request {
+                what: "prefill".into(),
+                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            });
+        }
+        let ids = be.alloc_ids(rows)?;
+        be.write_ids(&ids, 0, tokens)?;
+        be.embedding(&m.embed_tokens, &ids, 0, &hidden, rows, h)?;
+        // Row `r` is at position `r % p`; the first `p` rows list `0..p`.
         let all_pos: Vec<u32> = (0..rows).map(|r| (r % p) as u32).collect();
+        let pos = be.alloc_ids(rows)?;
+        be.write_ids(&pos, 0, &all_pos)?;
         let (eps, theta, inter) = (
             s.norm_eps as f32,
             s.rope_theta as f32,
@@ -250,16 +281,14 @@ impl<'a> Executor<'a> {
             be.rmsnorm(&hidden, &l.input_layernorm, &xn, rows, h, eps)
                 .at(li)?;
             be.gemm(&xn, 0, &a.q_proj, 0, &q, 0, rows, qd, h).at(li)?;
-            be.rope(
-                &q, 0, rows, qd, s.n_heads, s.head_dim, &all_pos, theta, inter,
-            )
-            .at(li)?;
+            let rq = rope_shape(rows, qd, s.n_heads, s.head_dim, theta, inter);
+            be.rope(&q, 0, &pos, 0, rq).at(li)?;
+            let rk = rope_shape(p, kvd, s.n_kv_heads, s.head_dim, theta, inter);
             for bi in 0..b {
                 let (xo, ko) = (bi * p * h, bi * cap * kvd);
                 be.gemm(&xn, xo, &a.k_proj, 0, ks, ko, p, kvd, h).at(li)?;
                 be.gemm(&xn, xo, &a.v_proj, 0, vs, ko, p, kvd, h).at(li)?;
-                be.rope(ks, ko, p, kvd, s.n_kv_heads, s.head_dim, &pos, theta, inter)
-                    .at(li)?;
+                be.rope(ks, ko, &pos, 0, rk).at(li)?;
             }
             let shape = self.attn_shape(b, p, 0, cap);
             be.attention(&q, ks, vs, &att, shape).at(li)?;
@@ -270,10 +299,13 @@ impl<'a> Executor<'a> {
             self.mlp(li, &hidden, &xn, &gate, &up, &tmp, rows)?;
         }
         // The head on each sequence's last position.
-        for bi in 0..b {
-            let last = (bi * p + p - 1) * h;
-            be.copy_d2d(Stream::Compute, &hidden, last, &self.hidden, bi * h, h)?;
-        }
+        let last = Rows {
+            rows: b,
+            width: h,
+            src_pitch: p * h,
+            dst_pitch: h,
+        };
+        be.scatter(&hidden, (p - 1) * h, &self.hidden, 0, last)?;
         self.head()
     }
 
@@ -285,57 +317,48 @@ impl<'a> Executor<'a> {
         let (h, kvd, cap, rc) = (s.hidden_size, s.kv_dim(), self.cap, self.res_cap);
         let ev = be.record(Stream::Compute).at(li)?;
         be.wait(Stream::Writeback, &ev).at(li)?;
-        for bi in 0..self.batch {
-            for pos in 0..p {
-                if let Some(slot) = self.store.stores(Stored::X, pos) {
-                    let off = self.store.offset(Stored::X, bi, slot);
-                    let src = (bi * p + pos) * h;
-                    be.copy_d2h(Stream::Writeback, xn, src, &self.store.x[li], off, h)
-                        .at(li)?;
-                }
-                if let Some(slot) = self.store.stores(Stored::Kv, pos) {
-                    let off = self.store.offset(Stored::Kv, bi, slot);
-                    let src = (bi * cap + pos) * kvd;
-                    be.copy_d2h(
-                        Stream::Writeback,
-                        &self.k_stage[0],
-                        src,
-                        &self.store.k[li],
-                        off,
-                        kvd,
-                    )
+        let b = self.batch;
+        // One strided copy per stored span and kind (one per kind when the
+        // plan stores a single range): every sequence's rows at once.
+        for (a, e, slot) in self.store.layout.x.spans_within(0, p) {
+            let rows = Rows {
+                rows: b,
+                width: (e - a) * h,
+                src_pitch: p * h,
+                dst_pitch: self.store.pitch(Stored::X),
+            };
+            let dst = self.store.offset(Stored::X, 0, slot);
+            be.copy_d2h_rows(Stream::Writeback, xn, a * h, &self.store.x[li], dst, rows)
+                .at(li)?;
+        }
+        for (a, e, slot) in self.store.layout.kv.spans_within(0, p) {
+            let rows = Rows {
+                rows: b,
+                width: (e - a) * kvd,
+                src_pitch: cap * kvd,
+                dst_pitch: self.store.pitch(Stored::Kv),
+            };
+            let dst = self.store.offset(Stored::Kv, 0, slot);
+            for (stage, store) in [
+                (&self.k_stage[0], &self.store.k[li]),
+                (&self.v_stage[0], &self.store.v[li]),
+            ] {
+                be.copy_d2h_rows(Stream::Writeback, stage, a * kvd, store, dst, rows)
                     .at(li)?;
-                    be.copy_d2h(
-                        Stream::Writeback,
-                        &self.v_stage[0],
-                        src,
-                        &self.store.v[li],
-                        off,
-                        kvd,
-                    )
-                    .at(li)?;
-                }
             }
-            let n = p.min(rc);
-            let (src, dst) = (bi * cap * kvd, bi * rc * kvd);
-            be.copy_d2d(
-                Stream::Compute,
-                &self.k_stage[0],
-                src,
-                &self.k_res[li],
-                dst,
-                n * kvd,
-            )
-            .at(li)?;
-            be.copy_d2d(
-                Stream::Compute,
-                &self.v_stage[0],
-                src,
-                &self.v_res[li],
-                dst,
-                n * kvd,
-            )
-            .at(li)?;
+        }
+        let n = p.min(rc);
+        if n > 0 {
+            let rows = Rows {
+                rows: b,
+                width: n * kvd,
+                src_pitch: cap * kvd,
+                dst_pitch: rc * kvd,
+            };
+            be.scatter(&self.k_stage[0], 0, &self.k_res[li], 0, rows)
+                .at(li)?;
+            be.scatter(&self.v_stage[0], 0, &self.v_res[li], 0, rows)
+                .at(li)?;
         }
         self.store.mark_written(Stored::X, li, 0, p);
         self.store.mark_written(Stored::Kv, li, 0, p);
@@ -395,14 +418,50 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    /// Final norm and output projection of `self.hidden`; logits `[batch, vocab]`.
-    fn head(&mut self) -> Result<Vec<f32>> {
+    /// Final norm and output projection of `self.hidden` into the logits
+    /// `[batch, vocab]`, on the device.
+    fn head(&mut self) -> Result<()> {
         let (be, m) = (self.backend, self.model);
         let s = m.spec();
         let (h, v, b) = (s.hidden_size, s.vocab_size, self.batch);
         be.rmsnorm(&self.hidden, &m.norm, &self.tmp_h, b, h, s.norm_eps as f32)?;
         be.gemm(&self.tmp_h, 0, m.lm_head(), 0, &self.logits, 0, b, v, h)?;
-        Ok(be.download(&self.logits, 0, b * v)?)
+        Ok(())
+    }
+
+    /// Chooses the next id of every sequence on the device from the last
+    /// logits: argmax for `None`, else a draw (`SampleArgs::step` makes each
+    /// step's noise its own). The ids stay on the device for the next step;
+    /// this returns a copy, the one read the host waits for in a step.
+    pub fn choose(&mut self, sample: Option<SampleArgs>) -> Result<Vec<u32>> {
+        let be = self.backend;
+        let (b, v) = (self.batch, self.model.spec().vocab_size);
+        match sample {
+            None => be.argmax(&self.logits, b, v, &self.ids, 0)?,
+            Some(s) => be.sample(&self.logits, b, v, &self.ids, 0, s)?,
+        }
+        Ok(be.read_ids(&self.ids, 0, b)?)
+    }
+
+    /// Sets the next step's ids from the host (instead of [`Executor::choose`]).
+    pub fn set_ids(&mut self, ids: &[u32]) -> Result<()> {
+        let vocab = self.model.spec().vocab_size;
+        if ids.len() != self.batch || ids.iter().any(|&i| i as usize >= vocab) {
+            return Err(RuntimeError::Request {
+                what: "decode step".into(),
+                reason: format!(
+                    "{ids:?}: expected {} ids below the vocabulary of {vocab}",
+                    self.batch
+                ),
+            });
+        }
+        Ok(self.backend.write_ids(&self.ids, 0, ids)?)
+    }
+
+    /// The last logits `[batch, vocab]` (downloads them; not part of a step).
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        let (b, v) = (self.batch, self.model.spec().vocab_size);
+        Ok(self.backend.download(&self.logits, 0, b * v)?)
     }
 
     /// Issues layer `li`'s copies for `split` on the copy stream.
@@ -421,6 +480,7 @@ impl<'a> Executor<'a> {
             be.wait(Stream::Copy, ev).at(li)?;
         }
         let (ks, vs, xs) = (&self.k_stage[buf], &self.v_stage[buf], &self.x_stage[buf]);
+        let esz = be.dtype().bytes();
         if sp.g > 0 {
             let t = mark(be, &self.trace, Stream::Copy)?;
             for bi in 0..b {
@@ -434,26 +494,23 @@ impl<'a> Executor<'a> {
             close(be, &mut self.trace, t, Stream::Copy, Some(li), kind)?;
         }
         let mut chunks = std::mem::take(&mut self.chunk_ready[buf]);
-        let mut rpos = std::mem::take(&mut self.chunk_pos[buf]);
         chunks.clear();
-        rpos.clear();
         if sp.l > 0 {
             let slot0 = self.store.read_range(Stored::X, li, sp.g, sp.g + sp.l)?;
             for (a, e) in chunk_bounds(sp.g, sp.l, sp.chunks) {
                 // The chunk as one `[b, n, h]` region at row `b*(a-g)`.
                 let (n, row0) = (e - a, b * (a - sp.g));
                 let t = mark(be, &self.trace, Stream::Copy)?;
-                for bi in 0..b {
-                    let src = self.store.offset(Stored::X, bi, slot0 + a - sp.g);
-                    let dst = (row0 + bi * n) * h;
-                    be.copy_h2d(Stream::Copy, &self.store.x[li], src, xs, dst, n * h)
-                        .at(li)?;
-                }
-                let p0 = rpos.len();
-                for _ in 0..b {
-                    rpos.extend(a as u32..e as u32);
-                }
-                chunks.push((a, e, p0, be.record(Stream::Copy).at(li)?));
+                let src = self.store.offset(Stored::X, 0, slot0 + a - sp.g);
+                let rows = Rows {
+                    rows: b,
+                    width: n * h,
+                    src_pitch: self.store.pitch(Stored::X),
+                    dst_pitch: n * h,
+                };
+                be.copy_h2d_rows(Stream::Copy, &self.store.x[li], src, xs, row0 * h, rows)
+                    .at(li)?;
+                chunks.push((a, e, be.record(Stream::Copy).at(li)?));
                 close(
                     be,
                     &mut self.trace,
@@ -463,23 +520,25 @@ impl<'a> Executor<'a> {
                     TraceOpKind::XCopy,
                 )?;
             }
-            self.bytes_x += (b * sp.l * h * 4) as u64;
+            self.bytes_x += x_bytes(b, sp.l, h, esz);
         }
-        self.chunk_pos[buf] = rpos;
         self.chunk_ready[buf] = chunks;
         let t0 = sp.g + sp.l;
         if sp.s > t0 {
             let slot0 = self.store.read_range(Stored::Kv, li, t0, sp.s)?;
             let t = mark(be, &self.trace, Stream::Copy)?;
-            for bi in 0..b {
-                let src = self.store.offset(Stored::Kv, bi, slot0);
-                let (dst, n) = ((bi * cap + t0) * kvd, (sp.s - t0) * kvd);
-                be.copy_h2d(Stream::Copy, &self.store.k[li], src, ks, dst, n)
-                    .at(li)?;
-                be.copy_h2d(Stream::Copy, &self.store.v[li], src, vs, dst, n)
-                    .at(li)?;
-            }
-            self.bytes_kv += (b * (sp.s - t0) * 2 * kvd * 4) as u64;
+            let src = self.store.offset(Stored::Kv, 0, slot0);
+            let rows = Rows {
+                rows: b,
+                width: (sp.s - t0) * kvd,
+                src_pitch: self.store.pitch(Stored::Kv),
+                dst_pitch: cap * kvd,
+            };
+            be.copy_h2d_rows(Stream::Copy, &self.store.k[li], src, ks, t0 * kvd, rows)
+                .at(li)?;
+            be.copy_h2d_rows(Stream::Copy, &self.store.v[li], src, vs, t0 * kvd, rows)
+                .at(li)?;
+            self.bytes_kv += kv_bytes(b, sp.s - t0, kvd, esz);
             close(
                 be,
                 &mut self.trace,
@@ -493,10 +552,12 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    /// One decode step: `ids` (one per sequence) at position `sp.s`; returns
-    /// the logits `[batch, vocab]` and the step's bytes and time.
-    pub fn step(&mut self, ids: &[u32], sp: Split) -> Result<(Vec<f32>, StepStats)> {
-        let t_start = Instant::now();
+    /// Issues one decode step of the ids on the device (from
+    /// [`Executor::choose`] or [`Executor::set_ids`]) at position `sp.s`; the
+    /// logits land on the device. Nothing here waits for the device: read the
+    /// step's bytes and time with [`Executor::finish_step`] once the ids it
+    /// produced have been chosen.
+    pub fn step(&mut self, sp: Split) -> Result<()> {
         let (be, m) = (self.backend, self.model);
         self.trace = match self.trace_next.take() {
             Some(i) => Some(Recorder::begin(be, i)?),
@@ -512,13 +573,10 @@ impl<'a> Executor<'a> {
             self.res_cap,
         );
         let pos = sp.s;
-        if ids.len() != b || pos >= cap || sp.g + sp.l > pos || sp.g > rc {
+        if pos >= cap || sp.g + sp.l > pos || sp.g > rc || sp.s != pos {
             return Err(RuntimeError::Request {
                 what: "decode step".into(),
-                reason: format!(
-                    "{} ids at position {pos} with split {sp:?} (capacity {cap}, resident {rc})",
-                    ids.len()
-                ),
+                reason: format!("position {pos} with split {sp:?} (capacity {cap}, resident {rc})"),
             });
         }
         let (eps, theta, inter) = (
@@ -531,13 +589,23 @@ impl<'a> Executor<'a> {
         let wb = be.record(Stream::Writeback)?;
         be.wait(Stream::Copy, &wb)?;
         be.wait(Stream::Compute, &wb)?;
+        let t_start = be.record(Stream::Compute)?;
         // Fully resident (no plan, or a plan keeping everything): attend in the
         // resident area directly.
         let direct = sp.g == pos && pos < rc;
-        be.embedding(&m.embed_tokens, ids, &self.hidden, h)?;
-        let mut positions = std::mem::take(&mut self.tok_pos);
-        positions.clear();
-        positions.resize(b, pos as u32);
+        be.embedding(&m.embed_tokens, &self.ids, 0, &self.hidden, b, h)?;
+        // The step's positions, once: the new token's per sequence, then each
+        // recomputed row's at its row of `x_stage` (chunk by chunk, sequence-major).
+        self.pos_host.clear();
+        self.pos_host.resize(b, pos as u32);
+        if sp.l > 0 && !direct {
+            for (a, e) in chunk_bounds(sp.g, sp.l, sp.chunks) {
+                for _ in 0..b {
+                    self.pos_host.extend(a as u32..e as u32);
+                }
+            }
+        }
+        be.write_ids(&self.pos, 0, &self.pos_host)?;
         if !direct {
             self.issue_copies(0, sp)?;
         }
@@ -553,22 +621,10 @@ impl<'a> Executor<'a> {
                 be.gemm(nx, 0, &a.q_proj, 0, &self.q, 0, b, qd, h).at(li)?;
                 be.gemm(nx, 0, &a.k_proj, 0, nk, 0, b, kvd, h).at(li)?;
                 be.gemm(nx, 0, &a.v_proj, 0, nv, 0, b, kvd, h).at(li)?;
-                be.rope(
-                    &self.q, 0, b, qd, s.n_heads, s.head_dim, &positions, theta, inter,
-                )
-                .at(li)?;
-                be.rope(
-                    nk,
-                    0,
-                    b,
-                    kvd,
-                    s.n_kv_heads,
-                    s.head_dim,
-                    &positions,
-                    theta,
-                    inter,
-                )
-                .at(li)?;
+                let rq = rope_shape(b, qd, s.n_heads, s.head_dim, theta, inter);
+                be.rope(&self.q, 0, &self.pos, 0, rq).at(li)?;
+                let rk = rope_shape(b, kvd, s.n_kv_heads, s.head_dim, theta, inter);
+                be.rope(nk, 0, &self.pos, 0, rk).at(li)?;
             }
             close(
                 be,
@@ -598,13 +654,14 @@ impl<'a> Executor<'a> {
             };
             let (nk, nv) = (&self.new_k[li], &self.new_v[li]);
             let t = mark(be, &self.trace, Stream::Compute)?;
-            for bi in 0..b {
-                let dst = (bi * kv_cap + pos) * kvd;
-                be.copy_d2d(Stream::Compute, nk, bi * kvd, ks, dst, kvd)
-                    .at(li)?;
-                be.copy_d2d(Stream::Compute, nv, bi * kvd, vs, dst, kvd)
-                    .at(li)?;
-            }
+            let rows = Rows {
+                rows: b,
+                width: kvd,
+                src_pitch: kvd,
+                dst_pitch: kv_cap * kvd,
+            };
+            be.scatter(nk, 0, ks, pos * kvd, rows).at(li)?;
+            be.scatter(nv, 0, vs, pos * kvd, rows).at(li)?;
             let shape = self.attn_shape(b, 1, pos, kv_cap);
             be.attention(&self.q, ks, vs, &self.att, shape).at(li)?;
             let kind = TraceOpKind::Attention;
@@ -637,9 +694,8 @@ impl<'a> Executor<'a> {
                 TraceOpKind::Dense,
             )?;
         }
-        self.tok_pos = positions;
         let t = mark(be, &self.trace, Stream::Compute)?;
-        let logits = self.head()?;
+        self.head()?;
         close(
             be,
             &mut self.trace,
@@ -648,17 +704,37 @@ impl<'a> Executor<'a> {
             None,
             TraceOpKind::Head,
         )?;
-        if let Some(rec) = self.trace.take() {
-            self.traced = Some(rec.finish(be, sp)?);
-        }
+        let t_end = be.record(Stream::Compute)?;
         let stats = StepStats {
             context: pos,
             split: Some(sp),
             bytes_x: self.bytes_x - bx0,
             bytes_kv: self.bytes_kv - bkv0,
-            measured_us: t_start.elapsed().as_secs_f64() * 1e6,
+            measured_us: 0.0,
         };
-        Ok((logits, stats))
+        self.issued = Some(Issued {
+            stats,
+            start: t_start,
+            end: t_end,
+            trace: self.trace.take(),
+        });
+        Ok(())
+    }
+
+    /// The last issued step's bytes and time (from its compute-stream events,
+    /// waiting for them if the device has not got there), and its trace when
+    /// it was traced (see [`Executor::take_trace`]). None if no step is pending.
+    pub fn finish_step(&mut self) -> Result<Option<StepStats>> {
+        let Some(done) = self.issued.take() else {
+            return Ok(None);
+        };
+        let be = self.backend;
+        let mut stats = done.stats;
+        stats.measured_us = be.elapsed_us(&done.start, &done.end)?;
+        if let (Some(rec), Some(sp)) = (done.trace, stats.split) {
+            self.traced = Some(rec.finish(be, sp)?);
+        }
+        Ok(Some(stats))
     }
 
     /// Recomputes K/V of each chunk of `X` as soon as its copy has landed:
@@ -672,23 +748,24 @@ impl<'a> Executor<'a> {
         let a = &self.model.layers[li].self_attn;
         let (ks, vs, xs) = (&self.k_stage[buf], &self.v_stage[buf], &self.x_stage[buf]);
         let (kt, vt) = (&self.k_tmp, &self.v_tmp);
-        for &(c0, c1, p0, ref ev) in &self.chunk_ready[buf] {
+        for &(c0, c1, ref ev) in &self.chunk_ready[buf] {
             be.wait(Stream::Compute, ev).at(li)?;
             let t = mark(be, rec, Stream::Compute)?;
             let (n, row0) = (c1 - c0, b * (c0 - g));
             let (m, xo, ko) = (b * n, row0 * h, row0 * kvd);
             be.gemm(xs, xo, &a.k_proj, 0, kt, ko, m, kvd, h).at(li)?;
             be.gemm(xs, xo, &a.v_proj, 0, vt, ko, m, kvd, h).at(li)?;
-            let pos = &self.chunk_pos[buf][p0..p0 + m];
-            be.rope(kt, ko, m, kvd, s.n_kv_heads, s.head_dim, pos, theta, inter)
-                .at(li)?;
-            for bi in 0..b {
-                let (src, dst) = (ko + bi * n * kvd, (bi * cap + c0) * kvd);
-                be.copy_d2d(Stream::Compute, kt, src, ks, dst, n * kvd)
-                    .at(li)?;
-                be.copy_d2d(Stream::Compute, vt, src, vs, dst, n * kvd)
-                    .at(li)?;
-            }
+            // This chunk's positions sit at its rows, after the token positions.
+            let rk = rope_shape(m, kvd, s.n_kv_heads, s.head_dim, theta, inter);
+            be.rope(kt, ko, &self.pos, b + row0, rk).at(li)?;
+            let rows = Rows {
+                rows: b,
+                width: n * kvd,
+                src_pitch: n * kvd,
+                dst_pitch: cap * kvd,
+            };
+            be.scatter(kt, ko, ks, c0 * kvd, rows).at(li)?;
+            be.scatter(vt, ko, vs, c0 * kvd, rows).at(li)?;
             close(
                 be,
                 rec,
@@ -718,27 +795,37 @@ impl<'a> Executor<'a> {
             Some(_) => mark(be, &self.trace, Stream::Writeback)?,
             None => None,
         };
-        for bi in 0..self.batch {
-            if let Some(slot) = x_slot {
-                let off = self.store.offset(Stored::X, bi, slot);
-                be.copy_d2h(Stream::Writeback, nx, bi * h, &self.store.x[li], off, h)
-                    .at(li)?;
-            }
-            if let Some(slot) = kv_slot {
-                let off = self.store.offset(Stored::Kv, bi, slot);
-                be.copy_d2h(Stream::Writeback, nk, bi * kvd, &self.store.k[li], off, kvd)
-                    .at(li)?;
-                be.copy_d2h(Stream::Writeback, nv, bi * kvd, &self.store.v[li], off, kvd)
-                    .at(li)?;
-            }
-            // The direct path already wrote K/V into the resident area.
-            if pos < rc && !direct {
-                let dst = (bi * rc + pos) * kvd;
-                be.copy_d2d(Stream::Compute, nk, bi * kvd, &self.k_res[li], dst, kvd)
-                    .at(li)?;
-                be.copy_d2d(Stream::Compute, nv, bi * kvd, &self.v_res[li], dst, kvd)
-                    .at(li)?;
-            }
+        let b = self.batch;
+        let to_store = |width: usize, kind: Stored| Rows {
+            rows: b,
+            width,
+            src_pitch: width,
+            dst_pitch: self.store.pitch(kind),
+        };
+        if let Some(slot) = x_slot {
+            let off = self.store.offset(Stored::X, 0, slot);
+            let rows = to_store(h, Stored::X);
+            be.copy_d2h_rows(Stream::Writeback, nx, 0, &self.store.x[li], off, rows)
+                .at(li)?;
+        }
+        if let Some(slot) = kv_slot {
+            let off = self.store.offset(Stored::Kv, 0, slot);
+            let rows = to_store(kvd, Stored::Kv);
+            be.copy_d2h_rows(Stream::Writeback, nk, 0, &self.store.k[li], off, rows)
+                .at(li)?;
+            be.copy_d2h_rows(Stream::Writeback, nv, 0, &self.store.v[li], off, rows)
+                .at(li)?;
+        }
+        // The direct path already wrote K/V into the resident area.
+        if pos < rc && !direct {
+            let rows = Rows {
+                rows: b,
+                width: kvd,
+                src_pitch: kvd,
+                dst_pitch: rc * kvd,
+            };
+            be.scatter(nk, 0, &self.k_res[li], pos * kvd, rows).at(li)?;
+            be.scatter(nv, 0, &self.v_res[li], pos * kvd, rows).at(li)?;
         }
         let kind = TraceOpKind::Writeback;
         close(be, &mut self.trace, t, Stream::Writeback, Some(li), kind)?;
@@ -747,6 +834,24 @@ impl<'a> Executor<'a> {
         }
         if kv_slot.is_some() {
             self.store.mark_written(Stored::Kv, li, pos, pos + 1);
+        }
+        Ok(())
+    }
+
+    /// For benchmarks: treats positions `0..p` as prefilled without running
+    /// the prompt (the host store and resident area keep whatever they hold),
+    /// so a decode step at a long context can be timed without its prefill.
+    /// Timing does not depend on the values; the logits are meaningless.
+    pub fn assume_prefilled(&mut self, p: usize) -> Result<()> {
+        if p == 0 || p >= self.cap {
+            return Err(RuntimeError::Request {
+                what: "assume_prefilled".into(),
+                reason: format!("{p} positions, capacity {}", self.cap),
+            });
+        }
+        for li in 0..self.model.layers.len() {
+            self.store.mark_written(Stored::X, li, 0, p);
+            self.store.mark_written(Stored::Kv, li, 0, p);
         }
         Ok(())
     }
@@ -766,6 +871,36 @@ impl<'a> Executor<'a> {
         self.store
             .host_bytes(self.model.spec(), self.backend.dtype())
     }
+}
+
+/// A RoPE call's shape.
+fn rope_shape(
+    rows: usize,
+    row_stride: usize,
+    n_heads: usize,
+    head_dim: usize,
+    theta: f32,
+    interleaved: bool,
+) -> RopeShape {
+    RopeShape {
+        rows,
+        row_stride,
+        n_heads,
+        head_dim,
+        theta,
+        interleaved,
+    }
+}
+
+/// Bytes of `X` moved for `l` recomputed positions of `b` sequences, at `esz`
+/// bytes per element (the backend's dtype: 4 for f32, 2 for f16 and bf16).
+pub(crate) fn x_bytes(b: usize, l: usize, h: usize, esz: usize) -> u64 {
+    (b as u64) * (l as u64) * (h as u64) * (esz as u64)
+}
+
+/// Bytes of K and V moved for `n` transferred positions of `b` sequences.
+pub(crate) fn kv_bytes(b: usize, n: usize, kv_dim: usize, esz: usize) -> u64 {
+    2 * (b as u64) * (n as u64) * (kv_dim as u64) * (esz as u64)
 }
 
 /// Refuses a run whose buffers the machine cannot hold, before allocating
@@ -802,4 +937,29 @@ fn check_memory_for(
         needed,
         "run fewer prompts at once or generate fewer tokens",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes a step moves follow the backend's dtype: half for f16 and
+    /// bf16 of what f32 moves (the issue's finding: 4 bytes were hard-coded).
+    #[test]
+    fn byte_accounting_follows_the_dtype() {
+        use plans::Dtype;
+        let (b, l, h, n, kvd) = (8, 1000, 4096, 3000, 4096);
+        let f32b = Dtype::F32.bytes();
+        for d in [Dtype::F16, Dtype::Bf16] {
+            let e = d.bytes();
+            assert_eq!(e, 2, "{d:?}");
+            assert_eq!(x_bytes(b, l, h, e), 8 * 1000 * 4096 * 2);
+            assert_eq!(kv_bytes(b, n, kvd, e), 2 * 8 * 3000 * 4096 * 2);
+            assert_eq!(2 * x_bytes(b, l, h, e), x_bytes(b, l, h, f32b));
+            assert_eq!(2 * kv_bytes(b, n, kvd, e), kv_bytes(b, n, kvd, f32b));
+        }
+        // Llama-2-7B at batch 8, context 16384, f16: 68.7 GB of K/V per step
+        // over its 32 layers, past 32 bits; the accounting is 64-bit throughout.
+        assert_eq!(kv_bytes(8, 16_384, 4096, 2) * 32, 68_719_476_736);
+    }
 }

@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kernels::Backend;
+use kernels::{Backend, SampleArgs};
 use plans::{Plan, Workload};
-use rand::{Rng, SeedableRng};
 
 use crate::executor::Executor;
 use crate::model::Model;
@@ -17,10 +16,11 @@ use plans::{Split, StoreLayout};
 /// How the next token is chosen, as llama.cpp, vLLM and the OpenAI API read
 /// the knobs: `temperature` 0 is greedy (the largest logit, the first on ties;
 /// `top_k` and `top_p` are then moot); above 0 the logits are divided by it,
-/// cut to the `top_k` largest, then to the nucleus (the fewest most likely
-/// tokens whose probability reaches `top_p`), and one is drawn from what is
-/// left, renormalised, with a generator seeded by `seed`: the same seed and
-/// knobs on the same logits give the same ids.
+/// cut to the `top_k` largest and to the nucleus (the most likely tokens whose
+/// probability reaches `top_p`), and one is drawn from what is left. The draw
+/// runs on the device (`kernels::twin::sample_row` is its exact rule), with
+/// noise hashed from `seed`, the step and the sequence: the same seed and
+/// knobs on the same logits give the same ids, on every backend.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampling {
     /// 0: greedy; otherwise a finite positive divisor of the logits.
@@ -50,6 +50,17 @@ impl Sampling {
     /// Whether this picks the largest logit (no randomness).
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
+    }
+
+    /// The device sampler's arguments for decode step `step` (None: greedy).
+    pub fn args(&self, step: u64) -> Option<SampleArgs> {
+        (!self.is_greedy()).then(|| SampleArgs {
+            inv_temperature: 1.0 / self.temperature,
+            top_k: self.top_k.unwrap_or(0),
+            top_p: self.top_p.unwrap_or(1.0),
+            seed: self.seed,
+            step,
+        })
     }
 
     /// Checks the knobs; the error names the field (`temperature`, `top_k`, `top_p`).
@@ -214,6 +225,30 @@ impl Generator {
         Ok(out)
     }
 
+    /// A finished step's report, with the plan's prediction for its context.
+    fn report(&self, st: crate::executor::StepStats) -> StepReport {
+        let sp = st.split.unwrap_or(Split {
+            g: st.context,
+            l: 0,
+            s: st.context,
+            chunks: 1,
+        });
+        StepReport {
+            context: st.context,
+            resident: sp.g,
+            recompute: sp.l,
+            transfer: st.context - sp.g - sp.l,
+            chunks: sp.chunks,
+            measured_us: st.measured_us,
+            predicted_us: self
+                .plan
+                .as_ref()
+                .and_then(|p| p.predicted_step_us(st.context)),
+            bytes_x: st.bytes_x,
+            bytes_kv: st.bytes_kv,
+        }
+    }
+
     /// Generates up to `max_new_tokens` per prompt (stopping when every
     /// sequence has produced EOS), calling `on_token(batch_index, text)` with
     /// each new piece of text.
@@ -262,13 +297,11 @@ impl Generator {
             None => StoreLayout::all_resident(capacity),
         };
         let mut exec = Executor::new(&self.backend, &self.model, layout, b, capacity)?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(sampling.seed);
-        let vocab = spec.vocab_size;
         let eos = self.model.tokenizer.eos_token_id;
 
         let t0 = Instant::now();
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let mut logits = exec.prefill(&flat, p)?;
+        exec.prefill(&flat, p)?;
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
 
         let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); b];
@@ -277,7 +310,12 @@ impl Generator {
         let mut steps = Vec::new();
         let mut trace = Vec::new();
         for n in 0..max_new_tokens {
-            let next = sample(&logits, vocab, sampling, &mut rng);
+            let next = exec.choose(sampling.args(n as u64))?;
+            // The step that made these logits is done: its time is known.
+            if let Some(st) = exec.finish_step()? {
+                steps.push(self.report(st));
+                trace.extend(exec.take_trace());
+            }
             for i in 0..b {
                 if done[i] {
                     continue;
@@ -297,41 +335,22 @@ impl Generator {
                 break;
             }
             let s = p + n;
-            let (split, predicted) = match &self.plan {
-                Some(plan) => {
-                    let sp = Split::at(plan, s).ok_or_else(|| RuntimeError::Request {
-                        what: "plan".into(),
-                        reason: format!("has no step for context {s}"),
-                    })?;
-                    (sp, plan.predicted_step_us(s))
-                }
-                None => (
-                    Split {
-                        g: s,
-                        l: 0,
-                        s,
-                        chunks: 1,
-                    },
-                    None,
-                ),
+            let split = match &self.plan {
+                Some(plan) => Split::at(plan, s).ok_or_else(|| RuntimeError::Request {
+                    what: "plan".into(),
+                    reason: format!("has no step for context {s}"),
+                })?,
+                None => Split {
+                    g: s,
+                    l: 0,
+                    s,
+                    chunks: 1,
+                },
             };
             if self.trace_steps.contains(&n) {
                 exec.trace_next_step(n);
             }
-            let (l, st) = exec.step(&next, split)?;
-            trace.extend(exec.take_trace());
-            logits = l;
-            steps.push(StepReport {
-                context: s,
-                resident: split.g,
-                recompute: split.l,
-                transfer: s - split.g - split.l,
-                chunks: split.chunks,
-                measured_us: st.measured_us,
-                predicted_us: predicted,
-                bytes_x: st.bytes_x,
-                bytes_kv: st.bytes_kv,
-            });
+            exec.step(split)?;
         }
         let decode_ms_per_token = if steps.is_empty() {
             0.0
@@ -348,97 +367,18 @@ impl Generator {
             steps,
             tokens,
             texts,
-            final_logits: logits,
+            final_logits: exec.logits()?,
             host_bytes: exec.host_bytes(),
             trace,
         })
     }
 }
 
-/// The next id of each row of `logits` (`[batch, vocab]`).
-fn sample(logits: &[f32], vocab: usize, s: Sampling, rng: &mut rand::rngs::StdRng) -> Vec<u32> {
-    logits
-        .chunks_exact(vocab)
-        .map(|row| {
-            if s.is_greedy() {
-                argmax(row)
-            } else {
-                sample_row(row, s, rng)
-            }
-        })
-        .collect()
-}
-
-/// One draw from `row` at `s.temperature`, within the top-k and the nucleus.
-fn sample_row(row: &[f32], s: Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
-    // Candidates, most likely first (ties: the lower id first, as `argmax`).
-    let mut ids: Vec<u32> = (0..row.len() as u32).collect();
-    let by_logit = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-    let k = s.top_k.unwrap_or(row.len()).clamp(1, row.len().max(1));
-    if k < ids.len() {
-        ids.select_nth_unstable_by(k - 1, by_logit);
-        ids.truncate(k);
-    }
-    if s.top_p.is_some() || s.top_k.is_some() {
-        ids.sort_unstable_by(by_logit);
-    }
-    let Some(&first) = ids.first() else {
-        return 0;
-    };
-    // Softmax at the temperature over the candidates, from the largest logit.
-    let max = ids
-        .iter()
-        .map(|&i| row[i as usize])
-        .fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f32> = ids
-        .iter()
-        .map(|&i| ((row[i as usize] - max) / s.temperature).exp())
-        .collect();
-    let total: f32 = weights.iter().sum();
-    if !(total.is_finite() && total > 0.0) {
-        return first;
-    }
-    // The nucleus: the shortest prefix whose probability reaches top_p.
-    let mut n = weights.len();
-    if let Some(p) = s.top_p {
-        let mut acc = 0.0f32;
-        for (i, w) in weights.iter().enumerate() {
-            acc += w / total;
-            if acc >= p {
-                n = i + 1;
-                break;
-            }
-        }
-    }
-    let kept: f32 = weights[..n].iter().sum();
-    let mut u = rng.random::<f32>() * kept;
-    for (&id, &w) in ids[..n].iter().zip(&weights[..n]) {
-        u -= w;
-        if u <= 0.0 {
-            return id;
-        }
-    }
-    ids[n - 1]
-}
-
-/// Index of the largest value of `row` (the first on ties).
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rng(seed: u64) -> rand::rngs::StdRng {
-        rand::rngs::StdRng::seed_from_u64(seed)
-    }
+    use kernels::twin;
+    use rand::{Rng, SeedableRng};
 
     fn sampling(temperature: f32, top_k: Option<usize>, top_p: Option<f32>) -> Sampling {
         Sampling {
@@ -449,9 +389,17 @@ mod tests {
         }
     }
 
+    /// What the device draws for `row` at decode step `step` (its exact rule).
+    fn draw(row: &[f32], s: Sampling, step: u64) -> u32 {
+        match s.args(step) {
+            None => twin::argmax_row(row),
+            Some(a) => twin::sample_row(row, 0, &a),
+        }
+    }
+
     /// Seeded random logits, `rows` rows of `vocab`.
     fn logits(rows: usize, vocab: usize, seed: u64) -> Vec<f32> {
-        let mut r = rng(seed);
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
         (0..rows * vocab)
             .map(|_| r.random::<f32>() * 8.0 - 4.0)
             .collect()
@@ -461,9 +409,8 @@ mod tests {
     fn temperature_0_top_k_1_and_a_tiny_nucleus_are_greedy() {
         let (rows, vocab) = (64, 100);
         let l = logits(rows, vocab, 1);
-        let greedy = sample(&l, vocab, Sampling::GREEDY, &mut rng(0));
-        let want: Vec<u32> = l.chunks_exact(vocab).map(argmax).collect();
-        assert_eq!(greedy, want);
+        let greedy: Vec<u32> = l.chunks_exact(vocab).map(twin::argmax_row).collect();
+        assert!(Sampling::GREEDY.args(0).is_none());
         for s in [
             sampling(0.0, Some(7), Some(0.5)),
             sampling(1.0, Some(1), None),
@@ -471,18 +418,20 @@ mod tests {
             sampling(1.0, None, Some(1e-6)),
             sampling(100.0, Some(50), Some(1e-6)),
         ] {
-            assert_eq!(sample(&l, vocab, s, &mut rng(3)), greedy, "{s:?}");
+            let got: Vec<u32> = l.chunks_exact(vocab).map(|r| draw(r, s, 3)).collect();
+            assert_eq!(got, greedy, "{s:?}");
         }
     }
 
     #[test]
-    fn ties_go_to_the_lower_id_as_in_argmax() {
+    fn greedy_ties_go_to_the_lower_id_and_top_k_keeps_every_tie() {
         let row = [1.0, 3.0, 3.0, 0.0];
-        assert_eq!(argmax(&row), 1);
-        assert_eq!(
-            sample_row(&row, sampling(1.0, Some(1), None), &mut rng(0)),
-            1
-        );
+        assert_eq!(draw(&row, Sampling::GREEDY, 0), 1);
+        // The top-k cut is a threshold: tokens tied at the k-th value all stay.
+        let drawn: std::collections::HashSet<u32> = (0..64)
+            .map(|step| draw(&row, sampling(1.0, Some(1), None), step))
+            .collect();
+        assert_eq!(drawn, [1, 2].into_iter().collect());
     }
 
     #[test]
@@ -506,13 +455,12 @@ mod tests {
         }
         let nucleus: Vec<u32> = order[..n].iter().map(|&i| i as u32).collect();
         assert!(n > 1 && n < vocab, "a nucleus of {n} tests nothing");
-        let mut r = rng(9);
         let (mut seen_k, mut seen_p) = (vec![false; vocab], vec![false; vocab]);
-        for _ in 0..2000 {
-            let a = sample_row(&row, sampling(1.0, Some(5), None), &mut r);
+        for step in 0..2000 {
+            let a = draw(&row, sampling(1.0, Some(5), None), step);
             assert!(top5.contains(&a), "{a} is not in the top 5 {top5:?}");
             seen_k[a as usize] = true;
-            let b = sample_row(&row, sampling(1.0, None, Some(0.6)), &mut r);
+            let b = draw(&row, sampling(1.0, None, Some(0.6)), step);
             assert!(
                 nucleus.contains(&b),
                 "{b} is not in the nucleus {nucleus:?}"
@@ -524,7 +472,7 @@ mod tests {
         assert!(nucleus.iter().all(|&i| seen_p[i as usize]));
         // With no cut, ids outside the top 5 come up too.
         let all: Vec<u32> = (0..500)
-            .map(|_| sample_row(&row, sampling(1.0, None, None), &mut r))
+            .map(|step| draw(&row, sampling(1.0, None, None), step))
             .collect();
         assert!(all.iter().any(|i| !top5.contains(i)));
     }
@@ -533,10 +481,17 @@ mod tests {
     fn the_same_seed_draws_the_same_ids() {
         let (rows, vocab) = (32, 300);
         let l = logits(rows, vocab, 4);
-        let s = sampling(0.9, Some(40), Some(0.95));
-        let a = sample(&l, vocab, s, &mut rng(7));
-        assert_eq!(a, sample(&l, vocab, s, &mut rng(7)));
-        assert_ne!(a, sample(&l, vocab, s, &mut rng(8)));
+        let with_seed = |seed| {
+            let s = Sampling {
+                seed,
+                ..sampling(0.9, Some(40), Some(0.95))
+            };
+            l.chunks_exact(vocab)
+                .map(|r| draw(r, s, 1))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(with_seed(7), with_seed(7));
+        assert_ne!(with_seed(7), with_seed(8));
     }
 
     #[test]

@@ -82,6 +82,14 @@ impl HostStore {
         (b * cov.len() + slot) * width
     }
 
+    /// Elements between one batch row's region and the next in a buffer of `kind`.
+    pub fn pitch(&self, kind: Stored) -> usize {
+        match kind {
+            Stored::X => self.layout.x.len() * self.h,
+            Stored::Kv => self.layout.kv.len() * self.kv_dim,
+        }
+    }
+
     /// Whether `pos` is stored for `kind` (the writer calls this per token).
     pub fn stores(&self, kind: Stored, pos: usize) -> Option<usize> {
         self.cov(kind).slot(pos)

@@ -49,20 +49,72 @@ use stream::{sleep_until, Job, Worker};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use crate::device::Device;
 use crate::{
-    check_range, mul_checked, AttnShape, BackendOptions, Dtype, KernelError, Result, Stream,
+    twin, AttnShape, BackendOptions, BufInner, Dtype, EventInner, HostInner, IdInner, KernelError,
+    Result, RopeShape, Rows, SampleArgs, Stream,
 };
 
 /// A CPU buffer (used for both device and host buffers).
 #[derive(Clone)]
 pub(crate) struct CpuBuf {
     data: Arc<RwLock<Vec<f32>>>,
-    len: usize,
+}
+
+/// Token ids and positions.
+#[derive(Clone)]
+pub(crate) struct CpuIds(Arc<RwLock<Vec<u32>>>);
+
+impl CpuIds {
+    fn read(&self) -> RwLockReadGuard<'_, Vec<u32>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, Vec<u32>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn wrong(op: &'static str, what: &'static str) -> KernelError {
+    KernelError::WrongBackend {
+        op,
+        device: "cpu".into(),
+        what,
+    }
+}
+
+fn buf<'a>(op: &'static str, b: &'a BufInner) -> Result<&'a CpuBuf> {
+    match b {
+        BufInner::Cpu(x) => Ok(x),
+        BufInner::Cuda(_) => Err(wrong(op, "device buffer")),
+    }
+}
+
+fn host<'a>(op: &'static str, b: &'a HostInner) -> Result<&'a CpuBuf> {
+    match b {
+        HostInner::Cpu(x) => Ok(x),
+        HostInner::Cuda(_) => Err(wrong(op, "host buffer")),
+    }
+}
+
+fn ids<'a>(op: &'static str, b: &'a IdInner) -> Result<&'a CpuIds> {
+    match b {
+        IdInner::Cpu(x) => Ok(x),
+        IdInner::Cuda(_) => Err(wrong(op, "id buffer")),
+    }
+}
+
+fn event<'a>(op: &'static str, e: &'a EventInner) -> Result<&'a CpuEvent> {
+    match e {
+        EventInner::Cpu(x) => Ok(x),
+        EventInner::Cuda(_) => Err(wrong(op, "event")),
+    }
 }
 
 impl CpuBuf {
-    pub(crate) fn len(&self) -> usize {
-        self.len
+    fn new(data: Vec<f32>) -> CpuBuf {
+        CpuBuf {
+            data: Arc::new(RwLock::new(data)),
+        }
     }
     fn key(&self) -> usize {
         Arc::as_ptr(&self.data) as usize
@@ -163,58 +215,16 @@ impl CpuBackend {
         })
     }
 
-    pub(crate) fn name(&self) -> String {
-        match self.link_gbps {
-            Some(g) => format!("cpu (f32, link paced to {g} GB/s)"),
-            None => "cpu (f32)".to_string(),
-        }
-    }
-
-    pub(crate) fn link_gbps(&self) -> Option<f64> {
-        self.link_gbps
-    }
-
-    fn dev(&self) -> String {
-        "cpu".to_string()
-    }
-
     /// A zeroed buffer; a failed allocation is an error, not an abort.
-    pub(crate) fn alloc(&self, len: usize) -> Result<CpuBuf> {
+    fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>> {
         let mut data = Vec::new();
         data.try_reserve_exact(len)
             .map_err(|_| KernelError::OutOfMemory {
                 device: "cpu".into(),
-                bytes: (len as u64).saturating_mul(std::mem::size_of::<f32>() as u64),
+                bytes: (len as u64).saturating_mul(std::mem::size_of::<T>() as u64),
             })?;
-        data.resize(len, 0.0);
-        Ok(CpuBuf {
-            data: Arc::new(RwLock::new(data)),
-            len,
-        })
-    }
-
-    pub(crate) fn upload(&self, data: &[f32]) -> CpuBuf {
-        CpuBuf {
-            data: Arc::new(RwLock::new(data.to_vec())),
-            len: data.len(),
-        }
-    }
-
-    pub(crate) fn download(&self, buf: &CpuBuf, off: usize, len: usize) -> Result<Vec<f32>> {
-        check_range("download", "cpu", "buffer", off, len, buf.len)?;
-        self.synchronize()?;
-        Ok(buf.read()[off..off + len].to_vec())
-    }
-
-    pub(crate) fn host_write(&self, dst: &CpuBuf, off: usize, data: &[f32]) -> Result<()> {
-        check_range("host_write", "cpu", "host buffer", off, data.len(), dst.len)?;
-        dst.write()[off..off + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-
-    pub(crate) fn host_read(&self, src: &CpuBuf, off: usize, len: usize) -> Result<Vec<f32>> {
-        check_range("host_read", "cpu", "host buffer", off, len, src.len)?;
-        Ok(src.read()[off..off + len].to_vec())
+        data.resize(len, T::default());
+        Ok(data)
     }
 
     fn worker(&self, stream: Stream) -> Option<&Worker> {
@@ -225,10 +235,9 @@ impl CpuBackend {
         }
     }
 
-    /// Any copy: checks ranges now, runs on the stream (paced if `paced` and a
-    /// link bandwidth is set).
+    /// Any copy: runs on the stream (paced if `paced` and a link bandwidth is set).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn copy(
+    fn copy(
         &self,
         stream: Stream,
         op: &'static str,
@@ -236,32 +245,33 @@ impl CpuBackend {
         src_off: usize,
         dst: &CpuBuf,
         dst_off: usize,
-        len: usize,
+        rows: Rows,
         paced: bool,
     ) -> Result<()> {
-        check_range(op, "cpu", "source", src_off, len, src.len)?;
-        check_range(op, "cpu", "destination", dst_off, len, dst.len)?;
         let (src, dst) = (src.clone(), dst.clone());
         let gbps = if paced { self.link_gbps } else { None };
+        let bytes = rows.elements() as f64 * 4.0;
         let job = move |clock: &mut Instant| -> Result<()> {
             let start = *clock;
             // The link's time for these bytes; the data lands at the end of it.
             let window = match gbps {
                 Some(g) => {
-                    let secs = (len as f64 * 4.0) / (g * 1e9);
-                    let d = Duration::try_from_secs_f64(secs).map_err(|e| KernelError::Shape {
+                    let secs = bytes / (g * 1e9);
+                    let bad = |reason: String| KernelError::Shape {
                         op,
                         device: "cpu".into(),
-                        shape: format!("{len} elements at {g} GB/s"),
-                        reason: format!("the paced copy's time ({secs} s) is not a duration: {e}"),
+                        shape: format!("{bytes} bytes at {g} GB/s"),
+                        reason,
+                    };
+                    let d = Duration::try_from_secs_f64(secs).map_err(|e| {
+                        bad(format!(
+                            "the paced copy's time ({secs} s) is not a duration: {e}"
+                        ))
                     })?;
-                    let deadline = start.checked_add(d).ok_or_else(|| KernelError::Shape {
-                        op,
-                        device: "cpu".into(),
-                        shape: format!("{len} elements at {g} GB/s"),
-                        reason: format!(
+                    let deadline = start.checked_add(d).ok_or_else(|| {
+                        bad(format!(
                             "the paced copy's end ({secs} s from now) overflows the clock"
-                        ),
+                        ))
                     })?;
                     sleep_until(deadline);
                     Some(d)
@@ -269,12 +279,20 @@ impl CpuBackend {
                 None => None,
             };
             let t0 = Instant::now();
+            let run = |r: &[f32], w: &mut [f32]| {
+                for i in 0..rows.rows {
+                    let (s, d) = (src_off + i * rows.src_pitch, dst_off + i * rows.dst_pitch);
+                    w[d..d + rows.width].copy_from_slice(&r[s..s + rows.width]);
+                }
+            };
             if src.same(&dst) {
-                dst.write().copy_within(src_off..src_off + len, dst_off);
+                let mut g = dst.write();
+                for i in 0..rows.rows {
+                    let s = src_off + i * rows.src_pitch;
+                    g.copy_within(s..s + rows.width, dst_off + i * rows.dst_pitch);
+                }
             } else {
-                with_bufs(&[&src], &dst, |r, w| {
-                    w[dst_off..dst_off + len].copy_from_slice(&r[0][src_off..src_off + len])
-                });
+                with_bufs(&[&src], &dst, |r, w| run(r[0], w));
             }
             let work = t0.elapsed();
             // Saturating: `start + window` was checked above, and `work` is real time.
@@ -292,23 +310,138 @@ impl CpuBackend {
         }
     }
 
-    pub(crate) fn record(&self, stream: Stream) -> Result<CpuEvent> {
-        match self.worker(stream) {
-            None => {
-                self.copy.check()?;
-                self.writeback.check()?;
-                Ok(CpuEvent::fired())
-            }
-            Some(w) => w.record(),
+    /// A copy of `src[..len]` if it aliases `out`, so ops can read and write safely.
+    fn unalias(&self, src: &CpuBuf, out: &CpuBuf, len: usize) -> Option<CpuBuf> {
+        src.same(out)
+            .then(|| CpuBuf::new(src.read()[..len].to_vec()))
+    }
+
+    /// Checks the streams before an op on the compute stream (the caller).
+    fn compute_ok(&self) -> Result<()> {
+        self.copy.check()?;
+        self.writeback.check()
+    }
+}
+
+impl Device for CpuBackend {
+    fn name(&self) -> String {
+        match self.link_gbps {
+            Some(g) => format!("cpu (f32, link paced to {g} GB/s)"),
+            None => "cpu (f32)".to_string(),
         }
     }
 
-    pub(crate) fn wait(&self, stream: Stream, ev: &CpuEvent) -> Result<()> {
+    fn short_name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn link_gbps(&self) -> Option<f64> {
+        self.link_gbps
+    }
+
+    fn alloc(&self, len: usize) -> Result<BufInner> {
+        Ok(BufInner::Cpu(CpuBuf::new(Self::zeroed(len)?)))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<BufInner> {
+        Ok(BufInner::Cpu(CpuBuf::new(data.to_vec())))
+    }
+
+    fn download(&self, b: &BufInner, off: usize, len: usize) -> Result<Vec<f32>> {
+        let b = buf("download", b)?;
+        self.synchronize()?;
+        Ok(b.read()[off..off + len].to_vec())
+    }
+
+    fn alloc_ids(&self, len: usize) -> Result<IdInner> {
+        Ok(IdInner::Cpu(CpuIds(Arc::new(RwLock::new(Self::zeroed(
+            len,
+        )?)))))
+    }
+
+    fn write_ids(&self, dst: &IdInner, off: usize, data: &[u32]) -> Result<()> {
+        ids("write_ids", dst)?.write()[off..off + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read_ids(&self, src: &IdInner, off: usize, len: usize) -> Result<Vec<u32>> {
+        Ok(ids("read_ids", src)?.read()[off..off + len].to_vec())
+    }
+
+    fn alloc_host(&self, len: usize, _pinned: bool) -> Result<(HostInner, bool)> {
+        Ok((HostInner::Cpu(CpuBuf::new(Self::zeroed(len)?)), false))
+    }
+
+    fn host_write(&self, dst: &HostInner, off: usize, data: &[f32]) -> Result<()> {
+        host("host_write", dst)?.write()[off..off + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn host_read(&self, src: &HostInner, off: usize, len: usize) -> Result<Vec<f32>> {
+        Ok(host("host_read", src)?.read()[off..off + len].to_vec())
+    }
+
+    fn copy_h2d(
+        &self,
+        stream: Stream,
+        src: &HostInner,
+        src_off: usize,
+        dst: &BufInner,
+        dst_off: usize,
+        rows: Rows,
+    ) -> Result<()> {
+        let (s, d) = (host("copy_h2d", src)?, buf("copy_h2d", dst)?);
+        self.copy(stream, "copy_h2d", s, src_off, d, dst_off, rows, true)
+    }
+
+    fn copy_d2h(
+        &self,
+        stream: Stream,
+        src: &BufInner,
+        src_off: usize,
+        dst: &HostInner,
+        dst_off: usize,
+        rows: Rows,
+    ) -> Result<()> {
+        let (s, d) = (buf("copy_d2h", src)?, host("copy_d2h", dst)?);
+        self.copy(stream, "copy_d2h", s, src_off, d, dst_off, rows, true)
+    }
+
+    fn copy_d2d(
+        &self,
+        stream: Stream,
+        src: &BufInner,
+        src_off: usize,
+        dst: &BufInner,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        let (s, d) = (buf("copy_d2d", src)?, buf("copy_d2d", dst)?);
+        let rows = Rows::contiguous(len);
+        self.copy(stream, "copy_d2d", s, src_off, d, dst_off, rows, false)
+    }
+
+    fn record(&self, stream: Stream) -> Result<EventInner> {
+        let ev = match self.worker(stream) {
+            None => {
+                self.compute_ok()?;
+                CpuEvent::fired()
+            }
+            Some(w) => w.record()?,
+        };
+        Ok(EventInner::Cpu(ev))
+    }
+
+    fn wait(&self, stream: Stream, ev: &EventInner) -> Result<()> {
+        let ev = event("wait", ev)?;
         match self.worker(stream) {
             None => {
                 ev.wait()?;
-                self.copy.check()?;
-                self.writeback.check()
+                self.compute_ok()
             }
             Some(w) => {
                 w.check()?;
@@ -317,71 +450,45 @@ impl CpuBackend {
         }
     }
 
-    pub(crate) fn synchronize(&self) -> Result<()> {
+    fn synchronize(&self) -> Result<()> {
         // Both streams are drained before either failure is reported.
         let a = self.copy.record();
         let b = self.writeback.record();
         let a = a.and_then(|e| e.wait());
         let b = b.and_then(|e| e.wait());
-        self.copy.check()?;
-        self.writeback.check()?;
+        self.compute_ok()?;
         a.and(b).map(|_| ())
     }
 
-    /// Test hook: a job on `stream` that panics with `message`.
+    fn elapsed_us(&self, start: &EventInner, end: &EventInner) -> Result<f64> {
+        elapsed_us(event("elapsed_us", start)?, event("elapsed_us", end)?)
+    }
+
     #[cfg(test)]
-    pub(crate) fn inject_panic(&self, stream: Stream, message: &'static str) -> Result<()> {
+    fn inject_panic(&self, stream: Stream, message: &'static str) -> Result<()> {
         match self.worker(stream) {
             Some(w) => w.push(Job::Run(Box::new(move |_| panic!("{message}")))),
             None => Ok(()),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn gemm(
+    fn gemm(
         &self,
-        x: &CpuBuf,
+        x: &BufInner,
         x_off: usize,
-        w: &CpuBuf,
+        w: &BufInner,
         w_off: usize,
-        out: &CpuBuf,
+        out: &BufInner,
         out_off: usize,
         m: usize,
         n: usize,
         k: usize,
     ) -> Result<()> {
-        let d = self.dev();
-        check_range(
-            "gemm",
-            &d,
-            "x",
-            x_off,
-            mul_checked("gemm", &d, &[m, k])?,
-            x.len,
-        )?;
-        check_range(
-            "gemm",
-            &d,
-            "w",
-            w_off,
-            mul_checked("gemm", &d, &[n, k])?,
-            w.len,
-        )?;
-        check_range(
-            "gemm",
-            &d,
-            "out",
-            out_off,
-            mul_checked("gemm", &d, &[m, n])?,
-            out.len,
-        )?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
+        let (x, w, out) = (buf("gemm", x)?, buf("gemm", w)?, buf("gemm", out)?);
         if out.same(w) {
             return Err(KernelError::Shape {
                 op: "gemm",
-                device: d,
+                device: "cpu".into(),
                 shape: format!("m={m} n={n} k={k}"),
                 reason: "out must not alias the weights".into(),
             });
@@ -412,25 +519,18 @@ impl CpuBackend {
         Ok(())
     }
 
-    /// A copy of `src[..len]` if it aliases `out`, so ops can read and write safely.
-    fn unalias(&self, src: &CpuBuf, out: &CpuBuf, len: usize) -> Option<CpuBuf> {
-        src.same(out).then(|| self.upload(&src.read()[..len]))
-    }
-
-    pub(crate) fn rmsnorm(
+    fn rmsnorm(
         &self,
-        x: &CpuBuf,
-        weight: &CpuBuf,
-        out: &CpuBuf,
+        x: &BufInner,
+        weight: &BufInner,
+        out: &BufInner,
         rows: usize,
         dim: usize,
         eps: f32,
     ) -> Result<()> {
-        let d = self.dev();
-        let len = mul_checked("rmsnorm", &d, &[rows, dim])?;
-        check_range("rmsnorm", &d, "x", 0, len, x.len)?;
-        check_range("rmsnorm", &d, "weight", 0, dim, weight.len)?;
-        check_range("rmsnorm", &d, "out", 0, len, out.len)?;
+        let op = "rmsnorm";
+        let (x, weight, out) = (buf(op, x)?, buf(op, weight)?, buf(op, out)?);
+        let len = rows * dim;
         let xa = self.unalias(x, out, len);
         let x = xa.as_ref().unwrap_or(x);
         with_bufs(&[x, weight], out, |r, o| {
@@ -439,110 +539,67 @@ impl CpuBackend {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn rope(
+    fn rope(
         &self,
-        x: &CpuBuf,
+        x: &BufInner,
         x_off: usize,
-        rows: usize,
-        row_stride: usize,
-        n_heads: usize,
-        head_dim: usize,
-        positions: &[u32],
-        theta: f32,
-        interleaved: bool,
+        pos: &IdInner,
+        pos_off: usize,
+        r: RopeShape,
     ) -> Result<()> {
-        let d = self.dev();
-        let shape =
-            || format!("rows={rows} row_stride={row_stride} n_heads={n_heads} head_dim={head_dim}");
-        let bad = |reason: String| KernelError::Shape {
-            op: "rope",
-            device: "cpu".into(),
-            shape: shape(),
-            reason,
-        };
-        if !head_dim.is_multiple_of(2) {
-            return Err(bad("head_dim must be even".into()));
-        }
-        if positions.len() != rows {
-            return Err(bad(format!(
-                "{} positions given for {rows} rows",
-                positions.len()
-            )));
-        }
-        let width = mul_checked("rope", &d, &[n_heads, head_dim])?;
-        if rows == 0 || width == 0 {
-            return Ok(());
-        }
-        if width > row_stride {
-            return Err(bad("n_heads * head_dim is wider than row_stride".into()));
-        }
-        let span = mul_checked("rope", &d, &[rows - 1, row_stride])?
-            .checked_add(width)
-            .ok_or_else(|| bad("size overflows".into()))?;
-        check_range("rope", &d, "x", x_off, span, x.len)?;
-        const MAX_POSITION: u32 = 1 << 22;
-        if let Some(&p) = positions.iter().find(|&&p| p >= MAX_POSITION) {
-            return Err(bad(format!(
-                "position {p} is beyond the {MAX_POSITION} positions RoPE supports"
-            )));
+        let x = buf("rope", x)?;
+        let pos = ids("rope", pos)?.read();
+        let positions = &pos[pos_off..pos_off + r.rows];
+        if let Some(&p) = positions.iter().find(|&&p| p >= crate::check::MAX_POSITION) {
+            return Err(KernelError::Shape {
+                op: "rope",
+                device: "cpu".into(),
+                shape: format!("{r:?}"),
+                reason: format!(
+                    "position {p} is beyond the {} positions RoPE supports",
+                    crate::check::MAX_POSITION
+                ),
+            });
         }
         let mut table = self
             .scratch
             .rope_table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        table.ensure(theta, head_dim, positions);
+        table.ensure(r.theta, r.head_dim, positions);
+        let span = (r.rows - 1) * r.row_stride + r.n_heads * r.head_dim;
         let mut g = x.write();
         ops::rope(
             &mut g[x_off..x_off + span],
-            row_stride,
-            n_heads,
+            r.row_stride,
+            r.n_heads,
             positions,
             &table,
-            interleaved,
+            r.interleaved,
         );
         Ok(())
     }
 
-    pub(crate) fn attention(
+    fn attention(
         &self,
-        q: &CpuBuf,
-        k: &CpuBuf,
-        v: &CpuBuf,
-        out: &CpuBuf,
+        q: &BufInner,
+        k: &BufInner,
+        v: &BufInner,
+        out: &BufInner,
         a: AttnShape,
     ) -> Result<()> {
-        let d = self.dev();
-        let bad = |reason: String| KernelError::Shape {
-            op: "attention",
-            device: "cpu".into(),
-            shape: format!("{a:?}"),
-            reason,
-        };
-        if a.n_kv_heads == 0 || !a.n_heads.is_multiple_of(a.n_kv_heads) {
-            return Err(bad("n_heads must be a multiple of n_kv_heads".into()));
-        }
-        if a.q_len > 0 && a.q_pos0 + a.q_len > a.kv_capacity {
-            return Err(bad(format!(
-                "queries reach position {} but the cache holds {} positions",
-                a.q_pos0 + a.q_len - 1,
-                a.kv_capacity
-            )));
-        }
-        let q_len = mul_checked("attention", &d, &[a.batch, a.q_len, a.n_heads, a.head_dim])?;
-        let kv_len = mul_checked(
-            "attention",
-            &d,
-            &[a.batch, a.kv_capacity, a.n_kv_heads, a.head_dim],
-        )?;
-        check_range("attention", &d, "q", 0, q_len, q.len)?;
-        check_range("attention", &d, "k", 0, kv_len, k.len)?;
-        check_range("attention", &d, "v", 0, kv_len, v.len)?;
-        check_range("attention", &d, "out", 0, q_len, out.len)?;
+        let op = "attention";
+        let (q, k, v, out) = (buf(op, q)?, buf(op, k)?, buf(op, v)?, buf(op, out)?);
         if out.same(k) || out.same(v) {
-            return Err(bad("out must not alias k or v".into()));
+            return Err(KernelError::Shape {
+                op,
+                device: "cpu".into(),
+                shape: format!("{a:?}"),
+                reason: "out must not alias k or v".into(),
+            });
         }
+        let q_len = a.batch * a.q_len * a.n_heads * a.head_dim;
+        let kv_len = a.batch * a.kv_capacity * a.n_kv_heads * a.head_dim;
         let qa = self.unalias(q, out, q_len);
         let q = qa.as_ref().unwrap_or(q);
         with_bufs(&[q, k, v], out, |r, o| {
@@ -557,17 +614,9 @@ impl CpuBackend {
         Ok(())
     }
 
-    pub(crate) fn silu_gate(
-        &self,
-        gate: &CpuBuf,
-        up: &CpuBuf,
-        out: &CpuBuf,
-        len: usize,
-    ) -> Result<()> {
-        let d = self.dev();
-        check_range("silu_gate", &d, "gate", 0, len, gate.len)?;
-        check_range("silu_gate", &d, "up", 0, len, up.len)?;
-        check_range("silu_gate", &d, "out", 0, len, out.len)?;
+    fn silu_gate(&self, gate: &BufInner, up: &BufInner, out: &BufInner, len: usize) -> Result<()> {
+        let op = "silu_gate";
+        let (gate, up, out) = (buf(op, gate)?, buf(op, up)?, buf(op, out)?);
         let ga = self.unalias(gate, out, len);
         let ua = self.unalias(up, out, len);
         let (gate, up) = (ga.as_ref().unwrap_or(gate), ua.as_ref().unwrap_or(up));
@@ -577,11 +626,8 @@ impl CpuBackend {
         Ok(())
     }
 
-    pub(crate) fn add(&self, a: &CpuBuf, b: &CpuBuf, out: &CpuBuf, len: usize) -> Result<()> {
-        let d = self.dev();
-        check_range("add", &d, "a", 0, len, a.len)?;
-        check_range("add", &d, "b", 0, len, b.len)?;
-        check_range("add", &d, "out", 0, len, out.len)?;
+    fn add(&self, a: &BufInner, b: &BufInner, out: &BufInner, len: usize) -> Result<()> {
+        let (a, b, out) = (buf("add", a)?, buf("add", b)?, buf("add", out)?);
         match (a.same(out), b.same(out)) {
             (true, true) => {
                 let mut g = out.write();
@@ -600,58 +646,91 @@ impl CpuBackend {
         Ok(())
     }
 
-    pub(crate) fn embedding(
+    fn scatter(
         &self,
-        table: &CpuBuf,
-        ids: &[u32],
-        out: &CpuBuf,
+        src: &BufInner,
+        src_off: usize,
+        dst: &BufInner,
+        dst_off: usize,
+        rows: Rows,
+    ) -> Result<()> {
+        let (s, d) = (buf("scatter", src)?, buf("scatter", dst)?);
+        self.compute_ok()?;
+        self.copy(
+            Stream::Compute,
+            "scatter",
+            s,
+            src_off,
+            d,
+            dst_off,
+            rows,
+            false,
+        )
+    }
+
+    fn embedding(
+        &self,
+        table: &BufInner,
+        id: &IdInner,
+        ids_off: usize,
+        out: &BufInner,
+        rows: usize,
         dim: usize,
     ) -> Result<()> {
-        let d = self.dev();
-        let len = mul_checked("embedding", &d, &[ids.len(), dim])?;
-        check_range("embedding", &d, "out", 0, len, out.len)?;
-        if dim == 0 {
-            return Ok(());
-        }
-        let vocab = table.len / dim;
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(KernelError::Shape {
-                op: "embedding",
-                device: d,
-                shape: format!("table [{vocab}, {dim}]"),
-                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
-            });
-        }
+        let op = "embedding";
+        let (table, out) = (buf(op, table)?, buf(op, out)?);
         if table.same(out) {
             return Err(KernelError::Shape {
-                op: "embedding",
-                device: d,
-                shape: format!("table [{vocab}, {dim}]"),
+                op,
+                device: "cpu".into(),
+                shape: format!("[{rows}, {dim}]"),
                 reason: "out must not alias the table".into(),
             });
         }
+        let id = ids(op, id)?.read();
+        let id = &id[ids_off..ids_off + rows];
         with_bufs(&[table], out, |r, o| {
-            for (row, &id) in o[..len].chunks_exact_mut(dim).zip(ids) {
-                let s = id as usize * dim;
-                row.copy_from_slice(&r[0][s..s + dim]);
+            let vocab = r[0].len() / dim;
+            for (row, &i) in o[..rows * dim].chunks_exact_mut(dim).zip(id) {
+                match (i as usize) < vocab {
+                    true => row.copy_from_slice(&r[0][i as usize * dim..][..dim]),
+                    false => row.fill(0.0),
+                }
             }
         });
         Ok(())
     }
 
-    pub(crate) fn argmax(&self, x: &CpuBuf, rows: usize, cols: usize) -> Result<Vec<u32>> {
-        let d = self.dev();
-        let len = mul_checked("argmax", &d, &[rows, cols])?;
-        check_range("argmax", &d, "x", 0, len, x.len)?;
-        if cols == 0 {
-            return Err(KernelError::Shape {
-                op: "argmax",
-                device: d,
-                shape: format!("[{rows}, {cols}]"),
-                reason: "rows are empty".into(),
-            });
+    fn argmax(
+        &self,
+        x: &BufInner,
+        rows: usize,
+        cols: usize,
+        out: &IdInner,
+        out_off: usize,
+    ) -> Result<()> {
+        let x = buf("argmax", x)?.read();
+        let mut o = ids("argmax", out)?.write();
+        for (r, row) in x[..rows * cols].chunks_exact(cols).enumerate() {
+            o[out_off + r] = twin::argmax_row(row);
         }
-        let g = x.read();
-        Ok(g[..len].chunks_exact(cols).map(ops::argmax_row).collect())
+        Ok(())
+    }
+
+    fn sample(
+        &self,
+        x: &BufInner,
+        rows: usize,
+        cols: usize,
+        out: &IdInner,
+        out_off: usize,
+        s: SampleArgs,
+    ) -> Result<()> {
+        let x = buf("sample", x)?.read();
+        let mut o = ids("sample", out)?.write();
+        for (r, row) in x[..rows * cols].chunks_exact(cols).enumerate() {
+            o[out_off + r] = twin::sample_row(row, r, &s);
+        }
+        Ok(())
     }
 }

@@ -201,14 +201,3 @@ pub(super) fn add_assign(out: &mut [f32], b: &[f32]) {
         *o += v;
     }
 }
-
-/// Index of the first largest value (NaN never wins).
-pub(super) fn argmax_row(row: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] || row[best].is_nan() && !v.is_nan() {
-            best = i;
-        }
-    }
-    best as u32
-}

@@ -11,68 +11,41 @@
 use std::ffi::c_void;
 
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::sys::CUdeviceptr;
 
-use super::{CudaBackend, CudaBuf};
-use crate::{check_range, mul_checked, Dtype, KernelError, Result};
+use super::CudaBackend;
+use crate::{Dtype, KernelError, Result};
 
 impl CudaBackend {
+    /// `out = x . w^T` at raw pointers (`Backend` checked the ranges), `esz`
+    /// bytes per element.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn gemm(
+    pub(super) fn gemm_raw(
         &self,
-        x: &CudaBuf,
-        x_off: usize,
-        w: &CudaBuf,
-        w_off: usize,
-        out: &CudaBuf,
-        out_off: usize,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        out: CUdeviceptr,
+        esz: usize,
         m: usize,
         n: usize,
         k: usize,
     ) -> Result<()> {
-        let d = &self.device;
-        check_range(
-            "gemm",
-            d,
-            "x",
-            x_off,
-            mul_checked("gemm", d, &[m, k])?,
-            x.len,
-        )?;
-        check_range(
-            "gemm",
-            d,
-            "w",
-            w_off,
-            mul_checked("gemm", d, &[n, k])?,
-            w.len,
-        )?;
-        check_range(
-            "gemm",
-            d,
-            "out",
-            out_off,
-            mul_checked("gemm", d, &[m, n])?,
-            out.len,
-        )?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
         let int = |v: usize| {
             i32::try_from(v).map_err(|_| KernelError::Shape {
                 op: "gemm",
-                device: d.clone(),
+                device: self.short.clone(),
                 shape: format!("m={m} n={n} k={k}"),
                 reason: "dimensions must fit in 32 bits for cuBLAS".into(),
             })
         };
         if k == 0 {
             self.bind()?;
-            // SAFETY: the out range was checked above.
+            // SAFETY: `Backend` checked the out range.
             return unsafe {
                 cudarc::driver::result::memset_d8_async(
-                    out.at(out_off),
+                    out,
                     0,
-                    m * n * out.esz,
+                    m * n * esz,
                     self.compute.cu_stream(),
                 )
             }
@@ -86,7 +59,7 @@ impl CudaBackend {
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
         self.bind()?;
-        // SAFETY: the three ranges were checked against the buffers above, all
+        // SAFETY: `Backend` checked the three ranges against the buffers, all
         // in the backend's dtype; the handle is bound to the compute stream;
         // alpha/beta are f32 as CUBLAS_COMPUTE_32F requires.
         unsafe {
@@ -98,14 +71,14 @@ impl CudaBackend {
                 mi,
                 ki,
                 &alpha as *const f32 as *const c_void,
-                w.at(w_off) as *const c_void,
+                w as *const c_void,
                 ty,
                 ki,
-                x.at(x_off) as *const c_void,
+                x as *const c_void,
                 ty,
                 ki,
                 &beta as *const f32 as *const c_void,
-                out.at(out_off) as *mut c_void,
+                out as *mut c_void,
                 ty,
                 ni,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,

@@ -16,7 +16,11 @@
 //! a [`CudaBuf`] is freed (stream-ordered, on the compute stream) only after
 //! the compute stream has waited for the copy and writeback streams; and host
 //! buffers remember the events of the copies that touch them, so `host_write`
-//! / `host_read` wait for in-flight copies of the same elements.
+//! / `host_read` wait for in-flight copies of the same elements, and a host
+//! buffer's drop waits for every copy still in flight on it (pinned memory is
+//! never freed under a running transfer, even after a failed step). CPU
+//! access and the enqueueing of copies on one host buffer take the same lock,
+//! which is what makes sharing it between threads sound.
 //!
 //! **Pinned memory.** Host buffers are page-locked with flags 0, not cudarc's
 //! default write-combined `alloc_pinned`: write-combined memory is uncached
@@ -24,20 +28,36 @@
 //! (`host_read`) as well as by DMA. `alloc_host_pageable` gives plain memory
 //! to measure the pageable path.
 //!
-//! Only GEMM among the compute ops runs here yet; the others return
-//! [`KernelError::Unsupported`].
+//! **Kernels.** Every op but GEMM (cuBLAS) is a CUDA C kernel from
+//! `kernels/cuda/`, compiled by NVRTC for the device's `sm_XY` when the
+//! backend is built (see `nvrtc.rs`), in the backend's dtype, with f32
+//! accumulation. Launches are in `ops.rs`.
 
 mod gemm;
+mod nvrtc;
+mod ops;
 
+pub use nvrtc::{
+    compile_kernels, compile_kernels_in, default_kernel_cache, kernel_names, kernel_source,
+    CompiledKernels, KERNEL_ARCHS,
+};
+
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use cudarc::driver::sys::{self, CUdeviceptr, CUevent_flags};
-use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
+use cudarc::driver::sys::{self, CUdeviceptr, CUevent_flags, CUmemorytype};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice,
+};
 
-use crate::{check_range, BackendOptions, Dtype, KernelError, Result, Stream};
+use crate::device::Device;
+use crate::{
+    AttnShape, BackendOptions, BufInner, Dtype, EventInner, HostInner, IdInner, KernelError,
+    Result, RopeShape, Rows, SampleArgs, Stream,
+};
 
-/// A device buffer: raw allocation in the compute dtype.
+/// A device buffer: a raw allocation of `len` elements of `esz` bytes.
 pub(crate) struct CudaBuf {
     ptr: CUdeviceptr,
     len: usize,
@@ -50,9 +70,6 @@ pub(crate) struct CudaBuf {
 }
 
 impl CudaBuf {
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
     fn at(&self, off: usize) -> CUdeviceptr {
         self.ptr + (off * self.esz) as CUdeviceptr
     }
@@ -70,6 +87,9 @@ impl Drop for CudaBuf {
     }
 }
 
+/// Token ids and positions: a device buffer of `u32`.
+pub(crate) struct CudaIds(CudaBuf);
+
 /// Owns the host allocation `CudaHostBuf::ptr` points into (freed on drop).
 #[allow(dead_code)]
 enum HostMem {
@@ -80,29 +100,36 @@ enum HostMem {
 /// A host buffer: pinned (or pageable), with the copies in flight on it.
 pub(crate) struct CudaHostBuf {
     ptr: *mut u8,
-    len: usize,
     esz: usize,
     dtype: Dtype,
+    /// The copies in flight and their ranges. Held while the CPU reads or
+    /// writes the buffer and while a copy is enqueued and recorded.
     pending: Mutex<Vec<(Range<usize>, Arc<CudaEvent>)>>,
+    /// Owns the memory (`ptr` points into it); freed after `Drop` has waited.
+    #[allow(dead_code)]
     mem: HostMem,
 }
 
-// SAFETY: `ptr` points into `mem`, which this struct owns and never moves;
-// CPU access goes through `host_write` / `host_read`, which wait for the
-// copies recorded in `pending` that overlap the elements they touch.
+// SAFETY: `ptr` points into `mem`, which this struct owns and never moves.
+// Every CPU access (`host_write`, `host_read`) and every enqueue of a copy
+// (`copy_h2d`, `copy_d2h`) holds the `pending` lock, and CPU accesses first
+// wait for the recorded copies that overlap them; so no two threads touch the
+// memory at once and the CPU never races a DMA it knows of. Drop waits for
+// every copy still in flight.
 unsafe impl Send for CudaHostBuf {}
 unsafe impl Sync for CudaHostBuf {}
 
 impl CudaHostBuf {
-    pub(crate) fn len(&self) -> usize {
-        self.len
+    fn lock(&self) -> MutexGuard<'_, Vec<(Range<usize>, Arc<CudaEvent>)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
-    pub(crate) fn is_pinned(&self) -> bool {
-        matches!(self.mem, HostMem::Pinned(_))
-    }
+
     /// Waits for every in-flight copy touching `r`, and forgets finished ones.
-    fn settle(&self, r: &Range<usize>, dev: &str) -> Result<()> {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+    fn settle(
+        p: &mut Vec<(Range<usize>, Arc<CudaEvent>)>,
+        r: &Range<usize>,
+        dev: &str,
+    ) -> Result<()> {
         for (rr, ev) in p.iter() {
             if rr.start < r.end && r.start < rr.end {
                 ev.synchronize()
@@ -112,8 +139,8 @@ impl CudaHostBuf {
         p.retain(|(rr, ev)| !(ev.is_complete() || rr.start < r.end && r.start < rr.end));
         Ok(())
     }
-    fn track(&self, r: Range<usize>, ev: CudaEvent) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+
+    fn track(p: &mut Vec<(Range<usize>, Arc<CudaEvent>)>, r: Range<usize>, ev: CudaEvent) {
         if p.len() >= 64 {
             p.retain(|(_, e)| !e.is_complete());
         }
@@ -121,18 +148,42 @@ impl CudaHostBuf {
     }
 }
 
+impl Drop for CudaHostBuf {
+    fn drop(&mut self) {
+        // Pinned memory must not be freed under a running transfer.
+        for (_, ev) in self.lock().iter() {
+            let _ = ev.synchronize();
+        }
+    }
+}
+
 /// A recorded CUDA event (timing enabled).
 #[derive(Clone)]
 pub(crate) struct CudaEv(Arc<CudaEvent>);
 
+/// Scratch the kernels need, grown to the largest shape seen (sized by
+/// capacities, not by the current context, so a decode loop allocates
+/// nothing after its first step).
+#[derive(Default)]
+struct Scratch {
+    /// Flash-decoding partials: `part_o` then `part_ml`, f32.
+    attn: Option<CudaBuf>,
+    /// The sampler's probabilities, f32.
+    sample: Option<CudaBuf>,
+}
+
 pub(crate) struct CudaBackend {
     device: String,
+    short: String,
     dtype: Dtype,
     ctx: Arc<CudaContext>,
     copy: Arc<CudaStream>,
     compute: Arc<CudaStream>,
     writeback: Arc<CudaStream>,
     blas: cudarc::cublas::CudaBlas,
+    /// This dtype's kernels by name (without the dtype suffix).
+    funcs: HashMap<&'static str, CudaFunction>,
+    scratch: Mutex<Scratch>,
 }
 
 fn cuda_err(device: &str, call: &'static str, e: impl std::fmt::Display) -> KernelError {
@@ -140,6 +191,14 @@ fn cuda_err(device: &str, call: &'static str, e: impl std::fmt::Display) -> Kern
         device: device.to_string(),
         call,
         message: e.to_string(),
+    }
+}
+
+fn wrong(dev: &str, op: &'static str, what: &'static str) -> KernelError {
+    KernelError::WrongBackend {
+        op,
+        device: dev.to_string(),
+        what,
     }
 }
 
@@ -163,6 +222,15 @@ impl CudaBackend {
                 device,
             });
         }
+        let n =
+            CudaContext::device_count().map_err(|e| cuda_err(&device, "cuDeviceGetCount", e))?;
+        if ordinal >= n.max(0) as usize {
+            return Err(KernelError::Cuda {
+                device,
+                call: "cuDeviceGet",
+                message: format!("this machine has {n} CUDA device(s)"),
+            });
+        }
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| cuda_err(&device, "cuInit/cuDevicePrimaryCtxRetain", e))?;
         // SAFETY: called before any buffer exists in this context; from here on
@@ -176,34 +244,40 @@ impl CudaBackend {
             .map_err(|e| cuda_err(&device, "cublasCreate", e))?;
         let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let dtype = opts.dtype.unwrap_or(Dtype::F16);
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| cuda_err(&device, "cuDeviceGetAttribute", e))?;
+        let compiled = nvrtc::compile_kernels(&format!("sm_{major}{minor}"))?;
+        let module =
+            nvrtc::load(&ctx, &compiled).map_err(|e| cuda_err(&device, "cuModuleLoadData", e))?;
+        let suffix = match dtype {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        };
+        let mut funcs = HashMap::new();
+        for k in nvrtc::KERNELS {
+            let f = module
+                .load_function(&format!("{k}_{suffix}"))
+                .map_err(|e| cuda_err(&device, "cuModuleGetFunction", e))?;
+            funcs.insert(k, f);
+        }
         Ok(CudaBackend {
             device: format!("{device} ({gpu}, {})", dtype.name()),
+            short: device,
             dtype,
             ctx,
             copy,
             compute,
             writeback,
             blas,
+            funcs,
+            scratch: Mutex::new(Scratch::default()),
         })
     }
 
-    pub(crate) fn name(&self) -> String {
-        self.device.clone()
-    }
-
-    pub(crate) fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
-    pub(crate) fn unsupported(&self, op: &'static str) -> KernelError {
-        KernelError::Unsupported {
-            op,
-            device: self.device.clone(),
-        }
-    }
-
     fn err(&self, call: &'static str, e: impl std::fmt::Display) -> KernelError {
-        cuda_err(&self.device, call, e)
+        cuda_err(&self.short, call, e)
     }
 
     fn stream(&self, s: Stream) -> &Arc<CudaStream> {
@@ -220,11 +294,39 @@ impl CudaBackend {
             .map_err(|e| self.err("cuCtxSetCurrent", e))
     }
 
-    pub(crate) fn alloc(&self, len: usize) -> Result<CudaBuf> {
-        let esz = self.dtype.bytes();
+    fn buf<'a>(&self, op: &'static str, b: &'a BufInner) -> Result<&'a CudaBuf> {
+        match b {
+            BufInner::Cuda(x) => Ok(x),
+            BufInner::Cpu(_) => Err(wrong(&self.short, op, "device buffer")),
+        }
+    }
+
+    fn host<'a>(&self, op: &'static str, b: &'a HostInner) -> Result<&'a CudaHostBuf> {
+        match b {
+            HostInner::Cuda(x) => Ok(x),
+            HostInner::Cpu(_) => Err(wrong(&self.short, op, "host buffer")),
+        }
+    }
+
+    fn ids<'a>(&self, op: &'static str, b: &'a IdInner) -> Result<&'a CudaBuf> {
+        match b {
+            IdInner::Cuda(x) => Ok(&x.0),
+            IdInner::Cpu(_) => Err(wrong(&self.short, op, "id buffer")),
+        }
+    }
+
+    fn event<'a>(&self, op: &'static str, e: &'a EventInner) -> Result<&'a CudaEv> {
+        match e {
+            EventInner::Cuda(x) => Ok(x),
+            EventInner::Cpu(_) => Err(wrong(&self.short, op, "event")),
+        }
+    }
+
+    /// A zeroed raw allocation of `len` elements of `esz` bytes.
+    fn raw_alloc(&self, len: usize, esz: usize) -> Result<CudaBuf> {
         let bytes = len.checked_mul(esz).ok_or_else(|| KernelError::Shape {
             op: "alloc",
-            device: self.device.clone(),
+            device: self.short.clone(),
             shape: format!("[{len}]"),
             reason: "size overflows".into(),
         })?;
@@ -249,31 +351,150 @@ impl CudaBackend {
         })
     }
 
-    pub(crate) fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
-        let buf = self.alloc(data.len())?;
+    /// One strided copy between host and device (`to_device`) on `stream`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_host(
+        &self,
+        stream: Stream,
+        host: &CudaHostBuf,
+        host_off: usize,
+        dev: &CudaBuf,
+        dev_off: usize,
+        rows: Rows,
+        to_device: bool,
+    ) -> Result<()> {
+        let esz = dev.esz;
+        let (host_pitch, dev_pitch) = match to_device {
+            true => (rows.src_pitch, rows.dst_pitch),
+            false => (rows.dst_pitch, rows.src_pitch),
+        };
+        let span = (rows.rows - 1) * host_pitch + rows.width;
+        self.bind()?;
+        let s = self.stream(stream);
+        let mut pending = host.lock();
+        // SAFETY: `Backend` checked both ranges against the buffers, which
+        // share this backend's dtype; the host memory lives as long as `host`,
+        // whose drop and CPU accessors wait for the event recorded below.
+        unsafe {
+            let h = host.ptr.add(host_off * esz);
+            let d = dev.at(dev_off);
+            if rows.rows == 1 {
+                let n = rows.width * esz;
+                match to_device {
+                    true => sys::cuMemcpyHtoDAsync_v2(d, h as *const _, n, s.cu_stream()),
+                    false => sys::cuMemcpyDtoHAsync_v2(h as *mut _, d, n, s.cu_stream()),
+                }
+                .result()
+            } else {
+                let mut p: sys::CUDA_MEMCPY2D = std::mem::zeroed();
+                p.WidthInBytes = rows.width * esz;
+                p.Height = rows.rows;
+                let (hp, dp) = (host_pitch * esz, dev_pitch * esz);
+                if to_device {
+                    (p.srcMemoryType, p.srcHost, p.srcPitch) =
+                        (CUmemorytype::CU_MEMORYTYPE_HOST, h as *const _, hp);
+                    (p.dstMemoryType, p.dstDevice, p.dstPitch) =
+                        (CUmemorytype::CU_MEMORYTYPE_DEVICE, d, dp);
+                } else {
+                    (p.srcMemoryType, p.srcDevice, p.srcPitch) =
+                        (CUmemorytype::CU_MEMORYTYPE_DEVICE, d, dp);
+                    (p.dstMemoryType, p.dstHost, p.dstPitch) =
+                        (CUmemorytype::CU_MEMORYTYPE_HOST, h as *mut _, hp);
+                }
+                sys::cuMemcpy2DAsync_v2(&p, s.cu_stream()).result()
+            }
+        }
+        .map_err(|e| self.err("cuMemcpyAsync (host)", e))?;
+        CudaHostBuf::track(&mut pending, host_off..host_off + span, self.record_raw(s)?);
+        Ok(())
+    }
+
+    fn record_raw(&self, s: &CudaStream) -> Result<CudaEvent> {
+        s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| self.err("cuEventRecord", e))
+    }
+}
+
+impl Device for CudaBackend {
+    fn name(&self) -> String {
+        self.device.clone()
+    }
+
+    fn short_name(&self) -> String {
+        self.short.clone()
+    }
+
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn alloc(&self, len: usize) -> Result<BufInner> {
+        Ok(BufInner::Cuda(self.raw_alloc(len, self.dtype.bytes())?))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<BufInner> {
+        let buf = self.raw_alloc(data.len(), self.dtype.bytes())?;
         let bytes = encode(self.dtype, data);
         self.bind()?;
         // SAFETY: `buf` holds `bytes.len()` bytes; the copy is synchronous.
         unsafe { cudarc::driver::result::memcpy_htod_sync(buf.ptr, &bytes) }
             .map_err(|e| self.err("cuMemcpyHtoD", e))?;
-        Ok(buf)
+        Ok(BufInner::Cuda(buf))
     }
 
-    pub(crate) fn download(&self, buf: &CudaBuf, off: usize, len: usize) -> Result<Vec<f32>> {
-        check_range("download", &self.device, "buffer", off, len, buf.len)?;
+    fn download(&self, b: &BufInner, off: usize, len: usize) -> Result<Vec<f32>> {
+        let buf = self.buf("download", b)?;
         self.synchronize()?;
         let mut bytes = vec![0u8; len * buf.esz];
-        // SAFETY: the range was checked; all streams are idle.
+        // SAFETY: `Backend` checked the range; all streams are idle.
         unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut bytes, buf.at(off)) }
             .map_err(|e| self.err("cuMemcpyDtoH", e))?;
         Ok(decode(self.dtype, &bytes))
     }
 
-    pub(crate) fn alloc_host(&self, len: usize, pinned: bool) -> Result<CudaHostBuf> {
+    fn alloc_ids(&self, len: usize) -> Result<IdInner> {
+        Ok(IdInner::Cuda(CudaIds(self.raw_alloc(len, 4)?)))
+    }
+
+    fn write_ids(&self, dst: &IdInner, off: usize, ids: &[u32]) -> Result<()> {
+        let d = self.ids("write_ids", dst)?;
+        self.bind()?;
+        // SAFETY: `Backend` checked the range. From pageable memory the driver
+        // stages the bytes before this returns, so `ids` may be reused at once;
+        // the copy is ordered on the compute stream with the ops that read it.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                d.at(off),
+                ids.as_ptr() as *const _,
+                std::mem::size_of_val(ids),
+                self.compute.cu_stream(),
+            )
+            .result()
+        }
+        .map_err(|e| self.err("cuMemcpyHtoDAsync (ids)", e))
+    }
+
+    fn read_ids(&self, src: &IdInner, off: usize, len: usize) -> Result<Vec<u32>> {
+        let s = self.ids("read_ids", src)?;
+        self.compute
+            .synchronize()
+            .map_err(|e| self.err("cuStreamSynchronize", e))?;
+        let mut bytes = vec![0u8; len * 4];
+        self.bind()?;
+        // SAFETY: `Backend` checked the range; the compute stream is idle.
+        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut bytes, s.at(off)) }
+            .map_err(|e| self.err("cuMemcpyDtoH (ids)", e))?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn alloc_host(&self, len: usize, pinned: bool) -> Result<(HostInner, bool)> {
         let esz = self.dtype.bytes();
         let bytes = len.checked_mul(esz).ok_or_else(|| KernelError::Shape {
             op: "alloc_host",
-            device: self.device.clone(),
+            device: self.short.clone(),
             shape: format!("[{len}]"),
             reason: "size overflows".into(),
         })?;
@@ -292,151 +513,77 @@ impl CudaBackend {
             let mut b = vec![0u8; bytes.max(1)].into_boxed_slice();
             (b.as_mut_ptr(), HostMem::Pageable(b))
         };
-        Ok(CudaHostBuf {
+        let buf = CudaHostBuf {
             ptr,
-            len,
             esz,
             dtype: self.dtype,
             pending: Mutex::new(Vec::new()),
             mem,
-        })
+        };
+        Ok((HostInner::Cuda(buf), pinned))
     }
 
-    pub(crate) fn host_write(&self, dst: &CudaHostBuf, off: usize, data: &[f32]) -> Result<()> {
-        check_range(
-            "host_write",
-            &self.device,
-            "host buffer",
-            off,
-            data.len(),
-            dst.len,
-        )?;
-        dst.settle(&(off..off + data.len()), &self.device)?;
+    fn host_write(&self, dst: &HostInner, off: usize, data: &[f32]) -> Result<()> {
+        let dst = self.host("host_write", dst)?;
+        let mut p = dst.lock();
+        CudaHostBuf::settle(&mut p, &(off..off + data.len()), &self.short)?;
         let bytes = encode(dst.dtype, data);
-        // SAFETY: range checked; no copy in flight touches these elements.
+        // SAFETY: range checked by `Backend`; no copy in flight touches these
+        // elements and none can be enqueued while we hold the lock.
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.ptr.add(off * dst.esz), bytes.len())
         };
         Ok(())
     }
 
-    pub(crate) fn host_read(&self, src: &CudaHostBuf, off: usize, len: usize) -> Result<Vec<f32>> {
-        check_range("host_read", &self.device, "host buffer", off, len, src.len)?;
-        src.settle(&(off..off + len), &self.device)?;
-        // SAFETY: range checked; no copy in flight touches these elements.
+    fn host_read(&self, src: &HostInner, off: usize, len: usize) -> Result<Vec<f32>> {
+        let src = self.host("host_read", src)?;
+        let mut p = src.lock();
+        CudaHostBuf::settle(&mut p, &(off..off + len), &self.short)?;
+        // SAFETY: as in `host_write`.
         let bytes =
             unsafe { std::slice::from_raw_parts(src.ptr.add(off * src.esz), len * src.esz) };
         Ok(decode(src.dtype, bytes))
     }
 
-    fn record_raw(&self, s: &CudaStream) -> Result<CudaEvent> {
-        s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| self.err("cuEventRecord", e))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn copy_h2d(
+    fn copy_h2d(
         &self,
         stream: Stream,
-        src: &CudaHostBuf,
+        src: &HostInner,
         src_off: usize,
-        dst: &CudaBuf,
+        dst: &BufInner,
+        dst_off: usize,
+        rows: Rows,
+    ) -> Result<()> {
+        let (h, d) = (self.host("copy_h2d", src)?, self.buf("copy_h2d", dst)?);
+        self.copy_host(stream, h, src_off, d, dst_off, rows, true)
+    }
+
+    fn copy_d2h(
+        &self,
+        stream: Stream,
+        src: &BufInner,
+        src_off: usize,
+        dst: &HostInner,
+        dst_off: usize,
+        rows: Rows,
+    ) -> Result<()> {
+        let (d, h) = (self.buf("copy_d2h", src)?, self.host("copy_d2h", dst)?);
+        self.copy_host(stream, h, dst_off, d, src_off, rows, false)
+    }
+
+    fn copy_d2d(
+        &self,
+        stream: Stream,
+        src: &BufInner,
+        src_off: usize,
+        dst: &BufInner,
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        check_range("copy_h2d", &self.device, "source", src_off, len, src.len)?;
-        check_range(
-            "copy_h2d",
-            &self.device,
-            "destination",
-            dst_off,
-            len,
-            dst.len,
-        )?;
-        if len == 0 {
-            return Ok(());
-        }
+        let (src, dst) = (self.buf("copy_d2d", src)?, self.buf("copy_d2d", dst)?);
         self.bind()?;
-        let s = self.stream(stream);
-        // SAFETY: both ranges were checked and the host memory lives as long
-        // as `src`, whose pending list keeps CPU writers away until the copy ends.
-        unsafe {
-            sys::cuMemcpyHtoDAsync_v2(
-                dst.at(dst_off),
-                src.ptr.add(src_off * src.esz) as *const _,
-                len * dst.esz,
-                s.cu_stream(),
-            )
-            .result()
-        }
-        .map_err(|e| self.err("cuMemcpyHtoDAsync", e))?;
-        src.track(src_off..src_off + len, self.record_raw(s)?);
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn copy_d2h(
-        &self,
-        stream: Stream,
-        src: &CudaBuf,
-        src_off: usize,
-        dst: &CudaHostBuf,
-        dst_off: usize,
-        len: usize,
-    ) -> Result<()> {
-        check_range("copy_d2h", &self.device, "source", src_off, len, src.len)?;
-        check_range(
-            "copy_d2h",
-            &self.device,
-            "destination",
-            dst_off,
-            len,
-            dst.len,
-        )?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.bind()?;
-        let s = self.stream(stream);
-        // SAFETY: as in `copy_h2d`.
-        unsafe {
-            sys::cuMemcpyDtoHAsync_v2(
-                dst.ptr.add(dst_off * dst.esz) as *mut _,
-                src.at(src_off),
-                len * src.esz,
-                s.cu_stream(),
-            )
-            .result()
-        }
-        .map_err(|e| self.err("cuMemcpyDtoHAsync", e))?;
-        dst.track(dst_off..dst_off + len, self.record_raw(s)?);
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn copy_d2d(
-        &self,
-        stream: Stream,
-        src: &CudaBuf,
-        src_off: usize,
-        dst: &CudaBuf,
-        dst_off: usize,
-        len: usize,
-    ) -> Result<()> {
-        check_range("copy_d2d", &self.device, "source", src_off, len, src.len)?;
-        check_range(
-            "copy_d2d",
-            &self.device,
-            "destination",
-            dst_off,
-            len,
-            dst.len,
-        )?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.bind()?;
-        // SAFETY: both ranges were checked; ordering is the caller's (events).
+        // SAFETY: `Backend` checked both ranges; ordering is the caller's (events).
         unsafe {
             cudarc::driver::result::memcpy_dtod_async(
                 dst.at(dst_off),
@@ -448,20 +595,22 @@ impl CudaBackend {
         .map_err(|e| self.err("cuMemcpyDtoDAsync", e))
     }
 
-    pub(crate) fn record(&self, stream: Stream) -> Result<CudaEv> {
+    fn record(&self, stream: Stream) -> Result<EventInner> {
         self.ctx
             .check_err()
             .map_err(|e| self.err("an earlier asynchronous call", e))?;
-        Ok(CudaEv(Arc::new(self.record_raw(self.stream(stream))?)))
+        let ev = self.record_raw(self.stream(stream))?;
+        Ok(EventInner::Cuda(CudaEv(Arc::new(ev))))
     }
 
-    pub(crate) fn wait(&self, stream: Stream, ev: &CudaEv) -> Result<()> {
+    fn wait(&self, stream: Stream, ev: &EventInner) -> Result<()> {
+        let ev = self.event("wait", ev)?;
         self.stream(stream)
             .wait(&ev.0)
             .map_err(|e| self.err("cuStreamWaitEvent", e))
     }
 
-    pub(crate) fn synchronize(&self) -> Result<()> {
+    fn synchronize(&self) -> Result<()> {
         for s in [&self.copy, &self.compute, &self.writeback] {
             s.synchronize()
                 .map_err(|e| self.err("cuStreamSynchronize", e))?;
@@ -471,10 +620,141 @@ impl CudaBackend {
             .map_err(|e| self.err("an earlier asynchronous call", e))
     }
 
-    pub(crate) fn elapsed_us(&self, a: &CudaEv, b: &CudaEv) -> Result<f64> {
+    fn elapsed_us(&self, a: &EventInner, b: &EventInner) -> Result<f64> {
+        let (a, b) = (self.event("elapsed_us", a)?, self.event("elapsed_us", b)?);
         a.0.elapsed_ms(&b.0)
             .map(|ms| ms as f64 * 1e3)
             .map_err(|e| self.err("cuEventElapsedTime", e))
+    }
+
+    fn gemm(
+        &self,
+        x: &BufInner,
+        x_off: usize,
+        w: &BufInner,
+        w_off: usize,
+        out: &BufInner,
+        out_off: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let (x, w, out) = (
+            self.buf("gemm", x)?,
+            self.buf("gemm", w)?,
+            self.buf("gemm", out)?,
+        );
+        self.gemm_raw(x.at(x_off), w.at(w_off), out.at(out_off), out.esz, m, n, k)
+    }
+
+    fn rmsnorm(
+        &self,
+        x: &BufInner,
+        weight: &BufInner,
+        out: &BufInner,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let op = "rmsnorm";
+        let (x, w, o) = (self.buf(op, x)?, self.buf(op, weight)?, self.buf(op, out)?);
+        self.k_rmsnorm(x, w, o, rows, dim, eps)
+    }
+
+    fn rope(
+        &self,
+        x: &BufInner,
+        x_off: usize,
+        pos: &IdInner,
+        pos_off: usize,
+        r: RopeShape,
+    ) -> Result<()> {
+        let (x, p) = (self.buf("rope", x)?, self.ids("rope", pos)?);
+        self.k_rope(x.at(x_off), p.at(pos_off), r)
+    }
+
+    fn attention(
+        &self,
+        q: &BufInner,
+        k: &BufInner,
+        v: &BufInner,
+        out: &BufInner,
+        a: AttnShape,
+    ) -> Result<()> {
+        let op = "attention";
+        let (q, k, v, o) = (
+            self.buf(op, q)?,
+            self.buf(op, k)?,
+            self.buf(op, v)?,
+            self.buf(op, out)?,
+        );
+        self.k_attention(q, k, v, o, a)
+    }
+
+    fn silu_gate(&self, gate: &BufInner, up: &BufInner, out: &BufInner, len: usize) -> Result<()> {
+        let op = "silu_gate";
+        let (g, u, o) = (self.buf(op, gate)?, self.buf(op, up)?, self.buf(op, out)?);
+        self.k_binary("silu_gate", g.ptr, u.ptr, o.ptr, len)
+    }
+
+    fn add(&self, a: &BufInner, b: &BufInner, out: &BufInner, len: usize) -> Result<()> {
+        let (a, b, o) = (
+            self.buf("add", a)?,
+            self.buf("add", b)?,
+            self.buf("add", out)?,
+        );
+        self.k_binary("add", a.ptr, b.ptr, o.ptr, len)
+    }
+
+    fn scatter(
+        &self,
+        src: &BufInner,
+        src_off: usize,
+        dst: &BufInner,
+        dst_off: usize,
+        rows: Rows,
+    ) -> Result<()> {
+        let (s, d) = (self.buf("scatter", src)?, self.buf("scatter", dst)?);
+        self.k_scatter(s.at(src_off), d.at(dst_off), rows)
+    }
+
+    fn embedding(
+        &self,
+        table: &BufInner,
+        ids: &IdInner,
+        ids_off: usize,
+        out: &BufInner,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let op = "embedding";
+        let (t, i, o) = (self.buf(op, table)?, self.ids(op, ids)?, self.buf(op, out)?);
+        self.k_embedding(t, i.at(ids_off), o, rows, dim)
+    }
+
+    fn argmax(
+        &self,
+        x: &BufInner,
+        rows: usize,
+        cols: usize,
+        out: &IdInner,
+        out_off: usize,
+    ) -> Result<()> {
+        let (x, o) = (self.buf("argmax", x)?, self.ids("argmax", out)?);
+        self.k_argmax(x, o.at(out_off), rows, cols)
+    }
+
+    fn sample(
+        &self,
+        x: &BufInner,
+        rows: usize,
+        cols: usize,
+        out: &IdInner,
+        out_off: usize,
+        s: SampleArgs,
+    ) -> Result<()> {
+        let (x, o) = (self.buf("sample", x)?, self.ids("sample", out)?);
+        self.k_sample(x, o.at(out_off), rows, cols, s)
     }
 }
 

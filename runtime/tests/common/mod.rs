@@ -44,7 +44,8 @@ pub fn resident_greedy(
 ) -> (Vec<Vec<f32>>, Vec<f64>) {
     let cap = prompt.len() + steps + 1;
     let mut ex = Executor::new(be, model, StoreLayout::all_resident(cap), 1, cap).unwrap();
-    let mut logits = vec![ex.prefill(prompt, prompt.len()).unwrap()];
+    ex.prefill(prompt, prompt.len()).unwrap();
+    let mut logits = vec![ex.logits().unwrap()];
     let mut us = Vec::with_capacity(steps);
     for i in 0..steps {
         let next = argmax(logits.last().unwrap());
@@ -55,8 +56,10 @@ pub fn resident_greedy(
             s,
             chunks: 1,
         };
-        let (l, st) = ex.step(&[next], sp).unwrap();
-        logits.push(l);
+        ex.set_ids(&[next]).unwrap();
+        ex.step(sp).unwrap();
+        let st = ex.finish_step().unwrap().unwrap();
+        logits.push(ex.logits().unwrap());
         us.push(st.measured_us);
     }
     (logits, us)

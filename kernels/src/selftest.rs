@@ -1,0 +1,351 @@
+//! Every backend op against its scalar twin ([`crate::twin`]) on fresh random
+//! inputs at several shapes, like llama.cpp's `test-backend-ops`: outputs are
+//! poisoned (NaN, or `u32::MAX` for ids) before each op, so an element a
+//! kernel forgets to write fails; inputs are rounded to the backend's dtype
+//! before the twin sees them, so the comparison measures the op, not the
+//! dtype's rounding of its inputs.
+
+use crate::{
+    twin, AttnShape, Backend, DeviceBuf, Dtype, IdBuf, Result, RopeShape, Rows, SampleArgs,
+};
+
+/// One op at one shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpCheck {
+    pub op: &'static str,
+    pub shape: String,
+    /// Largest `|got - want|` over the largest `|want|` (ids: mismatches).
+    pub error: f64,
+    pub tolerance: f64,
+    pub pass: bool,
+}
+
+/// The relative tolerance of a dtype.
+pub fn tolerance(d: Dtype) -> f64 {
+    match d {
+        Dtype::F32 => 1e-4,
+        Dtype::F16 | Dtype::Bf16 => 1e-2,
+    }
+}
+
+/// xorshift64*, values in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((v >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+}
+
+struct Ctx<'a> {
+    be: &'a Backend,
+    rng: Rng,
+    tol: f64,
+    out: Vec<OpCheck>,
+}
+
+impl Ctx<'_> {
+    /// `data` on the device, and the values the device holds (dtype-rounded).
+    fn put(&mut self, data: &[f32]) -> Result<(DeviceBuf, Vec<f32>)> {
+        let b = self.be.upload(data)?;
+        let seen = self.be.download(&b, 0, data.len())?;
+        Ok((b, seen))
+    }
+
+    fn random(&mut self, n: usize, scale: f32) -> Result<(DeviceBuf, Vec<f32>)> {
+        let v = self.rng.vec(n, scale);
+        self.put(&v)
+    }
+
+    fn poisoned(&mut self, n: usize) -> Result<DeviceBuf> {
+        self.be.upload(&vec![f32::NAN; n])
+    }
+
+    fn ids(&self, v: &[u32]) -> Result<IdBuf> {
+        let b = self.be.alloc_ids(v.len())?;
+        self.be.write_ids(&b, 0, v)?;
+        Ok(b)
+    }
+
+    fn compare(&mut self, op: &'static str, shape: String, got: &[f32], want: &[f32]) {
+        let scale = want
+            .iter()
+            .fold(0f64, |m, v| m.max(v.abs() as f64))
+            .max(1e-6);
+        let mut err = 0f64;
+        for (g, w) in got.iter().zip(want) {
+            let e = (*g as f64 - *w as f64).abs() / scale;
+            err = if e.is_nan() {
+                f64::INFINITY
+            } else {
+                err.max(e)
+            };
+        }
+        if got.len() != want.len() {
+            err = f64::INFINITY;
+        }
+        let tol = self.tol;
+        self.out.push(OpCheck {
+            op,
+            shape,
+            error: err,
+            tolerance: tol,
+            pass: err <= tol,
+        });
+    }
+
+    fn compare_ids(&mut self, op: &'static str, shape: String, got: &[u32], want: &[u32]) {
+        let bad =
+            got.iter().zip(want).filter(|(g, w)| g != w).count() + got.len().abs_diff(want.len());
+        self.out.push(OpCheck {
+            op,
+            shape,
+            error: bad as f64,
+            tolerance: 0.0,
+            pass: bad == 0,
+        });
+    }
+}
+
+/// Runs every op at several shapes on `be`, seeded by `seed`.
+pub fn check_ops(be: &Backend, seed: u64) -> Result<Vec<OpCheck>> {
+    let mut c = Ctx {
+        be,
+        rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+        tol: tolerance(be.dtype()),
+        out: Vec::new(),
+    };
+    gemm(&mut c)?;
+    norm_and_elementwise(&mut c)?;
+    rope(&mut c)?;
+    attention(&mut c)?;
+    gather_and_choose(&mut c)?;
+    Ok(c.out)
+}
+
+fn gemm(c: &mut Ctx) -> Result<()> {
+    for (m, n, k) in [(1, 64, 128), (8, 576, 576), (33, 1000, 256)] {
+        let (xb, x) = c.random(m * k, 1.0)?;
+        let (wb, w) = c.random(n * k, 0.1)?;
+        let out = c.poisoned(m * n + 3)?;
+        c.be.gemm(&xb, 0, &wb, 0, &out, 3, m, n, k)?;
+        let got = c.be.download(&out, 3, m * n)?;
+        c.compare(
+            "gemm",
+            format!("m={m} n={n} k={k}"),
+            &got,
+            &twin::gemm(&x, &w, m, n, k),
+        );
+    }
+    Ok(())
+}
+
+fn norm_and_elementwise(c: &mut Ctx) -> Result<()> {
+    for (rows, dim) in [(1, 64), (8, 4096), (3, 576)] {
+        let (xb, x) = c.random(rows * dim, 2.0)?;
+        let (wb, w) = c.random(dim, 1.0)?;
+        let out = c.poisoned(rows * dim)?;
+        c.be.rmsnorm(&xb, &wb, &out, rows, dim, 1e-5)?;
+        let got = c.be.download(&out, 0, rows * dim)?;
+        let want = twin::rmsnorm(&x, &w, dim, 1e-5);
+        c.compare("rmsnorm", format!("rows={rows} dim={dim}"), &got, &want);
+        // In place, as the executor calls it.
+        c.be.rmsnorm(&xb, &wb, &xb, rows, dim, 1e-5)?;
+        let got = c.be.download(&xb, 0, rows * dim)?;
+        c.compare(
+            "rmsnorm",
+            format!("rows={rows} dim={dim} in place"),
+            &got,
+            &want,
+        );
+    }
+    for len in [1usize, 1000, 70_000] {
+        let (gb, g) = c.random(len, 4.0)?;
+        let (ub, u) = c.random(len, 1.0)?;
+        let out = c.poisoned(len)?;
+        c.be.silu_gate(&gb, &ub, &out, len)?;
+        let got = c.be.download(&out, 0, len)?;
+        c.compare(
+            "silu_gate",
+            format!("n={len}"),
+            &got,
+            &twin::silu_gate(&g, &u),
+        );
+        let out = c.poisoned(len)?;
+        c.be.add(&gb, &ub, &out, len)?;
+        let got = c.be.download(&out, 0, len)?;
+        c.compare("add", format!("n={len}"), &got, &twin::add(&g, &u));
+        c.be.add(&gb, &ub, &gb, len)?;
+        let got = c.be.download(&gb, 0, len)?;
+        c.compare("add", format!("n={len} in place"), &got, &twin::add(&g, &u));
+    }
+    for (rows, width, sp, dp) in [(1, 64, 64, 64), (3, 100, 100, 250), (70, 48, 48, 96)] {
+        let (sb, s) = c.random((rows - 1) * sp + width, 1.0)?;
+        let n = (rows - 1) * dp + width;
+        let (db, mut want) = c.put(&vec![0.5; n + 5])?;
+        let r = Rows {
+            rows,
+            width,
+            src_pitch: sp,
+            dst_pitch: dp,
+        };
+        c.be.scatter(&sb, 0, &db, 5, r)?;
+        twin::scatter(&s, &mut want[5..], &r);
+        let got = c.be.download(&db, 0, n + 5)?;
+        c.compare(
+            "scatter",
+            format!("{rows}x{width} pitch {sp}->{dp}"),
+            &got,
+            &want,
+        );
+    }
+    Ok(())
+}
+
+fn rope(c: &mut Ctx) -> Result<()> {
+    let cases = [
+        (4, 4, 64, 0, 4000u32),
+        (3, 2, 128, 6, 77),
+        (5, 9, 64, 0, 16_000),
+    ];
+    for interleaved in [false, true] {
+        for (rows, heads, hd, extra, p0) in cases {
+            let r = RopeShape {
+                rows,
+                row_stride: heads * hd + extra,
+                n_heads: heads,
+                head_dim: hd,
+                theta: 10_000.0,
+                interleaved,
+            };
+            let pos: Vec<u32> = (0..rows as u32).map(|i| p0 + 37 * i).collect();
+            let n = rows * r.row_stride + 2;
+            let (xb, mut want) = c.random(n, 1.0)?;
+            let pb = c.ids(&pos)?;
+            c.be.rope(&xb, 2, &pb, 0, r)?;
+            twin::rope(&mut want[2..], &pos, &r);
+            let got = c.be.download(&xb, 0, n)?;
+            let shape =
+                format!("rows={rows} heads={heads} hd={hd} pos~{p0} interleaved={interleaved}");
+            c.compare("rope", shape, &got, &want);
+        }
+    }
+    Ok(())
+}
+
+fn attention(c: &mut Ctx) -> Result<()> {
+    // batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity
+    let cases = [
+        (2, 1, 700, 4, 4, 128, 800), // MHA decode over three splits
+        (1, 1, 300, 8, 2, 64, 301),  // GQA decode
+        (3, 1, 0, 9, 3, 64, 8),      // the first decode position
+        (2, 20, 0, 4, 2, 32, 24),    // prefill, causal
+        (1, 6, 250, 4, 4, 16, 300),  // queries after a cached prefix
+    ];
+    for (batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity) in cases {
+        let a = AttnShape {
+            batch,
+            q_len,
+            q_pos0,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            kv_capacity,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        let (qb, q) = c.random(batch * q_len * n_heads * head_dim, 1.0)?;
+        let kv = batch * kv_capacity * n_kv_heads * head_dim;
+        let (kb, k) = c.random(kv, 2.0)?;
+        let (vb, v) = c.random(kv, 1.0)?;
+        let out = c.poisoned(q.len())?;
+        c.be.attention(&qb, &kb, &vb, &out, a)?;
+        let got = c.be.download(&out, 0, q.len())?;
+        let shape = format!(
+            "b={batch} q={q_len}@{q_pos0} heads={n_heads}/{n_kv_heads} hd={head_dim} cap={kv_capacity}"
+        );
+        c.compare("attention", shape, &got, &twin::attention(&q, &k, &v, &a));
+    }
+    Ok(())
+}
+
+fn gather_and_choose(c: &mut Ctx) -> Result<()> {
+    let (vocab, dim) = (100, 64);
+    let (tb, t) = c.random(vocab * dim, 1.0)?;
+    let id = [3u32, 99, 0, 100, 42, 3];
+    let ib = c.ids(&id)?;
+    let out = c.poisoned(id.len() * dim)?;
+    c.be.embedding(&tb, &ib, 0, &out, id.len(), dim)?;
+    let got = c.be.download(&out, 0, id.len() * dim)?;
+    c.compare(
+        "embedding",
+        format!("vocab={vocab} dim={dim} rows={}", id.len()),
+        &got,
+        &twin::embedding(&t, &id, dim),
+    );
+
+    for (rows, cols) in [(1, 10), (4, 32_000), (3, 49_152)] {
+        let mut x = c.rng.vec(rows * cols, 5.0);
+        // Ties: the first wins.
+        x[cols / 2] = 9.0;
+        x[cols / 2 + 1] = 9.0;
+        let (xb, x) = c.put(&x)?;
+        let out = c.ids(&vec![u32::MAX; rows])?;
+        c.be.argmax(&xb, rows, cols, &out, 0)?;
+        let got = c.be.read_ids(&out, 0, rows)?;
+        let want: Vec<u32> = x.chunks_exact(cols).map(twin::argmax_row).collect();
+        c.compare_ids("argmax", format!("rows={rows} cols={cols}"), &got, &want);
+
+        for (t, top_k, top_p) in [(1.0, 0, 1.0), (0.8, 40, 0.9), (1.5, 0, 0.5), (0.7, 1, 1.0)] {
+            let s = SampleArgs {
+                inv_temperature: 1.0 / t,
+                top_k,
+                top_p,
+                seed: 1234,
+                step: 5,
+            };
+            let out = c.ids(&vec![u32::MAX; rows])?;
+            c.be.sample(&xb, rows, cols, &out, 0, s)?;
+            let got = c.be.read_ids(&out, 0, rows)?;
+            let want: Vec<u32> = x
+                .chunks_exact(cols)
+                .enumerate()
+                .map(|(r, row)| twin::sample_row(row, r, &s))
+                .collect();
+            let shape = format!("rows={rows} cols={cols} T={t} top_k={top_k} top_p={top_p}");
+            c.compare_ids("sample", shape, &got, &want);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BackendOptions, DeviceSpec};
+
+    /// The comparison can fail: a wrong value, an element left unwritten
+    /// (still poisoned) and a wrong id each fail their check.
+    #[test]
+    fn a_wrong_or_unwritten_output_fails_its_check() {
+        let be = Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap();
+        let mut c = Ctx {
+            be: &be,
+            rng: Rng(1),
+            tol: 1e-4,
+            out: Vec::new(),
+        };
+        c.compare("ok", String::new(), &[1.0, 2.0], &[1.0, 2.00001]);
+        c.compare("wrong", String::new(), &[1.0, 2.1], &[1.0, 2.0]);
+        c.compare("unwritten", String::new(), &[1.0, f32::NAN], &[1.0, 2.0]);
+        c.compare_ids("ids", String::new(), &[3, 4], &[3, 5]);
+        let pass: Vec<bool> = c.out.iter().map(|r| r.pass).collect();
+        assert_eq!(pass, vec![true, false, false, false]);
+    }
+}

@@ -1,0 +1,206 @@
+//! Every op as plain scalar code: the twins that the CPU backend's tests and
+//! `kvpr selftest` hold both backends to. They are written for clarity, with
+//! f64 accumulation where it matters, and follow the same contract as the
+//! CUDA kernels in `kernels/cuda/` (layouts, tie rules, the sampling rule),
+//! so a mismatch points at one op on one device.
+
+use crate::{AttnShape, RopeShape, Rows, SampleArgs};
+
+/// `out[m, n] = x[m, k] . w[n, k]^T`.
+pub fn gemm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k)
+                .map(|l| x[i * k + l] as f64 * w[j * k + l] as f64)
+                .sum();
+            out[i * n + j] = s as f32;
+        }
+    }
+    out
+}
+
+/// RMSNorm of each row of `dim`.
+pub fn rmsnorm(x: &[f32], weight: &[f32], dim: usize, eps: f32) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (o, row) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / dim as f64;
+        let inv = 1.0 / (ms + eps as f64).sqrt();
+        for c in 0..dim {
+            o[c] = (row[c] as f64 * inv * weight[c] as f64) as f32;
+        }
+    }
+    out
+}
+
+/// RoPE in place on `x` (its first row at index 0); row `i` at `pos[i]`.
+pub fn rope(x: &mut [f32], pos: &[u32], r: &RopeShape) {
+    let hd = r.head_dim;
+    for (i, &p) in pos.iter().enumerate().take(r.rows) {
+        for h in 0..r.n_heads {
+            let base = i * r.row_stride + h * hd;
+            for f in 0..hd / 2 {
+                let inv_freq = 1.0 / (r.theta as f64).powf(2.0 * f as f64 / hd as f64);
+                let ang = p as f64 * inv_freq;
+                let (c, s) = (ang.cos() as f32, ang.sin() as f32);
+                let (a, b) = if r.interleaved {
+                    (2 * f, 2 * f + 1)
+                } else {
+                    (f, f + hd / 2)
+                };
+                let (x0, x1) = (x[base + a], x[base + b]);
+                x[base + a] = x0 * c - x1 * s;
+                x[base + b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention (see [`AttnShape`]).
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], a: &AttnShape) -> Vec<f32> {
+    let hd = a.head_dim;
+    let kv_dim = a.n_kv_heads * hd;
+    let qd = a.n_heads * hd;
+    let mut out = vec![0.0; a.batch * a.q_len * qd];
+    for b in 0..a.batch {
+        for j in 0..a.q_len {
+            for h in 0..a.n_heads {
+                let kvh = h / (a.n_heads / a.n_kv_heads);
+                let qv = &q[(b * a.q_len + j) * qd + h * hd..][..hd];
+                let keys = a.q_pos0 + j + 1;
+                let mut s: Vec<f64> = (0..keys)
+                    .map(|t| {
+                        let kr = &k[(b * a.kv_capacity + t) * kv_dim + kvh * hd..][..hd];
+                        let dot: f64 = qv.iter().zip(kr).map(|(x, y)| *x as f64 * *y as f64).sum();
+                        dot * a.scale as f64
+                    })
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                s.iter_mut().for_each(|x| *x = (*x - mx).exp());
+                let sum: f64 = s.iter().sum();
+                for d in 0..hd {
+                    let acc: f64 = s
+                        .iter()
+                        .enumerate()
+                        .map(|(t, p)| p * v[(b * a.kv_capacity + t) * kv_dim + kvh * hd + d] as f64)
+                        .sum();
+                    out[(b * a.q_len + j) * qd + h * hd + d] = (acc / sum) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `silu(gate) * up`.
+pub fn silu_gate(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32)
+        .collect()
+}
+
+/// `a + b`.
+pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+/// The strided copy of [`crate::Backend::scatter`] into `dst`.
+pub fn scatter(src: &[f32], dst: &mut [f32], r: &Rows) {
+    for i in 0..r.rows {
+        dst[i * r.dst_pitch..][..r.width].copy_from_slice(&src[i * r.src_pitch..][..r.width]);
+    }
+}
+
+/// Rows `ids` of `table` (`[vocab, dim]`); an id outside the vocabulary gives zeros.
+pub fn embedding(table: &[f32], ids: &[u32], dim: usize) -> Vec<f32> {
+    let vocab = table.len() / dim.max(1);
+    ids.iter()
+        .flat_map(|&id| match (id as usize) < vocab {
+            true => table[id as usize * dim..][..dim].to_vec(),
+            false => vec![0.0; dim],
+        })
+        .collect()
+}
+
+/// Index of the first largest value (NaN never wins).
+pub fn argmax_row(row: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] || row[best].is_nan() && !v.is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The splitmix64 finaliser.
+pub fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The uniform in (0, 1) behind the Gumbel noise of `(row, col)`.
+pub fn uniform(seed: u64, step: u64, row: usize, col: usize) -> f32 {
+    let h = mix(seed
+        ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (row as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ (col as u64).wrapping_mul(0x1656_67B1_9E37_79F9));
+    ((h >> 40) as f32 + 0.5) * (1.0 / 16_777_216.0)
+}
+
+/// The largest `t` in `[0, 1]` (searched on the bit patterns of f32) for
+/// which `pred(t)` holds; `pred(0)` is taken to hold.
+fn bisect(pred: impl Fn(f32) -> bool) -> f32 {
+    let (mut lo, mut hi) = (0u32, 0x3f80_0001u32);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if pred(f32::from_bits(mid)) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    f32::from_bits(lo)
+}
+
+/// One draw from row `r` of the logits, exactly as the `sample` kernel does:
+/// `z = logits * inv_temperature`, `p = exp(z - max z)`; the threshold `t`
+/// is the larger of the top-k cut (the largest `t` with at least `top_k`
+/// values `p >= t`) and the nucleus cut (the largest `t` whose values
+/// `p >= t` hold `top_p` of the mass); among the values `p >= t`, the
+/// largest `z + Gumbel noise` wins (ties: the first).
+pub fn sample_row(row: &[f32], r: usize, s: &SampleArgs) -> u32 {
+    let cols = row.len();
+    let z: Vec<f32> = row.iter().map(|v| v * s.inv_temperature).collect();
+    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let p: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
+    let tk = if s.top_k > 0 && s.top_k < cols {
+        bisect(|t| p.iter().filter(|&&x| x >= t).count() >= s.top_k)
+    } else {
+        0.0
+    };
+    let tp = if s.top_p < 1.0 {
+        let total: f32 = p.iter().sum();
+        bisect(|t| p.iter().filter(|&&x| x >= t).sum::<f32>() >= s.top_p * total)
+    } else {
+        0.0
+    };
+    let t = tk.max(tp);
+    let mut best: Option<(usize, f32)> = None;
+    for (j, (&pj, &zj)) in p.iter().zip(&z).enumerate() {
+        // `p >= t` (a NaN p is never a candidate).
+        if pj.partial_cmp(&t).is_none_or(|o| o.is_lt()) {
+            continue;
+        }
+        let g = -(-uniform(s.seed, s.step, r, j).ln()).ln();
+        let key = zj + g;
+        if best.is_none_or(|(_, b)| key > b) {
+            best = Some((j, key));
+        }
+    }
+    best.map_or(0, |(j, _)| j as u32)
+}
