@@ -34,6 +34,10 @@ enum Command {
     Simulate(cmd::simulate::SimulateArgs),
     /// Generate text with the KV cache in host memory, following a plan.
     Run(cmd::run::RunArgs),
+    /// Measure decode steps per schedule and context beside their predictions, the I/O floor and `transfer`.
+    Bench(cmd::bench::BenchArgs),
+    /// Check every backend op and whole synthetic models against the CPU twins (exit 1 on a mismatch).
+    Selftest(cmd::selftest::SelftestArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,12 @@ fn main() -> ExitCode {
         Command::Plan(args) => cmd::plan::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::Selftest(args) => match cmd::selftest::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

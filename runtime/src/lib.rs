@@ -14,6 +14,7 @@ mod executor;
 mod generate;
 mod memory;
 mod model;
+pub mod selftest;
 mod source;
 mod store;
 mod tokenizer;

@@ -1,8 +1,10 @@
 //! One module per subcommand: flags (clap), resolution into validated inputs, output.
 
+pub mod bench;
 pub mod calibrate;
 pub mod plan;
 pub mod run;
+pub mod selftest;
 pub mod simulate;
 pub mod trace;
 
@@ -43,6 +45,15 @@ pub fn parse_solver(s: &str) -> anyhow::Result<Solver> {
     }
 }
 
+/// `--dtype f32|f16|bf16` (None: the backend's default).
+pub fn parse_dtype(s: Option<&str>) -> anyhow::Result<Option<kernels::Dtype>> {
+    s.map(|s| {
+        s.parse::<kernels::Dtype>()
+            .map_err(|e| anyhow!("--dtype: {e}"))
+    })
+    .transpose()
+}
+
 /// A size flag such as `--gpu-memory-budget 4GiB`.
 pub fn parse_size(flag: &str, s: &str) -> anyhow::Result<u64> {
     plans::parse_bytes(s).map_err(|e| anyhow!("{flag}: {e}"))
@@ -65,6 +76,9 @@ pub fn open_backend(device: DeviceSpec, opts: BackendOptions) -> anyhow::Result<
                 anyhow!("{e}; run on the CPU with --device cpu")
             }
             KernelError::BadLinkRate { .. } => return anyhow!("--link-gbps: {e}"),
+            KernelError::Unsupported { op, .. } if op.ends_with("compute dtype") => {
+                return anyhow!("--dtype: {e}; the CPU backend computes in f32")
+            }
             e => e.into(),
         };
         e.context(format!("opening --device {device}"))

@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// CPU backend only: pace the copy stream to this many GB/s.
     #[arg(long)]
     pub link_gbps: Option<f64>,
+    /// Compute dtype: f32 (the CPU backend's only one), f16 (the CUDA default) or bf16.
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// On-the-fly planning: auto, transfer, paper or chunked.
     #[arg(long, default_value = "auto")]
     pub schedule: String,
@@ -103,11 +106,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(_) => super::trace::parse_steps(&args.trace_steps, args.max_new_tokens)?,
         None => Vec::new(),
     };
+    let dtype = super::parse_dtype(args.dtype.as_deref())?;
     let backend = super::open_backend(
         device,
         BackendOptions {
             link_gbps: args.link_gbps,
-            ..Default::default()
+            dtype,
         },
     )?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
@@ -194,6 +198,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             "measured_step_us": measured,
             "predicted_step_us": predicted,
             "measured_over_predicted": predicted.map(|p| measured / p.max(1e-9)),
+            "device": gen.backend.name(),
+            "tokens": report.tokens,
         });
         plans::write_atomic(path, format!("{json}\n").as_bytes())
             .with_context(|| format!("writing --summary-json {}", path.display()))?;

@@ -1,0 +1,193 @@
+//! The whole-model half of `kvpr selftest`: a synthetic model (seeded random
+//! weights) decoded on a backend under every schedule, against the CPU
+//! backend's fully resident run of the same weights.
+//!
+//! The reference run picks each next token greedily; every schedule on the
+//! device is fed those same tokens (teacher forcing), so one early near-tie
+//! cannot turn the rest of the comparison into noise. Each step compares the
+//! logits (largest difference over the largest reference logit) and the
+//! device's own greedy choice with the reference's; a token may differ only
+//! where the reference's top two logits are closer than the tolerance (a
+//! near-tie the dtype cannot resolve), and such steps are counted apart.
+
+use kernels::{Backend, BackendOptions, DeviceSpec, Dtype};
+use plans::{ModelSource, Split, StoreLayout};
+
+use crate::{Executor, Model, Result};
+
+/// One schedule of one model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelCheck {
+    pub model: String,
+    pub schedule: &'static str,
+    /// Largest logit difference over the largest reference logit.
+    pub logit_error: f64,
+    pub tolerance: f64,
+    /// Decode steps whose greedy token matched / all decode steps.
+    pub tokens_matched: usize,
+    pub steps: usize,
+    /// Steps where the reference's top two were within the tolerance.
+    pub near_ties: usize,
+    pub pass: bool,
+}
+
+/// The relative logit tolerance of a whole model at `dtype`.
+pub fn model_tolerance(d: Dtype) -> f64 {
+    match d {
+        Dtype::F32 => 1e-3,
+        Dtype::F16 | Dtype::Bf16 => 5e-2,
+    }
+}
+
+/// The schedules checked, as a split of context `s`: name, resident,
+/// recomputed, chunks.
+pub const SCHEDULES: [&str; 5] = [
+    "transfer",
+    "paper",
+    "chunked",
+    "recompute-all",
+    "resident+chunked",
+];
+
+fn split(schedule: &str, s: usize) -> Split {
+    let (g, l, chunks) = match schedule {
+        "transfer" => (0, 0, 1),
+        "paper" => (0, s / 2, 1),
+        "chunked" => (0, s / 2, 4),
+        "recompute-all" => (0, s, 2),
+        _ => (s / 4, s / 4, 2),
+    };
+    Split { g, l, s, chunks }
+}
+
+/// The prompt: `p` ids spread over the vocabulary.
+fn prompt(p: usize, vocab: usize) -> Vec<u32> {
+    (0..p).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
+}
+
+/// Checks `preset` (a synthetic model) on `be` under every schedule against
+/// the CPU backend, with a prompt of `p` tokens and `steps` decode steps.
+pub fn check_model(be: &Backend, preset: &str, p: usize, steps: usize) -> Result<Vec<ModelCheck>> {
+    let source = ModelSource::parse(&format!("preset:{preset}"))?;
+    let cpu = Backend::new(DeviceSpec::Cpu, BackendOptions::default())?;
+    let ref_model = Model::load(&source, &cpu)?;
+    let vocab = ref_model.spec().vocab_size;
+    let ids = prompt(p, vocab);
+    let cap = p + steps + 1;
+    // The reference: resident, greedy, on the CPU.
+    let mut ex = Executor::new(&cpu, &ref_model, StoreLayout::all_resident(cap), 1, cap)?;
+    ex.prefill(&ids, p)?;
+    let mut ref_logits = vec![ex.logits()?];
+    let mut ref_tokens = Vec::with_capacity(steps);
+    for i in 0..steps {
+        let t = ex.choose(None)?[0];
+        ref_tokens.push(t);
+        let s = p + i;
+        ex.step(Split {
+            g: s,
+            l: 0,
+            s,
+            chunks: 1,
+        })?;
+        ex.finish_step()?;
+        ref_logits.push(ex.logits()?);
+    }
+    drop(ex);
+    let model = Model::load(&source, be)?;
+    let tol = model_tolerance(be.dtype());
+    let mut out = Vec::new();
+    for schedule in SCHEDULES {
+        let layout = StoreLayout::from_steps((0..steps).map(|i| {
+            let sp = split(schedule, p + i);
+            (sp.g, sp.l, sp.s)
+        }));
+        let mut ex = Executor::new(be, &model, layout, 1, cap)?;
+        ex.prefill(&ids, p)?;
+        let mut err = rel_error(&ex.logits()?, &ref_logits[0]);
+        let (mut matched, mut ties) = (0, 0);
+        for i in 0..steps {
+            let mine = ex.choose(None)?[0];
+            let want = ref_tokens[i];
+            if mine == want {
+                matched += 1;
+            } else if near_tie(&ref_logits[i], tol) {
+                ties += 1;
+            }
+            ex.set_ids(&[want])?;
+            ex.step(split(schedule, p + i))?;
+            ex.finish_step()?;
+            err = err.max(rel_error(&ex.logits()?, &ref_logits[i + 1]));
+        }
+        out.push(ModelCheck {
+            model: preset.to_string(),
+            schedule,
+            logit_error: err,
+            tolerance: tol,
+            tokens_matched: matched,
+            steps,
+            near_ties: ties,
+            pass: err <= tol && matched + ties == steps,
+        });
+    }
+    Ok(out)
+}
+
+fn rel_error(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want
+        .iter()
+        .fold(0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-6);
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    got.iter().zip(want).fold(0f64, |m, (g, w)| {
+        let e = (*g as f64 - *w as f64).abs() / scale;
+        if e.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(e)
+        }
+    })
+}
+
+/// Whether the top two logits of `row` are within `tol` of its scale.
+fn near_tie(row: &[f32], tol: f64) -> bool {
+    let scale = row
+        .iter()
+        .fold(0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-6);
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in row {
+        if v > a {
+            b = a;
+            a = v;
+        } else if v > b {
+            b = v;
+        }
+    }
+    ((a - b) as f64) <= 2.0 * tol * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schedule_on_the_cpu_matches_the_resident_run() {
+        let be = Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap();
+        let rows = check_model(&be, "tiny-gqa", 12, 5).unwrap();
+        assert_eq!(rows.len(), SCHEDULES.len());
+        for r in &rows {
+            assert!(r.pass, "{r:?}");
+            assert_eq!(r.tokens_matched, r.steps, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn the_comparison_sees_a_difference() {
+        assert!(rel_error(&[1.0, 2.0], &[1.0, 2.5]) > 0.1);
+        assert_eq!(rel_error(&[1.0, f32::NAN], &[1.0, 2.0]), f64::INFINITY);
+        assert!(near_tie(&[1.0, 5.0, 4.9999], 1e-3));
+        assert!(!near_tie(&[1.0, 5.0, 4.0], 1e-3));
+    }
+}
