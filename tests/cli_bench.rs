@@ -1,0 +1,160 @@
+//! `kvpr bench` and `kvpr selftest` end to end, on the CPU backend.
+
+mod common;
+
+use common::{assert_fails, kvpr, profile, stderr, stdout};
+
+/// The CPU reference profile with a constant link of `gbps`, the rate the
+/// run paces its copies to, so the plans price the link the run has.
+fn paced_profile(dir: &std::path::Path, gbps: f64) -> String {
+    let text = std::fs::read_to_string(profile("cpu-reference.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for curve in ["h2d_pinned", "d2h_pinned"] {
+        for p in v["link"][curve]["points"].as_array_mut().unwrap() {
+            p["gbps"] = serde_json::json!(gbps);
+        }
+    }
+    let path = dir.join("paced.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// Issue 11: on an MHA preset over a slow paced link, where recomputing
+/// from activations moves fewer bytes, `chunked` is not slower than
+/// `transfer` in the same run; the table, CSV, JSON and plot are written.
+#[test]
+fn bench_on_a_paced_link_shows_chunked_not_slower_than_transfer() {
+    let d = tempfile::tempdir().unwrap();
+    let hw = paced_profile(d.path(), 0.1);
+    let o = kvpr(
+        &[
+            "bench",
+            "--model",
+            "preset:llama-2-7b-tiny",
+            "--hardware",
+            &hw,
+            "--batch",
+            "4",
+            "--context-len",
+            "1024",
+            "--schedules",
+            "transfer,chunked",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--link-gbps",
+            "0.1",
+            "--csv",
+            "b.csv",
+            "--json",
+            "b.json",
+            "--plot",
+            "b.svg",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("| batch 4 | context 1024"), "{out}");
+    assert!(
+        out.contains("vs transfer") && out.contains("I/O floor ms"),
+        "{out}"
+    );
+    let csv = std::fs::read_to_string(d.path().join("b.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("model,dtype,batch,context,schedule,measured_ms,predicted_ms,floor_ms,speedup_vs_transfer,link_util")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    let ms = |name: &str| -> f64 {
+        let r = rows.iter().find(|r| r[4] == name).unwrap();
+        r[5].parse().unwrap()
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("b.json")).unwrap()).unwrap();
+    let bytes = |name: &str| -> u64 {
+        let rows = json["rows"].as_array().unwrap();
+        let r = rows.iter().find(|r| r["schedule"] == name).unwrap();
+        r["bytes_per_step"].as_u64().unwrap()
+    };
+    // The plan really recomputes: fewer bytes cross the link.
+    assert!(bytes("chunked") < bytes("transfer"), "{json}");
+    assert!(
+        ms("chunked") <= ms("transfer"),
+        "chunked {} ms is slower than transfer {} ms:\n{out}",
+        ms("chunked"),
+        ms("transfer")
+    );
+    let svg = std::fs::read_to_string(d.path().join("b.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("chunked"), "no plot");
+}
+
+#[test]
+fn bench_refuses_bad_input_before_any_work() {
+    let d = tempfile::tempdir().unwrap();
+    let hw = profile("cpu-reference.json").display().to_string();
+    let base = [
+        "bench",
+        "--model",
+        "preset:tiny-mha",
+        "--hardware",
+        hw.as_str(),
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        kvpr(&a, d.path())
+    };
+    assert_fails(
+        &with(&["--schedules", "transfer,warp"]),
+        &["--schedules", "warp"],
+    );
+    assert_fails(&with(&["--context-len", "0"]), &["--context-len"]);
+    std::fs::create_dir(d.path().join("adir")).unwrap();
+    assert_fails(&with(&["--context-len", "64", "--csv", "adir"]), &["--csv"]);
+    assert_fails(
+        &with(&["--context-len", "64", "--device", "cuda:0"]),
+        &["--device cpu"],
+    );
+}
+
+/// `kvpr selftest --device cpu`: every op against its twin and the synthetic
+/// models under every schedule; the table ends with the count.
+#[test]
+fn selftest_on_the_cpu_passes_and_writes_its_table() {
+    let d = tempfile::tempdir().unwrap();
+    let o = kvpr(&["selftest", "--device", "cpu", "--out", "t.md"], d.path());
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "attention",
+        "sample",
+        "scatter",
+        "rope",
+        "model",
+        "chunked",
+        "0 failed",
+    ] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
+    let md = std::fs::read_to_string(d.path().join("t.md")).unwrap();
+    assert!(md.contains("0 failed"), "{md}");
+}
+
+/// With no CUDA driver, `--device cuda:0` exits 2 suggesting the CPU, never a panic.
+#[test]
+fn selftest_on_cuda_without_a_driver_suggests_the_cpu() {
+    use kernels::{Backend, BackendOptions, DeviceSpec, KernelError};
+    let probe = Backend::new(DeviceSpec::Cuda(0), BackendOptions::default());
+    if !matches!(probe, Err(KernelError::NoDriver)) {
+        eprintln!("skipping: a CUDA driver is present here");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let o = kvpr(&["selftest", "--device", "cuda:0"], d.path());
+    assert_fails(&o, &["no CUDA driver", "--device cpu"]);
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
