@@ -2,10 +2,12 @@
 CARGO ?= cargo
 KVPR_CACHE ?= $(HOME)/.cache/kvpr
 MODEL := $(KVPR_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+# NVRTC 13.0 (PyPI wheel), so CI compiles every CUDA kernel with no GPU.
+NVRTC_LIB := $(KVPR_CACHE)/cuda-13.0/nvidia/cu13/lib
 KVPR := ./target/release/kvpr
 DEMO := target/demo
 
-.PHONY: demo test build model lint bench fuzz
+.PHONY: demo test build model nvrtc lint bench fuzz
 build:
 	$(CARGO) build --release
 
@@ -13,6 +15,11 @@ build:
 model: $(MODEL)
 $(MODEL):
 	KVPR_CACHE=$(KVPR_CACHE) bash scripts/fetch-model.sh
+
+# The CUDA kernel compiler (no GPU needed), cached outside the repository.
+nvrtc: $(NVRTC_LIB)/libnvrtc.so.13
+$(NVRTC_LIB)/libnvrtc.so.13:
+	KVPR_CUDA_CACHE=$(KVPR_CACHE)/cuda-13.0 bash scripts/fetch-cuda-wheels.sh
 
 demo: build model
 	@mkdir -p $(DEMO)
@@ -28,9 +35,10 @@ demo: build model
 	@echo "== 5. transfer and chunked measured side by side on the same paced preset"
 	bash scripts/compare-schedules.sh $(KVPR) $(DEMO)/schedules -- --model preset:llama-2-7b-tiny --hardware $(DEMO)/cpu-paced.json --link-gbps 0.5 --prompt "$$(printf 'kvpr %.0s' $$(seq 1 300))" --max-new-tokens 24
 
-# The whole suite. The real-model tests need the model: fetch it first.
-test: model
-	KVPR_MODEL=$(MODEL) $(CARGO) test --workspace
+# The whole suite. The real-model tests need the model, the kernel compile
+# test needs NVRTC: fetch both first.
+test: model nvrtc
+	LD_LIBRARY_PATH=$(NVRTC_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} KVPR_MODEL=$(MODEL) $(CARGO) test --workspace
 
 # The mutation property tests over profiles, plans, GGUF headers and tokenizers,
 # at 100,000 cases each (`make test` runs 2,000).
