@@ -25,6 +25,9 @@
 # Environment: KVPR_BIN (the binary), PYTHON (default python3),
 # CHECK_BUDGET_S (whole-run budget, default 540), PEER_CONTEXTS (default
 # 4096,8192,16384), and BUDGET_<SECTION> for each section's seconds (below).
+
+# The sections are called by name in a loop at the end:
+# shellcheck disable=SC2329
 set -euo pipefail
 
 if [[ $# -ne 1 || "$1" == -* ]]; then

@@ -137,7 +137,7 @@ def read_csv(path, what):
 
 
 def norm_model(m):
-    return m[len("preset:") :] if m.startswith("preset:") else m
+    return m.removeprefix("preset:")
 
 
 def cmd_headline(a):

@@ -69,21 +69,21 @@ def main(argv):
     dev = torch.device(a.device)
     torch.cuda.set_device(dev)
 
-    def timed(fn, target_s=0.25, max_reps=200):
-        """Mean seconds of fn() after a warm-up, timed with CUDA events."""
+    def timed(fn, *args, target_s=0.25, max_reps=200, **kwargs):
+        """Mean seconds of fn(*args, **kwargs) after a warm-up, timed with CUDA events."""
         for _ in range(2):
-            fn()
+            fn(*args, **kwargs)
         torch.cuda.synchronize()
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
-        fn()
+        fn(*args, **kwargs)
         e1.record()
         torch.cuda.synchronize()
         one = max(e0.elapsed_time(e1) / 1e3, 1e-6)
         reps = max(3, min(max_reps, int(target_s / one)))
         e0.record()
         for _ in range(reps):
-            fn()
+            fn(*args, **kwargs)
         e1.record()
         torch.cuda.synchronize()
         return e0.elapsed_time(e1) / 1e3 / reps
@@ -103,11 +103,13 @@ def main(argv):
         host = torch.empty(n, dtype=torch.uint8, pin_memory=True)
         host.fill_(1)
         gpu = torch.empty(n, dtype=torch.uint8, device=dev)
-        s = timed(lambda: gpu.copy_(host, non_blocking=True))
+        s = timed(gpu.copy_, host, non_blocking=True)
         res["h2d_pinned"].append({"bytes": n, "gbps": round(n / s / 1e9, 3)})
-        s = timed(lambda: host.copy_(gpu, non_blocking=True))
+        s = timed(host.copy_, gpu, non_blocking=True)
         res["d2h_pinned"].append({"bytes": n, "gbps": round(n / s / 1e9, 3)})
-        print(f"link {n / MIB:.0f} MiB: h2d {res['h2d_pinned'][-1]['gbps']} GB/s, d2h {res['d2h_pinned'][-1]['gbps']} GB/s")
+        print(
+            f"link {n / MIB:.0f} MiB: h2d {res['h2d_pinned'][-1]['gbps']} GB/s, d2h {res['d2h_pinned'][-1]['gbps']} GB/s"
+        )
         del host, gpu
     dtypes = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
     shapes = [(4096, 4096, 4096, "bf16"), (4096, 4096, 4096, "f16")]
@@ -117,7 +119,7 @@ def main(argv):
             x = torch.randn(m, k, device=dev, dtype=dtypes[d])
             w = torch.randn(k, n, device=dev, dtype=dtypes[d])
             out = torch.empty(m, n, device=dev, dtype=dtypes[d])
-            s = timed(lambda: torch.matmul(x, w, out=out))
+            s = timed(torch.matmul, x, w, out=out)
             tf = 2.0 * m * n * k / s / 1e12
             res["gemm"].append({"m": m, "n": n, "k": k, "dtype": d, "tflops": round(tf, 3)})
             print(f"gemm {m}x{n}x{k} {d}: {tf:.1f} TFLOP/s")

@@ -74,8 +74,7 @@ def parse_args(argv):
         "--host-memory-fraction",
         type=float,
         default=0.85,
-        help="skip a context whose pinned K/V would exceed this fraction of "
-        "the host's available memory (default 0.85)",
+        help="skip a context whose pinned K/V would exceed this fraction of the host's available memory (default 0.85)",
     )
     # Hidden: run on the CPU to check the code path on a machine with no GPU.
     # transformers' offloading needs CUDA, so the CPU run uses the plain cache.
@@ -150,19 +149,19 @@ def main(argv):
     L, h, nh, nkv, hd, inter, vocab, theta = PRESETS[a.preset]
     p = DTYPE_BYTES[a.dtype]
 
-    cfg_kwargs = dict(
-        vocab_size=vocab,
-        hidden_size=h,
-        intermediate_size=inter,
-        num_hidden_layers=L,
-        num_attention_heads=nh,
-        num_key_value_heads=nkv,
-        head_dim=hd,
-        max_position_embeddings=max(a.contexts) + 64,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": theta},
-    )
+    cfg_kwargs = {
+        "vocab_size": vocab,
+        "hidden_size": h,
+        "intermediate_size": inter,
+        "num_hidden_layers": L,
+        "num_attention_heads": nh,
+        "num_key_value_heads": nkv,
+        "head_dim": hd,
+        "max_position_embeddings": max(a.contexts) + 64,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+    }
     try:
         config = LlamaConfig(**cfg_kwargs)
     except TypeError:  # an early 5.x without rope_parameters
