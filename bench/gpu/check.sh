@@ -36,14 +36,14 @@ if [[ $# -ne 1 || "$1" == -* ]]; then
 fi
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
-ROOT=$(pwd)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd) # the repository root, wherever this is run from
 PY=${PYTHON:-python3}
 START=$(date +%s)
 DEADLINE=$((START + ${CHECK_BUDGET_S:-540}))
 
 # Seconds per section (a section never runs past the overall deadline either).
-B_IDENTITY=${BUDGET_IDENTITY:-15}
+B_IDENTITY=${BUDGET_IDENTITY:-20}
 B_SELFTEST=${BUDGET_SELFTEST:-35}    # per dtype
 B_CALIBRATE=${BUDGET_CALIBRATE:-75}  # a --quick retry gets B_CALIBRATE_QUICK
 B_CALIBRATE_QUICK=${BUDGET_CALIBRATE_QUICK:-40}
@@ -58,6 +58,9 @@ S_NAME=()
 S_STATUS=()
 S_FIG=()
 FAILED=0
+RC=0
+STATUS=ok
+LAST_T=0
 record() { # record NAME STATUS FIGURE
   S_NAME+=("$1")
   S_STATUS+=("$2")
@@ -83,6 +86,7 @@ step() {
     echo "skipped: the ${CHECK_BUDGET_S:-540} s budget is spent" >"$log"
     return 0
   fi
+  LAST_T=$t
   echo "== $name (timeout ${t}s): $*"
   local t0
   t0=$(date +%s)
@@ -131,6 +135,17 @@ else
 fi
 PY_OK=0
 if have "$PY"; then PY_OK=1; fi
+
+# why LOG: what to say about a step that did not end well.
+why() {
+  local l
+  l=$(last_line "$1")
+  if [[ $STATUS == TIMEOUT ]]; then
+    echo "timed out after ${LAST_T}s (its budget)${l:+; last: $l}"
+  else
+    echo "exit $RC${l:+: $l}"
+  fi
+}
 
 # kvpr_step NAME BUDGET ARGS...: step with the binary, or MISSING without it.
 kvpr_step() {
@@ -271,7 +286,7 @@ section_selftest() {
     case $RC in
       0) record "selftest $dt" ok "all ops and schedules match the CPU: $(last_line "$OUT/selftest-$dt.log")" ;;
       1) record "selftest $dt" FAILED "mismatch (exit 1): $(grep -ci 'fail\|mismatch' "$OUT/selftest-$dt.log") failing lines, see selftest-$dt.log" ;;
-      *) record "selftest $dt" "$STATUS" "exit $RC: $(last_line "$OUT/selftest-$dt.log")" ;;
+      *) record "selftest $dt" "$STATUS" "$(why "$OUT/selftest-$dt.log")" ;;
     esac
   done
 }
@@ -290,7 +305,7 @@ section_calibrate() {
   if [[ $STATUS == ok && -s $OUT/hardware.json ]]; then
     record calibrate ok "hardware.json written ($how)"
   else
-    record calibrate "$STATUS" "exit $RC: $(last_line "$OUT/$log.log")"
+    record calibrate "$STATUS" "$(why "$OUT/$log.log")"
   fi
 
   # PyTorch's own figures, at the profile's shapes where there is a profile.
@@ -298,7 +313,7 @@ section_calibrate() {
   [[ -s $OUT/hardware.json ]] && prof=(--profile "$OUT/hardware.json")
   py_step torch-ref "$B_TORCH" "$HERE/torch_ref.py" --out "$OUT/torch.json" "${prof[@]}"
   if [[ $STATUS != ok ]]; then
-    record pytorch-ref "$STATUS" "exit $RC: $(last_line "$OUT/torch-ref.log")"
+    record pytorch-ref "$STATUS" "$(why "$OUT/torch-ref.log")"
     return
   fi
   record pytorch-ref ok "$(grep -m1 '^link' "$OUT/torch-ref.log" || true); $(grep '^gemm 4096x4096x4096 bf16' "$OUT/torch-ref.log" || true)"
@@ -326,7 +341,7 @@ section_bench() {
   if [[ $STATUS == ok ]]; then
     record bench ok "bench.csv: $(($(wc -l <"$OUT/bench.csv") - 1)) rows"
   else
-    record bench "$STATUS" "exit $RC: $(last_line "$OUT/bench.log")"
+    record bench "$STATUS" "$(why "$OUT/bench.log")"
   fi
 }
 
@@ -346,7 +361,7 @@ section_peer() {
   elif [[ -n $fig ]]; then
     record peer "$STATUS" "partial: $fig; contexts asked: $PEER_CONTEXTS${skipped:+; $skipped}"
   else
-    record peer "$STATUS" "exit $RC: $(last_line "$OUT/peer.log")"
+    record peer "$STATUS" "$(why "$OUT/peer.log")"
   fi
 }
 
@@ -367,8 +382,8 @@ section_run() {
   local cpu_status=$STATUS cpu_rc=$RC
   if [[ $cuda_status != ok || $cpu_status != ok ]]; then
     local why=""
-    [[ $cuda_status == ok ]] || why="cuda: exit $cuda_rc: $(last_line "$OUT/run-cuda.log")"
-    [[ $cpu_status == ok ]] || why="${why:+$why; }cpu: exit $cpu_rc: $(last_line "$OUT/run-cpu.log")"
+    [[ $cuda_status == ok ]] || why="cuda: $cuda_status, exit $cuda_rc: $(last_line "$OUT/run-cuda.log")"
+    [[ $cpu_status == ok ]] || why="${why:+$why; }cpu: $cpu_status, exit $cpu_rc: $(last_line "$OUT/run-cpu.log")"
     local st=$cuda_status
     [[ $st == ok ]] && st=$cpu_status
     record "run cuda vs cpu" "$st" "$why"

@@ -114,7 +114,10 @@ def cmd_calib(a):
     write_atomic(
         a.md,
         f"## Calibration against PyTorch ({ref.get('device', '?')}, torch {ref.get('torch', '?')})\n\n"
-        + md_table(header, rows + extra),
+        + md_table(header, rows + extra)
+        + "\nThe link is compared at the size of the profile's largest point; the GEMM at each dtype's largest\n"
+        "point (m*n*k), which is compute-bound. At small m it would not compare: PyTorch times one weight\n"
+        "matrix (which may sit in L2), kvpr cycles through 128 MiB of copies.\n",
     )
     write_atomic(a.csv, csv_text(("figure", "kvpr", "pytorch", "unit", "ratio", "within_bar"), rows))
     print("ours/PyTorch: " + ", ".join(figs))
