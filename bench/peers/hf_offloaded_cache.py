@@ -17,6 +17,17 @@ never exceeds C positions. Keeping the cache at most C positions also keeps
 PyTorch's pinned-memory allocator, which rounds each block up to a power of
 two, at one block size per tensor for the whole run.
 
+What the peer does per decode step, as transformers ships it (5.24's
+cache_utils): for each layer, wait for the prefetch of this layer, start the
+prefetch of the next (host to device, side stream), concatenate the new
+token's K/V onto the layer's whole K/V on the device, then copy the whole
+result back to host memory (device to host, default stream). So each step moves
+every layer's K/V across the link in both directions.
+
+Host memory: about 2 * layers * K-bytes-per-layer of pinned memory (64 GiB for
+llama-2-7b, f16, batch 8, context 16384); a context that would take more than
+--host-memory-fraction of the available memory is skipped with a message.
+
 Usage (GPU machine):
   python3 bench/peers/hf_offloaded_cache.py --preset llama-2-7b --dtype f16 \
       --batch 8 --context-len 4096,8192,16384 --steps 16 --warmup 2 --csv peer.csv
@@ -173,22 +184,6 @@ def main(argv):
     with torch.device(dev):
         model = LlamaForCausalLM._from_config(config, dtype=dtype)
     model.eval()
-    params = sum(t.numel() for t in model.parameters())
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(
-        f"peer: {PEER} | transformers {transformers.__version__} | torch {torch.__version__} | "
-        f"{name} | {a.preset} ({L} layers, h {h}, {nh} heads / {nkv} kv heads, "
-        f"{params / 1e9:.2f} B params) {a.dtype} | batch {a.batch} | "
-        f"offloading {'on' if offload else 'off'} | model built in {time.perf_counter() - t0:.1f} s",
-        flush=True,
-    )
-    if not offload:
-        print(
-            "note: offloading is off (it needs CUDA); the cache stays on the device, "
-            "so these figures are a code-path check, not the peer's",
-            flush=True,
-        )
-
     # transformers renamed forward's `past_key_values` to `cache` within 5.x.
     fwd_params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in fwd_params else "past_key_values"
@@ -203,13 +198,31 @@ def main(argv):
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    # What the cache really does (the CPU check forces offloading on).
+    offloading = bool(getattr(new_cache(), "offloading", offload))
+    params = sum(t.numel() for t in model.parameters())
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(
+        f"peer: {PEER} | transformers {transformers.__version__} | torch {torch.__version__} | "
+        f"{name} | {a.preset} ({L} layers, h {h}, {nh} heads / {nkv} kv heads, "
+        f"{params / 1e9:.2f} B params) {a.dtype} | batch {a.batch} | "
+        f"offloading {'on' if offloading else 'off'} | model built in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+    if not offloading:
+        print(
+            "note: offloading is off (it needs CUDA); the cache stays on the device, "
+            "so these figures are a code-path check, not the peer's",
+            flush=True,
+        )
+
     rows, failed = [], []
     for ctx in a.contexts:
         # Bytes of one layer's K (or V) at the largest cache this run holds.
         tensor_bytes = a.batch * nkv * ctx * hd * p
         need = 2 * L * pow2ceil(tensor_bytes)
         avail = host_available_bytes()
-        if offload and avail is not None and need > a.host_memory_fraction * avail:
+        if offloading and avail is not None and need > a.host_memory_fraction * avail:
             msg = (
                 f"context {ctx}: skipped: the offloaded K/V needs ~{gib(need):.1f} GiB of pinned host "
                 f"memory, {gib(avail):.1f} GiB available (limit {a.host_memory_fraction:.0%})"
@@ -263,7 +276,7 @@ def main(argv):
             print(
                 f"context {ctx}: {step_ms:.2f} ms per decode step (mean of {a.steps}; "
                 f"{'events' if dev.type == 'cuda' else 'wall'}: median {med:.2f}, min {srt[0]:.2f}) | "
-                f"K/V per step {gib(kv_step):.2f} GiB = {kv_step / (step_ms / 1e3) / 1e9:.1f} GB/s | "
+                f"K/V read per step {gib(kv_step):.2f} GiB = {kv_step / (step_ms / 1e3) / 1e9:.1f} GB/s | "
                 f"cache filled in {fill_s:.1f} s",
                 flush=True,
             )
