@@ -11,6 +11,18 @@ pub fn us(t: f64) -> String {
     }
 }
 
+/// A progress bar on stderr for `len` steps (0: set the length later).
+pub fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// At most `k` indices of `0..n` for a summary table: the first, the last and
 /// evenly spaced ones between.
 pub fn sample_indices(n: usize, k: usize) -> Vec<usize> {

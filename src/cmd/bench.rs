@@ -12,8 +12,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
-use kernels::{BackendOptions, DeviceSpec};
 use plans::{Plan, Schedule, Split, StoreLayout, Workload};
 use plotters::prelude::*;
 use runtime::{Executor, Model, ModelSource};
@@ -136,28 +134,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| Ok((s.clone(), request(s, args.block_tokens)?)))
         .collect::<anyhow::Result<_>>()?;
-    let device: DeviceSpec = args
-        .device
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
-    let dtype = super::parse_dtype(args.dtype.as_deref())?;
-    let be = super::open_backend(
-        device,
-        BackendOptions {
-            link_gbps: args.link_gbps,
-            dtype,
-        },
-    )?;
+    let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
     let (hw, hw_id) = super::load_profile(&args.hardware)?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     eprintln!("loading {} on {}...", args.model, be.name());
     let model = Model::load(&source, &be).context("loading --model")?;
     let spec = model.spec().clone();
-    let bar = ProgressBar::new((args.context_len.len() * requests.len()) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = fmt::progress_bar((args.context_len.len() * requests.len()) as u64);
     let mut rows: Vec<Row> = Vec::new();
     let mut tables = String::new();
     for &c in &args.context_len {

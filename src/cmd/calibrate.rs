@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use kernels::{BackendOptions, DeviceSpec};
 use plans::{BandwidthCurve, HardwareProfile, ModelSpec};
 use profiler::{CalibrateOptions, CalibrationEvent};
@@ -65,11 +64,7 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
         name: None,
     };
 
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = fmt::progress_bar(0);
     bar.set_message(format!("calibrating {}", backend.name()));
     let profile = profiler::calibrate(&backend, &opts, &mut |e| match e {
         CalibrationEvent::Plan { steps } => bar.set_length(steps as u64),

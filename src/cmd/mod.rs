@@ -68,6 +68,17 @@ pub fn check_output(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parses `--device`, `--dtype` and `--link-gbps` and opens the backend.
+pub fn backend_from_flags(
+    device: &str,
+    dtype: Option<&str>,
+    link_gbps: Option<f64>,
+) -> anyhow::Result<Backend> {
+    let spec: DeviceSpec = device.parse().map_err(|e| anyhow!("--device: {e}"))?;
+    let dtype = parse_dtype(dtype)?;
+    open_backend(spec, BackendOptions { link_gbps, dtype })
+}
+
 /// Opens `--device`; without a CUDA driver or library, suggests the CPU.
 pub fn open_backend(device: DeviceSpec, opts: BackendOptions) -> anyhow::Result<Backend> {
     Backend::new(device, opts).map_err(|e| {

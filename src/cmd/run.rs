@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use kernels::{BackendOptions, DeviceSpec};
 use plans::{Field, Plan, Workload};
 use runtime::{GenerationReport, Generator, Model, ModelSource, Sampling};
 use scheduler::PlanRequest;
@@ -98,22 +97,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     super::check_output("--plan-out", args.plan_out.as_deref())?;
     super::check_output("--trace", args.trace.as_deref())?;
-    let device: DeviceSpec = args
-        .device
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let trace_steps = match &args.trace {
         Some(_) => super::trace::parse_steps(&args.trace_steps, args.max_new_tokens)?,
         None => Vec::new(),
     };
-    let dtype = super::parse_dtype(args.dtype.as_deref())?;
-    let backend = super::open_backend(
-        device,
-        BackendOptions {
-            link_gbps: args.link_gbps,
-            dtype,
-        },
-    )?;
+    let backend = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     let t0 = std::time::Instant::now();
     let model = Model::load(&source, &backend).context("loading --model")?;

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use kernels::{BackendOptions, DeviceSpec};
 
 use crate::fmt;
 
@@ -37,18 +36,7 @@ const MODELS: [&str; 3] = ["tiny-mha", "tiny-gqa", "llama-2-7b-tiny"];
 /// Runs the checks; `Ok(false)` when any failed.
 pub fn run(args: &SelftestArgs) -> anyhow::Result<bool> {
     super::check_output("--out", args.out.as_deref())?;
-    let device: DeviceSpec = args
-        .device
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
-    let dtype = super::parse_dtype(args.dtype.as_deref())?;
-    let be = super::open_backend(
-        device,
-        BackendOptions {
-            link_gbps: None,
-            dtype,
-        },
-    )?;
+    let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), None)?;
     eprintln!("selftest on {}", be.name());
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut ok = true;
