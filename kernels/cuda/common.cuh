@@ -2,9 +2,9 @@
 //
 // The runtime compiles ONE translation unit with NVRTC: this file followed by norm.cu, rope.cu,
 // attention.cu, elementwise.cu, embedding.cu and sample.cu, concatenated in that order by the
-// CUDA backend (kernels/src/cuda). So the .cu files do not include this file, and nothing here may be
-// redefined there. No CUDA headers are used at all: f16 and bf16 are stored as `unsigned short`
-// and converted with inline PTX (sm_80+). All arithmetic is in f32.
+// CUDA backend (kernels/src/cuda). So the .cu files do not include this file, and nothing here
+// may be redefined there. No CUDA headers are used at all: f16 and bf16 are stored as
+// `unsigned short` and converted with inline PTX (sm_80+). All arithmetic is in f32.
 //
 // Every kernel is written once as a `__device__` template over a dtype tag (DtF32, DtF16, DtBF16)
 // and exported as three `extern "C" __global__` functions NAME_f32, NAME_f16 and NAME_bf16 by a

@@ -117,8 +117,8 @@ __device__ __forceinline__ void sample_body(const typename D::T* logits, float* 
     unsigned bi = 0xffffffffu;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
         if (p[j] >= t) {
-            const float key = D::load(lr[j]) * inv_temperature +
-                              kvpr_gumbel(seed, step, (unsigned long long)row, (unsigned long long)j);
+            const float g = kvpr_gumbel(seed, step, (unsigned long long)row, (unsigned long long)j);
+            const float key = D::load(lr[j]) * inv_temperature + g;
             if (argmax_beats(key, (unsigned)j, bv, bi)) {
                 bv = key;
                 bi = (unsigned)j;
