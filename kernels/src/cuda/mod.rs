@@ -792,4 +792,6 @@ fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
 }
 
 #[cfg(test)]
+mod emulated;
+#[cfg(test)]
 mod tests;
