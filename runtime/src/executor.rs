@@ -573,7 +573,7 @@ impl<'a> Executor<'a> {
             self.res_cap,
         );
         let pos = sp.s;
-        if pos >= cap || sp.g + sp.l > pos || sp.g > rc || sp.s != pos {
+        if pos >= cap || sp.g + sp.l > pos || sp.g > rc {
             return Err(RuntimeError::Request {
                 what: "decode step".into(),
                 reason: format!("position {pos} with split {sp:?} (capacity {cap}, resident {rc})"),
