@@ -3,18 +3,21 @@
 //! coroutines (barriers and warp shuffles included), the kernel source the
 //! runtime compiles with NVRTC is compiled here by the system C++ compiler
 //! (its three inline-PTX conversions swapped for host ones), and each kernel is
-//! launched with the arguments and grid its contract (`kernels/cuda/README.md`)
-//! gives. This checks the kernels' arithmetic, indexing, reductions and
-//! tie rules with no GPU; NVRTC's compile test checks they build for the GPU.
+//! launched through the very code the CUDA backend launches with (`ops.rs`,
+//! here with the emulator as its [`Launcher`]). This checks the kernels'
+//! arithmetic, indexing, reductions and tie rules, and the launch code's
+//! arguments, grids and scratch layout, with no GPU; NVRTC's compile test
+//! checks they build for the GPU.
 //! Skips with a printed reason when no C++ compiler is found.
 
 use std::ffi::c_void;
 use std::sync::OnceLock;
 
 use super::nvrtc::{kernel_source, KERNELS, SUFFIXES};
+use super::ops::{self, Arg, Launcher, ScratchKind};
 use super::{decode, encode};
 use crate::selftest::tolerance;
-use crate::{twin, AttnShape, Dtype, RopeShape, Rows, SampleArgs};
+use crate::{twin, AttnShape, Dtype, Result, RopeShape, Rows, SampleArgs};
 
 struct Emu {
     lib: libloading::Library,
@@ -109,20 +112,58 @@ fn emu() -> Option<&'static Emu> {
     .as_ref()
 }
 
-impl Emu {
+/// The emulator as a [`Launcher`]: the launches the CUDA backend makes
+/// (`ops.rs`), run on host memory; addresses are host pointers.
+struct EmuLauncher {
+    emu: &'static Emu,
+    dtype: Dtype,
+    /// Attention's scratch limit: small in a test that makes the launch code
+    /// slice the queries, as it does on a GPU for a long prefill.
+    attn_limit: usize,
+    scratch: std::sync::Mutex<[Vec<f32>; 2]>,
+}
+
+impl EmuLauncher {
+    fn new(dtype: Dtype) -> Option<EmuLauncher> {
+        Some(EmuLauncher {
+            emu: emu()?,
+            dtype,
+            attn_limit: 64 << 20,
+            scratch: std::sync::Mutex::new([Vec::new(), Vec::new()]),
+        })
+    }
+}
+
+impl Launcher for EmuLauncher {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn device(&self) -> String {
+        "emulated cuda".into()
+    }
+
     fn launch(
         &self,
-        kernel: &str,
-        d: Dtype,
+        kernel: &'static str,
         grid: (usize, usize, usize),
-        block: usize,
-        args: &mut [A],
-    ) {
-        let name = format!("L_{kernel}_{}\0", suffix(d));
+        block: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        let name = format!("L_{kernel}_{}\0", suffix(self.dtype));
         // SAFETY: every exported launcher has the `Launch` signature.
         let f: libloading::Symbol<Launch> =
-            unsafe { self.lib.get(name.as_bytes()) }.expect("an exported launcher");
-        let mut ptrs: Vec<*mut c_void> = args
+            unsafe { self.emu.lib.get(name.as_bytes()) }.expect("an exported launcher");
+        let mut vals: Vec<A> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Ptr(p) => A::P(p as usize as *mut c_void),
+                Arg::I32(v) => A::I(v),
+                Arg::F32(v) => A::F(v),
+                Arg::U64(v) => A::U(v),
+            })
+            .collect();
+        let mut ptrs: Vec<*mut c_void> = vals
             .iter_mut()
             .map(|a| match a {
                 A::P(p) => p as *mut *mut c_void as *mut c_void,
@@ -131,9 +172,9 @@ impl Emu {
                 A::U(v) => v as *mut u64 as *mut c_void,
             })
             .collect();
-        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the arguments follow the kernel's signature in the contract
-        // and every buffer pointer covers what the kernel touches.
+        let _one = self.emu.lock.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: `ops` passes the arguments of the kernel's signature, and the
+        // tests' host buffers cover what each kernel touches.
         unsafe {
             f(
                 grid.0 as i32,
@@ -143,6 +184,20 @@ impl Emu {
                 ptrs.as_mut_ptr(),
             )
         };
+        Ok(())
+    }
+
+    fn attention_scratch_limit(&self) -> usize {
+        self.attn_limit
+    }
+
+    fn scratch(&self, kind: ScratchKind, floats: usize) -> Result<u64> {
+        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let v = &mut s[(kind == ScratchKind::Sampler) as usize];
+        if v.len() < floats {
+            *v = vec![f32::NAN; floats];
+        }
+        Ok(v.as_mut_ptr() as usize as u64)
     }
 }
 
@@ -170,8 +225,19 @@ fn random(n: usize, scale: f32, seed: u64, d: Dtype) -> Vec<f32> {
     decode(d, &encode(d, &v))
 }
 
-fn ptr(b: &mut [u8]) -> A {
-    A::P(b.as_mut_ptr() as *mut c_void)
+/// A host buffer's address, as the ops take device addresses.
+fn addr<T>(b: &mut [T]) -> u64 {
+    b.as_mut_ptr() as usize as u64
+}
+
+fn ids_bytes(ids: &[u32]) -> Vec<u8> {
+    ids.iter().flat_map(|p| p.to_le_bytes()).collect()
+}
+
+fn ids_of(out: &[u8]) -> Vec<u32> {
+    out.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn assert_close(got: &[f32], want: &[f32], d: Dtype, what: &str) {
@@ -189,27 +255,25 @@ fn assert_close(got: &[f32], want: &[f32], d: Dtype, what: &str) {
 
 #[test]
 fn rmsnorm_and_elementwise_match_their_twins() {
-    let Some(emu) = emu() else { return };
     for d in DTYPES {
+        let Some(l) = EmuLauncher::new(d) else { return };
         let (rows, dim) = (3, 1000);
         let x = random(rows * dim, 3.0, 1, d);
         let w = random(dim, 1.0, 2, d);
         let want = twin::rmsnorm(&x, &w, dim, 1e-5);
-        let (mut xb, mut wb, mut ob) = (
-            encode(d, &x),
-            encode(d, &w),
-            encode(d, &vec![f32::NAN; rows * dim]),
-        );
-        let mut args = [
-            ptr(&mut xb),
-            ptr(&mut wb),
-            ptr(&mut ob),
-            A::I(rows as i32),
-            A::I(dim as i32),
-            A::F(1e-5),
-        ];
-        emu.launch("rmsnorm", d, (rows, 1, 1), 256, &mut args);
-        assert_close(&decode(d, &ob), &want, d, "rmsnorm");
+        let (mut xb, mut wb) = (encode(d, &x), encode(d, &w));
+        // In place, as the executor calls it.
+        ops::rmsnorm(
+            &l,
+            addr(&mut xb),
+            addr(&mut wb),
+            addr(&mut xb),
+            rows,
+            dim,
+            1e-5,
+        )
+        .unwrap();
+        assert_close(&decode(d, &xb), &want, d, "rmsnorm");
         let n = 70_001;
         let (g, u) = (random(n, 4.0, 3, d), random(n, 1.0, 4, d));
         for (k, want) in [
@@ -217,15 +281,8 @@ fn rmsnorm_and_elementwise_match_their_twins() {
             ("add", twin::add(&g, &u)),
         ] {
             let (mut gb, mut ub) = (encode(d, &g), encode(d, &u));
-            let mut args = [
-                ptr(&mut gb),
-                ptr(&mut ub),
-                A::P(std::ptr::null_mut()),
-                A::U(n as u64),
-            ];
-            // Out aliases the first input, as the executor calls them.
-            args[2] = ptr(&mut gb);
-            emu.launch(k, d, (n.div_ceil(256).min(4096), 1, 1), 256, &mut args);
+            let (ga, ua) = (addr(&mut gb), addr(&mut ub));
+            ops::binary(&l, k, ga, ua, ga, n).unwrap();
             assert_close(&decode(d, &gb), &want, d, k);
         }
         let r = Rows {
@@ -235,26 +292,19 @@ fn rmsnorm_and_elementwise_match_their_twins() {
             dst_pitch: 700,
         };
         let src = random(4 * 310 + 300, 1.0, 5, d);
-        let mut want = vec![0.5; 4 * 700 + 300];
+        let mut want = vec![0.5; 4 * 700 + 300 + 9];
         let (mut sb, mut db) = (encode(d, &src), encode(d, &want));
-        twin::scatter(&src, &mut want, &r);
-        let mut args = [
-            ptr(&mut sb),
-            ptr(&mut db),
-            A::I(5),
-            A::U(300),
-            A::U(310),
-            A::U(700),
-        ];
-        emu.launch("scatter", d, (2, 5, 1), 256, &mut args);
+        twin::scatter(&src, &mut want[9..], &r);
+        let esz = d.bytes() as u64;
+        ops::scatter(&l, addr(&mut sb), addr(&mut db) + 9 * esz, r).unwrap();
         assert_close(&decode(d, &db), &want, d, "scatter");
     }
 }
 
 #[test]
 fn rope_matches_its_twin_in_both_conventions() {
-    let Some(emu) = emu() else { return };
     for d in DTYPES {
+        let Some(l) = EmuLauncher::new(d) else { return };
         for interleaved in [false, true] {
             let r = RopeShape {
                 rows: 3,
@@ -268,40 +318,39 @@ fn rope_matches_its_twin_in_both_conventions() {
             let x = random(3 * r.row_stride, 1.0, 6, d);
             let mut want = x.clone();
             twin::rope(&mut want, &pos, &r);
-            let mut xb = encode(d, &x);
-            let mut pb: Vec<u8> = pos.iter().flat_map(|p| p.to_le_bytes()).collect();
-            let mut args = [
-                ptr(&mut xb),
-                ptr(&mut pb),
-                A::I(3),
-                A::I(r.row_stride as i32),
-                A::I(2),
-                A::I(64),
-                A::F(1e4),
-                A::I(interleaved as i32),
-            ];
-            emu.launch("rope", d, (3, 1, 1), 128, &mut args);
-            assert_close(
-                &decode(d, &xb),
-                &want,
-                d,
-                &format!("rope interleaved={interleaved}"),
-            );
+            let (mut xb, mut pb) = (encode(d, &x), ids_bytes(&pos));
+            ops::rope(&l, addr(&mut xb), addr(&mut pb), r).unwrap();
+            let what = format!("rope interleaved={interleaved}");
+            assert_close(&decode(d, &xb), &want, d, &what);
         }
     }
 }
 
 #[test]
 fn attention_matches_its_twin_over_splits() {
-    let Some(emu) = emu() else { return };
     // batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity
     let cases = [
         (2, 1, 600, 4, 4, 64, 700),
         (1, 6, 250, 4, 2, 32, 300),
         (1, 1, 300, 2, 1, 128, 301),
+        (3, 1, 0, 3, 3, 16, 4),
+        (2, 20, 0, 4, 2, 32, 300),
+        (2, 20, 0, 4, 2, 32, 300),
     ];
     for d in DTYPES {
-        for (batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity) in cases {
+        let Some(mut l) = EmuLauncher::new(d) else {
+            return;
+        };
+        for (i, (batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity)) in
+            cases.into_iter().enumerate()
+        {
+            // The last case again with room for 7 query rows' partials per
+            // launch: one sequence and a slice of its queries at a time.
+            l.attn_limit = if i == cases.len() - 1 {
+                7 * n_heads * 2 * (head_dim + 2)
+            } else {
+                64 << 20
+            };
             let a = AttnShape {
                 batch,
                 q_len,
@@ -316,42 +365,10 @@ fn attention_matches_its_twin_over_splits() {
             let kv = batch * kv_capacity * n_kv_heads * head_dim;
             let (k, v) = (random(kv, 2.0, 8, d), random(kv, 1.0, 9, d));
             let want = twin::attention(&q, &k, &v, &a);
-            let split = 256;
-            let n_splits = (q_pos0 + q_len).div_ceil(split);
-            let rows = batch * q_len;
-            let mut part_o = vec![f32::NAN; rows * n_heads * n_splits * head_dim];
-            let mut part_ml = vec![f32::NAN; rows * n_heads * n_splits * 2];
             let (mut qb, mut kb, mut vb) = (encode(d, &q), encode(d, &k), encode(d, &v));
             let mut ob = encode(d, &vec![f32::NAN; q.len()]);
-            let i = |v: usize| A::I(v as i32);
-            let mut args = [
-                ptr(&mut qb),
-                ptr(&mut kb),
-                ptr(&mut vb),
-                A::P(part_o.as_mut_ptr() as *mut c_void),
-                A::P(part_ml.as_mut_ptr() as *mut c_void),
-                i(batch),
-                i(q_len),
-                i(q_pos0),
-                i(n_heads),
-                i(n_kv_heads),
-                i(head_dim),
-                i(kv_capacity),
-                A::F(a.scale),
-                i(split),
-                i(n_splits),
-            ];
-            emu.launch("attn_split", d, (n_splits, n_heads, rows), 128, &mut args);
-            let mut args = [
-                A::P(part_o.as_mut_ptr() as *mut c_void),
-                A::P(part_ml.as_mut_ptr() as *mut c_void),
-                ptr(&mut ob),
-                i(rows),
-                i(n_heads),
-                i(head_dim),
-                i(n_splits),
-            ];
-            emu.launch("attn_combine", d, (n_heads, rows, 1), 128, &mut args);
+            let (qa, ka, va, oa) = (addr(&mut qb), addr(&mut kb), addr(&mut vb), addr(&mut ob));
+            ops::attention(&l, qa, ka, va, oa, a).unwrap();
             assert_close(&decode(d, &ob), &want, d, &format!("attention {a:?}"));
         }
     }
@@ -359,48 +376,25 @@ fn attention_matches_its_twin_over_splits() {
 
 #[test]
 fn embedding_argmax_and_sampling_match_their_twins() {
-    let Some(emu) = emu() else { return };
     for d in DTYPES {
+        let Some(l) = EmuLauncher::new(d) else { return };
         let (vocab, dim) = (100, 64);
         let table = random(vocab * dim, 1.0, 10, d);
         let ids = [3u32, 99, 0, 100, 42];
-        let mut tb = encode(d, &table);
-        let mut ib: Vec<u8> = ids.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let (mut tb, mut ib) = (encode(d, &table), ids_bytes(&ids));
         let mut ob = encode(d, &vec![f32::NAN; ids.len() * dim]);
-        let mut args = [
-            ptr(&mut tb),
-            ptr(&mut ib),
-            ptr(&mut ob),
-            A::I(5),
-            A::I(dim as i32),
-            A::I(vocab as i32),
-        ];
-        emu.launch("embedding", d, (5, 1, 1), 256, &mut args);
-        assert_close(
-            &decode(d, &ob),
-            &twin::embedding(&table, &ids, dim),
-            d,
-            "embedding",
-        );
+        let (ta, ia, oa) = (addr(&mut tb), addr(&mut ib), addr(&mut ob));
+        ops::embedding(&l, ta, table.len(), ia, oa, ids.len(), dim).unwrap();
+        let want = twin::embedding(&table, &ids, dim);
+        assert_close(&decode(d, &ob), &want, d, "embedding");
 
         let (rows, cols) = (3, 5000);
         let mut x = random(rows * cols, 6.0, 11, d);
         x[cols / 2] = 9.0;
         x[cols / 2 + 1] = 9.0; // a tie: the first wins
-        let ids_of = |out: &[u8]| -> Vec<u32> {
-            out.chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
         let mut xb = encode(d, &x);
         let mut out = vec![0xffu8; rows * 4];
-        let mut args = [
-            ptr(&mut xb),
-            ptr(&mut out),
-            A::I(rows as i32),
-            A::I(cols as i32),
-        ];
-        emu.launch("argmax", d, (rows, 1, 1), 256, &mut args);
+        ops::argmax(&l, addr(&mut xb), addr(&mut out), rows, cols).unwrap();
         let want: Vec<u32> = x.chunks_exact(cols).map(twin::argmax_row).collect();
         assert_eq!(ids_of(&out), want, "argmax {}", d.name());
         for (t, top_k, top_p) in [(1.0, 0, 1.0), (0.8, 40, 0.9), (1.5, 0, 0.5), (0.7, 1, 1.0)] {
@@ -411,21 +405,8 @@ fn embedding_argmax_and_sampling_match_their_twins() {
                 seed: 77,
                 step: 3,
             };
-            let mut work = vec![0f32; rows * cols];
             let mut out = vec![0xffu8; rows * 4];
-            let mut args = [
-                ptr(&mut xb),
-                A::P(work.as_mut_ptr() as *mut c_void),
-                ptr(&mut out),
-                A::I(rows as i32),
-                A::I(cols as i32),
-                A::F(s.inv_temperature),
-                A::I(top_k as i32),
-                A::F(top_p),
-                A::U(77),
-                A::U(3),
-            ];
-            emu.launch("sample", d, (rows, 1, 1), 256, &mut args);
+            ops::sample(&l, addr(&mut xb), addr(&mut out), rows, cols, s).unwrap();
             let want: Vec<u32> = x
                 .chunks_exact(cols)
                 .enumerate()

@@ -48,7 +48,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::sys::{self, CUdeviceptr, CUevent_flags, CUmemorytype};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PinnedHostSlice, PushKernelArg,
 };
 
 use crate::device::Device;
@@ -658,7 +659,7 @@ impl Device for CudaBackend {
     ) -> Result<()> {
         let op = "rmsnorm";
         let (x, w, o) = (self.buf(op, x)?, self.buf(op, weight)?, self.buf(op, out)?);
-        self.k_rmsnorm(x, w, o, rows, dim, eps)
+        ops::rmsnorm(self, x.ptr, w.ptr, o.ptr, rows, dim, eps)
     }
 
     fn rope(
@@ -670,7 +671,7 @@ impl Device for CudaBackend {
         r: RopeShape,
     ) -> Result<()> {
         let (x, p) = (self.buf("rope", x)?, self.ids("rope", pos)?);
-        self.k_rope(x.at(x_off), p.at(pos_off), r)
+        ops::rope(self, x.at(x_off), p.at(pos_off), r)
     }
 
     fn attention(
@@ -688,13 +689,13 @@ impl Device for CudaBackend {
             self.buf(op, v)?,
             self.buf(op, out)?,
         );
-        self.k_attention(q, k, v, o, a)
+        ops::attention(self, q.ptr, k.ptr, v.ptr, o.ptr, a)
     }
 
     fn silu_gate(&self, gate: &BufInner, up: &BufInner, out: &BufInner, len: usize) -> Result<()> {
         let op = "silu_gate";
         let (g, u, o) = (self.buf(op, gate)?, self.buf(op, up)?, self.buf(op, out)?);
-        self.k_binary("silu_gate", g.ptr, u.ptr, o.ptr, len)
+        ops::binary(self, "silu_gate", g.ptr, u.ptr, o.ptr, len)
     }
 
     fn add(&self, a: &BufInner, b: &BufInner, out: &BufInner, len: usize) -> Result<()> {
@@ -703,7 +704,7 @@ impl Device for CudaBackend {
             self.buf("add", b)?,
             self.buf("add", out)?,
         );
-        self.k_binary("add", a.ptr, b.ptr, o.ptr, len)
+        ops::binary(self, "add", a.ptr, b.ptr, o.ptr, len)
     }
 
     fn scatter(
@@ -715,7 +716,7 @@ impl Device for CudaBackend {
         rows: Rows,
     ) -> Result<()> {
         let (s, d) = (self.buf("scatter", src)?, self.buf("scatter", dst)?);
-        self.k_scatter(s.at(src_off), d.at(dst_off), rows)
+        ops::scatter(self, s.at(src_off), d.at(dst_off), rows)
     }
 
     fn embedding(
@@ -729,7 +730,7 @@ impl Device for CudaBackend {
     ) -> Result<()> {
         let op = "embedding";
         let (t, i, o) = (self.buf(op, table)?, self.ids(op, ids)?, self.buf(op, out)?);
-        self.k_embedding(t, i.at(ids_off), o, rows, dim)
+        ops::embedding(self, t.ptr, t.len, i.at(ids_off), o.ptr, rows, dim)
     }
 
     fn argmax(
@@ -741,7 +742,7 @@ impl Device for CudaBackend {
         out_off: usize,
     ) -> Result<()> {
         let (x, o) = (self.buf("argmax", x)?, self.ids("argmax", out)?);
-        self.k_argmax(x, o.at(out_off), rows, cols)
+        ops::argmax(self, x.ptr, o.at(out_off), rows, cols)
     }
 
     fn sample(
@@ -754,7 +755,75 @@ impl Device for CudaBackend {
         s: SampleArgs,
     ) -> Result<()> {
         let (x, o) = (self.buf("sample", x)?, self.ids("sample", out)?);
-        self.k_sample(x, o.at(out_off), rows, cols, s)
+        ops::sample(self, x.ptr, o.at(out_off), rows, cols, s)
+    }
+}
+
+impl ops::Launcher for CudaBackend {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn device(&self) -> String {
+        self.short.clone()
+    }
+
+    fn launch(
+        &self,
+        kernel: &'static str,
+        grid: (usize, usize, usize),
+        block: u32,
+        args: &[ops::Arg],
+    ) -> Result<()> {
+        let f = self.funcs.get(kernel).ok_or_else(|| KernelError::Cuda {
+            device: self.short.clone(),
+            call: "cuModuleGetFunction",
+            message: format!("kernel {kernel} was not loaded"),
+        })?;
+        let mut b = self.compute.launch_builder(f);
+        for a in args {
+            match a {
+                ops::Arg::Ptr(v) | ops::Arg::U64(v) => {
+                    b.arg(v);
+                }
+                ops::Arg::I32(v) => {
+                    b.arg(v);
+                }
+                ops::Arg::F32(v) => {
+                    b.arg(v);
+                }
+            }
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `ops` passes the arguments of the kernel's signature in its
+        // contract (`kernels/cuda/README.md`), every address was range-checked
+        // by `Backend` for the extent the kernel touches, and the grid is
+        // within CUDA's limits.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| KernelError::Cuda {
+                device: self.short.clone(),
+                call: "cuLaunchKernel",
+                message: format!("{kernel}: {e}"),
+            })
+    }
+
+    fn scratch(&self, kind: ops::ScratchKind, floats: usize) -> Result<u64> {
+        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match kind {
+            ops::ScratchKind::Attention => &mut s.attn,
+            ops::ScratchKind::Sampler => &mut s.sample,
+        };
+        if slot.as_ref().is_none_or(|w| w.len < floats) {
+            // The old buffer is freed in order on the compute stream, after
+            // the kernels already queued there have read it.
+            *slot = Some(self.raw_alloc(floats.max(1), 4)?);
+        }
+        Ok(slot.as_ref().map_or(0, |w| w.ptr))
     }
 }
 
