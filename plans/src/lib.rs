@@ -22,6 +22,7 @@ mod io;
 mod layout;
 mod model;
 mod plan;
+mod requests;
 mod source;
 mod trace;
 mod workload;
@@ -40,6 +41,7 @@ pub use io::{
 pub use layout::{Coverage, Split, StoreLayout};
 pub use model::{Family, ModelSpec, MAX_CONTEXT, PRESETS};
 pub use plan::{Plan, PlanHardware, Schedule, Step, Summary, MAX_BATCH, MAX_CHUNKS, PLAN_SCHEMA};
+pub use requests::{Request, Requests, MAX_REQUESTS};
 pub use source::ModelSource;
 pub use trace::{Trace, TraceOp, TraceOpKind, TraceStep, TraceStream, TRACE_SCHEMA};
 pub use workload::{human_bytes, parse_bytes, Dtype, Field, Workload};
