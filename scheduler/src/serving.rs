@@ -1,0 +1,574 @@
+//! Serving under KV overflow (issue 12's scheduling core): a paged K/V
+//! cache of fixed-size blocks on the device, continuous batching of requests
+//! that arrive over time, and what each policy does when a running request
+//! needs a block and none is free:
+//!
+//! - `recompute`: the most recently admitted running request is preempted
+//!   (vLLM's rule) and its blocks dropped; on resume it prefills its prompt and
+//!   the tokens it had generated again;
+//! - `swap`: the same request's blocks go to host memory, and come back on
+//!   resume;
+//! - `partial`: as `swap`, but on resume a prefix of the context is
+//!   recomputed from stored activations while the rest swaps in (the share is
+//!   the caller's, from the cost model);
+//! - `offload`: nobody is preempted; the requesting sequence's oldest device
+//!   block moves to the host store and it keeps decoding through a split.
+//!
+//! This is pure bookkeeping: [`Serving::next_iteration`] says, for one engine
+//! iteration, who is admitted or resumed (and how), who is preempted or
+//! offloaded, who decodes, and who finishes; the engine runs it. Invariants
+//! (property-tested): block counts stay within `[0, capacity]`, and every
+//! request finishes exactly once with all its tokens.
+
+use std::collections::VecDeque;
+
+use plans::Requests;
+
+use crate::SchedError;
+
+/// What happens to the blocks that do not fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    Recompute,
+    Swap,
+    Partial,
+    Offload,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 4] = [
+        Policy::Recompute,
+        Policy::Swap,
+        Policy::Partial,
+        Policy::Offload,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Recompute => "recompute",
+            Policy::Swap => "swap",
+            Policy::Partial => "partial",
+            Policy::Offload => "offload",
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Policy, String> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown policy {s:?}; use recompute, swap, partial or offload"))
+    }
+}
+
+/// The paged cache and the policy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ServingConfig {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Device blocks for K/V.
+    pub capacity_blocks: usize,
+    pub policy: Policy,
+    /// The most requests decoding together.
+    pub max_running: usize,
+    /// `partial` only: the share of a resumed context to recompute, in `[0, 1]`.
+    pub partial_recompute: f64,
+}
+
+/// How a request enters the running batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// First time: prefill its prompt.
+    Fresh { prefill_tokens: usize },
+    /// Back after preemption: recompute `recompute_tokens` of its context and
+    /// copy `swap_in_blocks` blocks back from the host.
+    Resume {
+        recompute_tokens: usize,
+        swap_in_blocks: usize,
+    },
+}
+
+/// How a request left the running batch early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// Its K/V were dropped (`recompute`).
+    Dropped { tokens: usize },
+    /// Its blocks were copied to the host (`swap`, `partial`).
+    SwappedOut { blocks: usize },
+}
+
+/// One engine iteration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Iteration {
+    pub admitted: Vec<(usize, Entry)>,
+    pub preempted: Vec<(usize, Eviction)>,
+    /// `offload`: blocks moved to the host this iteration, per request.
+    pub offloaded: Vec<(usize, usize)>,
+    /// Requests that produce a token this iteration (the admitted ones included).
+    pub decode: Vec<usize>,
+    pub finished: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Future,
+    Waiting,
+    Running,
+    Preempted,
+    Finished,
+}
+
+#[derive(Clone, Debug)]
+struct Req {
+    arrival_s: f64,
+    input_len: usize,
+    output_len: usize,
+    generated: usize,
+    device_blocks: usize,
+    host_blocks: usize,
+    state: State,
+}
+
+/// The serving scheduler: block tables, queues and counters.
+#[derive(Clone, Debug)]
+pub struct Serving {
+    cfg: ServingConfig,
+    reqs: Vec<Req>,
+    /// Arrival order.
+    order: Vec<usize>,
+    next_arrival: usize,
+    waiting: VecDeque<usize>,
+    preempted: VecDeque<usize>,
+    /// In order of admission (the last is the most recently admitted).
+    running: Vec<usize>,
+    free: usize,
+    pub stats: ServingStats,
+}
+
+/// What the policies cost, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServingStats {
+    pub preemptions: usize,
+    pub blocks_swapped_out: usize,
+    pub blocks_swapped_in: usize,
+    pub tokens_recomputed: usize,
+    pub blocks_offloaded: usize,
+    pub peak_blocks_used: usize,
+}
+
+/// Blocks for `tokens` tokens.
+pub fn blocks_for(tokens: usize, block_size: usize) -> usize {
+    tokens.div_ceil(block_size.max(1))
+}
+
+/// The fewest device blocks with which `requests` can all be served under
+/// `policy`: the longest request's context must fit alone (for `offload`, its
+/// prompt, since decoding can spill to the host).
+pub fn min_capacity(requests: &Requests, block_size: usize, policy: Policy) -> usize {
+    requests
+        .requests
+        .iter()
+        .map(|r| {
+            let tokens = match policy {
+                Policy::Offload => r.input_len,
+                _ => r.input_len + r.output_len - 1,
+            };
+            blocks_for(tokens, block_size).max(1)
+        })
+        .max()
+        .unwrap_or(1)
+}
+
+impl Serving {
+    /// A scheduler for `requests` (their input lengths known: prompts tokenized).
+    /// Refuses a capacity too small for the longest request, naming the
+    /// smallest one that works.
+    pub fn new(requests: &Requests, cfg: ServingConfig) -> Result<Serving, SchedError> {
+        let bad = |reason: String| SchedError::Invalid {
+            field: plans::Field::GpuMemoryBudget,
+            reason,
+        };
+        if cfg.block_size == 0 || cfg.max_running == 0 {
+            return Err(bad("the block size and the batch must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&cfg.partial_recompute) {
+            return Err(bad(format!(
+                "a recomputed share of {} is not in [0, 1]",
+                cfg.partial_recompute
+            )));
+        }
+        if let Some(r) = requests.requests.iter().find(|r| r.input_len == 0) {
+            return Err(bad(format!(
+                "request {} has no input tokens (tokenize its prompt first)",
+                r.id
+            )));
+        }
+        let need = min_capacity(requests, cfg.block_size, cfg.policy);
+        if cfg.capacity_blocks < need {
+            return Err(bad(format!(
+                "{} blocks of {} tokens cannot hold the longest request under {}; the smallest capacity that works is {need} blocks ({} tokens)",
+                cfg.capacity_blocks,
+                cfg.block_size,
+                cfg.policy.name(),
+                need * cfg.block_size
+            )));
+        }
+        let reqs: Vec<Req> = requests
+            .requests
+            .iter()
+            .map(|r| Req {
+                arrival_s: r.arrival_s,
+                input_len: r.input_len,
+                output_len: r.output_len,
+                generated: 0,
+                device_blocks: 0,
+                host_blocks: 0,
+                state: State::Future,
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        order.sort_by(|&a, &b| reqs[a].arrival_s.total_cmp(&reqs[b].arrival_s));
+        Ok(Serving {
+            cfg,
+            reqs,
+            order,
+            next_arrival: 0,
+            waiting: VecDeque::new(),
+            preempted: VecDeque::new(),
+            running: Vec::new(),
+            free: cfg.capacity_blocks,
+            stats: ServingStats::default(),
+        })
+    }
+
+    /// Whether every request has finished.
+    pub fn done(&self) -> bool {
+        self.reqs.iter().all(|r| r.state == State::Finished)
+    }
+
+    /// Device blocks in use.
+    pub fn blocks_used(&self) -> usize {
+        self.cfg.capacity_blocks - self.free
+    }
+
+    /// Requests running, waiting (arrived, never run) and preempted.
+    pub fn queue_lengths(&self) -> (usize, usize, usize) {
+        (self.running.len(), self.waiting.len(), self.preempted.len())
+    }
+
+    /// The next arrival after `now_s`, if any (for an idle engine to wait for).
+    pub fn next_arrival_s(&self) -> Option<f64> {
+        self.order
+            .get(self.next_arrival)
+            .map(|&i| self.reqs[i].arrival_s)
+    }
+
+    /// Plans one iteration at time `now_s`.
+    pub fn next_iteration(&mut self, now_s: f64) -> Iteration {
+        let mut it = Iteration::default();
+        while let Some(&i) = self.order.get(self.next_arrival) {
+            if self.reqs[i].arrival_s > now_s {
+                break;
+            }
+            self.reqs[i].state = State::Waiting;
+            self.waiting.push_back(i);
+            self.next_arrival += 1;
+        }
+        self.grow_running(&mut it);
+        self.admit(&mut it);
+        // Everyone running produces a token.
+        let running = std::mem::take(&mut self.running);
+        for &i in &running {
+            it.decode.push(i);
+            let r = &mut self.reqs[i];
+            r.generated += 1;
+            if r.generated == r.output_len {
+                r.state = State::Finished;
+                self.free += r.device_blocks;
+                r.device_blocks = 0;
+                r.host_blocks = 0;
+                it.finished.push(i);
+            }
+        }
+        self.running = running
+            .into_iter()
+            .filter(|&i| self.reqs[i].state == State::Running)
+            .collect();
+        self.stats.peak_blocks_used = self.stats.peak_blocks_used.max(self.blocks_used());
+        it
+    }
+
+    /// Gives each running request (oldest first) the blocks its next token
+    /// needs, applying the policy when none is free.
+    fn grow_running(&mut self, it: &mut Iteration) {
+        let mut k = 0;
+        while k < self.running.len() {
+            let i = self.running[k];
+            let r = &self.reqs[i];
+            let need = blocks_for(r.input_len + r.generated, self.cfg.block_size);
+            let mut short = need.saturating_sub(r.device_blocks + r.host_blocks);
+            let mut evicted_self = false;
+            while short > 0 {
+                if self.free > 0 {
+                    self.free -= 1;
+                    self.reqs[i].device_blocks += 1;
+                    short -= 1;
+                    continue;
+                }
+                if self.cfg.policy == Policy::Offload {
+                    // Its oldest device block goes to the host store.
+                    let r = &mut self.reqs[i];
+                    r.device_blocks -= 1;
+                    r.host_blocks += 1;
+                    self.free += 1;
+                    self.stats.blocks_offloaded += 1;
+                    match it.offloaded.iter_mut().find(|(id, _)| *id == i) {
+                        Some(e) => e.1 += 1,
+                        None => it.offloaded.push((i, 1)),
+                    }
+                    continue;
+                }
+                // vLLM's rule: preempt the most recently admitted.
+                let victim = *self.running.last().expect("a running request");
+                self.preempt(victim, it);
+                if victim == i {
+                    evicted_self = true;
+                    break;
+                }
+            }
+            if !evicted_self {
+                k += 1;
+            }
+        }
+    }
+
+    fn preempt(&mut self, i: usize, it: &mut Iteration) {
+        self.running.retain(|&x| x != i);
+        let r = &mut self.reqs[i];
+        let blocks = r.device_blocks;
+        self.free += blocks;
+        r.device_blocks = 0;
+        let ev = match self.cfg.policy {
+            Policy::Recompute | Policy::Offload => {
+                r.host_blocks = 0;
+                Eviction::Dropped {
+                    tokens: r.input_len + r.generated.saturating_sub(1),
+                }
+            }
+            Policy::Swap | Policy::Partial => {
+                r.host_blocks = blocks;
+                self.stats.blocks_swapped_out += blocks;
+                Eviction::SwappedOut { blocks }
+            }
+        };
+        r.state = State::Preempted;
+        self.stats.preemptions += 1;
+        self.preempted.push_front(i);
+        it.preempted.push((i, ev));
+    }
+
+    /// Admits preempted requests first, then waiting ones, in order, while
+    /// their whole context fits in the free blocks.
+    fn admit(&mut self, it: &mut Iteration) {
+        while self.running.len() < self.cfg.max_running {
+            let (from_preempted, i) = match (self.preempted.front(), self.waiting.front()) {
+                (Some(&i), _) => (true, i),
+                (None, Some(&i)) => (false, i),
+                (None, None) => return,
+            };
+            let r = &self.reqs[i];
+            let tokens = r.input_len + r.generated;
+            let need = blocks_for(tokens, self.cfg.block_size);
+            if need > self.free {
+                return;
+            }
+            let entry = if from_preempted {
+                self.preempted.pop_front();
+                let (recompute, swap_in) = match self.cfg.policy {
+                    Policy::Recompute | Policy::Offload => (tokens, 0),
+                    Policy::Swap => (0, r.host_blocks),
+                    Policy::Partial => {
+                        let bs = self.cfg.block_size;
+                        let blocks =
+                            ((r.host_blocks as f64) * self.cfg.partial_recompute).round() as usize;
+                        let recompute = (blocks * bs).min(tokens);
+                        (recompute, r.host_blocks - blocks.min(r.host_blocks))
+                    }
+                };
+                self.stats.tokens_recomputed += recompute;
+                self.stats.blocks_swapped_in += swap_in;
+                Entry::Resume {
+                    recompute_tokens: recompute,
+                    swap_in_blocks: swap_in,
+                }
+            } else {
+                self.waiting.pop_front();
+                Entry::Fresh {
+                    prefill_tokens: r.input_len,
+                }
+            };
+            let r = &mut self.reqs[i];
+            r.device_blocks = need;
+            r.host_blocks = 0;
+            r.state = State::Running;
+            self.free -= need;
+            self.running.push(i);
+            it.admitted.push((i, entry));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plans::Request;
+    use proptest::prelude::*;
+
+    fn requests(spec: &[(f64, usize, usize)]) -> Requests {
+        Requests {
+            requests: spec
+                .iter()
+                .enumerate()
+                .map(|(id, &(arrival_s, input_len, output_len))| Request {
+                    id,
+                    arrival_s,
+                    input_len,
+                    output_len,
+                    prompt: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn cfg(block_size: usize, capacity_blocks: usize, policy: Policy) -> ServingConfig {
+        ServingConfig {
+            block_size,
+            capacity_blocks,
+            policy,
+            max_running: 64,
+            partial_recompute: 0.5,
+        }
+    }
+
+    /// Runs to the end, checking the invariants every iteration; returns
+    /// the tokens each request produced and the scheduler.
+    fn run(reqs: &Requests, c: ServingConfig) -> (Vec<usize>, Serving) {
+        let mut s = Serving::new(reqs, c).unwrap();
+        let n = reqs.requests.len();
+        let mut produced = vec![0usize; n];
+        let mut finished = vec![0usize; n];
+        let mut now = 0.0;
+        for _ in 0..1_000_000 {
+            if s.done() {
+                break;
+            }
+            let it = s.next_iteration(now);
+            let used: usize = s.reqs.iter().map(|r| r.device_blocks).sum();
+            assert_eq!(used + s.free, c.capacity_blocks, "blocks lost or made up");
+            assert!(used <= c.capacity_blocks);
+            let mut seen = std::collections::HashSet::new();
+            for &i in &it.decode {
+                assert!(seen.insert(i), "request {i} decoded twice in one iteration");
+                produced[i] += 1;
+                assert!(
+                    produced[i] <= reqs.requests[i].output_len,
+                    "request {i} made too many tokens"
+                );
+            }
+            for &i in &it.finished {
+                finished[i] += 1;
+            }
+            for (i, _) in &it.preempted {
+                assert!(!it.decode.contains(i) || it.admitted.iter().any(|(a, _)| a == i));
+            }
+            now += 0.05;
+        }
+        assert!(s.done(), "did not finish");
+        assert!(
+            finished.iter().all(|&f| f == 1),
+            "finished counts {finished:?}"
+        );
+        (produced, s)
+    }
+
+    #[test]
+    fn without_pressure_nothing_is_preempted() {
+        let r = requests(&[(0.0, 10, 5), (0.0, 7, 9), (0.3, 4, 4)]);
+        for p in Policy::ALL {
+            let (produced, s) = run(&r, cfg(4, 100, p));
+            assert_eq!(produced, vec![5, 9, 4]);
+            assert_eq!(s.stats.preemptions, 0);
+            assert_eq!(s.stats.blocks_offloaded, 0);
+        }
+    }
+
+    #[test]
+    fn the_most_recently_admitted_request_is_preempted() {
+        // Two requests at once; the second is admitted last and must yield.
+        let r = requests(&[(0.0, 4, 8), (0.0, 4, 8)]);
+        let mut s = Serving::new(&r, cfg(4, 3, Policy::Recompute)).unwrap();
+        let first = s.next_iteration(0.0);
+        assert_eq!(first.admitted.len(), 2);
+        let mut preempted = Vec::new();
+        for _ in 0..4 {
+            preempted.extend(s.next_iteration(0.0).preempted);
+        }
+        assert_eq!(preempted.first().map(|p| p.0), Some(1), "{preempted:?}");
+    }
+
+    #[test]
+    fn policies_evict_and_resume_as_they_say() {
+        let r = requests(&[(0.0, 8, 12), (0.0, 8, 12), (0.0, 8, 12)]);
+        let (_, s) = run(&r, cfg(4, 8, Policy::Swap));
+        assert!(s.stats.preemptions > 0);
+        assert_eq!(s.stats.blocks_swapped_out, s.stats.blocks_swapped_in);
+        assert_eq!(s.stats.tokens_recomputed, 0);
+        let (_, s) = run(&r, cfg(4, 8, Policy::Recompute));
+        assert!(s.stats.tokens_recomputed > 0 && s.stats.blocks_swapped_in == 0);
+        let (_, s) = run(&r, cfg(4, 8, Policy::Partial));
+        assert!(s.stats.tokens_recomputed > 0 && s.stats.blocks_swapped_in > 0);
+        let (_, s) = run(&r, cfg(4, 8, Policy::Offload));
+        assert_eq!(s.stats.preemptions, 0);
+        assert!(s.stats.blocks_offloaded > 0);
+    }
+
+    /// Issue 12: a capacity too small for one request is refused up front,
+    /// naming the smallest capacity that works.
+    #[test]
+    fn too_small_a_capacity_names_the_smallest_that_works() {
+        let r = requests(&[(0.0, 30, 11), (0.0, 5, 5)]);
+        let e = Serving::new(&r, cfg(8, 4, Policy::Swap))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("smallest capacity that works is 5 blocks (40 tokens)"),
+            "{e}"
+        );
+        assert!(Serving::new(&r, cfg(8, 5, Policy::Swap)).is_ok());
+        // Offload spills decode blocks to the host: the prompt must fit.
+        assert!(Serving::new(&r, cfg(8, 4, Policy::Offload)).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Issue 12: under any policy and capacity, no request is lost or
+        /// duplicated, and block counts stay within [0, capacity].
+        #[test]
+        fn no_request_is_lost_and_blocks_stay_in_bounds(
+            spec in proptest::collection::vec((0.0f64..2.0, 1usize..40, 1usize..40), 1..12),
+            block_size in 1usize..9,
+            extra in 0usize..20,
+            policy in proptest::sample::select(Policy::ALL.to_vec()),
+            max_running in 1usize..8,
+        ) {
+            let r = requests(&spec);
+            let min = min_capacity(&r, block_size, policy);
+            let c = ServingConfig { max_running, ..cfg(block_size, min + extra, policy) };
+            let (produced, _) = run(&r, c);
+            let want: Vec<usize> = spec.iter().map(|s| s.2).collect();
+            prop_assert_eq!(produced, want);
+        }
+    }
+}
