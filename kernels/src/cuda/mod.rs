@@ -508,7 +508,7 @@ impl Device for CudaBackend {
                 .as_mut_ptr()
                 .map_err(|e| self.err("cuEventSynchronize", e))?;
             // SAFETY: `ptr` is valid for `bytes.max(1)` bytes.
-            unsafe { std::ptr::write_bytes(ptr, 0, bytes.max(1)) };
+            unsafe { zero_host(ptr, bytes.max(1)) };
             (ptr, HostMem::Pinned(p))
         } else {
             let mut b = vec![0u8; bytes.max(1)].into_boxed_slice();
@@ -827,19 +827,52 @@ impl ops::Launcher for CudaBackend {
     }
 }
 
-/// f32 values to the bytes of `dtype`.
+/// Values per parallel piece of host-side conversions and fills.
+const HOST_CHUNK: usize = 1 << 20;
+
+/// f32 values to the bytes of `dtype`, on every core for large inputs (a
+/// 7B-parameter model is uploaded through here).
 fn encode(dtype: Dtype, data: &[f32]) -> Vec<u8> {
-    match dtype {
-        Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Dtype::F16 => data
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        Dtype::Bf16 => data
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-    }
+    use rayon::prelude::*;
+    let esz = dtype.bytes();
+    let mut out = vec![0u8; data.len() * esz];
+    let one = |o: &mut [u8], d: &[f32]| match dtype {
+        Dtype::F32 => o
+            .chunks_exact_mut(4)
+            .zip(d)
+            .for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
+        Dtype::F16 => o
+            .chunks_exact_mut(2)
+            .zip(d)
+            .for_each(|(o, &v)| o.copy_from_slice(&half::f16::from_f32(v).to_le_bytes())),
+        Dtype::Bf16 => o
+            .chunks_exact_mut(2)
+            .zip(d)
+            .for_each(|(o, &v)| o.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes())),
+    };
+    out.par_chunks_mut(HOST_CHUNK * esz)
+        .zip(data.par_chunks(HOST_CHUNK))
+        .for_each(|(o, d)| one(o, d));
+    out
+}
+
+/// Zeroes `bytes` bytes at `ptr`, on every core for large buffers (a host
+/// store can be tens of GB, and is zeroed before anything reads it).
+///
+/// # Safety
+/// `ptr` must be valid for writes of `bytes` bytes, and nothing else may
+/// touch them meanwhile.
+unsafe fn zero_host(ptr: *mut u8, bytes: usize) {
+    use rayon::prelude::*;
+    let chunk = HOST_CHUNK * 16;
+    let base = ptr as usize;
+    (0..bytes.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let start = c * chunk;
+        let len = chunk.min(bytes - start);
+        // SAFETY: `[start, start + len)` lies within the caller's range, and
+        // the pieces do not overlap.
+        unsafe { std::ptr::write_bytes((base + start) as *mut u8, 0, len) };
+    });
 }
 
 /// Bytes of `dtype` back to f32 values.

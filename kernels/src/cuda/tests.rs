@@ -175,3 +175,33 @@ fn a_bad_arch_is_a_typed_error() {
         assert!(matches!(e, KernelError::Compile { .. }), "{e}");
     }
 }
+
+/// The parallel conversion gives the same bytes as one value at a time, past
+/// several pieces, for every dtype; and the parallel fill zeroes every byte.
+#[test]
+fn host_conversions_and_fills_cover_every_element() {
+    let n = 2 * super::HOST_CHUNK + 12_345;
+    let data = Rng::new(3).vec(n);
+    for d in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+        let bytes = super::encode(d, &data);
+        assert_eq!(bytes.len(), n * d.bytes());
+        let back = super::decode(d, &bytes);
+        for (i, (b, v)) in back.iter().zip(&data).enumerate() {
+            let one = match d {
+                Dtype::F32 => *v,
+                Dtype::F16 => half::f16::from_f32(*v).to_f32(),
+                Dtype::Bf16 => half::bf16::from_f32(*v).to_f32(),
+            };
+            assert_eq!(*b, one, "{} element {i}", d.name());
+        }
+        assert_eq!(
+            *back.last().unwrap(),
+            super::decode(d, &super::encode(d, &data[n - 1..]))[0]
+        );
+    }
+    let len = 16 * super::HOST_CHUNK * 2 + 77;
+    let mut buf = vec![0xabu8; len];
+    // SAFETY: `buf` is ours and `len` long.
+    unsafe { super::zero_host(buf.as_mut_ptr(), len) };
+    assert!(buf.iter().all(|&b| b == 0));
+}
