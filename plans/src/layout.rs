@@ -101,6 +101,11 @@ impl Coverage {
             .map(|s| s.2 + a - s.0)
     }
 
+    /// The positions covered by either.
+    pub fn union(&self, other: &Coverage) -> Coverage {
+        Coverage::from_intervals(self.spans.iter().chain(&other.spans).map(|s| (s.0, s.1)))
+    }
+
     /// The covered parts of `[a, b)`, each as `(start, end, first_slot)`, in order.
     pub fn spans_within(
         &self,
@@ -175,6 +180,15 @@ impl StoreLayout {
         }
     }
 
+    /// A store that serves both layouts' reads.
+    pub fn union(&self, other: &StoreLayout) -> StoreLayout {
+        StoreLayout {
+            x: self.x.union(&other.x),
+            kv: self.kv.union(&other.kv),
+            max_resident: self.max_resident.max(other.max_resident),
+        }
+    }
+
     /// Host bytes for every layer of `model`, `batch` sequences at `dtype`:
     /// `L*b*p*(|X|*h + |KV|*2*h_kv)` (saturating).
     pub fn host_bytes(&self, model: &ModelSpec, batch: usize, dtype: Dtype) -> u64 {
@@ -207,6 +221,10 @@ mod tests {
         let spans: Vec<_> = c.spans_within(1, 9).collect();
         assert_eq!(spans, vec![(1, 2, 1), (5, 9, 2)]);
         assert_eq!(c.spans_within(2, 5).count(), 0);
+        let u = c.union(&Coverage::from_intervals(vec![(2, 5), (20, 22)]));
+        assert_eq!(u.len(), 7 + 3 + 2);
+        assert_eq!(u.slot(2), Some(2));
+        assert_eq!(u.range(0, 10), Some(0));
     }
 
     #[test]
