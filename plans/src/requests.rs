@@ -80,6 +80,21 @@ impl Requests {
         })
     }
 
+    /// A named workload: `poster` (the SC24 poster's default: 32 requests of
+    /// 1500 tokens in and 1024 out, all at once) or `ci` (8 requests of 48 in
+    /// and 24 out, small enough for a test on two cores).
+    pub fn preset(name: &str) -> Result<Requests> {
+        match name {
+            "poster" => Self::at_once(32, 1500, 1024),
+            "ci" => Self::at_once(8, 48, 24),
+            other => Err(PlansError::Invalid {
+                path: "workload".into(),
+                field: "preset".into(),
+                reason: format!("unknown workload {other:?}; known: poster, ci"),
+            }),
+        }
+    }
+
     /// Reads a JSONL trace.
     pub fn load(path: &Path) -> Result<Requests> {
         let text = read_text_limited(path, MAX_TRACE_BYTES)?;
@@ -265,6 +280,19 @@ mod tests {
         }
         let e = parse("\n\n").unwrap_err().to_string();
         assert!(e.contains("no request"), "{e}");
+    }
+
+    #[test]
+    fn presets_are_the_posters_and_a_small_one() {
+        let p = Requests::preset("poster").unwrap();
+        assert_eq!(p.requests.len(), 32);
+        assert!(p
+            .requests
+            .iter()
+            .all(|q| q.input_len == 1500 && q.output_len == 1024));
+        assert_eq!(Requests::preset("ci").unwrap().requests.len(), 8);
+        let e = Requests::preset("huge").unwrap_err().to_string();
+        assert!(e.contains("poster, ci"), "{e}");
     }
 
     #[test]
