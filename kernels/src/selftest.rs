@@ -20,6 +20,26 @@ pub struct OpCheck {
     pub pass: bool,
 }
 
+/// The largest `|got - want|` over the largest `|want|`: infinite for a NaN
+/// (an element left poisoned) or a length mismatch.
+pub fn rel_error(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let scale = want
+        .iter()
+        .fold(0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-6);
+    got.iter().zip(want).fold(0f64, |m, (g, w)| {
+        let e = (*g as f64 - *w as f64).abs() / scale;
+        if e.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(e)
+        }
+    })
+}
+
 /// The relative tolerance of a dtype.
 pub fn tolerance(d: Dtype) -> f64 {
     match d {
@@ -28,19 +48,28 @@ pub fn tolerance(d: Dtype) -> f64 {
     }
 }
 
-/// xorshift64*, values in [-1, 1).
-struct Rng(u64);
+/// A small seeded generator (xorshift64*), values in [-1, 1): the one the
+/// self-checks and the crate's tests draw their inputs from.
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn f(&mut self) -> f32 {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub(crate) fn f(&mut self) -> f32 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
         ((v >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f() * scale).collect()
+    pub(crate) fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+
+    fn scaled(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        self.vec(n).into_iter().map(|x| x * scale).collect()
     }
 }
 
@@ -60,7 +89,7 @@ impl Ctx<'_> {
     }
 
     fn random(&mut self, n: usize, scale: f32) -> Result<(DeviceBuf, Vec<f32>)> {
-        let v = self.rng.vec(n, scale);
+        let v = self.rng.scaled(n, scale);
         self.put(&v)
     }
 
@@ -75,22 +104,7 @@ impl Ctx<'_> {
     }
 
     fn compare(&mut self, op: &'static str, shape: String, got: &[f32], want: &[f32]) {
-        let scale = want
-            .iter()
-            .fold(0f64, |m, v| m.max(v.abs() as f64))
-            .max(1e-6);
-        let mut err = 0f64;
-        for (g, w) in got.iter().zip(want) {
-            let e = (*g as f64 - *w as f64).abs() / scale;
-            err = if e.is_nan() {
-                f64::INFINITY
-            } else {
-                err.max(e)
-            };
-        }
-        if got.len() != want.len() {
-            err = f64::INFINITY;
-        }
+        let err = rel_error(got, want);
         let tol = self.tol;
         self.out.push(OpCheck {
             op,
@@ -118,7 +132,7 @@ impl Ctx<'_> {
 pub fn check_ops(be: &Backend, seed: u64) -> Result<Vec<OpCheck>> {
     let mut c = Ctx {
         be,
-        rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+        rng: Rng::new(seed),
         tol: tolerance(be.dtype()),
         out: Vec::new(),
     };
@@ -291,7 +305,7 @@ fn gather_and_choose(c: &mut Ctx) -> Result<()> {
     );
 
     for (rows, cols) in [(1, 10), (4, 32_000), (3, 49_152)] {
-        let mut x = c.rng.vec(rows * cols, 5.0);
+        let mut x = c.rng.scaled(rows * cols, 5.0);
         // Ties: the first wins.
         x[cols / 2] = 9.0;
         x[cols / 2 + 1] = 9.0;
@@ -337,7 +351,7 @@ mod tests {
         let be = Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap();
         let mut c = Ctx {
             be: &be,
-            rng: Rng(1),
+            rng: Rng::new(1),
             tol: 1e-4,
             out: Vec::new(),
         };

@@ -3,23 +3,7 @@
 
 use crate::*;
 
-/// A small deterministic generator (xorshift), values in [-1, 1).
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub(crate) fn f(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    pub(crate) fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f()).collect()
-    }
-}
+pub(crate) use crate::selftest::Rng;
 
 pub(crate) fn cpu() -> Backend {
     Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap()

@@ -10,6 +10,7 @@
 //! where the reference's top two logits are closer than the tolerance (a
 //! near-tie the dtype cannot resolve), and such steps are counted apart.
 
+use kernels::selftest::rel_error;
 use kernels::{Backend, BackendOptions, DeviceSpec, Dtype};
 use plans::{ModelSource, Split, StoreLayout};
 
@@ -130,24 +131,6 @@ pub fn check_model(be: &Backend, preset: &str, p: usize, steps: usize) -> Result
         });
     }
     Ok(out)
-}
-
-fn rel_error(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want
-        .iter()
-        .fold(0f64, |m, v| m.max(v.abs() as f64))
-        .max(1e-6);
-    if got.len() != want.len() {
-        return f64::INFINITY;
-    }
-    got.iter().zip(want).fold(0f64, |m, (g, w)| {
-        let e = (*g as f64 - *w as f64).abs() / scale;
-        if e.is_nan() {
-            f64::INFINITY
-        } else {
-            m.max(e)
-        }
-    })
 }
 
 /// Whether the top two logits of `row` are within `tol` of its scale.

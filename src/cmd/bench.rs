@@ -144,19 +144,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut tables = String::new();
     for &c in &args.context_len {
-        let workload = Workload {
+        let n = args.warmup + args.steps;
+        let mut workload = Workload {
             batch: args.batch,
             prompt_len: c,
-            gen_len: args.warmup + args.steps + 1,
+            gen_len: n + 1,
             dtype: be.dtype(),
             gpu_memory_budget: 0,
             host_memory_budget: u64::MAX / 4,
         };
-        let workload = Workload {
-            gpu_memory_budget: scheduler::staging_bytes(&spec, &workload),
-            ..workload
-        };
-        let n = args.warmup + args.steps;
+        // Device memory: the staging buffers only, as `kvpr run` plans by default.
+        workload.gpu_memory_budget = scheduler::staging_bytes(&spec, &workload);
         let mut plans = Vec::with_capacity(requests.len());
         for (name, req) in &requests {
             let plan = scheduler::make_plan(&spec, &hw, hw_id.clone(), &workload, req)

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use super::nvrtc::{kernel_source, KERNELS, SUFFIXES};
 use super::ops::{self, Arg, Launcher, ScratchKind};
 use super::{decode, encode};
-use crate::selftest::tolerance;
+use crate::selftest::{tolerance, Rng};
 use crate::{twin, AttnShape, Dtype, Result, RopeShape, Rows, SampleArgs};
 
 struct Emu {
@@ -150,7 +150,7 @@ impl Launcher for EmuLauncher {
         block: u32,
         args: &[Arg],
     ) -> Result<()> {
-        let name = format!("L_{kernel}_{}\0", suffix(self.dtype));
+        let name = format!("L_{kernel}_{}\0", self.dtype.name());
         // SAFETY: every exported launcher has the `Launch` signature.
         let f: libloading::Symbol<Launch> =
             unsafe { self.emu.lib.get(name.as_bytes()) }.expect("an exported launcher");
@@ -201,27 +201,11 @@ impl Launcher for EmuLauncher {
     }
 }
 
-fn suffix(d: Dtype) -> &'static str {
-    match d {
-        Dtype::F32 => "f32",
-        Dtype::F16 => "f16",
-        Dtype::Bf16 => "bf16",
-    }
-}
-
 const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
 
-/// xorshift values in [-scale, scale), rounded to `d` (what the device holds).
+/// Seeded values in [-scale, scale), rounded to `d` (what the device holds).
 fn random(n: usize, scale: f32, seed: u64, d: Dtype) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect();
+    let v: Vec<f32> = Rng::new(seed).vec(n).iter().map(|x| x * scale).collect();
     decode(d, &encode(d, &v))
 }
 

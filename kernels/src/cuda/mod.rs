@@ -251,11 +251,8 @@ impl CudaBackend {
         let compiled = nvrtc::compile_kernels(&format!("sm_{major}{minor}"))?;
         let module =
             nvrtc::load(&ctx, &compiled).map_err(|e| cuda_err(&device, "cuModuleLoadData", e))?;
-        let suffix = match dtype {
-            Dtype::F32 => "f32",
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-        };
+        // Entry points are named after the dtype: `rmsnorm_f16`.
+        let suffix = dtype.name();
         let mut funcs = HashMap::new();
         for k in nvrtc::KERNELS {
             let f = module

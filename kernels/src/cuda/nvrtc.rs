@@ -45,7 +45,7 @@ pub(crate) const KERNELS: [&str; 10] = [
     "sample",
 ];
 
-/// Dtype suffixes: every kernel exists for each.
+/// Dtype suffixes (`Dtype::name`): every kernel exists for each.
 pub(crate) const SUFFIXES: [&str; 3] = ["f32", "f16", "bf16"];
 
 /// The one translation unit NVRTC compiles: every source, in order, each
