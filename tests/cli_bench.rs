@@ -121,6 +121,42 @@ fn bench_refuses_bad_input_before_any_work() {
     );
 }
 
+/// Found on an H200 (Llama-2-7B shape at context 8192): a benchmark times
+/// the decode step's shape, so a context past the preset's trained window
+/// is measured, with a note, not refused as a prompt would be.
+#[test]
+fn bench_times_contexts_past_the_trained_window() {
+    let d = tempfile::tempdir().unwrap();
+    let hw = profile("cpu-reference.json").display().to_string();
+    let o = kvpr(
+        &[
+            "bench",
+            "--model",
+            "preset:tiny-gqa",
+            "--hardware",
+            &hw,
+            "--batch",
+            "2",
+            "--context-len",
+            "600",
+            "--schedules",
+            "transfer",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("trained context of 512"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("context 600"), "{}", stdout(&o));
+}
+
 /// `kvpr selftest --device cpu`: every op against its twin and the synthetic
 /// models under every schedule; the table ends with the count.
 #[test]
@@ -133,6 +169,8 @@ fn selftest_on_the_cpu_passes_and_writes_its_table() {
         "attention",
         "sample",
         "scatter",
+        "copy_h2d",
+        "copy_d2h",
         "rope",
         "model",
         "chunked",

@@ -6,7 +6,7 @@
 //! dtype's rounding of its inputs.
 
 use crate::{
-    twin, AttnShape, Backend, DeviceBuf, Dtype, IdBuf, Result, RopeShape, Rows, SampleArgs,
+    twin, AttnShape, Backend, DeviceBuf, Dtype, IdBuf, Result, RopeShape, Rows, SampleArgs, Stream,
 };
 
 /// One op at one shape.
@@ -141,6 +141,7 @@ pub fn check_ops(be: &Backend, seed: u64) -> Result<Vec<OpCheck>> {
     rope(&mut c)?;
     attention(&mut c)?;
     gather_and_choose(&mut c)?;
+    copies(&mut c)?;
     Ok(c.out)
 }
 
@@ -219,6 +220,66 @@ fn norm_and_elementwise(c: &mut Ctx) -> Result<()> {
             &got,
             &want,
         );
+    }
+    Ok(())
+}
+
+/// Strided copies both ways between a host buffer and the device: the
+/// executor's K/V and activation transfers (one copy per block of rows).
+fn copies(c: &mut Ctx) -> Result<()> {
+    for (rows, width, hp, dp) in [(1, 64, 64, 64), (3, 100, 250, 100), (70, 48, 96, 48)] {
+        let r = Rows {
+            rows,
+            width,
+            src_pitch: hp,
+            dst_pitch: dp,
+        };
+        let hn = (rows - 1) * hp + width + 7;
+        let dn = (rows - 1) * dp + width + 3;
+        let host_data = c.rng.scaled(hn, 1.0);
+        let host = c.be.alloc_host(hn)?;
+        c.be.host_write(&host, 0, &host_data)?;
+        let seen = c.be.host_read(&host, 0, hn)?;
+        let (dev, mut want) = c.put(&vec![0.5; dn])?;
+        c.be.copy_h2d_rows(Stream::Copy, &host, 7, &dev, 3, r)?;
+        c.be.synchronize()?;
+        twin::scatter(&seen[7..], &mut want[3..], &r);
+        let got = c.be.download(&dev, 0, dn)?;
+        c.compare(
+            "copy_h2d",
+            format!("{rows}x{width} pitch {hp}->{dp}"),
+            &got,
+            &want,
+        );
+
+        // Back again into a poisoned host buffer, at the host pitch.
+        let back = c.be.alloc_host(hn)?;
+        c.be.host_write(&back, 0, &vec![f32::NAN; hn])?;
+        let up = Rows {
+            src_pitch: dp,
+            dst_pitch: hp,
+            ..r
+        };
+        c.be.copy_d2h_rows(Stream::Copy, &dev, 3, &back, 7, up)?;
+        c.be.synchronize()?;
+        let mut want = vec![f32::NAN; hn];
+        twin::scatter(&got[3..], &mut want[7..], &up);
+        let got = c.be.host_read(&back, 0, hn)?;
+        let written: Vec<usize> = (0..hn).filter(|i| !want[*i].is_nan()).collect();
+        let pick = |v: &[f32]| written.iter().map(|&i| v[i]).collect::<Vec<f32>>();
+        let untouched = (0..hn).all(|i| want[i].is_nan() == got[i].is_nan());
+        let err = if untouched { 0.0 } else { f64::INFINITY };
+        c.compare(
+            "copy_d2h",
+            format!("{rows}x{width} pitch {dp}->{hp}"),
+            &pick(&got),
+            &pick(&want),
+        );
+        // Rows outside the copy must stay as they were (poisoned).
+        if let Some(o) = c.out.last_mut() {
+            o.error = o.error.max(err);
+            o.pass = o.error <= o.tolerance;
+        }
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ pub struct ModelCheck {
     /// Largest logit difference over the largest reference logit.
     pub logit_error: f64,
     pub tolerance: f64,
-    /// Decode steps whose greedy token matched / all decode steps.
+    /// Greedy tokens that matched / all tokens decoded (steps x batch).
     pub tokens_matched: usize,
     pub steps: usize,
     /// Steps where the reference's top two were within the tolerance.
@@ -61,9 +61,16 @@ fn split(schedule: &str, s: usize) -> Split {
     Split { g, l, s, chunks }
 }
 
-/// The prompt: `p` ids spread over the vocabulary.
-fn prompt(p: usize, vocab: usize) -> Vec<u32> {
-    (0..p).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
+/// Sequences decoded together: more than one, so every per-sequence copy is
+/// a strided block of rows, as in a real batch.
+pub const BATCH: usize = 2;
+
+/// The prompts, sequence after sequence: `p` ids each, spread over the
+/// vocabulary, different for each sequence.
+fn prompts(p: usize, vocab: usize) -> Vec<u32> {
+    (0..BATCH * p)
+        .map(|i| ((i * 7919 + 13 + (i / p) * 101) % vocab) as u32)
+        .collect()
 }
 
 /// Checks `preset` (a synthetic model) on `be` under every schedule against
@@ -73,16 +80,15 @@ pub fn check_model(be: &Backend, preset: &str, p: usize, steps: usize) -> Result
     let cpu = Backend::new(DeviceSpec::Cpu, BackendOptions::default())?;
     let ref_model = Model::load(&source, &cpu)?;
     let vocab = ref_model.spec().vocab_size;
-    let ids = prompt(p, vocab);
+    let ids = prompts(p, vocab);
     let cap = p + steps + 1;
     // The reference: resident, greedy, on the CPU.
-    let mut ex = Executor::new(&cpu, &ref_model, StoreLayout::all_resident(cap), 1, cap)?;
+    let mut ex = Executor::new(&cpu, &ref_model, StoreLayout::all_resident(cap), BATCH, cap)?;
     ex.prefill(&ids, p)?;
     let mut ref_logits = vec![ex.logits()?];
     let mut ref_tokens = Vec::with_capacity(steps);
     for i in 0..steps {
-        let t = ex.choose(None)?[0];
-        ref_tokens.push(t);
+        ref_tokens.push(ex.choose(None)?);
         let s = p + i;
         ex.step(Split {
             g: s,
@@ -102,19 +108,21 @@ pub fn check_model(be: &Backend, preset: &str, p: usize, steps: usize) -> Result
             let sp = split(schedule, p + i);
             (sp.g, sp.l, sp.s)
         }));
-        let mut ex = Executor::new(be, &model, layout, 1, cap)?;
+        let mut ex = Executor::new(be, &model, layout, BATCH, cap)?;
         ex.prefill(&ids, p)?;
         let mut err = rel_error(&ex.logits()?, &ref_logits[0]);
         let (mut matched, mut ties) = (0, 0);
         for i in 0..steps {
-            let mine = ex.choose(None)?[0];
-            let want = ref_tokens[i];
-            if mine == want {
-                matched += 1;
-            } else if near_tie(&ref_logits[i], tol) {
-                ties += 1;
+            let mine = ex.choose(None)?;
+            let want = &ref_tokens[i];
+            for (b, row) in ref_logits[i].chunks(vocab).enumerate() {
+                if mine[b] == want[b] {
+                    matched += 1;
+                } else if near_tie(row, tol) {
+                    ties += 1;
+                }
             }
-            ex.set_ids(&[want])?;
+            ex.set_ids(want)?;
             ex.step(split(schedule, p + i))?;
             ex.finish_step()?;
             err = err.max(rel_error(&ex.logits()?, &ref_logits[i + 1]));
@@ -125,9 +133,9 @@ pub fn check_model(be: &Backend, preset: &str, p: usize, steps: usize) -> Result
             logit_error: err,
             tolerance: tol,
             tokens_matched: matched,
-            steps,
+            steps: steps * BATCH,
             near_ties: ties,
-            pass: err <= tol && matched + ties == steps,
+            pass: err <= tol && matched + ties == steps * BATCH,
         });
     }
     Ok(out)

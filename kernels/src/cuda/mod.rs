@@ -384,21 +384,15 @@ impl CudaBackend {
                 }
                 .result()
             } else {
-                let mut p: sys::CUDA_MEMCPY2D = std::mem::zeroed();
-                p.WidthInBytes = rows.width * esz;
-                p.Height = rows.rows;
-                let (hp, dp) = (host_pitch * esz, dev_pitch * esz);
-                if to_device {
-                    (p.srcMemoryType, p.srcHost, p.srcPitch) =
-                        (CUmemorytype::CU_MEMORYTYPE_HOST, h as *const _, hp);
-                    (p.dstMemoryType, p.dstDevice, p.dstPitch) =
-                        (CUmemorytype::CU_MEMORYTYPE_DEVICE, d, dp);
-                } else {
-                    (p.srcMemoryType, p.srcDevice, p.srcPitch) =
-                        (CUmemorytype::CU_MEMORYTYPE_DEVICE, d, dp);
-                    (p.dstMemoryType, p.dstHost, p.dstPitch) =
-                        (CUmemorytype::CU_MEMORYTYPE_HOST, h as *mut _, hp);
-                }
+                let p = memcpy_2d(
+                    to_device,
+                    h,
+                    d,
+                    host_pitch * esz,
+                    dev_pitch * esz,
+                    rows,
+                    esz,
+                );
                 sys::cuMemcpy2DAsync_v2(&p, s.cu_stream()).result()
             }
         }
@@ -410,6 +404,54 @@ impl CudaBackend {
     fn record_raw(&self, s: &CudaStream) -> Result<CudaEvent> {
         s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(|e| self.err("cuEventRecord", e))
+    }
+}
+
+/// The parameters of one strided copy between page-locked host memory at `h`
+/// and device memory at `d` (pitches in bytes). Every field is spelled out:
+/// the struct holds enums with no zero value, so `mem::zeroed` is undefined.
+fn memcpy_2d(
+    to_device: bool,
+    h: *mut u8,
+    d: CUdeviceptr,
+    host_pitch: usize,
+    dev_pitch: usize,
+    rows: Rows,
+    esz: usize,
+) -> sys::CUDA_MEMCPY2D {
+    let (host, dev) = (
+        CUmemorytype::CU_MEMORYTYPE_HOST,
+        CUmemorytype::CU_MEMORYTYPE_DEVICE,
+    );
+    let (src_type, dst_type, src_pitch, dst_pitch) = match to_device {
+        true => (host, dev, host_pitch, dev_pitch),
+        false => (dev, host, dev_pitch, host_pitch),
+    };
+    sys::CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: src_type,
+        srcHost: if to_device {
+            h as *const _
+        } else {
+            std::ptr::null()
+        },
+        srcDevice: if to_device { 0 } else { d },
+        srcArray: std::ptr::null_mut(),
+        srcPitch: src_pitch,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: dst_type,
+        dstHost: if to_device {
+            std::ptr::null_mut()
+        } else {
+            h as *mut _
+        },
+        dstDevice: if to_device { d } else { 0 },
+        dstArray: std::ptr::null_mut(),
+        dstPitch: dst_pitch,
+        WidthInBytes: rows.width * esz,
+        Height: rows.rows,
     }
 }
 
