@@ -7,6 +7,7 @@
 
 mod cmd;
 mod fmt;
+mod serve;
 
 use std::process::ExitCode;
 

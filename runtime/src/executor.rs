@@ -394,39 +394,27 @@ impl<'a> Executor<'a> {
         tmp: &DeviceBuf,
         rows: usize,
     ) -> Result<()> {
-        let be = self.backend;
-        let s = self.model.spec();
-        let (h, f) = (s.hidden_size, s.intermediate_size);
-        let l = &self.model.layers[li];
-        be.rmsnorm(
-            hidden,
-            &l.post_attention_layernorm,
-            xn,
+        mlp(
+            self.backend,
+            self.model,
+            li,
+            [hidden, xn, gate, up, tmp],
             rows,
-            h,
-            s.norm_eps as f32,
         )
-        .at(li)?;
-        be.gemm(xn, 0, &l.mlp.gate_proj, 0, gate, 0, rows, f, h)
-            .at(li)?;
-        be.gemm(xn, 0, &l.mlp.up_proj, 0, up, 0, rows, f, h)
-            .at(li)?;
-        be.silu_gate(gate, up, gate, rows * f).at(li)?;
-        be.gemm(gate, 0, &l.mlp.down_proj, 0, tmp, 0, rows, h, f)
-            .at(li)?;
-        be.add(hidden, tmp, hidden, rows * h).at(li)?;
-        Ok(())
     }
 
     /// Final norm and output projection of `self.hidden` into the logits
     /// `[batch, vocab]`, on the device.
     fn head(&mut self) -> Result<()> {
-        let (be, m) = (self.backend, self.model);
-        let s = m.spec();
-        let (h, v, b) = (s.hidden_size, s.vocab_size, self.batch);
-        be.rmsnorm(&self.hidden, &m.norm, &self.tmp_h, b, h, s.norm_eps as f32)?;
-        be.gemm(&self.tmp_h, 0, m.lm_head(), 0, &self.logits, 0, b, v, h)?;
-        Ok(())
+        let b = self.batch;
+        head(
+            self.backend,
+            self.model,
+            &self.hidden,
+            &self.tmp_h,
+            &self.logits,
+            b,
+        )
     }
 
     /// Chooses the next id of every sequence on the device from the last
@@ -874,7 +862,7 @@ impl<'a> Executor<'a> {
 }
 
 /// A RoPE call's shape.
-fn rope_shape(
+pub(crate) fn rope_shape(
     rows: usize,
     row_stride: usize,
     n_heads: usize,
@@ -901,6 +889,56 @@ pub(crate) fn x_bytes(b: usize, l: usize, h: usize, esz: usize) -> u64 {
 /// Bytes of K and V moved for `n` transferred positions of `b` sequences.
 pub(crate) fn kv_bytes(b: usize, n: usize, kv_dim: usize, esz: usize) -> u64 {
     2 * (b as u64) * (n as u64) * (kv_dim as u64) * (esz as u64)
+}
+
+/// `hidden += down(silu(gate(norm(hidden))) * up(norm(hidden)))` over
+/// `rows` rows of layer `li`; `bufs` are `[hidden, xn, gate, up, tmp]`.
+pub(crate) fn mlp(
+    be: &Backend,
+    m: &Model,
+    li: usize,
+    bufs: [&DeviceBuf; 5],
+    rows: usize,
+) -> Result<()> {
+    let [hidden, xn, gate, up, tmp] = bufs;
+    let s = m.spec();
+    let (h, f) = (s.hidden_size, s.intermediate_size);
+    let l = &m.layers[li];
+    be.rmsnorm(
+        hidden,
+        &l.post_attention_layernorm,
+        xn,
+        rows,
+        h,
+        s.norm_eps as f32,
+    )
+    .at(li)?;
+    be.gemm(xn, 0, &l.mlp.gate_proj, 0, gate, 0, rows, f, h)
+        .at(li)?;
+    be.gemm(xn, 0, &l.mlp.up_proj, 0, up, 0, rows, f, h)
+        .at(li)?;
+    be.silu_gate(gate, up, gate, rows * f).at(li)?;
+    be.gemm(gate, 0, &l.mlp.down_proj, 0, tmp, 0, rows, h, f)
+        .at(li)?;
+    be.add(hidden, tmp, hidden, rows * h).at(li)?;
+    Ok(())
+}
+
+/// Final norm and output projection of `rows` rows of `hidden` into
+/// `logits` (`[rows, vocab]`), with `tmp` (`[rows, h]`) as scratch.
+pub(crate) fn head(
+    be: &Backend,
+    m: &Model,
+    hidden: &DeviceBuf,
+    tmp: &DeviceBuf,
+    logits: &DeviceBuf,
+    rows: usize,
+) -> Result<()> {
+    let s = m.spec();
+    let (h, v) = (s.hidden_size, s.vocab_size);
+    be.rmsnorm(hidden, &m.norm, tmp, rows, h, s.norm_eps as f32)?;
+    be.gemm(tmp, 0, m.lm_head(), 0, logits, 0, rows, v, h)?;
+    Ok(())
 }
 
 /// Refuses a run whose buffers the machine cannot hold, before allocating

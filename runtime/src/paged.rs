@@ -1,0 +1,888 @@
+//! The serving engine's mechanics: a paged K/V cache on the device, a host
+//! store per request, and ragged batches of sequences at their own lengths.
+//!
+//! The device holds, per layer, one pool of K and one of V in blocks of
+//! `block_size` tokens: `capacity_blocks` blocks for the cache, then two
+//! staging regions (each as long as the longest sequence) where an offloaded
+//! prefix is assembled for attention. Each sequence has a block table: its
+//! leading `off` blocks live on the host (offloaded), the rest on the device.
+//!
+//! The host holds, per layer, K and V (and, when activations are kept, the
+//! normalised layer inputs `X`) for every token of every request, each
+//! request at its own fixed region: where swapped-out blocks go, where an
+//! offloaded prefix stays, and where `X` is kept for recomputation.
+//!
+//! What this engine does is decided elsewhere (the CLI drives it from
+//! `scheduler::serving`): it prefills, decodes a ragged batch, swaps out,
+//! swaps in (recomputing a prefix from `X`), offloads and releases, each on
+//! the device, and counts the bytes and tokens each costs.
+//!
+//! A decode step runs every sequence's new token through the layers as one
+//! batch (one GEMM per projection over all rows, RoPE at each row's own
+//! position); attention is per sequence: its blocks are gathered (one
+//! `embedding` gather per K and V over the block table) into a contiguous
+//! buffer that [`kernels::Backend::attention`] reads at the sequence's length.
+//! An offloaded prefix comes over the link into a staging region on the copy
+//! stream (the recomputed share as `X`, turned into K/V by two GEMMs), while
+//! the compute stream works on the sequence before; two staging regions
+//! alternate so the two overlap.
+
+use std::collections::HashMap;
+
+use kernels::{AttnShape, Backend, DeviceBuf, Event, HostBuf, IdBuf, Stream};
+
+use crate::executor::{head, mlp, rope_shape};
+use crate::model::Model;
+use crate::{AtLayer, Result, RuntimeError};
+
+/// The shape of the cache and of the host store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PagedConfig {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Device blocks for K/V (the cache's capacity).
+    pub capacity_blocks: usize,
+    /// The most sequences in one decode step.
+    pub max_batch: usize,
+    /// Keep every token's `X` on the host (for recomputing K/V from it).
+    pub keep_activations: bool,
+    /// The most tokens each request will hold (prompt plus output), by request id.
+    pub request_tokens: Vec<usize>,
+}
+
+/// Bytes and tokens the engine has moved or computed, cumulative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PagedCounters {
+    /// K/V bytes copied to the host (swap-out, offload).
+    pub bytes_out: u64,
+    /// K/V and `X` bytes copied to the device (swap-in, offloaded prefixes).
+    pub bytes_in: u64,
+    /// `X` bytes written back to the host.
+    pub bytes_x_out: u64,
+    /// Tokens run through the whole model by a prefill (first or again).
+    pub tokens_prefilled: u64,
+    /// Tokens whose K/V were recomputed from `X`.
+    pub tokens_recomputed: u64,
+    /// Tokens decoded.
+    pub tokens_decoded: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Seq {
+    /// First token of this request's region in the host store.
+    base: usize,
+    /// Device block ids of blocks `off..`.
+    blocks: Vec<u32>,
+    /// Leading blocks on the host (offloaded).
+    off: usize,
+    /// Tokens whose K/V exist (on the device, or on the host after a swap).
+    cached: usize,
+    /// The token to feed next.
+    last: u32,
+    /// K/V of `[swapped_from, cached)` are on the host after a swap-out.
+    swapped: bool,
+    /// K/V of `[0, swapped_from)` were not copied out (to be recomputed from `X`).
+    swapped_from: usize,
+}
+
+/// The paged cache and the buffers of a ragged decode step.
+pub struct PagedEngine<'a> {
+    be: &'a Backend,
+    model: &'a Model,
+    cfg: PagedConfig,
+    /// Host store regions: token offset of each request.
+    base: Vec<usize>,
+    /// Tokens of the longest request, rounded up to whole blocks.
+    max_tokens: usize,
+    k_pool: Vec<DeviceBuf>,
+    v_pool: Vec<DeviceBuf>,
+    host_k: Vec<HostBuf>,
+    host_v: Vec<HostBuf>,
+    host_x: Vec<HostBuf>,
+    free: Vec<u32>,
+    seqs: HashMap<usize, Seq>,
+    // Decode-step buffers, `max_batch` rows.
+    ids: IdBuf,
+    pos: IdBuf,
+    /// Positions `0..max_tokens` (RoPE of recomputed rows).
+    ramp: IdBuf,
+    /// Per step: every sequence's gather table (staging ids, then its blocks).
+    table: IdBuf,
+    hidden: DeviceBuf,
+    xn: Vec<DeviceBuf>,
+    q: DeviceBuf,
+    k_new: DeviceBuf,
+    v_new: DeviceBuf,
+    att: DeviceBuf,
+    q1: DeviceBuf,
+    att1: DeviceBuf,
+    k_gather: DeviceBuf,
+    v_gather: DeviceBuf,
+    x_stage: [DeviceBuf; 2],
+    tmp: DeviceBuf,
+    gate: DeviceBuf,
+    up: DeviceBuf,
+    mlp_out: DeviceBuf,
+    logits: DeviceBuf,
+    /// Per staging region: the event after the gather that last read it.
+    stage_free: [Option<Event>; 2],
+    pub counters: PagedCounters,
+}
+
+fn bad(what: &str, reason: String) -> RuntimeError {
+    RuntimeError::Request {
+        what: what.to_string(),
+        reason,
+    }
+}
+
+impl<'a> PagedEngine<'a> {
+    /// Allocates the device pools, the host store and the step buffers.
+    pub fn new(be: &'a Backend, model: &'a Model, cfg: PagedConfig) -> Result<Self> {
+        let s = model.spec();
+        let (h, qd, kvd, f, nl) = (
+            s.hidden_size,
+            s.q_dim(),
+            s.kv_dim(),
+            s.intermediate_size,
+            s.n_layers,
+        );
+        let bs = cfg.block_size;
+        if bs == 0 || cfg.capacity_blocks == 0 || cfg.max_batch == 0 {
+            return Err(bad(
+                "paged cache",
+                "block size, capacity and batch must be at least 1".into(),
+            ));
+        }
+        let longest = cfg.request_tokens.iter().copied().max().unwrap_or(1);
+        let max_tokens = longest.div_ceil(bs).max(1) * bs;
+        let mut base = Vec::with_capacity(cfg.request_tokens.len());
+        let mut host_tokens = 0usize;
+        for &t in &cfg.request_tokens {
+            base.push(host_tokens);
+            host_tokens += t.div_ceil(bs) * bs;
+        }
+        let esz = be.dtype().bytes() as u64;
+        let per_token_host = (2 * kvd + if cfg.keep_activations { h } else { 0 }) as u64;
+        let host_bytes = host_tokens as u64 * per_token_host * nl as u64 * esz;
+        crate::check_memory(
+            "the serving host store (every request's K/V, and X when kept)",
+            host_bytes,
+            "serve fewer or shorter requests",
+        )?;
+        // Pools: the cache, then two staging regions of `max_tokens` each.
+        let pool_tokens = cfg.capacity_blocks * bs + 2 * max_tokens;
+        if !be.is_cuda() {
+            let dev = (pool_tokens * 2 * kvd * nl + 4 * max_tokens * kvd) as u64 * esz;
+            crate::check_memory(
+                "the paged K/V cache",
+                dev,
+                "use a smaller capacity or block count",
+            )?;
+        }
+        let a = |n: usize| be.alloc(n.max(1));
+        let per_layer =
+            |n: usize| -> Result<Vec<DeviceBuf>> { (0..nl).map(|_| Ok(a(n)?)).collect() };
+        let host = |n: usize| -> Result<Vec<HostBuf>> {
+            (0..nl).map(|_| Ok(be.alloc_host(n.max(1))?)).collect()
+        };
+        let b = cfg.max_batch;
+        let free = (0..cfg.capacity_blocks as u32).rev().collect();
+        let ramp = be.alloc_ids(max_tokens)?;
+        be.write_ids(&ramp, 0, &(0..max_tokens as u32).collect::<Vec<_>>())?;
+        let max_blocks = max_tokens / bs;
+        Ok(PagedEngine {
+            be,
+            model,
+            base,
+            max_tokens,
+            k_pool: per_layer(pool_tokens * kvd)?,
+            v_pool: per_layer(pool_tokens * kvd)?,
+            host_k: host(host_tokens * kvd)?,
+            host_v: host(host_tokens * kvd)?,
+            host_x: if cfg.keep_activations {
+                host(host_tokens * h)?
+            } else {
+                Vec::new()
+            },
+            free,
+            seqs: HashMap::new(),
+            ids: be.alloc_ids(b)?,
+            pos: be.alloc_ids(b)?,
+            ramp,
+            table: be.alloc_ids(b * max_blocks)?,
+            hidden: a(b * h)?,
+            xn: if cfg.keep_activations {
+                per_layer(b * h)?
+            } else {
+                vec![a(b * h)?]
+            },
+            q: a(b * qd)?,
+            k_new: a(b * kvd)?,
+            v_new: a(b * kvd)?,
+            att: a(b * qd)?,
+            q1: a(qd)?,
+            att1: a(qd)?,
+            k_gather: a(max_tokens * kvd)?,
+            v_gather: a(max_tokens * kvd)?,
+            x_stage: [a(max_tokens * h)?, a(max_tokens * h)?],
+            tmp: a(b * h)?,
+            gate: a(b * f)?,
+            up: a(b * f)?,
+            mlp_out: a(b * h)?,
+            logits: a(b * s.vocab_size)?,
+            stage_free: [None, None],
+            counters: PagedCounters::default(),
+            cfg,
+        })
+    }
+
+    /// Device blocks in use.
+    pub fn blocks_used(&self) -> usize {
+        self.cfg.capacity_blocks - self.free.len()
+    }
+
+    /// The sequence's tokens with K/V, and its offloaded leading blocks.
+    pub fn cached(&self, id: usize) -> Option<(usize, usize)> {
+        self.seqs.get(&id).map(|s| (s.cached, s.off))
+    }
+
+    fn seq(&self, id: usize) -> Result<&Seq> {
+        self.seqs
+            .get(&id)
+            .ok_or_else(|| bad("serving", format!("request {id} is not in the cache")))
+    }
+
+    fn take_block(&mut self, id: usize) -> Result<u32> {
+        self.free.pop().ok_or_else(|| {
+            bad(
+                "paged cache",
+                format!(
+                    "request {id} needs a block and all {} are in use (the scheduler's accounting and the cache disagree)",
+                    self.cfg.capacity_blocks
+                ),
+            )
+        })
+    }
+
+    /// Pool row (token index in the pool) of token `t` of a sequence.
+    fn row(&self, seq: &Seq, t: usize) -> usize {
+        let bs = self.cfg.block_size;
+        seq.blocks[t / bs - seq.off] as usize * bs + t % bs
+    }
+
+    /// Pool row of token 0 of staging region `r`.
+    fn stage_row(&self, r: usize) -> usize {
+        self.cfg.capacity_blocks * self.cfg.block_size + r * self.max_tokens
+    }
+
+    fn check_request(&self, id: usize, tokens: usize) -> Result<()> {
+        match self.cfg.request_tokens.get(id) {
+            Some(&max) if tokens <= max => Ok(()),
+            Some(&max) => Err(bad(
+                "serving",
+                format!("request {id} would hold {tokens} tokens, more than its {max}"),
+            )),
+            None => Err(bad("serving", format!("no request {id}"))),
+        }
+    }
+
+    /// Runs `tokens` (a prompt, or a prompt and what was generated from it)
+    /// through the model at positions `0..n` for request `id`, stores their
+    /// K/V in fresh device blocks (and `X` on the host when kept), and
+    /// returns the greedy next token.
+    pub fn prefill(&mut self, id: usize, tokens: &[u32]) -> Result<u32> {
+        let (be, m) = (self.be, self.model);
+        let s = m.spec();
+        let (h, qd, kvd, f, bs) = (
+            s.hidden_size,
+            s.q_dim(),
+            s.kv_dim(),
+            s.intermediate_size,
+            self.cfg.block_size,
+        );
+        let p = tokens.len();
+        self.check_request(id, p)?;
+        if p == 0 {
+            return Err(bad("prefill", format!("request {id} has no tokens")));
+        }
+        if let Some(old) = self.seqs.remove(&id) {
+            self.free.extend(old.blocks);
+        }
+        let vocab = s.vocab_size;
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(bad(
+                "prefill",
+                format!("token id {t} is outside the vocabulary of {vocab}"),
+            ));
+        }
+        let mut seq = Seq {
+            base: self.base[id],
+            blocks: Vec::new(),
+            off: 0,
+            cached: p,
+            last: 0,
+            swapped: false,
+            swapped_from: 0,
+        };
+        for _ in 0..p.div_ceil(bs) {
+            let b = self.take_block(id)?;
+            seq.blocks.push(b);
+        }
+        // Prefill's activations are its own (not the measured step's).
+        let hidden = be.alloc(p * h)?;
+        let xn = be.alloc(p * h)?;
+        let q = be.alloc(p * qd)?;
+        let att = be.alloc(p * qd)?;
+        let tmp = be.alloc(p * h)?;
+        let gate = be.alloc(p * f)?;
+        let up = be.alloc(p * f)?;
+        let (kt, vt) = (be.alloc(p * kvd)?, be.alloc(p * kvd)?);
+        let ids = be.alloc_ids(p)?;
+        be.write_ids(&ids, 0, tokens)?;
+        be.embedding(&m.embed_tokens, &ids, 0, &hidden, p, h)?;
+        let (eps, theta, inter) = (
+            s.norm_eps as f32,
+            s.rope_theta as f32,
+            m.config.rope.interleaved(),
+        );
+        for (li, l) in m.layers.iter().enumerate() {
+            let a = &l.self_attn;
+            be.rmsnorm(&hidden, &l.input_layernorm, &xn, p, h, eps)
+                .at(li)?;
+            be.gemm(&xn, 0, &a.q_proj, 0, &q, 0, p, qd, h).at(li)?;
+            be.gemm(&xn, 0, &a.k_proj, 0, &kt, 0, p, kvd, h).at(li)?;
+            be.gemm(&xn, 0, &a.v_proj, 0, &vt, 0, p, kvd, h).at(li)?;
+            let rq = rope_shape(p, qd, s.n_heads, s.head_dim, theta, inter);
+            be.rope(&q, 0, &self.ramp, 0, rq).at(li)?;
+            let rk = rope_shape(p, kvd, s.n_kv_heads, s.head_dim, theta, inter);
+            be.rope(&kt, 0, &self.ramp, 0, rk).at(li)?;
+            let shape = attn_shape(s, 1, p, 0, p);
+            be.attention(&q, &kt, &vt, &att, shape).at(li)?;
+            self.store_rows(li, &seq, &kt, &vt, 0, p)?;
+            if self.cfg.keep_activations {
+                // `xn` is scratch again in the MLP: the copy lands first.
+                let ev = be.record(Stream::Compute).at(li)?;
+                be.wait(Stream::Writeback, &ev).at(li)?;
+                let off = seq.base * h;
+                be.copy_d2h(Stream::Writeback, &xn, 0, &self.host_x[li], off, p * h)
+                    .at(li)?;
+                let done = be.record(Stream::Writeback).at(li)?;
+                be.wait(Stream::Compute, &done).at(li)?;
+                self.counters.bytes_x_out += (p * h) as u64 * be.dtype().bytes() as u64;
+            }
+            be.gemm(&att, 0, &a.o_proj, 0, &tmp, 0, p, h, qd).at(li)?;
+            be.add(&hidden, &tmp, &hidden, p * h).at(li)?;
+            mlp(be, m, li, [&hidden, &xn, &gate, &up, &tmp], p)?;
+        }
+        be.copy_d2d(Stream::Compute, &hidden, (p - 1) * h, &self.hidden, 0, h)?;
+        head(be, m, &self.hidden, &self.tmp, &self.logits, 1)?;
+        be.argmax(&self.logits, 1, vocab, &self.ids, 0)?;
+        let next = be.read_ids(&self.ids, 0, 1)?[0];
+        seq.last = next;
+        self.seqs.insert(id, seq);
+        self.counters.tokens_prefilled += p as u64;
+        Ok(next)
+    }
+
+    /// Copies rows `[0, n)` of `k`/`v` (`[n, kv_dim]`, tokens `t0..t0+n` of
+    /// `seq`) into its device blocks, one copy per block, on the compute stream.
+    fn store_rows(
+        &self,
+        li: usize,
+        seq: &Seq,
+        k: &DeviceBuf,
+        v: &DeviceBuf,
+        t0: usize,
+        n: usize,
+    ) -> Result<()> {
+        let (be, bs) = (self.be, self.cfg.block_size);
+        let kvd = self.model.spec().kv_dim();
+        let mut t = t0;
+        while t < t0 + n {
+            let run = (bs - t % bs).min(t0 + n - t);
+            let (src, dst) = ((t - t0) * kvd, self.row(seq, t) * kvd);
+            be.copy_d2d(Stream::Compute, k, src, &self.k_pool[li], dst, run * kvd)
+                .at(li)?;
+            be.copy_d2d(Stream::Compute, v, src, &self.v_pool[li], dst, run * kvd)
+                .at(li)?;
+            t += run;
+        }
+        Ok(())
+    }
+
+    /// Moves K/V of tokens `[t0, t1)` of `seq` in layers `layers` between
+    /// its device blocks and the host store on `stream` (one copy per block,
+    /// layer and kind).
+    fn move_blocks(
+        &self,
+        seq: &Seq,
+        (t0, t1): (usize, usize),
+        layers: std::ops::Range<usize>,
+        out: bool,
+        stream: Stream,
+    ) -> Result<u64> {
+        let (be, bs) = (self.be, self.cfg.block_size);
+        let kvd = self.model.spec().kv_dim();
+        let mut bytes = 0;
+        for li in layers {
+            let mut t = t0;
+            while t < t1 {
+                let run = (bs - t % bs).min(t1 - t);
+                let (dev, host) = (self.row(seq, t) * kvd, (seq.base + t) * kvd);
+                for (pool, store) in [
+                    (&self.k_pool[li], &self.host_k[li]),
+                    (&self.v_pool[li], &self.host_v[li]),
+                ] {
+                    match out {
+                        true => be.copy_d2h(stream, pool, dev, store, host, run * kvd),
+                        false => be.copy_h2d(stream, store, host, pool, dev, run * kvd),
+                    }
+                    .at(li)?;
+                }
+                t += run;
+            }
+            bytes += kv_bytes(t1.saturating_sub(t0), kvd, be);
+        }
+        Ok(bytes)
+    }
+
+    /// Preemption by swapping: K/V of tokens `[keep_from, cached)` go to the
+    /// host (the first `keep_from` tokens, block-aligned, are left to be
+    /// recomputed from `X` on resume), then every device block is freed.
+    pub fn swap_out(&mut self, id: usize, keep_from: usize) -> Result<()> {
+        let seq = self.seq(id)?.clone();
+        let bs = self.cfg.block_size;
+        let from = (keep_from / bs * bs).min(seq.cached);
+        if from > 0 && !self.cfg.keep_activations {
+            return Err(bad(
+                "swap out",
+                "recomputing on resume needs the activations kept".into(),
+            ));
+        }
+        if seq.off > 0 {
+            return Err(bad(
+                "swap out",
+                format!("request {id} has offloaded blocks"),
+            ));
+        }
+        // Copy on the compute stream's order: its K/V are complete there.
+        let ev = self.be.record(Stream::Compute)?;
+        self.be.wait(Stream::Writeback, &ev)?;
+        let all = 0..self.model.layers.len();
+        self.counters.bytes_out +=
+            self.move_blocks(&seq, (from, seq.cached), all, true, Stream::Writeback)?;
+        // The blocks are reused only once their contents are out.
+        let done = self.be.record(Stream::Writeback)?;
+        self.be.wait(Stream::Compute, &done)?;
+        self.be.wait(Stream::Copy, &done)?;
+        let s = self.seqs.get_mut(&id).expect("checked above");
+        self.free.extend(s.blocks.drain(..));
+        s.swapped = true;
+        s.swapped_from = from;
+        Ok(())
+    }
+
+    /// Preemption by dropping: frees the request's blocks and forgets its K/V.
+    pub fn drop_kv(&mut self, id: usize) -> Result<()> {
+        // Earlier work on the blocks finishes before anyone reuses them: all
+        // of it is on the compute stream, which the next user follows.
+        if let Some(s) = self.seqs.remove(&id) {
+            self.free.extend(s.blocks);
+        }
+        Ok(())
+    }
+
+    /// Resumes a swapped-out request: fresh blocks for its context, tokens
+    /// `[0, recompute)` recomputed from `X` (at least what was not swapped
+    /// out), the rest swapped in; the two overlap (copy and compute streams).
+    pub fn swap_in(&mut self, id: usize, recompute: usize) -> Result<()> {
+        let mut seq = self.seq(id)?.clone();
+        if !seq.swapped {
+            return Err(bad("swap in", format!("request {id} was not swapped out")));
+        }
+        let bs = self.cfg.block_size;
+        let r = recompute.max(seq.swapped_from).min(seq.cached);
+        let r = if r < seq.cached {
+            r.div_ceil(bs) * bs
+        } else {
+            r
+        }
+        .min(seq.cached);
+        if r > 0 && !self.cfg.keep_activations {
+            return Err(bad(
+                "swap in",
+                "recomputing needs the activations kept".into(),
+            ));
+        }
+        seq.blocks.clear();
+        for _ in 0..seq.cached.div_ceil(bs) {
+            let b = self.take_block(id)?;
+            seq.blocks.push(b);
+        }
+        let (be, m) = (self.be, self.model);
+        let s = m.spec();
+        let h = s.hidden_size;
+        // The copy stream may write the new blocks only after their last
+        // readers on the compute stream.
+        let ev = be.record(Stream::Compute)?;
+        be.wait(Stream::Copy, &ev)?;
+        // Per layer: its `X` share, then its swapped K/V, on the copy
+        // stream; the compute stream recomputes a layer once its `X` is in,
+        // while the copy stream goes on with that layer's K/V.
+        let mut used: Vec<Event> = Vec::new();
+        for li in 0..m.layers.len() {
+            if r > 0 {
+                let xs = &self.x_stage[li % 2];
+                if li >= 2 {
+                    // The stage was read by layer li-2's GEMMs.
+                    be.wait(Stream::Copy, &used[li - 2]).at(li)?;
+                }
+                be.copy_h2d(Stream::Copy, &self.host_x[li], seq.base * h, xs, 0, r * h)
+                    .at(li)?;
+                let landed = be.record(Stream::Copy).at(li)?;
+                self.counters.bytes_in +=
+                    self.move_blocks(&seq, (r, seq.cached), li..li + 1, false, Stream::Copy)?;
+                be.wait(Stream::Compute, &landed).at(li)?;
+                self.recompute_rows(li, &seq, xs, r)?;
+                used.push(be.record(Stream::Compute).at(li)?);
+            } else {
+                self.counters.bytes_in +=
+                    self.move_blocks(&seq, (r, seq.cached), li..li + 1, false, Stream::Copy)?;
+            }
+        }
+        if r > 0 {
+            self.counters.bytes_in += (r * h * m.layers.len()) as u64 * be.dtype().bytes() as u64;
+            self.counters.tokens_recomputed += r as u64;
+        }
+        let done = be.record(Stream::Copy)?;
+        be.wait(Stream::Compute, &done)?;
+        seq.swapped = false;
+        seq.swapped_from = 0;
+        self.seqs.insert(id, seq);
+        Ok(())
+    }
+
+    /// K/V of tokens `[0, r)` of layer `li` from `X` rows in `xs`, into the
+    /// sequence's blocks (compute stream).
+    fn recompute_rows(&self, li: usize, seq: &Seq, xs: &DeviceBuf, r: usize) -> Result<()> {
+        let (be, m) = (self.be, self.model);
+        let s = m.spec();
+        let (h, kvd) = (s.hidden_size, s.kv_dim());
+        let a = &m.layers[li].self_attn;
+        let (kt, vt) = (&self.k_gather, &self.v_gather);
+        be.gemm(xs, 0, &a.k_proj, 0, kt, 0, r, kvd, h).at(li)?;
+        be.gemm(xs, 0, &a.v_proj, 0, vt, 0, r, kvd, h).at(li)?;
+        let rk = rope_shape(
+            r,
+            kvd,
+            s.n_kv_heads,
+            s.head_dim,
+            s.rope_theta as f32,
+            m.config.rope.interleaved(),
+        );
+        be.rope(kt, 0, &self.ramp, 0, rk).at(li)?;
+        self.store_rows(li, seq, kt, vt, 0, r)
+    }
+
+    /// `offload`: the request's `n` oldest device blocks move to the host
+    /// store and are freed; it keeps decoding with them there.
+    pub fn offload(&mut self, id: usize, n: usize) -> Result<()> {
+        let seq = self.seq(id)?.clone();
+        let bs = self.cfg.block_size;
+        if n > seq.blocks.len() {
+            return Err(bad(
+                "offload",
+                format!(
+                    "request {id} has {} device blocks, not {n}",
+                    seq.blocks.len()
+                ),
+            ));
+        }
+        let t0 = seq.off * bs;
+        let t1 = ((seq.off + n) * bs).min(seq.cached);
+        let ev = self.be.record(Stream::Compute)?;
+        self.be.wait(Stream::Writeback, &ev)?;
+        let all = 0..self.model.layers.len();
+        self.counters.bytes_out +=
+            self.move_blocks(&seq, (t0, t1), all, true, Stream::Writeback)?;
+        let done = self.be.record(Stream::Writeback)?;
+        self.be.wait(Stream::Compute, &done)?;
+        self.be.wait(Stream::Copy, &done)?;
+        let s = self.seqs.get_mut(&id).expect("checked above");
+        let gone: Vec<u32> = s.blocks.drain(..n).collect();
+        s.off += n;
+        self.free.extend(gone);
+        Ok(())
+    }
+
+    /// Releases a finished request.
+    pub fn finish(&mut self, id: usize) {
+        if let Some(s) = self.seqs.remove(&id) {
+            self.free.extend(s.blocks);
+        }
+    }
+
+    /// One decode step of a ragged batch: each `(id, l)` feeds its last token
+    /// at its own position; of an offloaded prefix, `l` tokens are recomputed
+    /// from `X` and the rest transferred. Returns each sequence's greedy next
+    /// token, in order.
+    pub fn decode(&mut self, batch: &[(usize, usize)]) -> Result<Vec<u32>> {
+        let (be, m) = (self.be, self.model);
+        let s = m.spec();
+        let (h, qd, kvd, bs) = (s.hidden_size, s.q_dim(), s.kv_dim(), self.cfg.block_size);
+        let b = batch.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        if b > self.cfg.max_batch {
+            return Err(bad(
+                "decode",
+                format!(
+                    "{b} sequences, more than the batch of {}",
+                    self.cfg.max_batch
+                ),
+            ));
+        }
+        // Each sequence's block for its new token, its ids and positions, and
+        // the gather table: staging blocks for an offloaded prefix, then its own.
+        let mut ids = Vec::with_capacity(b);
+        let mut pos = Vec::with_capacity(b);
+        let mut table: Vec<u32> = Vec::new();
+        let mut toff = Vec::with_capacity(b);
+        for (k, &(id, _)) in batch.iter().enumerate() {
+            let seq = self.seq(id)?;
+            if seq.swapped {
+                return Err(bad("decode", format!("request {id} is swapped out")));
+            }
+            let n = seq.cached;
+            self.check_request(id, n + 1)?;
+            if n / bs >= seq.off + seq.blocks.len() {
+                let blk = self.take_block(id)?;
+                self.seqs
+                    .get_mut(&id)
+                    .expect("found above")
+                    .blocks
+                    .push(blk);
+            }
+            let seq = self.seq(id)?;
+            ids.push(seq.last);
+            pos.push(n as u32);
+            toff.push(table.len());
+            let region = k % 2;
+            let stage0 = (self.stage_row(region) / bs) as u32;
+            table.extend((0..seq.off as u32).map(|i| stage0 + i));
+            table.extend(&seq.blocks);
+        }
+        be.write_ids(&self.ids, 0, &ids)?;
+        be.write_ids(&self.pos, 0, &pos)?;
+        be.write_ids(&self.table, 0, &table)?;
+        // Earlier writebacks land before this step overwrites their sources.
+        let wb = be.record(Stream::Writeback)?;
+        be.wait(Stream::Compute, &wb)?;
+        be.wait(Stream::Copy, &wb)?;
+        let seqs: Vec<Seq> = batch
+            .iter()
+            .map(|&(id, _)| self.seq(id).cloned())
+            .collect::<Result<_>>()?;
+        let (eps, theta, inter) = (
+            s.norm_eps as f32,
+            s.rope_theta as f32,
+            m.config.rope.interleaved(),
+        );
+        be.embedding(&m.embed_tokens, &self.ids, 0, &self.hidden, b, h)?;
+        let esz = be.dtype().bytes() as u64;
+        for li in 0..m.layers.len() {
+            let l = &m.layers[li];
+            let a = &l.self_attn;
+            let xn = &self.xn[li % self.xn.len()];
+            be.rmsnorm(&self.hidden, &l.input_layernorm, xn, b, h, eps)
+                .at(li)?;
+            be.gemm(xn, 0, &a.q_proj, 0, &self.q, 0, b, qd, h).at(li)?;
+            be.gemm(xn, 0, &a.k_proj, 0, &self.k_new, 0, b, kvd, h)
+                .at(li)?;
+            be.gemm(xn, 0, &a.v_proj, 0, &self.v_new, 0, b, kvd, h)
+                .at(li)?;
+            let rq = rope_shape(b, qd, s.n_heads, s.head_dim, theta, inter);
+            be.rope(&self.q, 0, &self.pos, 0, rq).at(li)?;
+            let rk = rope_shape(b, kvd, s.n_kv_heads, s.head_dim, theta, inter);
+            be.rope(&self.k_new, 0, &self.pos, 0, rk).at(li)?;
+            for (i, seq) in seqs.iter().enumerate() {
+                let dst = self.row(seq, seq.cached) * kvd;
+                be.copy_d2d(
+                    Stream::Compute,
+                    &self.k_new,
+                    i * kvd,
+                    &self.k_pool[li],
+                    dst,
+                    kvd,
+                )
+                .at(li)?;
+                be.copy_d2d(
+                    Stream::Compute,
+                    &self.v_new,
+                    i * kvd,
+                    &self.v_pool[li],
+                    dst,
+                    kvd,
+                )
+                .at(li)?;
+            }
+            if self.cfg.keep_activations {
+                let ev = be.record(Stream::Compute).at(li)?;
+                be.wait(Stream::Writeback, &ev).at(li)?;
+                for (i, seq) in seqs.iter().enumerate() {
+                    let dst = (seq.base + seq.cached) * h;
+                    be.copy_d2h(Stream::Writeback, xn, i * h, &self.host_x[li], dst, h)
+                        .at(li)?;
+                }
+                self.counters.bytes_x_out += (b * h) as u64 * esz;
+            }
+            for (i, (seq, &(_, l_req))) in seqs.iter().zip(batch).enumerate() {
+                let n = seq.cached + 1;
+                if seq.off > 0 {
+                    self.bring_prefix(li, i % 2, seq, l_req)?;
+                }
+                let nb = n.div_ceil(bs);
+                let width = bs * kvd;
+                be.embedding(
+                    &self.k_pool[li],
+                    &self.table,
+                    toff[i],
+                    &self.k_gather,
+                    nb,
+                    width,
+                )
+                .at(li)?;
+                be.embedding(
+                    &self.v_pool[li],
+                    &self.table,
+                    toff[i],
+                    &self.v_gather,
+                    nb,
+                    width,
+                )
+                .at(li)?;
+                if seq.off > 0 {
+                    self.stage_free[i % 2] = Some(be.record(Stream::Compute).at(li)?);
+                }
+                be.copy_d2d(Stream::Compute, &self.q, i * qd, &self.q1, 0, qd)
+                    .at(li)?;
+                let shape = attn_shape(s, 1, 1, seq.cached, self.max_tokens);
+                be.attention(&self.q1, &self.k_gather, &self.v_gather, &self.att1, shape)
+                    .at(li)?;
+                be.copy_d2d(Stream::Compute, &self.att1, 0, &self.att, i * qd, qd)
+                    .at(li)?;
+            }
+            be.gemm(&self.att, 0, &a.o_proj, 0, &self.tmp, 0, b, h, qd)
+                .at(li)?;
+            be.add(&self.hidden, &self.tmp, &self.hidden, b * h)
+                .at(li)?;
+            let bufs = [&self.hidden, &self.tmp, &self.gate, &self.up, &self.mlp_out];
+            mlp(be, m, li, bufs, b)?;
+        }
+        head(be, m, &self.hidden, &self.tmp, &self.logits, b)?;
+        be.argmax(&self.logits, b, s.vocab_size, &self.ids, 0)?;
+        let next = be.read_ids(&self.ids, 0, b)?;
+        for (&(id, _), &t) in batch.iter().zip(&next) {
+            let seq = self.seqs.get_mut(&id).expect("checked above");
+            seq.cached += 1;
+            seq.last = t;
+        }
+        self.counters.tokens_decoded += b as u64;
+        Ok(next)
+    }
+
+    /// Brings the offloaded prefix of `seq` (layer `li`) into staging region
+    /// `region`: `l` tokens recomputed from `X`, the rest copied as K/V, on
+    /// the copy stream once the region's last gather is done.
+    fn bring_prefix(&mut self, li: usize, region: usize, seq: &Seq, l: usize) -> Result<()> {
+        let (be, m) = (self.be, self.model);
+        let s = m.spec();
+        let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
+        let o = seq.off * bs;
+        let l = if self.cfg.keep_activations {
+            l.min(o)
+        } else {
+            0
+        };
+        if let Some(ev) = &self.stage_free[region] {
+            be.wait(Stream::Copy, ev).at(li)?;
+        }
+        let row0 = self.stage_row(region);
+        let esz = be.dtype().bytes() as u64;
+        if l > 0 {
+            let xs = &self.x_stage[region];
+            be.copy_h2d(Stream::Copy, &self.host_x[li], seq.base * h, xs, 0, l * h)
+                .at(li)?;
+            let landed = be.record(Stream::Copy).at(li)?;
+            be.wait(Stream::Compute, &landed).at(li)?;
+            let a = &m.layers[li].self_attn;
+            let (kp, vp) = (&self.k_pool[li], &self.v_pool[li]);
+            be.gemm(xs, 0, &a.k_proj, 0, kp, row0 * kvd, l, kvd, h)
+                .at(li)?;
+            be.gemm(xs, 0, &a.v_proj, 0, vp, row0 * kvd, l, kvd, h)
+                .at(li)?;
+            let rk = rope_shape(
+                l,
+                kvd,
+                s.n_kv_heads,
+                s.head_dim,
+                s.rope_theta as f32,
+                m.config.rope.interleaved(),
+            );
+            be.rope(kp, row0 * kvd, &self.ramp, 0, rk).at(li)?;
+            self.counters.bytes_in += (l * h) as u64 * esz;
+            self.counters.tokens_recomputed += l as u64;
+        }
+        if o > l {
+            let (src, dst) = ((seq.base + l) * kvd, (row0 + l) * kvd);
+            let n = (o - l) * kvd;
+            be.copy_h2d(
+                Stream::Copy,
+                &self.host_k[li],
+                src,
+                &self.k_pool[li],
+                dst,
+                n,
+            )
+            .at(li)?;
+            be.copy_h2d(
+                Stream::Copy,
+                &self.host_v[li],
+                src,
+                &self.v_pool[li],
+                dst,
+                n,
+            )
+            .at(li)?;
+            let landed = be.record(Stream::Copy).at(li)?;
+            be.wait(Stream::Compute, &landed).at(li)?;
+            self.counters.bytes_in += kv_bytes(o - l, kvd, be);
+        }
+        Ok(())
+    }
+}
+
+fn kv_bytes(tokens: usize, kvd: usize, be: &Backend) -> u64 {
+    2 * (tokens * kvd) as u64 * be.dtype().bytes() as u64
+}
+
+fn attn_shape(
+    s: &plans::ModelSpec,
+    batch: usize,
+    q_len: usize,
+    q_pos0: usize,
+    cap: usize,
+) -> AttnShape {
+    AttnShape {
+        batch,
+        q_len,
+        q_pos0,
+        n_heads: s.n_heads,
+        n_kv_heads: s.n_kv_heads,
+        head_dim: s.head_dim,
+        kv_capacity: cap,
+        scale: 1.0 / (s.head_dim as f32).sqrt(),
+    }
+}
