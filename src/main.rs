@@ -37,6 +37,8 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Measure decode steps per schedule and context beside their predictions, the I/O floor and `transfer`.
     Bench(cmd::bench::BenchArgs),
+    /// Serve many requests when their K/V overflow the device, under each policy (recompute, swap, partial, offload).
+    Overflow(cmd::overflow::OverflowArgs),
     /// Check every backend op and whole synthetic models against the CPU twins (exit 1 on a mismatch).
     Selftest(cmd::selftest::SelftestArgs),
 }
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Overflow(args) => cmd::overflow::run(args),
         Command::Selftest(args) => match cmd::selftest::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

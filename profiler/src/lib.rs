@@ -17,6 +17,7 @@
 
 mod identity;
 mod measure;
+mod monitor;
 
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use plans::{
 };
 
 pub use identity::rfc3339_utc;
+pub use monitor::GpuMonitor;
 
 /// What to measure.
 #[derive(Clone, Debug, Default)]

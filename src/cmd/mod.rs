@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod overflow;
+mod overflow_plot;
 pub mod plan;
 pub mod run;
 pub mod selftest;

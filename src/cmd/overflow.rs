@@ -1,0 +1,529 @@
+//! `kvpr overflow`: serve many requests when their K/V overflow the device,
+//! under each policy (recompute, swap, partial, offload), at each block size
+//! and share of device memory for the cache, beside an unpressured run of the
+//! same requests; a summary table, telemetry over time (CSV), a JSON summary,
+//! each request's output (JSONL) and plots.
+//!
+//! The cache's capacity is a fraction of the device memory left after the
+//! weights (`--kv-memory-fraction`), or a block count (`--kv-blocks`). By
+//! default the memory left after the weights is what the whole workload's
+//! K/V needs, so a fraction of 1 is no pressure and 0.3 holds 30% of it;
+//! `--device-memory` names a real size instead.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use plans::{Requests, Schedule, Workload};
+use runtime::{Model, ModelSource};
+use scheduler::{min_capacity, CostModel, Policy, Solver};
+
+use crate::fmt;
+use crate::serve::{self, RunConfig, RunResult};
+
+#[derive(clap::Args)]
+pub struct OverflowArgs {
+    /// Model: a .gguf file, a Hugging Face directory, or `preset:NAME` (seeded random weights).
+    #[arg(long)]
+    pub model: String,
+    /// Hardware profile (from `kvpr calibrate`): prices how much of a context
+    /// `partial` and `offload` recompute from activations.
+    #[arg(long)]
+    pub hardware: PathBuf,
+    /// Policies, comma-separated: recompute, swap, partial, offload, or all.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub policy: Vec<String>,
+    /// Tokens per K/V block, comma-separated for several runs.
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    pub block_size: Vec<usize>,
+    /// Share of the device memory left after the weights given to the K/V
+    /// cache, comma-separated for several runs.
+    #[arg(long, value_delimiter = ',', default_value = "0.3")]
+    pub kv_memory_fraction: Vec<f64>,
+    /// The cache's capacity in blocks (instead of --kv-memory-fraction).
+    #[arg(long, conflicts_with = "kv_memory_fraction")]
+    pub kv_blocks: Option<usize>,
+    /// Device memory (e.g. 24GiB); default: the weights plus the whole workload's K/V.
+    #[arg(long)]
+    pub device_memory: Option<String>,
+    /// Requests: `ci` (8 x 48 in x 24 out) or `poster` (32 x 1500 in x 1024 out).
+    #[arg(long, default_value = "ci", conflicts_with = "trace")]
+    pub workload: String,
+    /// A JSONL trace: one request per line, `arrival_s`, `input_len` (or `prompt`), `output_len`.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// The most requests decoding together.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// cpu, or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32 (CPU), f16 (the CUDA default) or bf16.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// CPU backend only: pace the link to this many GB/s.
+    #[arg(long)]
+    pub link_gbps: Option<f64>,
+    /// Telemetry over time, one row per iteration of every run (CSV).
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// The summary of every run (JSON).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Every request's output tokens (and text), per run (JSONL).
+    #[arg(long)]
+    pub outputs: Option<PathBuf>,
+    /// A folder for the plots (SVG): the time series and the overhead.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// One pressured run, beside its unpressured twin.
+pub struct Outcome {
+    pub fraction: Option<f64>,
+    pub result: RunResult,
+    /// Total time of the unpressured run at this block size, s.
+    pub baseline_s: f64,
+    pub outputs_match: bool,
+}
+
+impl Outcome {
+    /// Time beyond the unpressured run, over the total.
+    pub fn overhead(&self) -> f64 {
+        let t = self.result.total_s.max(1e-9);
+        ((t - self.baseline_s) / t).max(0.0)
+    }
+}
+
+fn policies(names: &[String]) -> anyhow::Result<Vec<Policy>> {
+    let mut out = Vec::new();
+    for n in names {
+        if n == "all" {
+            out.extend(Policy::ALL);
+        } else {
+            out.push(
+                n.parse::<Policy>()
+                    .map_err(|e| anyhow::anyhow!("--policy: {e}"))?,
+            );
+        }
+    }
+    out.dedup();
+    if out.is_empty() {
+        bail!("--policy: name at least one policy");
+    }
+    Ok(out)
+}
+
+/// The requests and each one's prompt ids: a trace's prompt text is
+/// tokenized (its `input_len` becomes the token count); otherwise the
+/// prompt is `input_len` ids spread over the vocabulary.
+fn requests(args: &OverflowArgs, model: &Model) -> anyhow::Result<(Requests, Vec<Vec<u32>>)> {
+    let mut reqs = match &args.trace {
+        Some(p) => Requests::load(p).context("reading --trace")?,
+        None => Requests::preset(&args.workload).context("--workload")?,
+    };
+    let spec = model.spec();
+    let vocab = spec.vocab_size;
+    let mut prompts = Vec::with_capacity(reqs.requests.len());
+    for r in &mut reqs.requests {
+        let ids = match &r.prompt {
+            Some(text) => model
+                .tokenizer
+                .encode(text)
+                .with_context(|| format!("tokenizing request {}'s prompt", r.id))?,
+            None => (0..r.input_len)
+                .map(|t| ((r.id * 7919 + t * 104_729 + 11) % vocab) as u32)
+                .collect(),
+        };
+        if ids.is_empty() {
+            bail!("request {}: its prompt has no tokens", r.id);
+        }
+        r.input_len = ids.len();
+        let total = r.input_len + r.output_len;
+        if total > spec.max_context {
+            bail!(
+                "request {}: {} prompt tokens and {} output tokens exceed {}'s context of {} tokens",
+                r.id,
+                r.input_len,
+                r.output_len,
+                spec.name,
+                spec.max_context
+            );
+        }
+        prompts.push(ids);
+    }
+    Ok((reqs, prompts))
+}
+
+/// Bytes of one block of K/V over all layers.
+fn block_bytes(spec: &plans::ModelSpec, bs: usize, esz: usize) -> u64 {
+    (bs * 2 * spec.kv_dim() * spec.n_layers * esz) as u64
+}
+
+/// The share of a context worth recomputing from activations, by the cost
+/// model at batch 1 and the workload's mean context.
+fn recompute_share(
+    spec: &plans::ModelSpec,
+    args: &OverflowArgs,
+    reqs: &Requests,
+    dtype: kernels::Dtype,
+) -> anyhow::Result<f64> {
+    let n = reqs.requests.len().max(1);
+    let mean_in = reqs.requests.iter().map(|r| r.input_len).sum::<usize>() / n;
+    let mean_out = reqs.requests.iter().map(|r| r.output_len).sum::<usize>() / n;
+    let (hw, _) = super::load_profile(&args.hardware)?;
+    let w = Workload {
+        batch: 1,
+        prompt_len: mean_in.max(1),
+        gen_len: mean_out.max(1),
+        dtype,
+        gpu_memory_budget: u64::MAX / 4,
+        host_memory_budget: u64::MAX / 4,
+    };
+    let cost = CostModel::new(spec, &hw, &w)
+        .map_err(|e| super::name_field(e, super::plan_flag))
+        .context("pricing the recomputed share on --hardware")?;
+    let s = (mean_in + mean_out / 2).max(1);
+    let split = cost
+        .best_split(s, 0, Schedule::Paper, 1, Solver::Lp)
+        .context("pricing the recomputed share on --hardware")?;
+    Ok(split.recompute as f64 / s as f64)
+}
+
+pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
+    for (flag, p) in [
+        ("--csv", &args.csv),
+        ("--json", &args.json),
+        ("--outputs", &args.outputs),
+    ] {
+        super::check_output(flag, p.as_deref())?;
+    }
+    if let Some(dir) = &args.plot {
+        if dir.exists() && !dir.is_dir() {
+            bail!("--plot {}: not a folder", dir.display());
+        }
+    }
+    let policies = policies(&args.policy)?;
+    if let Some(&b) = args.block_size.iter().find(|&&b| b == 0) {
+        bail!("--block-size: {b} is not a block size (at least 1 token)");
+    }
+    if let Some(f) = args
+        .kv_memory_fraction
+        .iter()
+        .find(|f| !(f.is_finite() && **f > 0.0 && **f <= 1.0))
+    {
+        bail!("--kv-memory-fraction: {f} is not a share in (0, 1]");
+    }
+    if args.max_batch == 0 {
+        bail!("--max-batch: at least 1");
+    }
+    let device_memory = args
+        .device_memory
+        .as_deref()
+        .map(|s| super::parse_size("--device-memory", s))
+        .transpose()?;
+    let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
+    let source = ModelSource::parse(&args.model).context("reading --model")?;
+    eprintln!("loading {} on {}...", args.model, be.name());
+    let model = Model::load(&source, &be).context("loading --model")?;
+    let spec = model.spec().clone();
+    let (reqs, prompts) = requests(args, &model)?;
+    let esz = be.dtype().bytes();
+    let share = recompute_share(&spec, args, &reqs, be.dtype())?;
+    // The memory the fractions are shares of.
+    let kv_need: u64 = reqs
+        .requests
+        .iter()
+        .map(|r| ((r.input_len + r.output_len) * 2 * spec.kv_dim() * spec.n_layers * esz) as u64)
+        .sum();
+    let left = match device_memory {
+        None => kv_need,
+        Some(m) => {
+            let weights = (spec.n_layers as u64 * spec.layer_params()
+                + 2 * (spec.vocab_size * spec.hidden_size) as u64)
+                * esz as u64;
+            if m <= weights {
+                bail!(
+                    "--device-memory {}: the weights alone take {}",
+                    plans::human_bytes(m),
+                    plans::human_bytes(weights)
+                );
+            }
+            m - weights
+        }
+    };
+    // Every configuration, checked before any run.
+    struct Config {
+        bs: usize,
+        fraction: Option<f64>,
+        policy: Policy,
+        capacity: usize,
+    }
+    let fractions: Vec<Option<f64>> = match args.kv_blocks {
+        Some(_) => vec![None],
+        None => args.kv_memory_fraction.iter().map(|&f| Some(f)).collect(),
+    };
+    let mut configs = Vec::new();
+    for &bs in &args.block_size {
+        for &fraction in &fractions {
+            let capacity = match (args.kv_blocks, fraction) {
+                (Some(n), _) => n,
+                (None, Some(f)) => (f * left as f64 / block_bytes(&spec, bs, esz) as f64) as usize,
+                (None, None) => unreachable!("fractions are given when blocks are not"),
+            };
+            for &policy in &policies {
+                let least = min_capacity(&reqs, bs, policy);
+                if capacity < least {
+                    let flag = match fraction {
+                        Some(f) => {
+                            format!("--kv-memory-fraction {f}: {capacity} blocks of {bs} tokens",)
+                        }
+                        None => format!("--kv-blocks {capacity}: blocks of {bs} tokens"),
+                    };
+                    let need_f = least as f64 * block_bytes(&spec, bs, esz) as f64 / left as f64;
+                    bail!(
+                        "{flag} cannot hold the longest request under {}; the smallest capacity that works is {least} blocks ({} tokens{})",
+                        policy.name(),
+                        least * bs,
+                        match args.kv_blocks {
+                            None => format!(", a fraction of at least {:.3}", need_f),
+                            Some(_) => String::new(),
+                        }
+                    );
+                }
+                configs.push(Config {
+                    bs,
+                    fraction,
+                    policy,
+                    capacity,
+                });
+            }
+        }
+    }
+    let monitor = match be.spec() {
+        kernels::DeviceSpec::Cuda(i) => profiler::GpuMonitor::new(i),
+        _ => None,
+    };
+    let util = || monitor.as_ref().and_then(|m| m.utilization());
+    let total_tokens: usize = reqs.requests.iter().map(|r| r.output_len).sum();
+    let runs = configs.len() + args.block_size.len();
+    let bar = fmt::progress_bar((runs * total_tokens) as u64);
+    let mut done = 0u64;
+    let mut run_one = |cfg: RunConfig, what: String| -> anyhow::Result<RunResult> {
+        bar.set_message(what.clone());
+        let base = done;
+        let r = serve::serve(&be, &model, &reqs, &prompts, &cfg, &util, &|n| {
+            bar.set_position(base + n as u64)
+        })
+        .with_context(|| format!("serving ({what})"))?;
+        done += total_tokens as u64;
+        Ok(r)
+    };
+    let mut baselines = Vec::new();
+    for &bs in &args.block_size {
+        let full: usize = reqs
+            .requests
+            .iter()
+            .map(|r| (r.input_len + r.output_len).div_ceil(bs))
+            .sum();
+        let cfg = RunConfig {
+            policy: Policy::Swap,
+            block_size: bs,
+            capacity_blocks: full,
+            max_running: args.max_batch,
+            partial_share: 0.0,
+            offload_share: 0.0,
+        };
+        baselines.push((bs, run_one(cfg, format!("unpressured, block {bs}"))?));
+    }
+    let mut outcomes = Vec::new();
+    for c in &configs {
+        let cfg = RunConfig {
+            policy: c.policy,
+            block_size: c.bs,
+            capacity_blocks: c.capacity,
+            max_running: args.max_batch,
+            partial_share: share,
+            offload_share: share,
+        };
+        let what = format!("{}, block {}, {} blocks", c.policy.name(), c.bs, c.capacity);
+        let result = run_one(cfg, what)?;
+        let base = &baselines
+            .iter()
+            .find(|(b, _)| *b == c.bs)
+            .expect("one per block size")
+            .1;
+        outcomes.push(Outcome {
+            fraction: c.fraction,
+            outputs_match: result.outputs == base.outputs,
+            baseline_s: base.total_s,
+            result,
+        });
+    }
+    bar.finish_and_clear();
+    print!(
+        "{}",
+        summary(&spec.name, &be.name(), &reqs, share, &baselines, &outcomes)
+    );
+    write_outputs(args, &model, &baselines, &outcomes)?;
+    if outcomes.iter().any(|o| !o.outputs_match) {
+        bail!("a policy's outputs differ from the unpressured run's (see the table's last column)");
+    }
+    Ok(())
+}
+
+fn summary(
+    model: &str,
+    device: &str,
+    reqs: &Requests,
+    share: f64,
+    baselines: &[(usize, RunResult)],
+    outcomes: &[Outcome],
+) -> String {
+    let mut out = format!(
+        "{model} | {device} | {} requests | recomputed share (cost model) {:.0}%\n",
+        reqs.requests.len(),
+        share * 100.0
+    );
+    for (bs, b) in baselines {
+        out.push_str(&format!(
+            "unpressured, block {bs}: {:.2} s, {:.1} tokens/s\n",
+            b.total_s,
+            b.throughput()
+        ));
+    }
+    let header = [
+        "policy",
+        "block",
+        "kv frac",
+        "blocks",
+        "total s",
+        "overhead",
+        "preempt+resume s",
+        "tokens/s",
+        "p50 ms/tok",
+        "p99 ms/tok",
+        "preempted",
+        "evicted tok",
+        "swapped",
+        "recomputed tok",
+        "outputs",
+    ];
+    let rows: Vec<Vec<String>> = outcomes
+        .iter()
+        .map(|o| {
+            let r = &o.result;
+            vec![
+                r.policy.clone(),
+                r.block_size.to_string(),
+                o.fraction.map_or("-".into(), |f| format!("{f:.2}")),
+                r.capacity_blocks.to_string(),
+                format!("{:.2}", r.total_s),
+                format!("{:.1}%", o.overhead() * 100.0),
+                format!("{:.2}", r.preempt_resume_s),
+                format!("{:.1}", r.throughput()),
+                format!("{:.1}", r.tpot_p50_ms),
+                format!("{:.1}", r.tpot_p99_ms),
+                format!("{}/{}", r.preempted_requests, reqs.requests.len()),
+                r.evicted_tokens.to_string(),
+                plans::human_bytes(r.counters.bytes_out + r.counters.bytes_in),
+                r.counters.tokens_recomputed.to_string(),
+                if o.outputs_match { "same" } else { "DIFFER" }.into(),
+            ]
+        })
+        .collect();
+    out.push_str(&fmt::table(&header, &rows));
+    out
+}
+
+fn write_outputs(
+    args: &OverflowArgs,
+    model: &Model,
+    baselines: &[(usize, RunResult)],
+    outcomes: &[Outcome],
+) -> anyhow::Result<()> {
+    if let Some(p) = &args.csv {
+        let mut s = String::from(
+            "policy,block_size,kv_fraction,capacity_blocks,t_s,iteration_s,tokens,tokens_per_s,kv_blocks_used,kv_blocks,running,waiting,preempted,bytes_swapped,tokens_recomputed,gpu_util\n",
+        );
+        let all = baselines
+            .iter()
+            .map(|(_, r)| (r, None, "unpressured"))
+            .chain(
+                outcomes
+                    .iter()
+                    .map(|o| (&o.result, o.fraction, o.result.policy.as_str())),
+            );
+        for (r, f, name) in all {
+            for x in &r.samples {
+                s.push_str(&format!(
+                    "{name},{},{},{},{:.6},{:.6},{},{:.3},{},{},{},{},{},{},{},{}\n",
+                    r.block_size,
+                    f.map_or(String::new(), |f| f.to_string()),
+                    r.capacity_blocks,
+                    x.t_s,
+                    x.iteration_s,
+                    x.tokens,
+                    x.tokens_per_s,
+                    x.kv_blocks_used,
+                    x.kv_blocks,
+                    x.running,
+                    x.waiting,
+                    x.preempted,
+                    x.bytes_swapped,
+                    x.tokens_recomputed,
+                    x.gpu_util.map_or(String::new(), |u| u.to_string()),
+                ));
+            }
+        }
+        plans::write_atomic(p, s.as_bytes())
+            .with_context(|| format!("writing --csv {}", p.display()))?;
+    }
+    if let Some(p) = &args.json {
+        let runs: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|o| {
+                let mut v = serde_json::to_value(&o.result).unwrap_or_default();
+                v["kv_fraction"] = serde_json::json!(o.fraction);
+                v["baseline_s"] = serde_json::json!(o.baseline_s);
+                v["overhead"] = serde_json::json!(o.overhead());
+                v["throughput_tokens_per_s"] = serde_json::json!(o.result.throughput());
+                v["outputs_match_unpressured"] = serde_json::json!(o.outputs_match);
+                v
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "model": model.spec().name,
+            "unpressured": baselines.iter().map(|(bs, r)| serde_json::json!({"block_size": bs, "total_s": r.total_s})).collect::<Vec<_>>(),
+            "runs": runs,
+        });
+        let text = serde_json::to_string_pretty(&doc)?;
+        plans::write_atomic(p, text.as_bytes())
+            .with_context(|| format!("writing --json {}", p.display()))?;
+    }
+    if let Some(p) = &args.outputs {
+        let mut s = String::new();
+        let all = baselines.iter().map(|(_, r)| (r, "unpressured")).chain(
+            outcomes
+                .iter()
+                .map(|o| (&o.result, o.result.policy.as_str())),
+        );
+        for (r, name) in all {
+            for (id, toks) in r.outputs.iter().enumerate() {
+                let text = model.tokenizer.decode(toks).unwrap_or_default();
+                let line = serde_json::json!({
+                    "run": name, "block_size": r.block_size, "capacity_blocks": r.capacity_blocks,
+                    "id": id, "tokens": toks, "text": text,
+                });
+                s.push_str(&line.to_string());
+                s.push('\n');
+            }
+        }
+        plans::write_atomic(p, s.as_bytes())
+            .with_context(|| format!("writing --outputs {}", p.display()))?;
+    }
+    if let Some(dir) = &args.plot {
+        super::overflow_plot::write(dir, &model.spec().name, outcomes)
+            .with_context(|| format!("writing --plot {}", dir.display()))?;
+    }
+    Ok(())
+}
