@@ -395,6 +395,58 @@ mod tests {
         serve(be, m, r, p, &cfg, &|| None, &|_| {}).unwrap()
     }
 
+    /// Found in review: with more than two sequences offloaded at once, the
+    /// staging regions of their prefixes must follow the order of the
+    /// offloaded sequences, not of the batch; many offloaded together, at
+    /// every share recomputed from `X`.
+    #[test]
+    fn many_offloaded_sequences_together_keep_their_tokens() {
+        let be = cpu();
+        let m = model(&be, "tiny-mha");
+        let vocab = m.spec().vocab_size;
+        // A short first request that is never offloaded puts the offloaded
+        // ones at batch indices of the other parity.
+        let lens = [(3, 30), (13, 14), (9, 18), (17, 12), (11, 16)];
+        let reqs = Requests {
+            requests: lens
+                .iter()
+                .enumerate()
+                .map(|(i, &(input_len, output_len))| Request {
+                    id: i,
+                    arrival_s: 0.0,
+                    input_len,
+                    output_len,
+                    prompt: None,
+                })
+                .collect(),
+        };
+        let prompts: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &(l, _))| {
+                (0..l)
+                    .map(|t| ((i * 37 + t * 11 + 3) % vocab) as u32)
+                    .collect()
+            })
+            .collect();
+        let alone = run(&be, &m, &reqs, &prompts, Policy::Swap, 1000).outputs;
+        for cap in [5, 7, 9, 12] {
+            for share in [0.0, 0.5, 1.0] {
+                let cfg = RunConfig {
+                    policy: Policy::Offload,
+                    block_size: 4,
+                    capacity_blocks: cap,
+                    max_running: 8,
+                    partial_share: 0.0,
+                    offload_share: share,
+                };
+                let r = serve(&be, &m, &reqs, &prompts, &cfg, &|| None, &|_| {}).unwrap();
+                assert!(r.counters.bytes_out > 0, "nothing offloaded at {cap}");
+                assert_eq!(r.outputs, alone, "{cap} blocks, share {share}");
+            }
+        }
+    }
+
     /// Issue 12: a ragged batch gives each sequence the tokens it gets alone,
     /// and every policy under pressure gives every request the tokens it gets
     /// without pressure; no request is lost or duplicated.

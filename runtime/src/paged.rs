@@ -126,6 +126,8 @@ pub struct PagedEngine<'a> {
     logits: DeviceBuf,
     /// Per staging region: the event after the gather that last read it.
     stage_free: [Option<Event>; 2],
+    /// Per staging region: the event after the copies that filled it.
+    stage_ready: [Option<Event>; 2],
     pub counters: PagedCounters,
 }
 
@@ -232,6 +234,7 @@ impl<'a> PagedEngine<'a> {
             mlp_out: a(b * h)?,
             logits: a(b * s.vocab_size)?,
             stage_free: [None, None],
+            stage_ready: [None, None],
             counters: PagedCounters::default(),
             cfg,
         })
@@ -477,7 +480,7 @@ impl<'a> PagedEngine<'a> {
         self.be.wait(Stream::Compute, &done)?;
         self.be.wait(Stream::Copy, &done)?;
         let s = self.seqs.get_mut(&id).expect("checked above");
-        self.free.extend(s.blocks.drain(..));
+        self.free.append(&mut s.blocks);
         s.swapped = true;
         s.swapped_from = from;
         Ok(())
@@ -650,7 +653,8 @@ impl<'a> PagedEngine<'a> {
         let mut pos = Vec::with_capacity(b);
         let mut table: Vec<u32> = Vec::new();
         let mut toff = Vec::with_capacity(b);
-        for (k, &(id, _)) in batch.iter().enumerate() {
+        let mut n_off = 0;
+        for &(id, _) in batch {
             let seq = self.seq(id)?;
             if seq.swapped {
                 return Err(bad("decode", format!("request {id} is swapped out")));
@@ -669,9 +673,12 @@ impl<'a> PagedEngine<'a> {
             ids.push(seq.last);
             pos.push(n as u32);
             toff.push(table.len());
-            let region = k % 2;
-            let stage0 = (self.stage_row(region) / bs) as u32;
-            table.extend((0..seq.off as u32).map(|i| stage0 + i));
+            if seq.off > 0 {
+                // The k-th offloaded sequence's prefix goes to region k % 2.
+                let stage0 = (self.stage_row(n_off % 2) / bs) as u32;
+                table.extend((0..seq.off as u32).map(|i| stage0 + i));
+                n_off += 1;
+            }
             table.extend(&seq.blocks);
         }
         be.write_ids(&self.ids, 0, &ids)?;
@@ -692,7 +699,21 @@ impl<'a> PagedEngine<'a> {
         );
         be.embedding(&m.embed_tokens, &self.ids, 0, &self.hidden, b, h)?;
         let esz = be.dtype().bytes() as u64;
-        for li in 0..m.layers.len() {
+        // The offloaded sequences (batch index, prefix share to recompute):
+        // the copy stream brings their prefixes two ahead of the compute
+        // stream, alternating between the two staging regions.
+        let offloaded: Vec<(usize, usize)> = seqs
+            .iter()
+            .zip(batch)
+            .enumerate()
+            .filter(|(_, (q, _))| q.off > 0)
+            .map(|(i, (_, &(_, l)))| (i, l))
+            .collect();
+        let nl = m.layers.len();
+        for (k, &(i, l)) in offloaded.iter().enumerate().take(2) {
+            self.issue_prefix(0, &seqs[i], l, k)?;
+        }
+        for li in 0..nl {
             let l = &m.layers[li];
             let a = &l.self_attn;
             let xn = &self.xn[li % self.xn.len()];
@@ -738,10 +759,11 @@ impl<'a> PagedEngine<'a> {
                 }
                 self.counters.bytes_x_out += (b * h) as u64 * esz;
             }
-            for (i, (seq, &(_, l_req))) in seqs.iter().zip(batch).enumerate() {
+            let mut k = 0;
+            for (i, seq) in seqs.iter().enumerate() {
                 let n = seq.cached + 1;
                 if seq.off > 0 {
-                    self.bring_prefix(li, i % 2, seq, l_req)?;
+                    self.finish_prefix(li, k % 2, seq, offloaded[k].1)?;
                 }
                 let nb = n.div_ceil(bs);
                 let width = bs * kvd;
@@ -764,7 +786,12 @@ impl<'a> PagedEngine<'a> {
                 )
                 .at(li)?;
                 if seq.off > 0 {
-                    self.stage_free[i % 2] = Some(be.record(Stream::Compute).at(li)?);
+                    self.stage_free[k % 2] = Some(be.record(Stream::Compute).at(li)?);
+                    // The region is free again: the prefix two ahead goes there.
+                    if let Some(&(j, l)) = offloaded.get(k + 2) {
+                        self.issue_prefix(li, &seqs[j], l, k + 2)?;
+                    }
+                    k += 1;
                 }
                 be.copy_d2d(Stream::Compute, &self.q, i * qd, &self.q1, 0, qd)
                     .at(li)?;
@@ -773,6 +800,13 @@ impl<'a> PagedEngine<'a> {
                     .at(li)?;
                 be.copy_d2d(Stream::Compute, &self.att1, 0, &self.att, i * qd, qd)
                     .at(li)?;
+            }
+            // The next layer's first prefixes cross the link during this
+            // layer's projection and MLP.
+            if li + 1 < nl {
+                for (k, &(j, l)) in offloaded.iter().enumerate().take(2) {
+                    self.issue_prefix(li + 1, &seqs[j], l, k)?;
+                }
             }
             be.gemm(&self.att, 0, &a.o_proj, 0, &self.tmp, 0, b, h, qd)
                 .at(li)?;
@@ -793,13 +827,15 @@ impl<'a> PagedEngine<'a> {
         Ok(next)
     }
 
-    /// Brings the offloaded prefix of `seq` (layer `li`) into staging region
-    /// `region`: `l` tokens recomputed from `X`, the rest copied as K/V, on
-    /// the copy stream once the region's last gather is done.
-    fn bring_prefix(&mut self, li: usize, region: usize, seq: &Seq, l: usize) -> Result<()> {
+    /// Issues, on the copy stream, what the `k`-th offloaded sequence of a
+    /// step needs in layer `li`: `X` of the first `l` tokens of its offloaded
+    /// prefix (to recompute K/V from) and K/V of the rest, into staging region
+    /// `k % 2` once its last gather is done.
+    fn issue_prefix(&mut self, li: usize, seq: &Seq, l: usize, k: usize) -> Result<()> {
         let (be, m) = (self.be, self.model);
         let s = m.spec();
         let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
+        let region = k % 2;
         let o = seq.off * bs;
         let l = if self.cfg.keep_activations {
             l.min(o)
@@ -815,25 +851,7 @@ impl<'a> PagedEngine<'a> {
             let xs = &self.x_stage[region];
             be.copy_h2d(Stream::Copy, &self.host_x[li], seq.base * h, xs, 0, l * h)
                 .at(li)?;
-            let landed = be.record(Stream::Copy).at(li)?;
-            be.wait(Stream::Compute, &landed).at(li)?;
-            let a = &m.layers[li].self_attn;
-            let (kp, vp) = (&self.k_pool[li], &self.v_pool[li]);
-            be.gemm(xs, 0, &a.k_proj, 0, kp, row0 * kvd, l, kvd, h)
-                .at(li)?;
-            be.gemm(xs, 0, &a.v_proj, 0, vp, row0 * kvd, l, kvd, h)
-                .at(li)?;
-            let rk = rope_shape(
-                l,
-                kvd,
-                s.n_kv_heads,
-                s.head_dim,
-                s.rope_theta as f32,
-                m.config.rope.interleaved(),
-            );
-            be.rope(kp, row0 * kvd, &self.ramp, 0, rk).at(li)?;
             self.counters.bytes_in += (l * h) as u64 * esz;
-            self.counters.tokens_recomputed += l as u64;
         }
         if o > l {
             let (src, dst) = ((seq.base + l) * kvd, (row0 + l) * kvd);
@@ -856,9 +874,46 @@ impl<'a> PagedEngine<'a> {
                 n,
             )
             .at(li)?;
-            let landed = be.record(Stream::Copy).at(li)?;
-            be.wait(Stream::Compute, &landed).at(li)?;
             self.counters.bytes_in += kv_bytes(o - l, kvd, be);
+        }
+        self.stage_ready[region] = Some(be.record(Stream::Copy).at(li)?);
+        Ok(())
+    }
+
+    /// Waits for the prefix [`PagedEngine::issue_prefix`] brought to
+    /// `region` and recomputes K/V of its first `l` tokens from `X`, in place
+    /// in the staging region (compute stream).
+    fn finish_prefix(&mut self, li: usize, region: usize, seq: &Seq, l: usize) -> Result<()> {
+        let (be, m) = (self.be, self.model);
+        let s = m.spec();
+        let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
+        let l = if self.cfg.keep_activations {
+            l.min(seq.off * bs)
+        } else {
+            0
+        };
+        if let Some(ev) = self.stage_ready[region].take() {
+            be.wait(Stream::Compute, &ev).at(li)?;
+        }
+        if l > 0 {
+            let row0 = self.stage_row(region);
+            let xs = &self.x_stage[region];
+            let a = &m.layers[li].self_attn;
+            let (kp, vp) = (&self.k_pool[li], &self.v_pool[li]);
+            be.gemm(xs, 0, &a.k_proj, 0, kp, row0 * kvd, l, kvd, h)
+                .at(li)?;
+            be.gemm(xs, 0, &a.v_proj, 0, vp, row0 * kvd, l, kvd, h)
+                .at(li)?;
+            let rk = rope_shape(
+                l,
+                kvd,
+                s.n_kv_heads,
+                s.head_dim,
+                s.rope_theta as f32,
+                m.config.rope.interleaved(),
+            );
+            be.rope(kp, row0 * kvd, &self.ramp, 0, rk).at(li)?;
+            self.counters.tokens_recomputed += l as u64;
         }
         Ok(())
     }

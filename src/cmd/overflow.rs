@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use plans::{Requests, Schedule, Workload};
 use runtime::{Model, ModelSource};
-use scheduler::{min_capacity, CostModel, Policy, Solver};
+use scheduler::{min_capacity, CostModel, Policy};
 
 use crate::fmt;
 use crate::serve::{self, RunConfig, RunResult};
@@ -159,13 +159,19 @@ fn block_bytes(spec: &plans::ModelSpec, bs: usize, esz: usize) -> u64 {
     (bs * 2 * spec.kv_dim() * spec.n_layers * esz) as u64
 }
 
-/// The share of a context worth recomputing from activations, by the cost
-/// model at batch 1 and the workload's mean context.
+/// The share of a context worth recomputing from activations rather than
+/// moving as K/V, by the cost model: bringing one sequence's `n` tokens back
+/// (a resume, or an offloaded prefix in a step) is one layer's copies, `X` of
+/// the recomputed share first, then K/V of the rest, while the compute stream
+/// recomputes once `X` is in; the share minimises the time until the layer's
+/// K/V are all on the device (`kv_ready`), at the workload's mean context,
+/// block-aligned.
 fn recompute_share(
     spec: &plans::ModelSpec,
     args: &OverflowArgs,
     reqs: &Requests,
     dtype: kernels::Dtype,
+    block: usize,
 ) -> anyhow::Result<f64> {
     let n = reqs.requests.len().max(1);
     let mean_in = reqs.requests.iter().map(|r| r.input_len).sum::<usize>() / n;
@@ -183,10 +189,12 @@ fn recompute_share(
         .map_err(|e| super::name_field(e, super::plan_flag))
         .context("pricing the recomputed share on --hardware")?;
     let s = (mean_in + mean_out / 2).max(1);
-    let split = cost
-        .best_split(s, 0, Schedule::Paper, 1, Solver::Lp)
-        .context("pricing the recomputed share on --hardware")?;
-    Ok(split.recompute as f64 / s as f64)
+    let best = (0..=s.div_ceil(block))
+        .map(|i| (i * block).min(s))
+        .map(|l| (l, cost.step(s, 0, l, 1, Schedule::Paper).kv_ready))
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+        .map_or(0, |(l, _)| l);
+    Ok(best as f64 / s as f64)
 }
 
 pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
@@ -228,7 +236,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let spec = model.spec().clone();
     let (reqs, prompts) = requests(args, &model)?;
     let esz = be.dtype().bytes();
-    let share = recompute_share(&spec, args, &reqs, be.dtype())?;
+    let share = recompute_share(&spec, args, &reqs, be.dtype(), args.block_size[0])?;
     // The memory the fractions are shares of.
     let kv_need: u64 = reqs
         .requests
