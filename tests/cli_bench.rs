@@ -2,22 +2,7 @@
 
 mod common;
 
-use common::{assert_fails, kvpr, profile, stderr, stdout};
-
-/// The CPU reference profile with a constant link of `gbps`, the rate the
-/// run paces its copies to, so the plans price the link the run has.
-fn paced_profile(dir: &std::path::Path, gbps: f64) -> String {
-    let text = std::fs::read_to_string(profile("cpu-reference.json")).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for curve in ["h2d_pinned", "d2h_pinned"] {
-        for p in v["link"][curve]["points"].as_array_mut().unwrap() {
-            p["gbps"] = serde_json::json!(gbps);
-        }
-    }
-    let path = dir.join("paced.json");
-    std::fs::write(&path, v.to_string()).unwrap();
-    path.display().to_string()
-}
+use common::{assert_fails, kvpr, paced_profile, profile, stderr, stdout};
 
 /// Issue 11: on an MHA preset over a slow paced link, where recomputing
 /// from activations moves fewer bytes, `chunked` is not slower than

@@ -4,27 +4,6 @@
 mod common;
 use common::*;
 
-use std::path::PathBuf;
-
-/// The real model, or `None` (with a printed reason) when it was not fetched.
-fn smollm2() -> Option<String> {
-    let path = std::env::var_os("KVPR_MODEL")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/kvpr/SmolLM2-135M-Instruct.Q4_1.gguf"))
-        })?;
-    if path.is_file() {
-        Some(path.display().to_string())
-    } else {
-        eprintln!(
-            "skipping: {} not found; run `make model` (scripts/fetch-model.sh)",
-            path.display()
-        );
-        None
-    }
-}
-
 fn cpu_profile() -> String {
     profile("cpu-reference.json").display().to_string()
 }

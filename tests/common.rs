@@ -35,3 +35,37 @@ pub fn assert_fails(o: &Output, needles: &[&str]) {
         assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
     }
 }
+
+/// The real model, or `None` (with a printed reason) when it was not fetched.
+pub fn smollm2() -> Option<String> {
+    let path = std::env::var_os("KVPR_MODEL")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/kvpr/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        })?;
+    if path.is_file() {
+        Some(path.display().to_string())
+    } else {
+        eprintln!(
+            "skipping: {} not found; run `make model` (scripts/fetch-model.sh)",
+            path.display()
+        );
+        None
+    }
+}
+
+/// The CPU reference profile with a constant link of `gbps`, the rate the
+/// run paces its copies to, so the plans price the link the run has.
+pub fn paced_profile(dir: &std::path::Path, gbps: f64) -> String {
+    let text = std::fs::read_to_string(profile("cpu-reference.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for curve in ["h2d_pinned", "d2h_pinned"] {
+        for p in v["link"][curve]["points"].as_array_mut().unwrap() {
+            p["gbps"] = serde_json::json!(gbps);
+        }
+    }
+    let path = dir.join("paced.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    path.display().to_string()
+}

@@ -1,0 +1,214 @@
+//! `kvpr overflow` end to end: the real binary serving many requests when
+//! their K/V overflow the cache, on the real SmolLM2 and on an MHA preset.
+
+mod common;
+use common::*;
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Every policy's runs: each request's greedy output equals the unpressured
+/// run's (the CLI checks and exits 2 otherwise; the JSON says so too), and
+/// the pressure was real.
+fn assert_runs_match(doc: &serde_json::Value, policies: usize) {
+    let runs = doc["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), policies, "{doc}");
+    for r in runs {
+        assert_eq!(r["outputs_match_unpressured"], true, "{r}");
+    }
+    let preempted = runs
+        .iter()
+        .filter(|r| r["policy"] != "offload")
+        .all(|r| r["preempted_requests"].as_u64().unwrap() > 0);
+    assert!(preempted, "no pressure: {doc}");
+}
+
+/// Issue 12 on the real model: all four policies at 30% of the K/V memory,
+/// with every output file; each request's tokens equal the unpressured run's,
+/// and none is lost or duplicated (the outputs file has each id once per run,
+/// with all its tokens).
+#[test]
+fn smollm2_serves_under_every_policy_with_the_unpressured_outputs() {
+    let Some(model) = smollm2() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let hw = profile("cpu-reference.json").display().to_string();
+    let o = kvpr(
+        &[
+            "overflow",
+            "--model",
+            &model,
+            "--hardware",
+            &hw,
+            "--workload",
+            "ci",
+            "--policy",
+            "all",
+            "--kv-memory-fraction",
+            "0.3",
+            "--csv",
+            "t.csv",
+            "--json",
+            "s.json",
+            "--outputs",
+            "o.jsonl",
+            "--plot",
+            "plots",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    for p in [
+        "recompute",
+        "swap",
+        "partial",
+        "offload",
+        "unpressured",
+        "p99 ms/tok",
+    ] {
+        assert!(out.contains(p), "{p}: {out}");
+    }
+    assert_runs_match(&json(&d.path().join("s.json")), 4);
+    let lines = std::fs::read_to_string(d.path().join("o.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // One unpressured run and four policies, 8 requests each, 24 tokens each.
+    assert_eq!(rows.len(), 5 * 8);
+    for run in ["unpressured", "recompute", "swap", "partial", "offload"] {
+        let mut ids: Vec<u64> = rows
+            .iter()
+            .filter(|r| r["run"] == run)
+            .map(|r| {
+                assert_eq!(r["tokens"].as_array().unwrap().len(), 24, "{r}");
+                r["id"].as_u64().unwrap()
+            })
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..8).collect::<Vec<u64>>(), "{run}");
+    }
+    let csv = std::fs::read_to_string(d.path().join("t.csv")).unwrap();
+    assert!(
+        csv.starts_with("policy,block_size,kv_fraction,capacity_blocks,t_s,"),
+        "{csv}"
+    );
+    assert!(csv.lines().any(|l| l.starts_with("swap,16,0.3,")), "{csv}");
+    for f in ["timeseries.svg", "overhead.svg"] {
+        let svg = std::fs::read_to_string(d.path().join("plots").join(f)).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("offload"), "{f}");
+    }
+}
+
+/// Issue 12 on a multi-head preset, where recomputing from activations moves
+/// fewer bytes: requests of different lengths arriving over time (a trace),
+/// on a paced link, at two block sizes; `partial` and `offload` really
+/// recompute.
+#[test]
+fn an_mha_trace_of_ragged_requests_keeps_its_outputs_at_every_block_size() {
+    let d = tempfile::tempdir().unwrap();
+    let hw = paced_profile(d.path(), 0.2);
+    let mut trace = String::new();
+    for (i, (input, output)) in [(60, 20), (12, 30), (90, 12), (33, 25), (70, 18), (5, 28)]
+        .iter()
+        .enumerate()
+    {
+        trace.push_str(&format!(
+            "{{\"arrival_s\": {}, \"input_len\": {input}, \"output_len\": {output}}}\n",
+            i as f64 * 0.01
+        ));
+    }
+    std::fs::write(d.path().join("trace.jsonl"), trace).unwrap();
+    let o = kvpr(
+        &[
+            "overflow",
+            "--model",
+            "preset:llama-2-7b-tiny",
+            "--hardware",
+            &hw,
+            "--link-gbps",
+            "0.2",
+            "--trace",
+            "trace.jsonl",
+            "--block-size",
+            "8,16",
+            "--kv-memory-fraction",
+            "0.4",
+            "--json",
+            "s.json",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let doc = json(&d.path().join("s.json"));
+    assert_runs_match(&doc, 8);
+    for r in doc["runs"].as_array().unwrap() {
+        if r["policy"] == "partial" || r["policy"] == "offload" {
+            assert!(
+                r["counters"]["tokens_recomputed"].as_u64().unwrap() > 0,
+                "{r}"
+            );
+        }
+    }
+}
+
+/// Bad input is refused before any work, naming the flag or the file's line
+/// and the fix; nothing is written.
+#[test]
+fn overflow_refuses_bad_input_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let hw = profile("cpu-reference.json").display().to_string();
+    let base = [
+        "overflow",
+        "--model",
+        "preset:tiny-mha",
+        "--hardware",
+        hw.as_str(),
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["--csv", "t.csv", "--json", "s.json"]);
+        kvpr(&a, d.path())
+    };
+    std::fs::write(
+        d.path().join("bad.jsonl"),
+        "{\"arrival_s\": 0, \"input_len\": 8, \"output_len\": 4}\n\n{\"arrival_s\": 0, \"input_len\": \"x\"}\n",
+    )
+    .unwrap();
+    assert_fails(&with(&["--trace", "bad.jsonl"]), &["bad.jsonl:3"]);
+    // Too small for one request: the smallest capacity that works is named.
+    assert_fails(
+        &with(&["--kv-memory-fraction", "0.01"]),
+        &[
+            "--kv-memory-fraction 0.01",
+            "smallest capacity that works is 5 blocks",
+        ],
+    );
+    assert_fails(
+        &with(&["--kv-blocks", "2", "--policy", "swap"]),
+        &["--kv-blocks 2", "smallest capacity that works is 5 blocks"],
+    );
+    assert_fails(
+        &with(&["--policy", "evict"]),
+        &["--policy", "recompute, swap, partial or offload"],
+    );
+    assert_fails(&with(&["--block-size", "0"]), &["--block-size"]);
+    assert_fails(
+        &with(&["--kv-memory-fraction", "1.5"]),
+        &["--kv-memory-fraction"],
+    );
+    assert_fails(
+        &with(&["--workload", "huge"]),
+        &["--workload", "poster, ci"],
+    );
+    std::fs::write(d.path().join("afile"), "x").unwrap();
+    assert_fails(&with(&["--plot", "afile"]), &["--plot", "not a folder"]);
+    for f in ["t.csv", "s.json"] {
+        assert!(
+            !d.path().join(f).exists(),
+            "{f} was written by a refused run"
+        );
+    }
+}
