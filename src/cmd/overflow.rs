@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use plans::{Requests, Schedule, Workload};
 use runtime::{Model, ModelSource};
-use scheduler::{min_capacity, CostModel, Policy};
+use scheduler::{min_capacity, CostModel, Policy, Solver};
 
 use crate::fmt;
 use crate::serve::{self, RunConfig, RunResult};
@@ -48,9 +48,25 @@ pub struct OverflowArgs {
     /// Requests: `ci` (8 x 48 in x 24 out) or `poster` (32 x 1500 in x 1024 out).
     #[arg(long, default_value = "ci", conflicts_with = "trace")]
     pub workload: String,
+    /// Instead of --workload: this many requests, all arriving at once, with
+    /// --input-len and --output-len tokens.
+    #[arg(long, conflicts_with = "trace", requires_all = ["input_len", "output_len"])]
+    pub requests: Option<usize>,
+    #[arg(long, requires = "requests")]
+    pub input_len: Option<usize>,
+    #[arg(long, requires = "requests")]
+    pub output_len: Option<usize>,
     /// A JSONL trace: one request per line, `arrival_s`, `input_len` (or `prompt`), `output_len`.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// `partial`: the share of a resumed context recomputed from activations,
+    /// or `auto` (the cost model's).
+    #[arg(long, default_value = "auto")]
+    pub partial_share: String,
+    /// `offload`: the share of an offloaded prefix recomputed from activations
+    /// in each step, or `auto` (the cost model's).
+    #[arg(long, default_value = "auto")]
+    pub offload_share: String,
     /// The most requests decoding together.
     #[arg(long, default_value_t = 32)]
     pub max_batch: usize,
@@ -117,9 +133,12 @@ fn policies(names: &[String]) -> anyhow::Result<Vec<Policy>> {
 /// tokenized (its `input_len` becomes the token count); otherwise the
 /// prompt is `input_len` ids spread over the vocabulary.
 fn requests(args: &OverflowArgs, model: &Model) -> anyhow::Result<(Requests, Vec<Vec<u32>>)> {
-    let mut reqs = match &args.trace {
-        Some(p) => Requests::load(p).context("reading --trace")?,
-        None => Requests::preset(&args.workload).context("--workload")?,
+    let mut reqs = match (&args.trace, args.requests, args.input_len, args.output_len) {
+        (Some(p), ..) => Requests::load(p).context("reading --trace")?,
+        (None, Some(n), Some(i), Some(o)) => {
+            Requests::at_once(n, i, o).context("--requests, --input-len and --output-len")?
+        }
+        _ => Requests::preset(&args.workload).context("--workload")?,
     };
     let spec = model.spec();
     let vocab = spec.vocab_size;
@@ -159,42 +178,53 @@ fn block_bytes(spec: &plans::ModelSpec, bs: usize, esz: usize) -> u64 {
     (bs * 2 * spec.kv_dim() * spec.n_layers * esz) as u64
 }
 
-/// The share of a context worth recomputing from activations rather than
-/// moving as K/V, by the cost model: bringing one sequence's `n` tokens back
-/// (a resume, or an offloaded prefix in a step) is one layer's copies, `X` of
-/// the recomputed share first, then K/V of the rest, while the compute stream
-/// recomputes once `X` is in; the share minimises the time until the layer's
-/// K/V are all on the device (`kv_ready`), at the workload's mean context,
-/// block-aligned.
-fn recompute_share(
+/// The shares of a context worth recomputing from activations rather than
+/// moving as K/V, by the cost model, at the workload's mean context `s`:
+///
+/// - resuming (`partial`): bringing one sequence back is one layer's copies,
+///   `X` of the recomputed share first, then K/V of the rest, while the
+///   compute stream recomputes once `X` is in; the share minimises the time
+///   until the layer's K/V are all on the device (`kv_ready`), block-aligned;
+/// - decoding with an offloaded prefix (`offload`): the share the planner
+///   gives a decode step of one sequence with nothing resident
+///   (`best_split`, the plan's own rule; the engine brings each sequence's
+///   prefix on its own), since the prefix crosses the link while the step
+///   computes.
+fn recompute_shares(
     spec: &plans::ModelSpec,
     args: &OverflowArgs,
     reqs: &Requests,
     dtype: kernels::Dtype,
     block: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let n = reqs.requests.len().max(1);
     let mean_in = reqs.requests.iter().map(|r| r.input_len).sum::<usize>() / n;
     let mean_out = reqs.requests.iter().map(|r| r.output_len).sum::<usize>() / n;
     let (hw, _) = super::load_profile(&args.hardware)?;
-    let w = Workload {
-        batch: 1,
-        prompt_len: mean_in.max(1),
-        gen_len: mean_out.max(1),
-        dtype,
-        gpu_memory_budget: u64::MAX / 4,
-        host_memory_budget: u64::MAX / 4,
+    let model = |batch: usize| {
+        let w = Workload {
+            batch,
+            prompt_len: mean_in.max(1),
+            gen_len: mean_out.max(1),
+            dtype,
+            gpu_memory_budget: u64::MAX / 4,
+            host_memory_budget: u64::MAX / 4,
+        };
+        CostModel::new(spec, &hw, &w)
+            .map_err(|e| super::name_field(e, super::plan_flag))
+            .context("pricing the recomputed share on --hardware")
     };
-    let cost = CostModel::new(spec, &hw, &w)
-        .map_err(|e| super::name_field(e, super::plan_flag))
-        .context("pricing the recomputed share on --hardware")?;
     let s = (mean_in + mean_out / 2).max(1);
-    let best = (0..=s.div_ceil(block))
+    let one = model(1)?;
+    let resume = (0..=s.div_ceil(block))
         .map(|i| (i * block).min(s))
-        .map(|l| (l, cost.step(s, 0, l, 1, Schedule::Paper).kv_ready))
+        .map(|l| (l, one.step(s, 0, l, 1, Schedule::Paper).kv_ready))
         .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
         .map_or(0, |(l, _)| l);
-    Ok(best as f64 / s as f64)
+    let step = one
+        .best_split(s, 0, Schedule::Chunked, block, Solver::Lp)
+        .context("pricing the recomputed share on --hardware")?;
+    Ok((resume as f64 / s as f64, step.recompute as f64 / s as f64))
 }
 
 pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
@@ -236,7 +266,18 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let spec = model.spec().clone();
     let (reqs, prompts) = requests(args, &model)?;
     let esz = be.dtype().bytes();
-    let share = recompute_share(&spec, args, &reqs, be.dtype(), args.block_size[0])?;
+    let auto = recompute_shares(&spec, args, &reqs, be.dtype(), args.block_size[0])?;
+    let share_flag = |flag: &str, v: &str, auto: f64| -> anyhow::Result<f64> {
+        match v {
+            "auto" => Ok(auto),
+            v => match v.parse::<f64>() {
+                Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+                _ => bail!("{flag}: {v:?} is neither auto nor a share in [0, 1]"),
+            },
+        }
+    };
+    let partial_share = share_flag("--partial-share", &args.partial_share, auto.0)?;
+    let offload_share = share_flag("--offload-share", &args.offload_share, auto.1)?;
     // The memory the fractions are shares of.
     let kv_need: u64 = reqs
         .requests
@@ -350,8 +391,8 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
             block_size: c.bs,
             capacity_blocks: c.capacity,
             max_running: args.max_batch,
-            partial_share: share,
-            offload_share: share,
+            partial_share,
+            offload_share,
         };
         let what = format!("{}, block {}, {} blocks", c.policy.name(), c.bs, c.capacity);
         let result = run_one(cfg, what)?;
@@ -368,9 +409,10 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         });
     }
     bar.finish_and_clear();
+    let shares = (partial_share, offload_share);
     print!(
         "{}",
-        summary(&spec.name, &be.name(), &reqs, share, &baselines, &outcomes)
+        summary(&spec.name, &be.name(), &reqs, shares, &baselines, &outcomes)
     );
     write_outputs(args, &model, &baselines, &outcomes)?;
     if outcomes.iter().any(|o| !o.outputs_match) {
@@ -383,14 +425,15 @@ fn summary(
     model: &str,
     device: &str,
     reqs: &Requests,
-    share: f64,
+    (partial, offload): (f64, f64),
     baselines: &[(usize, RunResult)],
     outcomes: &[Outcome],
 ) -> String {
     let mut out = format!(
-        "{model} | {device} | {} requests | recomputed share (cost model) {:.0}%\n",
+        "{model} | {device} | {} requests | recomputed from activations: {:.0}% of a resumed context (partial), {:.0}% of an offloaded prefix (offload)\n",
         reqs.requests.len(),
-        share * 100.0
+        partial * 100.0,
+        offload * 100.0
     );
     for (bs, b) in baselines {
         out.push_str(&format!(
