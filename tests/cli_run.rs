@@ -429,3 +429,53 @@ fn temperature_0_is_greedy_and_a_seed_repeats_its_tokens() {
     bad(&["--temperature", "1", "--top-p", "0"], "--top-p");
     bad(&["--temperature", "1", "--top-p", "1.5"], "--top-p");
 }
+
+/// Issue 12: prompts of different lengths decode together as a ragged batch,
+/// each with the tokens it gets alone; with a small device budget the rest
+/// of the K/V is offloaded and the tokens do not change.
+#[test]
+fn smollm2_ragged_prompts_decode_as_each_alone() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let hw = cpu_profile();
+    let prompts = [
+        "The capital of France is",
+        "Once upon a time, in a small village by the sea, there lived",
+    ];
+    let tokens = |args: &[&str], out: &str| -> Vec<Vec<u64>> {
+        let mut a = vec![
+            "run",
+            "--model",
+            &model,
+            "--hardware",
+            &hw,
+            "--max-new-tokens",
+            "10",
+        ];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--summary-json", out]);
+        let o = kvpr(&a, dir.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(out)).unwrap()).unwrap();
+        serde_json::from_value(v["tokens"].clone()).unwrap()
+    };
+    let alone: Vec<Vec<u64>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| tokens(&["--prompt", p], &format!("a{i}.json")).remove(0))
+        .collect();
+    let both = ["--prompt", prompts[0], "--prompt", prompts[1]];
+    assert_eq!(tokens(&both, "r.json"), alone);
+    let mut tight = both.to_vec();
+    tight.extend_from_slice(&["--gpu-memory-budget", "1MiB"]);
+    assert_eq!(tokens(&tight, "o.json"), alone);
+    // A ragged batch decodes greedily and takes no plan file.
+    let mut sampled = both.to_vec();
+    sampled.extend_from_slice(&["--temperature", "0.7"]);
+    let o = kvpr(
+        &[&["run", "--model", &model, "--hardware", &hw][..], &sampled].concat(),
+        dir.path(),
+    );
+    assert_fails(&o, &["--temperature", "equal token counts"]);
+}

@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use plans::{Requests, Schedule, Workload};
+use plans::{HardwareProfile, Requests, Schedule, Workload};
 use runtime::{Model, ModelSource};
 use scheduler::{min_capacity, CostModel, Policy, Solver};
 
@@ -178,53 +178,69 @@ fn block_bytes(spec: &plans::ModelSpec, bs: usize, esz: usize) -> u64 {
     (bs * 2 * spec.kv_dim() * spec.n_layers * esz) as u64
 }
 
-/// The shares of a context worth recomputing from activations rather than
-/// moving as K/V, by the cost model, at the workload's mean context `s`:
-///
-/// - resuming (`partial`): bringing one sequence back is one layer's copies,
-///   `X` of the recomputed share first, then K/V of the rest, while the
-///   compute stream recomputes once `X` is in; the share minimises the time
-///   until the layer's K/V are all on the device (`kv_ready`), block-aligned;
-/// - decoding with an offloaded prefix (`offload`): the share the planner
-///   gives a decode step of one sequence with nothing resident
-///   (`best_split`, the plan's own rule; the engine brings each sequence's
-///   prefix on its own), since the prefix crosses the link while the step
-///   computes.
-fn recompute_shares(
+/// The cost model for one sequence of `reqs`' mean shape, and that mean
+/// context `s` (prompt plus half the output).
+fn one_sequence(
     spec: &plans::ModelSpec,
-    args: &OverflowArgs,
+    hw: &HardwareProfile,
     reqs: &Requests,
     dtype: kernels::Dtype,
-    block: usize,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(CostModel, usize)> {
     let n = reqs.requests.len().max(1);
     let mean_in = reqs.requests.iter().map(|r| r.input_len).sum::<usize>() / n;
     let mean_out = reqs.requests.iter().map(|r| r.output_len).sum::<usize>() / n;
-    let (hw, _) = super::load_profile(&args.hardware)?;
-    let model = |batch: usize| {
-        let w = Workload {
-            batch,
-            prompt_len: mean_in.max(1),
-            gen_len: mean_out.max(1),
-            dtype,
-            gpu_memory_budget: u64::MAX / 4,
-            host_memory_budget: u64::MAX / 4,
-        };
-        CostModel::new(spec, &hw, &w)
-            .map_err(|e| super::name_field(e, super::plan_flag))
-            .context("pricing the recomputed share on --hardware")
+    let w = Workload {
+        batch: 1,
+        prompt_len: mean_in.max(1),
+        gen_len: mean_out.max(1),
+        dtype,
+        gpu_memory_budget: u64::MAX / 4,
+        host_memory_budget: u64::MAX / 4,
     };
-    let s = (mean_in + mean_out / 2).max(1);
-    let one = model(1)?;
-    let resume = (0..=s.div_ceil(block))
+    let cost = CostModel::new(spec, hw, &w)
+        .map_err(|e| super::name_field(e, super::plan_flag))
+        .context("pricing the recomputed share on --hardware")?;
+    Ok((cost, (mean_in + mean_out / 2).max(1)))
+}
+
+/// `partial`: the share of a resumed context worth recomputing from
+/// activations rather than moving as K/V, by the cost model at the
+/// workload's mean context. Bringing one sequence back is one layer's copies,
+/// `X` of the recomputed share first, then K/V of the rest, while the compute
+/// stream recomputes once `X` is in; the share minimises the time until the
+/// layer's K/V are all on the device (`kv_ready`), block-aligned.
+pub fn resume_share(
+    spec: &plans::ModelSpec,
+    hw: &HardwareProfile,
+    reqs: &Requests,
+    dtype: kernels::Dtype,
+    block: usize,
+) -> anyhow::Result<f64> {
+    let (cost, s) = one_sequence(spec, hw, reqs, dtype)?;
+    let best = (0..=s.div_ceil(block))
         .map(|i| (i * block).min(s))
-        .map(|l| (l, one.step(s, 0, l, 1, Schedule::Paper).kv_ready))
+        .map(|l| (l, cost.step(s, 0, l, 1, Schedule::Paper).kv_ready))
         .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
         .map_or(0, |(l, _)| l);
-    let step = one
+    Ok(best as f64 / s as f64)
+}
+
+/// `offload`: the share of an offloaded prefix recomputed in each decode
+/// step, by the planner's own rule (`best_split`) for one sequence with
+/// nothing resident at the workload's mean context (the engine brings each
+/// sequence's prefix on its own, while the step computes).
+pub fn offload_share(
+    spec: &plans::ModelSpec,
+    hw: &HardwareProfile,
+    reqs: &Requests,
+    dtype: kernels::Dtype,
+    block: usize,
+) -> anyhow::Result<f64> {
+    let (cost, s) = one_sequence(spec, hw, reqs, dtype)?;
+    let split = cost
         .best_split(s, 0, Schedule::Chunked, block, Solver::Lp)
         .context("pricing the recomputed share on --hardware")?;
-    Ok((resume as f64 / s as f64, step.recompute as f64 / s as f64))
+    Ok(split.recompute as f64 / s as f64)
 }
 
 pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
@@ -259,6 +275,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|s| super::parse_size("--device-memory", s))
         .transpose()?;
+    let (hw, _) = super::load_profile(&args.hardware)?;
     let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     eprintln!("loading {} on {}...", args.model, be.name());
@@ -266,7 +283,11 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let spec = model.spec().clone();
     let (reqs, prompts) = requests(args, &model)?;
     let esz = be.dtype().bytes();
-    let auto = recompute_shares(&spec, args, &reqs, be.dtype(), args.block_size[0])?;
+    let bs0 = args.block_size[0];
+    let auto = (
+        resume_share(&spec, &hw, &reqs, be.dtype(), bs0)?,
+        offload_share(&spec, &hw, &reqs, be.dtype(), bs0)?,
+    );
     let share_flag = |flag: &str, v: &str, auto: f64| -> anyhow::Result<f64> {
         match v {
             "auto" => Ok(auto),

@@ -23,7 +23,8 @@ pub struct RunArgs {
     /// Hardware profile: plan on the fly for exactly these prompts.
     #[arg(long)]
     pub hardware: Option<PathBuf>,
-    /// A prompt; repeat the flag for a batch (prompts of a batch need equal token counts).
+    /// A prompt; repeat the flag for a batch. Prompts of different token
+    /// counts decode together as a ragged batch through the paged cache.
     #[arg(long)]
     pub prompt: Vec<String>,
     /// A file with one prompt per line (added to --prompt).
@@ -115,6 +116,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         backend.name(),
         t0.elapsed().as_secs_f64()
     );
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| model.tokenizer.encode(p))
+        .collect::<Result<_, _>>()
+        .context("tokenizing the prompts")?;
+    if ids.iter().any(|v| v.len() != ids[0].len()) {
+        return ragged(args, &model, &backend, &prompts, &ids, sampling);
+    }
     let mut gen = Generator::new(model, backend, None);
     let plan = if let Some(path) = &args.plan {
         gen = gen.with_plan_path(path);
@@ -188,6 +197,151 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             "measured_over_predicted": predicted.map(|p| measured / p.max(1e-9)),
             "device": gen.backend.name(),
             "tokens": report.tokens,
+        });
+        plans::write_atomic(path, format!("{json}\n").as_bytes())
+            .with_context(|| format!("writing --summary-json {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Prompts of different lengths: one ragged batch through the paged K/V cache
+/// (`kvpr overflow`'s engine), each sequence at its own positions; greedy.
+/// With `--gpu-memory-budget`, the cache holds that much K/V and what does not
+/// fit is offloaded to the host, each sequence decoding through its own split
+/// (the share recomputed from activations priced by the cost model on
+/// `--hardware`); without it every block stays on the device.
+fn ragged(
+    args: &RunArgs,
+    model: &Model,
+    be: &kernels::Backend,
+    prompts: &[String],
+    ids: &[Vec<u32>],
+    sampling: Sampling,
+) -> anyhow::Result<()> {
+    if sampling.temperature > 0.0 {
+        bail!("--temperature: prompts of different lengths decode greedily (as one ragged batch); give prompts of equal token counts to sample");
+    }
+    for (flag, given) in [
+        ("--plan", args.plan.is_some()),
+        ("--plan-out", args.plan_out.is_some()),
+        ("--trace", args.trace.is_some()),
+    ] {
+        if given {
+            bail!("{flag}: a plan is made for one prompt length, and these prompts have {} different ones; drop {flag}, or give prompts of equal token counts", {
+                let mut l: Vec<usize> = ids.iter().map(Vec::len).collect();
+                l.sort_unstable();
+                l.dedup();
+                l.len()
+            });
+        }
+    }
+    let spec = model.spec();
+    let n = args.max_new_tokens;
+    if let Some((i, v)) = ids
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.is_empty() || v.len() + n > spec.max_context)
+    {
+        bail!(
+            "prompt {i}: {} tokens and {n} new ones do not fit {}'s context of {} tokens",
+            v.len(),
+            spec.name,
+            spec.max_context
+        );
+    }
+    let requests = plans::Requests {
+        requests: ids
+            .iter()
+            .enumerate()
+            .map(|(i, v)| plans::Request {
+                id: i,
+                arrival_s: 0.0,
+                input_len: v.len(),
+                output_len: n,
+                prompt: None,
+            })
+            .collect(),
+    };
+    let block = args.block_tokens.max(1);
+    let full: usize = ids.iter().map(|v| (v.len() + n).div_ceil(block)).sum();
+    let per_block = (block * 2 * spec.kv_dim() * spec.n_layers * be.dtype().bytes()) as u64;
+    let (capacity, policy) = match &args.gpu_memory_budget {
+        None => (full, scheduler::Policy::Swap),
+        Some(b) => {
+            let bytes = super::parse_size("--gpu-memory-budget", b)?;
+            let cap = (bytes / per_block.max(1)) as usize;
+            let least = scheduler::min_capacity(&requests, block, scheduler::Policy::Offload);
+            if cap < least {
+                bail!(
+                    "--gpu-memory-budget {b}: {cap} blocks of {block} tokens cannot hold the longest prompt; the smallest budget that works is {}",
+                    plans::human_bytes(least as u64 * per_block)
+                );
+            }
+            (cap.min(full), scheduler::Policy::Offload)
+        }
+    };
+    let share = match (&args.hardware, policy) {
+        (Some(hw), scheduler::Policy::Offload) => {
+            let (hw, _) = super::load_profile(hw)?;
+            super::overflow::offload_share(spec, &hw, &requests, be.dtype(), block)?
+        }
+        _ => 0.0,
+    };
+    eprintln!(
+        "ragged batch: {} prompts of {} tokens | paged cache of {capacity} blocks of {block} tokens ({}){}",
+        ids.len(),
+        ids.iter().map(|v| v.len().to_string()).collect::<Vec<_>>().join(", "),
+        plans::human_bytes(capacity as u64 * per_block),
+        if policy == scheduler::Policy::Offload {
+            format!(", the rest offloaded; {:.0}% of an offloaded prefix recomputed", share * 100.0)
+        } else {
+            ", all resident".into()
+        }
+    );
+    let cfg = crate::serve::RunConfig {
+        policy,
+        block_size: block,
+        capacity_blocks: capacity,
+        max_running: ids.len(),
+        partial_share: 0.0,
+        offload_share: share,
+    };
+    let r = crate::serve::serve(be, model, &requests, ids, &cfg, &|| None, &|_| {})
+        .context("generating")?;
+    let eos = model.tokenizer.eos_token_id;
+    let mut texts = Vec::new();
+    for (i, (p, toks)) in prompts.iter().zip(&r.outputs).enumerate() {
+        let end = toks
+            .iter()
+            .position(|&t| Some(t) == eos)
+            .unwrap_or(toks.len());
+        let text = model.tokenizer.decode(&toks[..end])?;
+        println!("[{i}] {p}{text}");
+        texts.push(toks[..end].to_vec());
+    }
+    // The first iteration is the prefill; the rest are decode steps.
+    let steps: Vec<f64> = r
+        .samples
+        .iter()
+        .skip(1)
+        .map(|s| s.iteration_s * 1e6)
+        .collect();
+    let mean = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
+    eprintln!(
+        "decode: {} steps, mean {} per step ({} sequences), {:.1} tokens/s overall",
+        steps.len(),
+        fmt::us(mean),
+        ids.len(),
+        r.throughput()
+    );
+    if let Some(path) = &args.summary_json {
+        let json = serde_json::json!({
+            "schedule": "ragged",
+            "decode_steps": steps.len(),
+            "measured_step_us": mean,
+            "predicted_step_us": null,
+            "device": be.name(),
+            "tokens": texts,
         });
         plans::write_atomic(path, format!("{json}\n").as_bytes())
             .with_context(|| format!("writing --summary-json {}", path.display()))?;
