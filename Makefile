@@ -7,7 +7,7 @@ NVRTC_LIB := $(KVPR_CACHE)/cuda-13.0/nvidia/cu13/lib
 KVPR := ./target/release/kvpr
 DEMO := target/demo
 
-.PHONY: demo test build model nvrtc lint bench fuzz
+.PHONY: demo test build model nvrtc lint bench fuzz bench-overflow study-overflow
 build:
 	$(CARGO) build --release
 
@@ -54,3 +54,24 @@ lint:
 bench: model
 	$(CARGO) bench -p scheduler --bench plan
 	KVPR_MODEL=$(MODEL) $(CARGO) bench --bench decode
+
+# Serving under KV overflow on the CPU backend: a multi-head preset on a link
+# paced to $(OVERFLOW_GBPS) GB/s, where recomputing from activations pays; the four
+# policies side by side from one run, beside the unpressured run.
+OVERFLOW := target/overflow
+OVERFLOW_GBPS ?= 0.3
+OVERFLOW_ARGS = --model preset:llama-2-7b-tiny --hardware $(OVERFLOW)/paced.json --link-gbps $(OVERFLOW_GBPS)
+bench-overflow: build
+	@mkdir -p $(OVERFLOW)/bench
+	$(KVPR) calibrate --quick --model preset:llama-2-7b-tiny --link-gbps $(OVERFLOW_GBPS) --out $(OVERFLOW)/paced.json
+	$(KVPR) overflow $(OVERFLOW_ARGS) --requests 16 --input-len 64 --output-len 320 \
+	    --kv-memory-fraction 0.75 --csv $(OVERFLOW)/bench/telemetry.csv --json $(OVERFLOW)/bench/summary.json \
+	    --plot $(OVERFLOW)/bench
+
+# The poster's sweep (block size x K/V memory fraction x policy) on the same setup.
+study-overflow: build
+	@mkdir -p $(OVERFLOW)/study
+	$(KVPR) calibrate --quick --model preset:llama-2-7b-tiny --link-gbps $(OVERFLOW_GBPS) --out $(OVERFLOW)/paced.json
+	$(KVPR) overflow $(OVERFLOW_ARGS) --requests 16 --input-len 64 --output-len 320 \
+	    --block-size 8,16,32 --kv-memory-fraction 0.3,0.5,0.75 --csv $(OVERFLOW)/study/telemetry.csv \
+	    --json $(OVERFLOW)/study/summary.json --plot $(OVERFLOW)/study
