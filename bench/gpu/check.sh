@@ -18,7 +18,9 @@
 #   e. the Hugging Face offloaded-cache peer, same shape  (peer.csv)
 #   f. a short kvpr run of a synthetic preset on cuda:0 and on the CPU,
 #      compared token for token (run-cuda.json, run-cpu.json)
-#   g. OUTDIR/summary.md, printed last.
+#   g. kvpr overflow, Llama-2-7B shape, f16, every policy at two K/V memory
+#      fractions beside the unpressured run (overflow.json/.csv, overflow/*.svg)
+#   h. OUTDIR/summary.md, printed last.
 # A failing section does not stop the others; the script exits 1 if any
 # section failed or was skipped, 2 on bad usage.
 #
@@ -51,6 +53,9 @@ B_TORCH=${BUDGET_TORCH:-35}
 B_BENCH=${BUDGET_BENCH:-200}
 B_PEER=${BUDGET_PEER:-100}
 B_RUN=${BUDGET_RUN:-20}              # per device (and the CPU profile they plan with)
+B_OVERFLOW=${BUDGET_OVERFLOW:-150}
+# Serving under KV overflow on the GPU: requests x input x output tokens.
+OVERFLOW_WORKLOAD=${OVERFLOW_WORKLOAD:-32,256,128}
 # kvpr bench loads Llama-2-7B's seeded weights on the host (~7B random numbers)
 # and pins a host store per schedule (68 GiB of K/V at batch 8, context 16384),
 # so 16384 is left to a run with more time: BENCH_CONTEXTS=4096,8192,16384.
@@ -401,6 +406,32 @@ section_run() {
   fi
 }
 
+# ------------------------------------------------------------ g. overflow
+section_overflow() {
+  local hw="$OUT/hardware.json"
+  rm -rf "$OUT/overflow.json" "$OUT/overflow.csv" "$OUT/overflow"
+  if [[ ! -s $hw ]]; then
+    record overflow skipped "no hardware.json (calibrate failed)"
+    return
+  fi
+  local n i o
+  IFS=, read -r n i o <<<"$OVERFLOW_WORKLOAD"
+  kvpr_step overflow "$B_OVERFLOW" overflow --model preset:llama-2-7b --hardware "$hw" --device cuda:0 \
+    --dtype f16 --requests "$n" --input-len "$i" --output-len "$o" --kv-memory-fraction 0.3,0.6 \
+    --json "$OUT/overflow.json" --csv "$OUT/overflow.csv" --plot "$OUT/overflow"
+  if [[ $STATUS != ok ]]; then
+    record overflow "$STATUS" "$(why "$OUT/overflow.log")"
+    return
+  fi
+  local fig rc=0
+  fig=$("$PY" "$HERE/summarize.py" overflow "$OUT/overflow.json" 2>&1) || rc=$?
+  if ((rc == 0)); then
+    record overflow ok "$fig"
+  else
+    record overflow FAILED "$fig"
+  fi
+}
+
 # ------------------------------------------------------------ headline
 section_headline() {
   rm -f "$OUT/headline.md" "$OUT/headline.csv"
@@ -419,11 +450,11 @@ section_headline() {
 }
 
 # Each section runs whatever happened before it; none can stop the script.
-for s in identity selftest calibrate bench peer run headline; do
+for s in identity selftest calibrate bench peer run overflow headline; do
   "section_$s" || record "$s" FAILED "internal error in section_$s (exit $?)"
 done
 
-# ------------------------------------------------------------ g. summary
+# ------------------------------------------------------------ h. summary
 {
   echo "# kvpr GPU check"
   echo

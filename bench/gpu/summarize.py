@@ -262,6 +262,23 @@ def cmd_tokens(a):
     return 0
 
 
+# ---------------------------------------------------------------- overflow
+def cmd_overflow(a):
+    doc = load_json(a.summary, "overflow summary")
+    runs = doc["runs"]
+    if not runs:
+        print("the overflow summary has no run")
+        return 1
+    parts = []
+    for r in runs:
+        frac = r.get("kv_fraction")
+        parts.append(f"{r['policy']}@{frac}: {r['total_s']:.1f} s ({100 * r['overhead']:.0f}% overhead)")
+    same = all(r["outputs_match_unpressured"] for r in runs)
+    base = ", ".join(f"{u['total_s']:.1f} s" for u in doc["unpressured"])
+    print(f"unpressured {base}; " + "; ".join(parts) + ("; outputs same" if same else "; OUTPUTS DIFFER"))
+    return 0 if same else 1
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description="key figures for bench/gpu/check.sh")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -278,12 +295,14 @@ def main(argv):
     h.add_argument("--csv")
     p = sub.add_parser("peer")
     p.add_argument("--peer", required=True)
+    o = sub.add_parser("overflow")
+    o.add_argument("summary")
     t = sub.add_parser("tokens")
     t.add_argument("a")
     t.add_argument("b")
     a = ap.parse_args(argv)
     try:
-        return {"calib": cmd_calib, "headline": cmd_headline, "peer": cmd_peer, "tokens": cmd_tokens}[a.cmd](a)
+        return {"calib": cmd_calib, "headline": cmd_headline, "peer": cmd_peer, "tokens": cmd_tokens, "overflow": cmd_overflow}[a.cmd](a)
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code)
