@@ -28,6 +28,7 @@ mod cpu;
 mod cuda;
 mod device;
 mod error;
+mod ragged;
 pub mod selftest;
 pub mod twin;
 

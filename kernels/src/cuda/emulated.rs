@@ -352,7 +352,7 @@ fn attention_matches_its_twin_over_splits() {
             let (mut qb, mut kb, mut vb) = (encode(d, &q), encode(d, &k), encode(d, &v));
             let mut ob = encode(d, &vec![f32::NAN; q.len()]);
             let (qa, ka, va, oa) = (addr(&mut qb), addr(&mut kb), addr(&mut vb), addr(&mut ob));
-            ops::attention(&l, qa, ka, va, oa, a).unwrap();
+            ops::attention(&l, qa, ka, va, oa, a, None).unwrap();
             assert_close(&decode(d, &ob), &want, d, &format!("attention {a:?}"));
         }
     }
