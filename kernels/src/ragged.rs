@@ -99,3 +99,6 @@ impl Backend {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;
