@@ -4,7 +4,9 @@
 //
 // Layouts: q and out [batch, q_len, n_heads*head_dim]; k, v [batch, kv_cap, n_kv_heads*head_dim].
 // Query row `row = b*q_len + j` sits at position q_pos0 + j and attends causally to keys
-// 0 ..= q_pos0 + j. Grouped-query heads: head h reads kv head h / (n_heads / n_kv_heads).
+// 0 ..= q_pos0 + j; or, for a ragged batch (`lens` not null, q_len = 1, q_pos0 unused), row b
+// attends keys 0 .. min(lens[b], kv_cap), and a row with no key writes zeros.
+// Grouped-query heads: head h reads kv head h / (n_heads / n_kv_heads).
 // Partials, for part = (row*n_heads + h)*n_splits + s:
 //   part_o[part*head_dim + d] = sum_t exp(score_t - m_s) * v_t[d]
 //   part_ml[part*2 + 0] = m_s = max_t score_t
@@ -20,7 +22,8 @@
 #define ATTN_UNROLL 4
 
 // attn_split_<dtype>: grid (n_splits, n_heads, batch*q_len), block 128 (4 warps).
-// Split s covers keys [s*split_len, min((s+1)*split_len, n_keys)). Warp w takes keys start + w,
+// Split s covers keys [s*split_len, min((s+1)*split_len, n_keys)), n_keys as above: a ragged
+// launch is sized for kv_cap keys, so the splits past a shorter row's keys are empty. Warp w takes keys start + w,
 // start + w + 4, ..., ATTN_UNROLL of them at a time: per key the warp computes the dot product
 // (each lane 2 dims per 64-dim chunk, coalesced, then a shuffle all-reduce), and keeps an online
 // softmax (running max m, sum l and the rescaled sum of v in registers, head_dim <= 256). The 4
@@ -28,7 +31,8 @@
 // split's partial. 60-71 registers, no spills, 4.1 KiB static shared memory (sm_80 / sm_90).
 template <class D>
 __device__ __forceinline__ void attn_split_body(const typename D::T* q, const typename D::T* k,
-                                                const typename D::T* v, float* part_o,
+                                                const typename D::T* v, const unsigned* lens,
+                                                float* part_o,
                                                 float* part_ml, int batch, int q_len, int q_pos0,
                                                 int n_heads, int n_kv_heads, int head_dim,
                                                 int kv_cap, float scale, int split_len,
@@ -39,7 +43,8 @@ __device__ __forceinline__ void attn_split_body(const typename D::T* q, const ty
     const int s = blockIdx.x, h = blockIdx.y, row = blockIdx.z;
     if (s >= n_splits || h >= n_heads || row >= batch * q_len) return;
     const int b = row / q_len, j = row - b * q_len;
-    const int n_keys = q_pos0 + j + 1;
+    int n_keys = q_pos0 + j + 1;
+    if (lens) n_keys = lens[b] < (unsigned)kv_cap ? (int)lens[b] : kv_cap;
     const int start = s * split_len;
     const int end = min(start + split_len, n_keys);
 
@@ -166,7 +171,7 @@ __device__ __forceinline__ void attn_split_body(const typename D::T* q, const ty
 
 // attn_combine_<dtype>: grid (n_heads, rows = batch*q_len), block 128; threads stride over
 // head_dim. M = max_s m_s, L = sum_s l_s*exp(m_s - M), out = sum_s part_o_s*exp(m_s - M) / L.
-// Empty splits (m_s = -inf) weigh 0; a row with no key at all (impossible causally) writes 0.
+// Empty splits (m_s = -inf) weigh 0; a row with no key at all (a ragged length 0) writes 0.
 template <class D>
 __device__ __forceinline__ void attn_combine_body(const float* part_o, const float* part_ml,
                                                   typename D::T* out, int rows, int n_heads,
@@ -197,11 +202,11 @@ __device__ __forceinline__ void attn_combine_body(const float* part_o, const flo
 
 #define KVPR_ATTN(SFX, D)                                                                       \
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS) attn_split_##SFX(                \
-        const D::T* q, const D::T* k, const D::T* v, float* part_o, float* part_ml, int batch,  \
-        int q_len, int q_pos0, int n_heads, int n_kv_heads, int head_dim, int kv_cap,            \
-        float scale, int split_len, int n_splits) {                                             \
-        attn_split_body<D>(q, k, v, part_o, part_ml, batch, q_len, q_pos0, n_heads, n_kv_heads, \
-                           head_dim, kv_cap, scale, split_len, n_splits);                       \
+        const D::T* q, const D::T* k, const D::T* v, const unsigned* lens, float* part_o,      \
+        float* part_ml, int batch, int q_len, int q_pos0, int n_heads, int n_kv_heads,          \
+        int head_dim, int kv_cap, float scale, int split_len, int n_splits) {                   \
+        attn_split_body<D>(q, k, v, lens, part_o, part_ml, batch, q_len, q_pos0, n_heads,       \
+                           n_kv_heads, head_dim, kv_cap, scale, split_len, n_splits);           \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                  \
         attn_combine_##SFX(const float* part_o, const float* part_ml, D::T* out, int rows,      \

@@ -46,6 +46,29 @@ __device__ __forceinline__ void scatter_body(const typename D::T* src, typename 
     }
 }
 
+// scatter_rows_<dtype>(src, dst, idx, rows, width, dst_rows):
+//   dst[idx[r]*width + i] = src[r*width + i] for r < rows, i < width, when idx[r] < dst_rows;
+//   a row whose index is not below dst_rows is skipped. Indices should differ (which of two equal
+//   ones lands is unspecified). grid (ceil(width/256) capped at 65535, rows capped at 65535),
+//   block 256; both dimensions loop, so any grid covers everything.
+template <class D>
+__device__ __forceinline__ void scatter_rows_body(const typename D::T* src, typename D::T* dst,
+                                                  const unsigned* idx, int rows,
+                                                  unsigned long long width,
+                                                  unsigned long long dst_rows) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        const unsigned long long to = idx[r];
+        if (to >= dst_rows) continue;
+        const typename D::T* s = src + (unsigned long long)r * width;
+        typename D::T* d = dst + to * width;
+        for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+             i < width; i += stride) {
+            d[i] = s[i];
+        }
+    }
+}
+
 #define KVPR_ELEMENTWISE(SFX, D)                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                         \
         silu_gate_##SFX(const D::T* gate, const D::T* up, D::T* out, unsigned long long n) {  \
@@ -59,5 +82,10 @@ __device__ __forceinline__ void scatter_body(const typename D::T* src, typename 
         scatter_##SFX(const D::T* src, D::T* dst, int groups, unsigned long long group_len,   \
                       unsigned long long src_stride, unsigned long long dst_stride) {         \
         scatter_body<D>(src, dst, groups, group_len, src_stride, dst_stride);                 \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                         \
+        scatter_rows_##SFX(const D::T* src, D::T* dst, const unsigned* idx, int rows,         \
+                           unsigned long long width, unsigned long long dst_rows) {           \
+        scatter_rows_body<D>(src, dst, idx, rows, width, dst_rows);                           \
     }
 KVPR_FOR_EACH_DTYPE(KVPR_ELEMENTWISE)

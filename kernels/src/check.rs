@@ -102,35 +102,61 @@ pub(crate) fn rope(device: &str, r: &RopeShape) -> Result<usize> {
 
 /// Checks an attention shape; returns the elements of `q` (= of `out`) and of `k` (= of `v`).
 pub(crate) fn attention(device: &str, a: &AttnShape) -> Result<(usize, usize)> {
-    let bad = |reason: String| KernelError::Shape {
-        op: "attention",
+    let sizes = attention_common("attention", device, a)?;
+    if a.q_len > 0 && a.q_pos0 + a.q_len > a.kv_capacity {
+        return Err(attn_shape(
+            "attention",
+            device,
+            a,
+            format!(
+                "queries reach position {} but the cache holds {} positions",
+                a.q_pos0 + a.q_len - 1,
+                a.kv_capacity
+            ),
+        ));
+    }
+    Ok(sizes)
+}
+
+/// Checks a ragged attention shape (one query per row, `q_pos0` unused);
+/// returns the elements of `q` (= of `out`) and of `k` (= of `v`).
+pub(crate) fn attention_ragged(device: &str, a: &AttnShape) -> Result<(usize, usize)> {
+    let op = "attention_ragged";
+    if a.q_len != 1 {
+        return Err(attn_shape(
+            op,
+            device,
+            a,
+            format!("q_len must be 1 (one query per row), not {}", a.q_len),
+        ));
+    }
+    attention_common(op, device, a)
+}
+
+fn attn_shape(op: &'static str, device: &str, a: &AttnShape, reason: String) -> KernelError {
+    KernelError::Shape {
+        op,
         device: device.to_string(),
         shape: format!("{a:?}"),
         reason,
-    };
+    }
+}
+
+/// What both attention ops require of heads, head size, scale and sizes.
+fn attention_common(op: &'static str, device: &str, a: &AttnShape) -> Result<(usize, usize)> {
+    let bad = |reason: String| attn_shape(op, device, a, reason);
     if a.n_kv_heads == 0 || !a.n_heads.is_multiple_of(a.n_kv_heads) {
         return Err(bad("n_heads must be a multiple of n_kv_heads".into()));
     }
     if a.head_dim == 0 || a.head_dim > 256 || !a.head_dim.is_multiple_of(2) {
         return Err(bad("head_dim must be even and at most 256".into()));
     }
-    if a.q_len > 0 && a.q_pos0 + a.q_len > a.kv_capacity {
-        return Err(bad(format!(
-            "queries reach position {} but the cache holds {} positions",
-            a.q_pos0 + a.q_len - 1,
-            a.kv_capacity
-        )));
-    }
     if !a.scale.is_finite() {
         return Err(bad("scale is not finite".into()));
     }
-    let q = mul(
-        "attention",
-        device,
-        &[a.batch, a.q_len, a.n_heads, a.head_dim],
-    )?;
+    let q = mul(op, device, &[a.batch, a.q_len, a.n_heads, a.head_dim])?;
     let kv = mul(
-        "attention",
+        op,
         device,
         &[a.batch, a.kv_capacity, a.n_kv_heads, a.head_dim],
     )?;

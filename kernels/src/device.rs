@@ -109,6 +109,19 @@ pub(crate) trait Device: Send + Sync {
         out: &BufInner,
         a: AttnShape,
     ) -> Result<()>;
+    /// [`crate::Backend::attention_ragged`]: `a.q_len == 1`, row `b` attends
+    /// keys `0 .. min(lens[lens_off + b], a.kv_capacity)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_ragged(
+        &self,
+        q: &BufInner,
+        k: &BufInner,
+        v: &BufInner,
+        out: &BufInner,
+        a: AttnShape,
+        lens: &IdInner,
+        lens_off: usize,
+    ) -> Result<()>;
     fn silu_gate(&self, gate: &BufInner, up: &BufInner, out: &BufInner, len: usize) -> Result<()>;
     fn add(&self, a: &BufInner, b: &BufInner, out: &BufInner, len: usize) -> Result<()>;
     fn scatter(
@@ -118,6 +131,19 @@ pub(crate) trait Device: Send + Sync {
         dst: &BufInner,
         dst_off: usize,
         rows: Rows,
+    ) -> Result<()>;
+    /// [`crate::Backend::scatter_rows`]: `src` and `dst` are different
+    /// buffers; an index whose row is not all inside `dst` is skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn scatter_rows(
+        &self,
+        src: &BufInner,
+        src_off: usize,
+        dst: &BufInner,
+        idx: &IdInner,
+        idx_off: usize,
+        rows: usize,
+        width: usize,
     ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
     fn embedding(

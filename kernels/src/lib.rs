@@ -28,6 +28,7 @@ mod cpu;
 mod cuda;
 mod device;
 mod error;
+mod ragged;
 pub mod selftest;
 pub mod twin;
 
@@ -120,6 +121,8 @@ pub struct BackendOptions {
 /// `q` is `[batch, q_len, n_heads * head_dim]`; `k` and `v` are
 /// `[batch, kv_capacity, n_kv_heads * head_dim]`. Query `j` of row `b` sits at
 /// position `q_pos0 + j` and attends causally to keys `0 ..= q_pos0 + j`.
+/// [`Backend::attention_ragged`] takes the same shape with `q_len = 1` and a
+/// key count per row instead of `q_pos0`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttnShape {
     pub batch: usize,

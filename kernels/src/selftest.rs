@@ -140,6 +140,7 @@ pub fn check_ops(be: &Backend, seed: u64) -> Result<Vec<OpCheck>> {
     norm_and_elementwise(&mut c)?;
     rope(&mut c)?;
     attention(&mut c)?;
+    ragged(&mut c)?;
     gather_and_choose(&mut c)?;
     copies(&mut c)?;
     Ok(c.out)
@@ -346,6 +347,62 @@ fn attention(c: &mut Ctx) -> Result<()> {
             "b={batch} q={q_len}@{q_pos0} heads={n_heads}/{n_kv_heads} hd={head_dim} cap={kv_capacity}"
         );
         c.compare("attention", shape, &got, &twin::attention(&q, &k, &v, &a));
+    }
+    Ok(())
+}
+
+/// The ragged decode step's ops: attention over a length per row (1, the
+/// whole cache, none, past the cache) and the scatter of rows to indices.
+fn ragged(c: &mut Ctx) -> Result<()> {
+    // n_heads, n_kv_heads, head_dim, kv_capacity, lengths
+    let cases: [(usize, usize, usize, usize, &[u32]); 3] = [
+        (4, 4, 64, 600, &[1, 600, 0, 257, 9000]), // MHA over three splits
+        (8, 2, 128, 300, &[300, 1, 45]),          // GQA
+        (9, 3, 64, 8, &[0, 8, 3, 1]),             // one split
+    ];
+    for (n_heads, n_kv_heads, head_dim, kv_capacity, lens) in cases {
+        let batch = lens.len();
+        let a = AttnShape {
+            batch,
+            q_len: 1,
+            q_pos0: 0,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            kv_capacity,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        let (qb, q) = c.random(batch * n_heads * head_dim, 1.0)?;
+        let kv = batch * kv_capacity * n_kv_heads * head_dim;
+        let (kb, k) = c.random(kv, 2.0)?;
+        let (vb, v) = c.random(kv, 1.0)?;
+        let out = c.poisoned(q.len())?;
+        let lb = c.ids(&[[5].as_slice(), lens].concat())?;
+        c.be.attention_ragged(&qb, &kb, &vb, &out, a, &lb, 1)?;
+        let got = c.be.download(&out, 0, q.len())?;
+        let shape =
+            format!("lens={lens:?} heads={n_heads}/{n_kv_heads} hd={head_dim} cap={kv_capacity}");
+        let want = twin::attention_ragged(&q, &k, &v, &a, lens);
+        c.compare("attention_ragged", shape, &got, &want);
+    }
+    // rows, width, destination rows, indices: a permutation, and one with
+    // indices past the destination (skipped).
+    let cases: [(usize, usize, &[u32]); 3] = [
+        (6, 64, &[3, 5, 0, 1, 4, 2]),
+        (16, 576, &[7, 16, 2, u32::MAX, 9]),
+        (70, 48, &[69, 0, 35, 70]),
+    ];
+    for (dst_rows, width, idx) in cases {
+        let rows = idx.len();
+        let (sb, s) = c.random(rows * width + 2, 1.0)?;
+        let n = dst_rows * width;
+        let (db, mut want) = c.random(n, 1.0)?;
+        let ib = c.ids(idx)?;
+        c.be.scatter_rows(&sb, 2, &db, &ib, 0, rows, width)?;
+        twin::scatter_rows(&s[2..], &mut want, idx, width);
+        let got = c.be.download(&db, 0, n)?;
+        let shape = format!("{rows}x{width} into {dst_rows} rows at {idx:?}");
+        c.compare("scatter_rows", shape, &got, &want);
     }
     Ok(())
 }

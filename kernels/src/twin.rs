@@ -58,16 +58,39 @@ pub fn rope(x: &mut [f32], pos: &[u32], r: &RopeShape) {
 
 /// Causal grouped-query attention (see [`AttnShape`]).
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], a: &AttnShape) -> Vec<f32> {
+    attend(q, k, v, a, |_, j| a.q_pos0 + j + 1)
+}
+
+/// Ragged attention ([`crate::Backend::attention_ragged`]): one query per
+/// row, row `b` attends keys `0 .. min(lens[b], kv_capacity)`; a row with no
+/// key gives zeros. `a.q_pos0` is unused, `a.q_len` is taken as 1.
+pub fn attention_ragged(q: &[f32], k: &[f32], v: &[f32], a: &AttnShape, lens: &[u32]) -> Vec<f32> {
+    let a = AttnShape { q_len: 1, ..*a };
+    attend(q, k, v, &a, |b, _| (lens[b] as usize).min(a.kv_capacity))
+}
+
+/// Grouped-query attention where query `j` of row `b` attends keys
+/// `0 .. keys(b, j)`; no key gives zeros.
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    a: &AttnShape,
+    keys: impl Fn(usize, usize) -> usize,
+) -> Vec<f32> {
     let hd = a.head_dim;
     let kv_dim = a.n_kv_heads * hd;
     let qd = a.n_heads * hd;
     let mut out = vec![0.0; a.batch * a.q_len * qd];
     for b in 0..a.batch {
         for j in 0..a.q_len {
+            let keys = keys(b, j);
+            if keys == 0 {
+                continue;
+            }
             for h in 0..a.n_heads {
                 let kvh = h / (a.n_heads / a.n_kv_heads);
                 let qv = &q[(b * a.q_len + j) * qd + h * hd..][..hd];
-                let keys = a.q_pos0 + j + 1;
                 let mut s: Vec<f64> = (0..keys)
                     .map(|t| {
                         let kr = &k[(b * a.kv_capacity + t) * kv_dim + kvh * hd..][..hd];
@@ -109,6 +132,18 @@ pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
 pub fn scatter(src: &[f32], dst: &mut [f32], r: &Rows) {
     for i in 0..r.rows {
         dst[i * r.dst_pitch..][..r.width].copy_from_slice(&src[i * r.src_pitch..][..r.width]);
+    }
+}
+
+/// [`crate::Backend::scatter_rows`] into `dst`: row `i` of `src` (rows of
+/// `width`) to row `idx[i]` of `dst`; an index whose row is not all inside
+/// `dst` is skipped.
+pub fn scatter_rows(src: &[f32], dst: &mut [f32], idx: &[u32], width: usize) {
+    for (i, &r) in idx.iter().enumerate() {
+        let start = r as usize * width;
+        if start + width <= dst.len() {
+            dst[start..start + width].copy_from_slice(&src[i * width..][..width]);
+        }
     }
 }
 

@@ -119,7 +119,7 @@ impl CpuBuf {
     fn key(&self) -> usize {
         Arc::as_ptr(&self.data) as usize
     }
-    fn same(&self, other: &CpuBuf) -> bool {
+    pub(crate) fn same(&self, other: &CpuBuf) -> bool {
         Arc::ptr_eq(&self.data, &other.data)
     }
     fn read(&self) -> RwLockReadGuard<'_, Vec<f32>> {
@@ -314,6 +314,49 @@ impl CpuBackend {
     fn unalias(&self, src: &CpuBuf, out: &CpuBuf, len: usize) -> Option<CpuBuf> {
         src.same(out)
             .then(|| CpuBuf::new(src.read()[..len].to_vec()))
+    }
+
+    /// Attention for both ops: causal, or row `b` over keys
+    /// `0 .. min(lens[b], kv_capacity)` (`a.q_len == 1`).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        op: &'static str,
+        q: &BufInner,
+        k: &BufInner,
+        v: &BufInner,
+        out: &BufInner,
+        a: AttnShape,
+        lens: Option<&[u32]>,
+    ) -> Result<()> {
+        let (q, k, v, out) = (buf(op, q)?, buf(op, k)?, buf(op, v)?, buf(op, out)?);
+        if out.same(k) || out.same(v) {
+            return Err(KernelError::Shape {
+                op,
+                device: "cpu".into(),
+                shape: format!("{a:?}"),
+                reason: "out must not alias k or v".into(),
+            });
+        }
+        let q_len = a.batch * a.q_len * a.n_heads * a.head_dim;
+        let kv_len = a.batch * a.kv_capacity * a.n_kv_heads * a.head_dim;
+        let qa = self.unalias(q, out, q_len);
+        let q = qa.as_ref().unwrap_or(q);
+        let keys = |b: usize, j: usize| match lens {
+            Some(l) => (l[b] as usize).min(a.kv_capacity),
+            None => a.q_pos0 + j + 1,
+        };
+        with_bufs(&[q, k, v], out, |r, o| {
+            ops::attention(
+                &r[0][..q_len],
+                &r[1][..kv_len],
+                &r[2][..kv_len],
+                &mut o[..q_len],
+                &a,
+                keys,
+            )
+        });
+        Ok(())
     }
 
     /// Checks the streams before an op on the compute stream (the caller).
@@ -588,30 +631,22 @@ impl Device for CpuBackend {
         out: &BufInner,
         a: AttnShape,
     ) -> Result<()> {
-        let op = "attention";
-        let (q, k, v, out) = (buf(op, q)?, buf(op, k)?, buf(op, v)?, buf(op, out)?);
-        if out.same(k) || out.same(v) {
-            return Err(KernelError::Shape {
-                op,
-                device: "cpu".into(),
-                shape: format!("{a:?}"),
-                reason: "out must not alias k or v".into(),
-            });
-        }
-        let q_len = a.batch * a.q_len * a.n_heads * a.head_dim;
-        let kv_len = a.batch * a.kv_capacity * a.n_kv_heads * a.head_dim;
-        let qa = self.unalias(q, out, q_len);
-        let q = qa.as_ref().unwrap_or(q);
-        with_bufs(&[q, k, v], out, |r, o| {
-            ops::attention(
-                &r[0][..q_len],
-                &r[1][..kv_len],
-                &r[2][..kv_len],
-                &mut o[..q_len],
-                &a,
-            )
-        });
-        Ok(())
+        self.attend("attention", q, k, v, out, a, None)
+    }
+
+    fn attention_ragged(
+        &self,
+        q: &BufInner,
+        k: &BufInner,
+        v: &BufInner,
+        out: &BufInner,
+        a: AttnShape,
+        lens: &IdInner,
+        lens_off: usize,
+    ) -> Result<()> {
+        let op = "attention_ragged";
+        let lens = ids(op, lens)?.read()[lens_off..lens_off + a.batch].to_vec();
+        self.attend(op, q, k, v, out, a, Some(&lens))
     }
 
     fn silu_gate(&self, gate: &BufInner, up: &BufInner, out: &BufInner, len: usize) -> Result<()> {
@@ -666,6 +701,26 @@ impl Device for CpuBackend {
             rows,
             false,
         )
+    }
+
+    fn scatter_rows(
+        &self,
+        src: &BufInner,
+        src_off: usize,
+        dst: &BufInner,
+        idx: &IdInner,
+        idx_off: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        let op = "scatter_rows";
+        let (src, dst) = (buf(op, src)?, buf(op, dst)?);
+        let idx = ids(op, idx)?.read();
+        let idx = &idx[idx_off..idx_off + rows];
+        with_bufs(&[src], dst, |r, o| {
+            ops::scatter_rows(&r[0][src_off..src_off + rows * width], o, idx, width)
+        });
+        Ok(())
     }
 
     fn embedding(

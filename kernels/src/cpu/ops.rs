@@ -149,8 +149,16 @@ pub(super) fn rope(
     }
 }
 
-/// Causal GQA attention; every (row, query, head) is one parallel task.
-pub(super) fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], a: &AttnShape) {
+/// GQA attention where query `j` of row `b` attends keys `0 .. keys(b, j)`
+/// (no key: zeros); every (row, query, head) is one parallel task.
+pub(super) fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    a: &AttnShape,
+    keys: impl Fn(usize, usize) -> usize + Sync,
+) {
     let hd = a.head_dim;
     if hd == 0 || a.n_heads == 0 {
         return;
@@ -163,7 +171,11 @@ pub(super) fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], a: &At
         let b = idx / (a.n_heads * a.q_len);
         let kvh = h / group;
         let qv = &q[idx * hd..idx * hd + hd];
-        let n_keys = a.q_pos0 + j + 1;
+        let n_keys = keys(b, j);
+        if n_keys == 0 {
+            o.fill(0.0);
+            return;
+        }
         let base = b * a.kv_capacity * kv_dim + kvh * hd;
         let mut scores: Vec<f32> = (0..n_keys)
             .map(|t| dot(qv, &k[base + t * kv_dim..base + t * kv_dim + hd]) * a.scale)
@@ -194,6 +206,17 @@ pub(super) fn silu_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 pub(super) fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
     <f32 as VecOps>::vec_add(a, b, out);
+}
+
+/// Row `i` of `src` (rows of `width`) into row `idx[i]` of `dst`; an index
+/// whose row is not all inside `dst` is skipped.
+pub(super) fn scatter_rows(src: &[f32], dst: &mut [f32], idx: &[u32], width: usize) {
+    for (row, &r) in src.chunks_exact(width).zip(idx) {
+        let start = r as usize * width;
+        if let Some(d) = dst.get_mut(start..start + width) {
+            d.copy_from_slice(row);
+        }
+    }
 }
 
 pub(super) fn add_assign(out: &mut [f32], b: &[f32]) {

@@ -352,8 +352,80 @@ fn attention_matches_its_twin_over_splits() {
             let (mut qb, mut kb, mut vb) = (encode(d, &q), encode(d, &k), encode(d, &v));
             let mut ob = encode(d, &vec![f32::NAN; q.len()]);
             let (qa, ka, va, oa) = (addr(&mut qb), addr(&mut kb), addr(&mut vb), addr(&mut ob));
-            ops::attention(&l, qa, ka, va, oa, a).unwrap();
+            ops::attention(&l, qa, ka, va, oa, a, None).unwrap();
             assert_close(&decode(d, &ob), &want, d, &format!("attention {a:?}"));
+        }
+    }
+}
+
+#[test]
+fn ragged_attention_matches_its_twin_with_empty_splits() {
+    // n_heads, n_kv_heads, head_dim, kv_capacity, lengths (0, 1, the whole
+    // cache, past it; rows shorter than the cache leave splits empty).
+    let cases: [(usize, usize, usize, usize, &[u32]); 4] = [
+        (4, 4, 64, 700, &[600, 1, 0, 700, 5000]),
+        (4, 2, 32, 300, &[257, 256, 3]),
+        (2, 1, 128, 301, &[301]),
+        (4, 2, 32, 300, &[0, 290, 17, 300]),
+    ];
+    for d in DTYPES {
+        let Some(mut l) = EmuLauncher::new(d) else {
+            return;
+        };
+        for (i, (n_heads, n_kv_heads, head_dim, kv_capacity, lens)) in cases.into_iter().enumerate()
+        {
+            // The last case with room for one row's partials per launch: one
+            // sequence at a time, each with its own length.
+            l.attn_limit = if i == cases.len() - 1 {
+                n_heads * 2 * (head_dim + 2)
+            } else {
+                64 << 20
+            };
+            let batch = lens.len();
+            let a = AttnShape {
+                batch,
+                q_len: 1,
+                q_pos0: 0,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                kv_capacity,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+            };
+            let q = random(batch * n_heads * head_dim, 1.0, 12, d);
+            let kv = batch * kv_capacity * n_kv_heads * head_dim;
+            let (k, v) = (random(kv, 2.0, 13, d), random(kv, 1.0, 14, d));
+            let want = twin::attention_ragged(&q, &k, &v, &a, lens);
+            let (mut qb, mut kb, mut vb) = (encode(d, &q), encode(d, &k), encode(d, &v));
+            let mut ob = encode(d, &vec![f32::NAN; q.len()]);
+            let mut lb = ids_bytes(lens);
+            let (qa, ka, va, oa) = (addr(&mut qb), addr(&mut kb), addr(&mut vb), addr(&mut ob));
+            ops::attention(&l, qa, ka, va, oa, a, Some(addr(&mut lb))).unwrap();
+            let what = format!("attention_ragged {lens:?} {a:?}");
+            assert_close(&decode(d, &ob), &want, d, &what);
+        }
+    }
+}
+
+#[test]
+fn scatter_rows_matches_its_twin_and_skips_the_outside() {
+    for d in DTYPES {
+        let Some(l) = EmuLauncher::new(d) else { return };
+        // A permutation; indices past the destination (one row short of a
+        // whole row at its end, and far past it); a row wider than a block.
+        for (dst_rows, width, idx) in [
+            (5, 64, vec![3u32, 0, 4, 1, 2]),
+            (7, 300, vec![6, 7, u32::MAX, 0, 2]),
+        ] {
+            let rows = idx.len();
+            let src = random(rows * width, 1.0, 15, d);
+            let dst_len = dst_rows * width + width / 2;
+            let mut want = random(dst_len, 1.0, 16, d);
+            let (mut sb, mut db, mut ib) = (encode(d, &src), encode(d, &want), ids_bytes(&idx));
+            let (sa, da, ia) = (addr(&mut sb), addr(&mut db), addr(&mut ib));
+            ops::scatter_rows(&l, sa, da, dst_len, ia, rows, width).unwrap();
+            twin::scatter_rows(&src, &mut want, &idx, width);
+            assert_close(&decode(d, &db), &want, d, &format!("scatter_rows {idx:?}"));
         }
     }
 }

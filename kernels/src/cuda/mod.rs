@@ -74,6 +74,10 @@ impl CudaBuf {
     fn at(&self, off: usize) -> CUdeviceptr {
         self.ptr + (off * self.esz) as CUdeviceptr
     }
+    /// Whether both name the same allocation.
+    pub(crate) fn same(&self, other: &CudaBuf) -> bool {
+        self.ptr == other.ptr
+    }
 }
 
 impl Drop for CudaBuf {
@@ -728,7 +732,28 @@ impl Device for CudaBackend {
             self.buf(op, v)?,
             self.buf(op, out)?,
         );
-        ops::attention(self, q.ptr, k.ptr, v.ptr, o.ptr, a)
+        ops::attention(self, q.ptr, k.ptr, v.ptr, o.ptr, a, None)
+    }
+
+    fn attention_ragged(
+        &self,
+        q: &BufInner,
+        k: &BufInner,
+        v: &BufInner,
+        out: &BufInner,
+        a: AttnShape,
+        lens: &IdInner,
+        lens_off: usize,
+    ) -> Result<()> {
+        let op = "attention_ragged";
+        let (q, k, v, o) = (
+            self.buf(op, q)?,
+            self.buf(op, k)?,
+            self.buf(op, v)?,
+            self.buf(op, out)?,
+        );
+        let lens = self.ids(op, lens)?.at(lens_off);
+        ops::attention(self, q.ptr, k.ptr, v.ptr, o.ptr, a, Some(lens))
     }
 
     fn silu_gate(&self, gate: &BufInner, up: &BufInner, out: &BufInner, len: usize) -> Result<()> {
@@ -756,6 +781,22 @@ impl Device for CudaBackend {
     ) -> Result<()> {
         let (s, d) = (self.buf("scatter", src)?, self.buf("scatter", dst)?);
         ops::scatter(self, s.at(src_off), d.at(dst_off), rows)
+    }
+
+    fn scatter_rows(
+        &self,
+        src: &BufInner,
+        src_off: usize,
+        dst: &BufInner,
+        idx: &IdInner,
+        idx_off: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        let op = "scatter_rows";
+        let (s, d) = (self.buf(op, src)?, self.buf(op, dst)?);
+        let i = self.ids(op, idx)?.at(idx_off);
+        ops::scatter_rows(self, s.at(src_off), d.ptr, d.len, i, rows, width)
     }
 
     fn embedding(

@@ -32,7 +32,7 @@ const SOURCES: [(&str, &str); 7] = [
 ];
 
 /// Kernel names without their dtype suffix.
-pub(crate) const KERNELS: [&str; 10] = [
+pub(crate) const KERNELS: [&str; 11] = [
     "rmsnorm",
     "rope",
     "attn_split",
@@ -40,6 +40,7 @@ pub(crate) const KERNELS: [&str; 10] = [
     "silu_gate",
     "add",
     "scatter",
+    "scatter_rows",
     "embedding",
     "argmax",
     "sample",

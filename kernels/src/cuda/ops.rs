@@ -144,6 +144,35 @@ pub(crate) fn scatter(l: &impl Launcher, src: u64, dst: u64, r: Rows) -> Result<
     Ok(())
 }
 
+/// Row `i` of `src` into row `idx[i]` of `dst` (`dst_len` elements, so
+/// `dst_len / width` rows; the kernel skips indices past them).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scatter_rows(
+    l: &impl Launcher,
+    src: u64,
+    dst: u64,
+    dst_len: usize,
+    idx: u64,
+    rows: usize,
+    width: usize,
+) -> Result<()> {
+    let op = "scatter_rows";
+    let args = [
+        Arg::Ptr(src),
+        Arg::Ptr(dst),
+        Arg::Ptr(idx),
+        int(l, op, rows)?,
+        Arg::U64(width as u64),
+        Arg::U64((dst_len / width) as u64),
+    ];
+    let grid = (
+        width.div_ceil(256).clamp(1, GRID_YZ),
+        rows.clamp(1, GRID_YZ),
+        1,
+    );
+    l.launch(op, grid, 256, &args)
+}
+
 /// `table` holds `table_len` elements (`vocab = table_len / dim` rows).
 pub(crate) fn embedding(
     l: &impl Launcher,
@@ -206,6 +235,12 @@ pub(crate) fn sample(
 /// once per shape, not as the context grows); a call whose partials would
 /// pass the launcher's limit (256 MiB on CUDA) or CUDA's grid limits runs in slices of query rows,
 /// one sequence at a time.
+///
+/// `lens`: the address of a ragged batch's key counts (`u32` per row, the
+/// kernel clamps them to `kv_capacity`; `a.q_len` is 1), or `None` for
+/// causal attention. A ragged launch has the splits of `kv_capacity` keys,
+/// since the host does not know the lengths: a shorter row's extra splits
+/// are empty and weigh nothing in the combine.
 pub(crate) fn attention(
     l: &impl Launcher,
     q: u64,
@@ -213,8 +248,13 @@ pub(crate) fn attention(
     v: u64,
     o: u64,
     a: AttnShape,
+    lens: Option<u64>,
 ) -> Result<()> {
-    let op = "attention";
+    let op = if lens.is_some() {
+        "attention_ragged"
+    } else {
+        "attention"
+    };
     if a.n_heads > GRID_YZ {
         return Err(KernelError::Shape {
             op,
@@ -242,7 +282,10 @@ pub(crate) fn attention(
             .collect()
     };
     for (b0, nb, j0, nq) in slices {
-        let n_splits = (a.q_pos0 + j0 + nq).div_ceil(SPLIT_LEN).max(1);
+        let n_splits = match lens {
+            Some(_) => max_splits,
+            None => (a.q_pos0 + j0 + nq).div_ceil(SPLIT_LEN).max(1),
+        };
         let row0 = b0 * a.q_len + j0;
         let kv0 = b0 * a.kv_capacity * kvd;
         let part_o = ws;
@@ -251,6 +294,7 @@ pub(crate) fn attention(
             Arg::Ptr(at(l, q, row0 * qd)),
             Arg::Ptr(at(l, k, kv0)),
             Arg::Ptr(at(l, v, kv0)),
+            Arg::Ptr(lens.map_or(0, |p| p + 4 * b0 as u64)),
             Arg::Ptr(part_o),
             Arg::Ptr(part_ml),
             int(l, op, nb)?,
