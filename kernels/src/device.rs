@@ -152,6 +152,7 @@ pub(crate) trait Device: Send + Sync {
         ids: &IdInner,
         ids_off: usize,
         out: &BufInner,
+        out_off: usize,
         rows: usize,
         dim: usize,
     ) -> Result<()>;

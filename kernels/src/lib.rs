@@ -670,9 +670,25 @@ impl Backend {
         rows: usize,
         dim: usize,
     ) -> Result<()> {
+        self.gather_rows(table, ids, ids_off, out, 0, rows, dim)
+    }
+
+    /// [`Backend::embedding`] into `out` from element `out_off`: rows of
+    /// `dim` elements gathered by id (the paged cache's blocks by block table).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_rows(
+        &self,
+        table: &DeviceBuf,
+        ids: &IdBuf,
+        ids_off: usize,
+        out: &DeviceBuf,
+        out_off: usize,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
         let len = check::mul("embedding", &self.name(), &[rows, dim])?;
         self.range("embedding", "ids", ids_off, rows, ids.len)?;
-        self.range("embedding", "out", 0, len, out.len)?;
+        self.range("embedding", "out", out_off, len, out.len)?;
         if len == 0 {
             return Ok(());
         }
@@ -683,8 +699,15 @@ impl Backend {
                 "the table holds no row",
             ));
         }
-        self.dev
-            .embedding(&table.inner, &ids.inner, ids_off, &out.inner, rows, dim)
+        self.dev.embedding(
+            &table.inner,
+            &ids.inner,
+            ids_off,
+            &out.inner,
+            out_off,
+            rows,
+            dim,
+        )
     }
 
     /// The index of the largest value of each of `rows` rows of `cols` (the

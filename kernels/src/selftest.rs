@@ -421,6 +421,28 @@ fn gather_and_choose(c: &mut Ctx) -> Result<()> {
         &got,
         &twin::embedding(&t, &id, dim),
     );
+    // The paged cache's gather: by block table, into an offset of a batch buffer.
+    let (bd, off) = (48, 5 * 48 + 7);
+    let (pool, p) = c.random(20 * bd, 1.0)?;
+    let table = [19u32, 2, 2, 0, 7];
+    let tab = c.ids(&table)?;
+    let out = c.poisoned(off + table.len() * bd + 9)?;
+    c.be.gather_rows(&pool, &tab, 1, &out, off, table.len() - 1, bd)?;
+    let got = c.be.download(&out, off, (table.len() - 1) * bd)?;
+    let want = twin::embedding(&p, &table[1..], bd);
+    c.compare(
+        "gather_rows",
+        format!("4 blocks of {bd} at {off}"),
+        &got,
+        &want,
+    );
+    let untouched = c.be.download(&out, 0, off)?.iter().all(|x| x.is_nan());
+    c.compare_ids(
+        "gather_rows",
+        "rows before the offset untouched".into(),
+        &[untouched as u32],
+        &[1],
+    );
 
     for (rows, cols) in [(1, 10), (4, 32_000), (3, 49_152)] {
         let mut x = c.rng.scaled(rows * cols, 5.0);

@@ -19,9 +19,11 @@
 //!
 //! A decode step runs every sequence's new token through the layers as one
 //! batch (one GEMM per projection over all rows, RoPE at each row's own
-//! position); attention is per sequence: its blocks are gathered (one
-//! `embedding` gather per K and V over the block table) into a contiguous
-//! buffer that [`kernels::Backend::attention`] reads at the sequence's length.
+//! position, each row's new K/V into its block with one `scatter_rows` per
+//! kind). Each sequence's blocks are gathered by its block table
+//! (`gather_rows`, one call per kind) into its row of a `[batch, cap,
+//! kv_dim]` buffer, `cap` the longest context's blocks, and one
+//! `attention_ragged` call attends every row at its own length.
 //! An offloaded prefix comes over the link into a staging region on the copy
 //! stream (the recomputed share as `X`, turned into K/V by two GEMMs), while
 //! the compute stream works on the sequence before; two staging regions
@@ -102,20 +104,17 @@ pub struct PagedEngine<'a> {
     free: Vec<u32>,
     seqs: HashMap<usize, Seq>,
     // Decode-step buffers, `max_batch` rows.
-    ids: IdBuf,
-    pos: IdBuf,
+    /// Per step: ids, positions, new-token pool rows, lengths (`max_batch`
+    /// each), then every sequence's gather table (staging ids, then its blocks).
+    step: IdBuf,
     /// Positions `0..max_tokens` (RoPE of recomputed rows).
     ramp: IdBuf,
-    /// Per step: every sequence's gather table (staging ids, then its blocks).
-    table: IdBuf,
     hidden: DeviceBuf,
     xn: Vec<DeviceBuf>,
     q: DeviceBuf,
     k_new: DeviceBuf,
     v_new: DeviceBuf,
     att: DeviceBuf,
-    q1: DeviceBuf,
-    att1: DeviceBuf,
     k_gather: DeviceBuf,
     v_gather: DeviceBuf,
     x_stage: [DeviceBuf; 2],
@@ -175,7 +174,8 @@ impl<'a> PagedEngine<'a> {
         // Pools: the cache, then two staging regions of `max_tokens` each.
         let pool_tokens = cfg.capacity_blocks * bs + 2 * max_tokens;
         if !be.is_cuda() {
-            let dev = (pool_tokens * 2 * kvd * nl + 4 * max_tokens * kvd) as u64 * esz;
+            let gathers = 2 * cfg.max_batch * max_tokens * kvd + 2 * max_tokens * h;
+            let dev = (pool_tokens * 2 * kvd * nl + gathers) as u64 * esz;
             crate::check_memory(
                 "the paged K/V cache",
                 dev,
@@ -209,10 +209,8 @@ impl<'a> PagedEngine<'a> {
             },
             free,
             seqs: HashMap::new(),
-            ids: be.alloc_ids(b)?,
-            pos: be.alloc_ids(b)?,
+            step: be.alloc_ids(4 * b + b * max_blocks)?,
             ramp,
-            table: be.alloc_ids(b * max_blocks)?,
             hidden: a(b * h)?,
             xn: if cfg.keep_activations {
                 per_layer(b * h)?
@@ -223,10 +221,8 @@ impl<'a> PagedEngine<'a> {
             k_new: a(b * kvd)?,
             v_new: a(b * kvd)?,
             att: a(b * qd)?,
-            q1: a(qd)?,
-            att1: a(qd)?,
-            k_gather: a(max_tokens * kvd)?,
-            v_gather: a(max_tokens * kvd)?,
+            k_gather: a(b * max_tokens * kvd)?,
+            v_gather: a(b * max_tokens * kvd)?,
             x_stage: [a(max_tokens * h)?, a(max_tokens * h)?],
             tmp: a(b * h)?,
             gate: a(b * f)?,
@@ -380,8 +376,8 @@ impl<'a> PagedEngine<'a> {
         }
         be.copy_d2d(Stream::Compute, &hidden, (p - 1) * h, &self.hidden, 0, h)?;
         head(be, m, &self.hidden, &self.tmp, &self.logits, 1)?;
-        be.argmax(&self.logits, 1, vocab, &self.ids, 0)?;
-        let next = be.read_ids(&self.ids, 0, 1)?[0];
+        be.argmax(&self.logits, 1, vocab, &self.step, 0)?;
+        let next = be.read_ids(&self.step, 0, 1)?[0];
         seq.last = next;
         self.seqs.insert(id, seq);
         self.counters.tokens_prefilled += p as u64;
@@ -651,6 +647,8 @@ impl<'a> PagedEngine<'a> {
         // the gather table: staging blocks for an offloaded prefix, then its own.
         let mut ids = Vec::with_capacity(b);
         let mut pos = Vec::with_capacity(b);
+        let mut slots = Vec::with_capacity(b);
+        let mut lens = Vec::with_capacity(b);
         let mut table: Vec<u32> = Vec::new();
         let mut toff = Vec::with_capacity(b);
         let mut n_off = 0;
@@ -672,6 +670,8 @@ impl<'a> PagedEngine<'a> {
             let seq = self.seq(id)?;
             ids.push(seq.last);
             pos.push(n as u32);
+            slots.push(self.row(seq, n) as u32);
+            lens.push(n as u32 + 1);
             toff.push(table.len());
             if seq.off > 0 {
                 // The k-th offloaded sequence's prefix goes to region k % 2.
@@ -681,9 +681,16 @@ impl<'a> PagedEngine<'a> {
             }
             table.extend(&seq.blocks);
         }
-        be.write_ids(&self.ids, 0, &ids)?;
-        be.write_ids(&self.pos, 0, &pos)?;
-        be.write_ids(&self.table, 0, &table)?;
+        // One write: ids, positions, new-token rows, lengths, then the tables.
+        let (pos_off, slot_off, len_off, tab_off) = (b, 2 * b, 3 * b, 4 * b);
+        let mut step: Vec<u32> = ids;
+        step.extend(pos);
+        step.extend(slots);
+        step.extend(lens);
+        step.extend(&table);
+        be.write_ids(&self.step, 0, &step)?;
+        // Attention reads `[b, cap, kv_dim]`: `cap` the longest context's blocks.
+        let cap = seqs_blocks(&toff, table.len()) * bs;
         // Earlier writebacks land before this step overwrites their sources.
         let wb = be.record(Stream::Writeback)?;
         be.wait(Stream::Compute, &wb)?;
@@ -697,7 +704,7 @@ impl<'a> PagedEngine<'a> {
             s.rope_theta as f32,
             m.config.rope.interleaved(),
         );
-        be.embedding(&m.embed_tokens, &self.ids, 0, &self.hidden, b, h)?;
+        be.embedding(&m.embed_tokens, &self.step, 0, &self.hidden, b, h)?;
         let esz = be.dtype().bytes() as u64;
         // The offloaded sequences (batch index, prefix share to recompute):
         // the copy stream brings their prefixes two ahead of the compute
@@ -725,30 +732,30 @@ impl<'a> PagedEngine<'a> {
             be.gemm(xn, 0, &a.v_proj, 0, &self.v_new, 0, b, kvd, h)
                 .at(li)?;
             let rq = rope_shape(b, qd, s.n_heads, s.head_dim, theta, inter);
-            be.rope(&self.q, 0, &self.pos, 0, rq).at(li)?;
+            be.rope(&self.q, 0, &self.step, pos_off, rq).at(li)?;
             let rk = rope_shape(b, kvd, s.n_kv_heads, s.head_dim, theta, inter);
-            be.rope(&self.k_new, 0, &self.pos, 0, rk).at(li)?;
-            for (i, seq) in seqs.iter().enumerate() {
-                let dst = self.row(seq, seq.cached) * kvd;
-                be.copy_d2d(
-                    Stream::Compute,
-                    &self.k_new,
-                    i * kvd,
-                    &self.k_pool[li],
-                    dst,
-                    kvd,
-                )
-                .at(li)?;
-                be.copy_d2d(
-                    Stream::Compute,
-                    &self.v_new,
-                    i * kvd,
-                    &self.v_pool[li],
-                    dst,
-                    kvd,
-                )
-                .at(li)?;
-            }
+            be.rope(&self.k_new, 0, &self.step, pos_off, rk).at(li)?;
+            // Each row's new K/V into its block, one call per kind.
+            be.scatter_rows(
+                &self.k_new,
+                0,
+                &self.k_pool[li],
+                &self.step,
+                slot_off,
+                b,
+                kvd,
+            )
+            .at(li)?;
+            be.scatter_rows(
+                &self.v_new,
+                0,
+                &self.v_pool[li],
+                &self.step,
+                slot_off,
+                b,
+                kvd,
+            )
+            .at(li)?;
             if self.cfg.keep_activations {
                 let ev = be.record(Stream::Compute).at(li)?;
                 be.wait(Stream::Writeback, &ev).at(li)?;
@@ -765,26 +772,14 @@ impl<'a> PagedEngine<'a> {
                 if seq.off > 0 {
                     self.finish_prefix(li, k % 2, seq, offloaded[k].1)?;
                 }
-                let nb = n.div_ceil(bs);
-                let width = bs * kvd;
-                be.embedding(
-                    &self.k_pool[li],
-                    &self.table,
-                    toff[i],
-                    &self.k_gather,
-                    nb,
-                    width,
-                )
-                .at(li)?;
-                be.embedding(
-                    &self.v_pool[li],
-                    &self.table,
-                    toff[i],
-                    &self.v_gather,
-                    nb,
-                    width,
-                )
-                .at(li)?;
+                // Its blocks into row `i` of the batch buffer attention reads.
+                let (nb, width, t) = (n.div_ceil(bs), bs * kvd, tab_off + toff[i]);
+                let (kp, vp) = (&self.k_pool[li], &self.v_pool[li]);
+                let dst = i * cap * kvd;
+                be.gather_rows(kp, &self.step, t, &self.k_gather, dst, nb, width)
+                    .at(li)?;
+                be.gather_rows(vp, &self.step, t, &self.v_gather, dst, nb, width)
+                    .at(li)?;
                 if seq.off > 0 {
                     self.stage_free[k % 2] = Some(be.record(Stream::Compute).at(li)?);
                     // The region is free again: the prefix two ahead goes there.
@@ -793,14 +788,11 @@ impl<'a> PagedEngine<'a> {
                     }
                     k += 1;
                 }
-                be.copy_d2d(Stream::Compute, &self.q, i * qd, &self.q1, 0, qd)
-                    .at(li)?;
-                let shape = attn_shape(s, 1, 1, seq.cached, self.max_tokens);
-                be.attention(&self.q1, &self.k_gather, &self.v_gather, &self.att1, shape)
-                    .at(li)?;
-                be.copy_d2d(Stream::Compute, &self.att1, 0, &self.att, i * qd, qd)
-                    .at(li)?;
             }
+            let shape = attn_shape(s, b, 1, 0, cap);
+            let (kg, vg) = (&self.k_gather, &self.v_gather);
+            be.attention_ragged(&self.q, kg, vg, &self.att, shape, &self.step, len_off)
+                .at(li)?;
             // The next layer's first prefixes cross the link during this
             // layer's projection and MLP.
             if li + 1 < nl {
@@ -816,8 +808,8 @@ impl<'a> PagedEngine<'a> {
             mlp(be, m, li, bufs, b)?;
         }
         head(be, m, &self.hidden, &self.tmp, &self.logits, b)?;
-        be.argmax(&self.logits, b, s.vocab_size, &self.ids, 0)?;
-        let next = be.read_ids(&self.ids, 0, b)?;
+        be.argmax(&self.logits, b, s.vocab_size, &self.step, 0)?;
+        let next = be.read_ids(&self.step, 0, b)?;
         for (&(id, _), &t) in batch.iter().zip(&next) {
             let seq = self.seqs.get_mut(&id).expect("checked above");
             seq.cached += 1;
@@ -917,6 +909,16 @@ impl<'a> PagedEngine<'a> {
         }
         Ok(())
     }
+}
+
+/// The most blocks any sequence's table lists (`toff` are the tables'
+/// starts, `end` the end of the last).
+fn seqs_blocks(toff: &[usize], end: usize) -> usize {
+    toff.iter()
+        .zip(toff.iter().skip(1).chain(std::iter::once(&end)))
+        .map(|(a, b)| b - a)
+        .max()
+        .unwrap_or(1)
 }
 
 fn kv_bytes(tokens: usize, kvd: usize, be: &Backend) -> u64 {

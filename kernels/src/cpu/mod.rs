@@ -729,6 +729,7 @@ impl Device for CpuBackend {
         id: &IdInner,
         ids_off: usize,
         out: &BufInner,
+        out_off: usize,
         rows: usize,
         dim: usize,
     ) -> Result<()> {
@@ -746,7 +747,10 @@ impl Device for CpuBackend {
         let id = &id[ids_off..ids_off + rows];
         with_bufs(&[table], out, |r, o| {
             let vocab = r[0].len() / dim;
-            for (row, &i) in o[..rows * dim].chunks_exact_mut(dim).zip(id) {
+            for (row, &i) in o[out_off..out_off + rows * dim]
+                .chunks_exact_mut(dim)
+                .zip(id)
+            {
                 match (i as usize) < vocab {
                     true => row.copy_from_slice(&r[0][i as usize * dim..][..dim]),
                     false => row.fill(0.0),

@@ -805,12 +805,13 @@ impl Device for CudaBackend {
         ids: &IdInner,
         ids_off: usize,
         out: &BufInner,
+        out_off: usize,
         rows: usize,
         dim: usize,
     ) -> Result<()> {
         let op = "embedding";
         let (t, i, o) = (self.buf(op, table)?, self.ids(op, ids)?, self.buf(op, out)?);
-        ops::embedding(self, t.ptr, t.len, i.at(ids_off), o.ptr, rows, dim)
+        ops::embedding(self, t.ptr, t.len, i.at(ids_off), o.at(out_off), rows, dim)
     }
 
     fn argmax(
