@@ -67,6 +67,10 @@ pub struct OverflowArgs {
     /// in each step, or `auto` (the cost model's).
     #[arg(long, default_value = "auto")]
     pub offload_share: String,
+    /// Run every configuration this many times (interleaved) and report each
+    /// one's median total time.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// The most requests decoding together.
     #[arg(long, default_value_t = 32)]
     pub max_batch: usize,
@@ -226,21 +230,40 @@ pub fn resume_share(
 }
 
 /// `offload`: the share of an offloaded prefix recomputed in each decode
-/// step, by the planner's own rule (`best_split`) for one sequence with
-/// nothing resident at the workload's mean context (the engine brings each
-/// sequence's prefix on its own, while the step computes).
+/// step, by the planner's own rule (`best_split`) for a step of `batch`
+/// sequences at the workload's mean context `s` with `resident` of it on the
+/// device (the share of the K/V that fits): the offloaded rest crosses the
+/// link while the step computes, so where the step is compute-bound nothing
+/// is worth recomputing.
 pub fn offload_share(
     spec: &plans::ModelSpec,
     hw: &HardwareProfile,
     reqs: &Requests,
     dtype: kernels::Dtype,
     block: usize,
+    (batch, resident): (usize, f64),
 ) -> anyhow::Result<f64> {
-    let (cost, s) = one_sequence(spec, hw, reqs, dtype)?;
-    let split = cost
-        .best_split(s, 0, Schedule::Chunked, block, Solver::Lp)
+    let (_, s) = one_sequence(spec, hw, reqs, dtype)?;
+    let n = reqs.requests.len().max(1);
+    let w = Workload {
+        batch: batch.clamp(1, n),
+        prompt_len: s,
+        gen_len: 1,
+        dtype,
+        gpu_memory_budget: u64::MAX / 4,
+        host_memory_budget: u64::MAX / 4,
+    };
+    let cost = CostModel::new(spec, hw, &w)
+        .map_err(|e| super::name_field(e, super::plan_flag))
         .context("pricing the recomputed share on --hardware")?;
-    Ok(split.recompute as f64 / s as f64)
+    let g = ((s as f64 * resident.clamp(0.0, 1.0)) as usize).min(s);
+    if g == s {
+        return Ok(0.0);
+    }
+    let split = cost
+        .best_split(s, g, Schedule::Chunked, block, Solver::Lp)
+        .context("pricing the recomputed share on --hardware")?;
+    Ok(split.recompute as f64 / (s - g) as f64)
 }
 
 pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
@@ -283,22 +306,6 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let spec = model.spec().clone();
     let (reqs, prompts) = requests(args, &model)?;
     let esz = be.dtype().bytes();
-    let bs0 = args.block_size[0];
-    let auto = (
-        resume_share(&spec, &hw, &reqs, be.dtype(), bs0)?,
-        offload_share(&spec, &hw, &reqs, be.dtype(), bs0)?,
-    );
-    let share_flag = |flag: &str, v: &str, auto: f64| -> anyhow::Result<f64> {
-        match v {
-            "auto" => Ok(auto),
-            v => match v.parse::<f64>() {
-                Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-                _ => bail!("{flag}: {v:?} is neither auto nor a share in [0, 1]"),
-            },
-        }
-    };
-    let partial_share = share_flag("--partial-share", &args.partial_share, auto.0)?;
-    let offload_share = share_flag("--offload-share", &args.offload_share, auto.1)?;
     // The memory the fractions are shares of.
     let kv_need: u64 = reqs
         .requests
@@ -321,6 +328,28 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
             m - weights
         }
     };
+    let bs0 = args.block_size[0];
+    // The offload share at the first fraction: the resident share of a context.
+    let resident = match (args.kv_blocks, args.kv_memory_fraction.first()) {
+        (Some(n), _) => n as f64 * block_bytes(&spec, bs0, esz) as f64,
+        (None, Some(&f)) => f * left as f64,
+        (None, None) => left as f64,
+    } / kv_need.max(1) as f64;
+    let auto = (
+        resume_share(&spec, &hw, &reqs, be.dtype(), bs0)?,
+        offload_share(&spec, &hw, &reqs, be.dtype(), bs0, (args.max_batch, resident))?,
+    );
+    let share_flag = |flag: &str, v: &str, auto: f64| -> anyhow::Result<f64> {
+        match v {
+            "auto" => Ok(auto),
+            v => match v.parse::<f64>() {
+                Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+                _ => bail!("{flag}: {v:?} is neither auto nor a share in [0, 1]"),
+            },
+        }
+    };
+    let partial_share = share_flag("--partial-share", &args.partial_share, auto.0)?;
+    let offload_share = share_flag("--offload-share", &args.offload_share, auto.1)?;
     // Every configuration, checked before any run.
     struct Config {
         bs: usize,
@@ -375,9 +404,12 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     };
     let util = || monitor.as_ref().and_then(|m| m.utilization());
     let total_tokens: usize = reqs.requests.iter().map(|r| r.output_len).sum();
-    let runs = configs.len() + args.block_size.len();
-    let bar = fmt::progress_bar((runs * total_tokens) as u64);
+    let n_runs = (configs.len() + args.block_size.len()) * args.repeat;
+    let bar = fmt::progress_bar((n_runs * total_tokens) as u64);
     let mut done = 0u64;
+    if args.repeat == 0 {
+        bail!("--repeat: at least 1");
+    }
     let mut run_one = |cfg: RunConfig, what: String| -> anyhow::Result<RunResult> {
         bar.set_message(what.clone());
         let base = done;
@@ -388,43 +420,62 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         done += total_tokens as u64;
         Ok(r)
     };
-    let mut baselines = Vec::new();
-    for &bs in &args.block_size {
-        let full: usize = reqs
-            .requests
-            .iter()
-            .map(|r| (r.input_len + r.output_len).div_ceil(bs))
-            .sum();
-        let cfg = RunConfig {
-            policy: Policy::Swap,
-            block_size: bs,
-            capacity_blocks: full,
-            max_running: args.max_batch,
-            partial_share: 0.0,
-            offload_share: 0.0,
+    // Every run `--repeat` times, the rounds interleaved so a noisy spell of
+    // the machine falls on every configuration alike; each keeps its median.
+    let mut base_runs: Vec<Vec<RunResult>> = vec![Vec::new(); args.block_size.len()];
+    let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); configs.len()];
+    for round in 0..args.repeat {
+        let tag = match args.repeat {
+            1 => String::new(),
+            n => format!(" (round {}/{n})", round + 1),
         };
-        baselines.push((bs, run_one(cfg, format!("unpressured, block {bs}"))?));
+        for (k, &bs) in args.block_size.iter().enumerate() {
+            let full: usize = reqs
+                .requests
+                .iter()
+                .map(|r| (r.input_len + r.output_len).div_ceil(bs))
+                .sum();
+            let cfg = RunConfig {
+                policy: Policy::Swap,
+                block_size: bs,
+                capacity_blocks: full,
+                max_running: args.max_batch,
+                partial_share: 0.0,
+                offload_share: 0.0,
+            };
+            base_runs[k].push(run_one(cfg, format!("unpressured, block {bs}{tag}"))?);
+        }
+        for (k, c) in configs.iter().enumerate() {
+            let cfg = RunConfig {
+                policy: c.policy,
+                block_size: c.bs,
+                capacity_blocks: c.capacity,
+                max_running: args.max_batch,
+                partial_share,
+                offload_share,
+            };
+            let what = format!("{}, block {}, {} blocks{tag}", c.policy.name(), c.bs, c.capacity);
+            runs[k].push(run_one(cfg, what)?);
+        }
     }
+    let baselines: Vec<(usize, RunResult)> = args
+        .block_size
+        .iter()
+        .zip(base_runs)
+        .map(|(&bs, r)| (bs, median(r)))
+        .collect();
     let mut outcomes = Vec::new();
-    for c in &configs {
-        let cfg = RunConfig {
-            policy: c.policy,
-            block_size: c.bs,
-            capacity_blocks: c.capacity,
-            max_running: args.max_batch,
-            partial_share,
-            offload_share,
-        };
-        let what = format!("{}, block {}, {} blocks", c.policy.name(), c.bs, c.capacity);
-        let result = run_one(cfg, what)?;
+    for (c, r) in configs.iter().zip(runs) {
         let base = &baselines
             .iter()
             .find(|(b, _)| *b == c.bs)
             .expect("one per block size")
             .1;
+        let outputs_match = r.iter().all(|x| x.outputs == base.outputs);
+        let result = median(r);
         outcomes.push(Outcome {
             fraction: c.fraction,
-            outputs_match: result.outputs == base.outputs,
+            outputs_match,
             baseline_s: base.total_s,
             result,
         });
@@ -440,6 +491,12 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         bail!("a policy's outputs differ from the unpressured run's (see the table's last column)");
     }
     Ok(())
+}
+
+/// The run with the median total time.
+fn median(mut runs: Vec<RunResult>) -> RunResult {
+    runs.sort_by(|a, b| a.total_s.total_cmp(&b.total_s));
+    runs.swap_remove(runs.len() / 2)
 }
 
 fn summary(

@@ -283,7 +283,14 @@ fn ragged(
     let share = match (&args.hardware, policy) {
         (Some(hw), scheduler::Policy::Offload) => {
             let (hw, _) = super::load_profile(hw)?;
-            super::overflow::offload_share(spec, &hw, &requests, be.dtype(), block)?
+            super::overflow::offload_share(
+                spec,
+                &hw,
+                &requests,
+                be.dtype(),
+                block,
+                (ids.len(), capacity as f64 / full.max(1) as f64),
+            )?
         }
         _ => 0.0,
     };
