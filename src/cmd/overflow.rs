@@ -418,6 +418,15 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         })
         .with_context(|| format!("serving ({what})"))?;
         done += total_tokens as u64;
+        // One line per run, also where the bar is hidden (a log, not a terminal).
+        bar.suspend(|| {
+            eprintln!(
+                "done: {what}: {:.2} s, {} preempted, {} moved",
+                r.total_s,
+                r.preempted_requests,
+                plans::human_bytes(r.counters.bytes_in + r.counters.bytes_out)
+            )
+        });
         Ok(r)
     };
     // Every run `--repeat` times, the rounds interleaved so a noisy spell of
