@@ -24,15 +24,27 @@ fn assert_runs_match(doc: &serde_json::Value, policies: usize) {
     assert!(preempted, "no pressure: {doc}");
 }
 
-/// Issue 12 on the real model: all four policies at 30% of the K/V memory,
-/// with every output file; each request's tokens equal the unpressured run's,
-/// and none is lost or duplicated (the outputs file has each id once per run,
-/// with all its tokens).
+/// Issue 12 on the real model: a trace of text prompts (tokenized), all four
+/// policies on a cache of 12 blocks of 4 tokens, with every output file; each
+/// request's tokens equal the unpressured run's, and none is lost or
+/// duplicated (the outputs file has each id once per run, with all its tokens).
 #[test]
 fn smollm2_serves_under_every_policy_with_the_unpressured_outputs() {
     let Some(model) = smollm2() else { return };
     let d = tempfile::tempdir().unwrap();
     let hw = profile("cpu-reference.json").display().to_string();
+    let prompts = [
+        "The capital of France is",
+        "Once upon a time, in a small village by the sea,",
+        "def fibonacci(n):",
+        "The three primary colours are",
+        "Water boils at",
+    ];
+    let trace: String = prompts
+        .iter()
+        .map(|p| format!("{{\"arrival_s\": 0, \"prompt\": {p:?}, \"output_len\": 10}}\n"))
+        .collect();
+    std::fs::write(d.path().join("t.jsonl"), trace).unwrap();
     let o = kvpr(
         &[
             "overflow",
@@ -40,12 +52,12 @@ fn smollm2_serves_under_every_policy_with_the_unpressured_outputs() {
             &model,
             "--hardware",
             &hw,
-            "--workload",
-            "ci",
-            "--policy",
-            "all",
-            "--kv-memory-fraction",
-            "0.3",
+            "--trace",
+            "t.jsonl",
+            "--block-size",
+            "4",
+            "--kv-blocks",
+            "12",
             "--csv",
             "t.csv",
             "--json",
@@ -75,26 +87,32 @@ fn smollm2_serves_under_every_policy_with_the_unpressured_outputs() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // One unpressured run and four policies, 8 requests each, 24 tokens each.
-    assert_eq!(rows.len(), 5 * 8);
+    // One unpressured run and four policies, 5 requests each, 10 tokens each.
+    assert_eq!(rows.len(), 5 * 5);
     for run in ["unpressured", "recompute", "swap", "partial", "offload"] {
         let mut ids: Vec<u64> = rows
             .iter()
             .filter(|r| r["run"] == run)
             .map(|r| {
-                assert_eq!(r["tokens"].as_array().unwrap().len(), 24, "{r}");
+                assert_eq!(r["tokens"].as_array().unwrap().len(), 10, "{r}");
                 r["id"].as_u64().unwrap()
             })
             .collect();
         ids.sort_unstable();
-        assert_eq!(ids, (0..8).collect::<Vec<u64>>(), "{run}");
+        assert_eq!(ids, (0..5).collect::<Vec<u64>>(), "{run}");
     }
+    // The real tokenizer's text: "Paris" follows the first prompt.
+    let first = rows
+        .iter()
+        .find(|r| r["run"] == "swap" && r["id"] == 0)
+        .unwrap();
+    assert!(first["text"].as_str().unwrap().contains("Paris"), "{first}");
     let csv = std::fs::read_to_string(d.path().join("t.csv")).unwrap();
     assert!(
         csv.starts_with("policy,block_size,kv_fraction,capacity_blocks,t_s,"),
         "{csv}"
     );
-    assert!(csv.lines().any(|l| l.starts_with("swap,16,0.3,")), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("swap,4,,12,")), "{csv}");
     for f in ["timeseries.svg", "overhead.svg"] {
         let svg = std::fs::read_to_string(d.path().join("plots").join(f)).unwrap();
         assert!(svg.contains("<svg") && svg.contains("offload"), "{f}");

@@ -337,7 +337,14 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     } / kv_need.max(1) as f64;
     let auto = (
         resume_share(&spec, &hw, &reqs, be.dtype(), bs0)?,
-        offload_share(&spec, &hw, &reqs, be.dtype(), bs0, (args.max_batch, resident))?,
+        offload_share(
+            &spec,
+            &hw,
+            &reqs,
+            be.dtype(),
+            bs0,
+            (args.max_batch, resident),
+        )?,
     );
     let share_flag = |flag: &str, v: &str, auto: f64| -> anyhow::Result<f64> {
         match v {
@@ -463,7 +470,12 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
                 partial_share,
                 offload_share,
             };
-            let what = format!("{}, block {}, {} blocks{tag}", c.policy.name(), c.bs, c.capacity);
+            let what = format!(
+                "{}, block {}, {} blocks{tag}",
+                c.policy.name(),
+                c.bs,
+                c.capacity
+            );
             runs[k].push(run_one(cfg, what)?);
         }
     }
