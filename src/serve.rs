@@ -348,9 +348,9 @@ mod tests {
         .unwrap()
     }
 
-    /// Requests of different lengths, arriving together; prompts spread over the vocabulary.
-    fn ragged(vocab: usize) -> (Requests, Vec<Vec<u32>>) {
-        let lens = [(9, 7), (20, 5), (3, 12), (14, 9), (6, 6)];
+    /// Requests of `(input, output)` tokens arriving together, with prompts
+    /// spread over the vocabulary (`salt` varies them).
+    fn requests_of(lens: &[(usize, usize)], vocab: usize, salt: usize) -> (Requests, Vec<Vec<u32>>) {
         let requests = Requests {
             requests: lens
                 .iter()
@@ -369,11 +369,16 @@ mod tests {
             .enumerate()
             .map(|(i, &(l, _))| {
                 (0..l)
-                    .map(|t| ((i * 131 + t * 17 + 5) % vocab) as u32)
+                    .map(|t| ((i * 131 + t * 17 + salt) % vocab) as u32)
                     .collect()
             })
             .collect();
         (requests, prompts)
+    }
+
+    /// Requests of different lengths, arriving together.
+    fn ragged(vocab: usize) -> (Requests, Vec<Vec<u32>>) {
+        requests_of(&[(9, 7), (20, 5), (3, 12), (14, 9), (6, 6)], vocab, 5)
     }
 
     fn run(
@@ -407,28 +412,7 @@ mod tests {
         // A short first request that is never offloaded puts the offloaded
         // ones at batch indices of the other parity.
         let lens = [(3, 30), (13, 14), (9, 18), (17, 12), (11, 16)];
-        let reqs = Requests {
-            requests: lens
-                .iter()
-                .enumerate()
-                .map(|(i, &(input_len, output_len))| Request {
-                    id: i,
-                    arrival_s: 0.0,
-                    input_len,
-                    output_len,
-                    prompt: None,
-                })
-                .collect(),
-        };
-        let prompts: Vec<Vec<u32>> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &(l, _))| {
-                (0..l)
-                    .map(|t| ((i * 37 + t * 11 + 3) % vocab) as u32)
-                    .collect()
-            })
-            .collect();
+        let (reqs, prompts) = requests_of(&lens, vocab, 3);
         let alone = run(&be, &m, &reqs, &prompts, Policy::Swap, 1000).outputs;
         for cap in [5, 7, 9, 12] {
             for share in [0.0, 0.5, 1.0] {

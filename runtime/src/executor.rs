@@ -369,17 +369,7 @@ impl<'a> Executor<'a> {
     }
 
     fn attn_shape(&self, batch: usize, q_len: usize, q_pos0: usize, cap: usize) -> AttnShape {
-        let s = self.model.spec();
-        AttnShape {
-            batch,
-            q_len,
-            q_pos0,
-            n_heads: s.n_heads,
-            n_kv_heads: s.n_kv_heads,
-            head_dim: s.head_dim,
-            kv_capacity: cap,
-            scale: 1.0 / (s.head_dim as f32).sqrt(),
-        }
+        attn_shape(self.model.spec(), batch, q_len, q_pos0, cap)
     }
 
     /// `hidden += down(silu(gate(norm(hidden))) * up(norm(hidden)))` over `rows`.
@@ -858,6 +848,27 @@ impl<'a> Executor<'a> {
     pub fn host_bytes(&self) -> u64 {
         self.store
             .host_bytes(self.model.spec(), self.backend.dtype())
+    }
+}
+
+/// An attention call's shape for `spec`: `batch` rows of `q_len` queries from
+/// position `q_pos0`, K/V `[batch, cap, kv_dim]`.
+pub(crate) fn attn_shape(
+    s: &plans::ModelSpec,
+    batch: usize,
+    q_len: usize,
+    q_pos0: usize,
+    cap: usize,
+) -> AttnShape {
+    AttnShape {
+        batch,
+        q_len,
+        q_pos0,
+        n_heads: s.n_heads,
+        n_kv_heads: s.n_kv_heads,
+        head_dim: s.head_dim,
+        kv_capacity: cap,
+        scale: 1.0 / (s.head_dim as f32).sqrt(),
     }
 }
 

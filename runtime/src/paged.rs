@@ -31,9 +31,9 @@
 
 use std::collections::HashMap;
 
-use kernels::{AttnShape, Backend, DeviceBuf, Event, HostBuf, IdBuf, Stream};
+use kernels::{Backend, DeviceBuf, Event, HostBuf, IdBuf, Stream};
 
-use crate::executor::{head, mlp, rope_shape};
+use crate::executor::{attn_shape, head, mlp, rope_shape};
 use crate::model::Model;
 use crate::{AtLayer, Result, RuntimeError};
 
@@ -923,23 +923,4 @@ fn seqs_blocks(toff: &[usize], end: usize) -> usize {
 
 fn kv_bytes(tokens: usize, kvd: usize, be: &Backend) -> u64 {
     2 * (tokens * kvd) as u64 * be.dtype().bytes() as u64
-}
-
-fn attn_shape(
-    s: &plans::ModelSpec,
-    batch: usize,
-    q_len: usize,
-    q_pos0: usize,
-    cap: usize,
-) -> AttnShape {
-    AttnShape {
-        batch,
-        q_len,
-        q_pos0,
-        n_heads: s.n_heads,
-        n_kv_heads: s.n_kv_heads,
-        head_dim: s.head_dim,
-        kv_capacity: cap,
-        scale: 1.0 / (s.head_dim as f32).sqrt(),
-    }
 }
