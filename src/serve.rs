@@ -350,7 +350,11 @@ mod tests {
 
     /// Requests of `(input, output)` tokens arriving together, with prompts
     /// spread over the vocabulary (`salt` varies them).
-    fn requests_of(lens: &[(usize, usize)], vocab: usize, salt: usize) -> (Requests, Vec<Vec<u32>>) {
+    fn requests_of(
+        lens: &[(usize, usize)],
+        vocab: usize,
+        salt: usize,
+    ) -> (Requests, Vec<Vec<u32>>) {
         let requests = Requests {
             requests: lens
                 .iter()
