@@ -195,7 +195,9 @@ fn overflow_refuses_bad_input_and_writes_nothing() {
         "{\"arrival_s\": 0, \"input_len\": 8, \"output_len\": 4}\n\n{\"arrival_s\": 0, \"input_len\": \"x\"}\n",
     )
     .unwrap();
-    assert_fails(&with(&["--trace", "bad.jsonl"]), &["bad.jsonl:3"]);
+    let o = with(&["--trace", "bad.jsonl"]);
+    assert_fails(&o, &["bad.jsonl:3"]);
+    assert!(!stderr(&o).contains("loading"), "the trace is read before the model");
     // Too small for one request: the smallest capacity that works is named.
     assert_fails(
         &with(&["--kv-memory-fraction", "0.01"]),

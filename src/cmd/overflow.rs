@@ -133,17 +133,24 @@ fn policies(names: &[String]) -> anyhow::Result<Vec<Policy>> {
     Ok(out)
 }
 
+/// The requests as given (a trace, a preset or --requests), read before the
+/// model loads so that a bad trace fails at once.
+fn load_requests(args: &OverflowArgs) -> anyhow::Result<Requests> {
+    Ok(
+        match (&args.trace, args.requests, args.input_len, args.output_len) {
+            (Some(p), ..) => Requests::load(p).context("reading --trace")?,
+            (None, Some(n), Some(i), Some(o)) => {
+                Requests::at_once(n, i, o).context("--requests, --input-len and --output-len")?
+            }
+            _ => Requests::preset(&args.workload).context("--workload")?,
+        },
+    )
+}
+
 /// The requests and each one's prompt ids: a trace's prompt text is
 /// tokenized (its `input_len` becomes the token count); otherwise the
 /// prompt is `input_len` ids spread over the vocabulary.
-fn requests(args: &OverflowArgs, model: &Model) -> anyhow::Result<(Requests, Vec<Vec<u32>>)> {
-    let mut reqs = match (&args.trace, args.requests, args.input_len, args.output_len) {
-        (Some(p), ..) => Requests::load(p).context("reading --trace")?,
-        (None, Some(n), Some(i), Some(o)) => {
-            Requests::at_once(n, i, o).context("--requests, --input-len and --output-len")?
-        }
-        _ => Requests::preset(&args.workload).context("--workload")?,
-    };
+fn requests(model: &Model, mut reqs: Requests) -> anyhow::Result<(Requests, Vec<Vec<u32>>)> {
     let spec = model.spec();
     let vocab = spec.vocab_size;
     let mut prompts = Vec::with_capacity(reqs.requests.len());
@@ -299,12 +306,13 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         .map(|s| super::parse_size("--device-memory", s))
         .transpose()?;
     let (hw, _) = super::load_profile(&args.hardware)?;
+    let given = load_requests(args)?;
     let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     eprintln!("loading {} on {}...", args.model, be.name());
     let model = Model::load(&source, &be).context("loading --model")?;
     let spec = model.spec().clone();
-    let (reqs, prompts) = requests(args, &model)?;
+    let (reqs, prompts) = requests(&model, given)?;
     let esz = be.dtype().bytes();
     // The memory the fractions are shares of.
     let kv_need: u64 = reqs
