@@ -197,7 +197,10 @@ fn overflow_refuses_bad_input_and_writes_nothing() {
     .unwrap();
     let o = with(&["--trace", "bad.jsonl"]);
     assert_fails(&o, &["bad.jsonl:3"]);
-    assert!(!stderr(&o).contains("loading"), "the trace is read before the model");
+    assert!(
+        !stderr(&o).contains("loading"),
+        "the trace is read before the model"
+    );
     // Too small for one request: the smallest capacity that works is named.
     assert_fails(
         &with(&["--kv-memory-fraction", "0.01"]),
