@@ -65,7 +65,7 @@ bench-overflow: build
 	@mkdir -p $(OVERFLOW)/bench
 	$(KVPR) calibrate --quick --model preset:llama-2-7b-tiny --link-gbps $(OVERFLOW_GBPS) --out $(OVERFLOW)/paced.json
 	$(KVPR) overflow $(OVERFLOW_ARGS) --requests 16 --input-len 64 --output-len 320 \
-	    --kv-memory-fraction 0.75 --csv $(OVERFLOW)/bench/telemetry.csv --json $(OVERFLOW)/bench/summary.json \
+	    --kv-memory-fraction 0.6,0.75 --repeat 3 --csv $(OVERFLOW)/bench/telemetry.csv --json $(OVERFLOW)/bench/summary.json \
 	    --plot $(OVERFLOW)/bench
 
 # The poster's sweep (block size x K/V memory fraction x policy) on the same setup.
