@@ -9,9 +9,9 @@ fn json(path: &std::path::Path) -> serde_json::Value {
 }
 
 /// Every policy's runs: each request's greedy output equals the unpressured
-/// run's (the CLI checks and exits 2 otherwise; the JSON says so too), and
-/// the pressure was real.
-fn assert_runs_match(doc: &serde_json::Value, policies: usize) {
+/// run's (the CLI checks and exits 2 otherwise; the JSON says so too); with
+/// `pressure`, every preempting policy really preempted.
+fn assert_runs_match(doc: &serde_json::Value, policies: usize, pressure: bool) {
     let runs = doc["runs"].as_array().unwrap();
     assert_eq!(runs.len(), policies, "{doc}");
     for r in runs {
@@ -21,7 +21,7 @@ fn assert_runs_match(doc: &serde_json::Value, policies: usize) {
         .iter()
         .filter(|r| r["policy"] != "offload")
         .all(|r| r["preempted_requests"].as_u64().unwrap() > 0);
-    assert!(preempted, "no pressure: {doc}");
+    assert!(preempted || !pressure, "no pressure: {doc}");
 }
 
 /// Issue 12 on the real model: a trace of text prompts (tokenized), all four
@@ -81,7 +81,8 @@ fn smollm2_serves_under_every_policy_with_the_unpressured_outputs() {
     ] {
         assert!(out.contains(p), "{p}: {out}");
     }
-    assert_runs_match(&json(&d.path().join("s.json")), 4);
+    // All arrive at once: the pressure does not depend on timing.
+    assert_runs_match(&json(&d.path().join("s.json")), 4, true);
     let lines = std::fs::read_to_string(d.path().join("o.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = lines
         .lines()
@@ -153,6 +154,10 @@ fn an_mha_trace_of_ragged_requests_keeps_its_outputs_at_every_block_size() {
             "8,16",
             "--kv-memory-fraction",
             "0.4",
+            "--partial-share",
+            "0.5",
+            "--offload-share",
+            "0.5",
             "--json",
             "s.json",
         ],
@@ -160,9 +165,13 @@ fn an_mha_trace_of_ragged_requests_keeps_its_outputs_at_every_block_size() {
     );
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let doc = json(&d.path().join("s.json"));
-    assert_runs_match(&doc, 8);
+    // Arrivals are real time: how much pressure there is depends on the
+    // machine's speed, the outputs do not.
+    assert_runs_match(&doc, 8, false);
+    // Where a run evicted anything, partial and offload recomputed half of it.
     for r in doc["runs"].as_array().unwrap() {
-        if r["policy"] == "partial" || r["policy"] == "offload" {
+        let evicted = r["evicted_tokens"].as_u64().unwrap() > 0;
+        if evicted && (r["policy"] == "partial" || r["policy"] == "offload") {
             assert!(
                 r["counters"]["tokens_recomputed"].as_u64().unwrap() > 0,
                 "{r}"
