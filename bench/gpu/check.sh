@@ -18,8 +18,8 @@
 #   e. the Hugging Face offloaded-cache peer, same shape  (peer.csv)
 #   f. a short kvpr run of a synthetic preset on cuda:0 and on the CPU,
 #      compared token for token (run-cuda.json, run-cpu.json)
-#   g. kvpr overflow, Llama-2-7B shape, f16, every policy at two K/V memory
-#      fractions beside the unpressured run (overflow.json/.csv, overflow/*.svg)
+#   g. kvpr overflow, Llama-2-7B shape, f16, every policy at half the K/V memory
+#      beside the unpressured run (overflow.json/.csv, overflow/*.svg)
 #   h. OUTDIR/summary.md, printed last.
 # A failing section does not stop the others; the script exits 1 if any
 # section failed or was skipped, 2 on bad usage.
@@ -55,7 +55,7 @@ B_PEER=${BUDGET_PEER:-100}
 B_RUN=${BUDGET_RUN:-20}              # per device (and the CPU profile they plan with)
 B_OVERFLOW=${BUDGET_OVERFLOW:-150}
 # Serving under KV overflow on the GPU: requests x input x output tokens.
-OVERFLOW_WORKLOAD=${OVERFLOW_WORKLOAD:-32,256,128}
+OVERFLOW_WORKLOAD=${OVERFLOW_WORKLOAD:-32,192,64}
 # kvpr bench loads Llama-2-7B's seeded weights on the host (~7B random numbers)
 # and pins a host store per schedule (68 GiB of K/V at batch 8, context 16384),
 # so 16384 is left to a run with more time: BENCH_CONTEXTS=4096,8192,16384.
@@ -417,7 +417,7 @@ section_overflow() {
   local n i o
   IFS=, read -r n i o <<<"$OVERFLOW_WORKLOAD"
   kvpr_step overflow "$B_OVERFLOW" overflow --model preset:llama-2-7b --hardware "$hw" --device cuda:0 \
-    --dtype f16 --requests "$n" --input-len "$i" --output-len "$o" --kv-memory-fraction 0.3,0.6 \
+    --dtype f16 --requests "$n" --input-len "$i" --output-len "$o" --kv-memory-fraction 0.5 \
     --json "$OUT/overflow.json" --csv "$OUT/overflow.csv" --plot "$OUT/overflow"
   if [[ $STATUS != ok ]]; then
     record overflow "$STATUS" "$(why "$OUT/overflow.log")"
