@@ -101,6 +101,9 @@ pub(crate) trait Device: Send + Sync {
         pos_off: usize,
         r: RopeShape,
     ) -> Result<()>;
+    /// Causal attention ([`crate::Backend::attention`]) for `lens: None`; for
+    /// `Some((lens, off))` ([`crate::Backend::attention_ragged`]), `a.q_len ==
+    /// 1` and row `b` attends keys `0 .. min(lens[off + b], a.kv_capacity)`.
     fn attention(
         &self,
         q: &BufInner,
@@ -108,19 +111,7 @@ pub(crate) trait Device: Send + Sync {
         v: &BufInner,
         out: &BufInner,
         a: AttnShape,
-    ) -> Result<()>;
-    /// [`crate::Backend::attention_ragged`]: `a.q_len == 1`, row `b` attends
-    /// keys `0 .. min(lens[lens_off + b], a.kv_capacity)`.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_ragged(
-        &self,
-        q: &BufInner,
-        k: &BufInner,
-        v: &BufInner,
-        out: &BufInner,
-        a: AttnShape,
-        lens: &IdInner,
-        lens_off: usize,
+        lens: Option<(&IdInner, usize)>,
     ) -> Result<()>;
     fn silu_gate(&self, gate: &BufInner, up: &BufInner, out: &BufInner, len: usize) -> Result<()>;
     fn add(&self, a: &BufInner, b: &BufInner, out: &BufInner, len: usize) -> Result<()>;

@@ -600,7 +600,7 @@ impl Backend {
             return Ok(());
         }
         self.dev
-            .attention(&q.inner, &k.inner, &v.inner, &out.inner, a)
+            .attention(&q.inner, &k.inner, &v.inner, &out.inner, a, None)
     }
 
     /// `out = silu(gate) * up` over `len` elements. `out` may alias an input.

@@ -51,15 +51,9 @@ impl Backend {
         if out.inner.same(&k.inner) || out.inner.same(&v.inner) {
             return Err(self.shape(op, format!("{a:?}"), "out must not alias k or v"));
         }
-        self.dev.attention_ragged(
-            &q.inner,
-            &k.inner,
-            &v.inner,
-            &out.inner,
-            a,
-            &lens.inner,
-            lens_off,
-        )
+        let lens = Some((&lens.inner, lens_off));
+        self.dev
+            .attention(&q.inner, &k.inner, &v.inner, &out.inner, a, lens)
     }
 
     /// Row `i` of `src` (rows of `width` elements from `src_off`) into row

@@ -630,23 +630,16 @@ impl Device for CpuBackend {
         v: &BufInner,
         out: &BufInner,
         a: AttnShape,
+        lens: Option<(&IdInner, usize)>,
     ) -> Result<()> {
-        self.attend("attention", q, k, v, out, a, None)
-    }
-
-    fn attention_ragged(
-        &self,
-        q: &BufInner,
-        k: &BufInner,
-        v: &BufInner,
-        out: &BufInner,
-        a: AttnShape,
-        lens: &IdInner,
-        lens_off: usize,
-    ) -> Result<()> {
-        let op = "attention_ragged";
-        let lens = ids(op, lens)?.read()[lens_off..lens_off + a.batch].to_vec();
-        self.attend(op, q, k, v, out, a, Some(&lens))
+        match lens {
+            None => self.attend("attention", q, k, v, out, a, None),
+            Some((lens, off)) => {
+                let op = "attention_ragged";
+                let lens = ids(op, lens)?.read()[off..off + a.batch].to_vec();
+                self.attend(op, q, k, v, out, a, Some(&lens))
+            }
+        }
     }
 
     fn silu_gate(&self, gate: &BufInner, up: &BufInner, out: &BufInner, len: usize) -> Result<()> {

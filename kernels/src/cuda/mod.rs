@@ -724,36 +724,23 @@ impl Device for CudaBackend {
         v: &BufInner,
         out: &BufInner,
         a: AttnShape,
+        lens: Option<(&IdInner, usize)>,
     ) -> Result<()> {
-        let op = "attention";
+        let op = match lens {
+            None => "attention",
+            Some(_) => "attention_ragged",
+        };
         let (q, k, v, o) = (
             self.buf(op, q)?,
             self.buf(op, k)?,
             self.buf(op, v)?,
             self.buf(op, out)?,
         );
-        ops::attention(self, q.ptr, k.ptr, v.ptr, o.ptr, a, None)
-    }
-
-    fn attention_ragged(
-        &self,
-        q: &BufInner,
-        k: &BufInner,
-        v: &BufInner,
-        out: &BufInner,
-        a: AttnShape,
-        lens: &IdInner,
-        lens_off: usize,
-    ) -> Result<()> {
-        let op = "attention_ragged";
-        let (q, k, v, o) = (
-            self.buf(op, q)?,
-            self.buf(op, k)?,
-            self.buf(op, v)?,
-            self.buf(op, out)?,
-        );
-        let lens = self.ids(op, lens)?.at(lens_off);
-        ops::attention(self, q.ptr, k.ptr, v.ptr, o.ptr, a, Some(lens))
+        let lens = match lens {
+            Some((l, off)) => Some(self.ids(op, l)?.at(off)),
+            None => None,
+        };
+        ops::attention(self, q.ptr, k.ptr, v.ptr, o.ptr, a, lens)
     }
 
     fn silu_gate(&self, gate: &BufInner, up: &BufInner, out: &BufInner, len: usize) -> Result<()> {
