@@ -198,16 +198,12 @@ pub fn serve(
                     evicted_tokens += tokens;
                     eng.drop_kv(id)?;
                 }
-                Eviction::SwappedOut { blocks } => {
+                Eviction::SwappedOut {
+                    recompute_tokens, ..
+                } => {
                     let (cached, _) = eng.cached(id).unwrap_or((0, 0));
                     evicted_tokens += cached;
-                    let keep = match cfg.policy {
-                        Policy::Partial => {
-                            ((blocks as f64) * cfg.partial_share).round() as usize * bs
-                        }
-                        _ => 0,
-                    };
-                    eng.swap_out(id, keep)?;
+                    eng.swap_out(id, recompute_tokens)?;
                 }
             }
         }

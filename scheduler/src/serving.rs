@@ -95,8 +95,13 @@ pub enum Entry {
 pub enum Eviction {
     /// Its K/V were dropped (`recompute`).
     Dropped { tokens: usize },
-    /// Its blocks were copied to the host (`swap`, `partial`).
-    SwappedOut { blocks: usize },
+    /// `blocks` of its blocks were copied to the host (`swap`, `partial`);
+    /// its first `recompute_tokens` tokens were not, and are recomputed from
+    /// activations on resume (`partial`; 0 under `swap`).
+    SwappedOut {
+        blocks: usize,
+        recompute_tokens: usize,
+    },
 }
 
 /// One engine iteration.
@@ -128,6 +133,8 @@ struct Req {
     generated: usize,
     device_blocks: usize,
     host_blocks: usize,
+    /// `partial`, while preempted: leading tokens left to recompute on resume.
+    recompute_tokens: usize,
     state: State,
 }
 
@@ -225,6 +232,7 @@ impl Serving {
                 generated: 0,
                 device_blocks: 0,
                 host_blocks: 0,
+                recompute_tokens: 0,
                 state: State::Future,
             })
             .collect();
@@ -358,9 +366,23 @@ impl Serving {
                 }
             }
             Policy::Swap | Policy::Partial => {
-                r.host_blocks = blocks;
-                self.stats.blocks_swapped_out += blocks;
-                Eviction::SwappedOut { blocks }
+                // `partial` decides here which leading blocks it will
+                // recompute, so that they are never copied out.
+                let kept = match self.cfg.policy {
+                    Policy::Partial => {
+                        ((blocks as f64) * self.cfg.partial_recompute).round() as usize
+                    }
+                    _ => 0,
+                }
+                .min(blocks);
+                let cached = r.input_len + r.generated.saturating_sub(1);
+                r.recompute_tokens = (kept * self.cfg.block_size).min(cached);
+                r.host_blocks = blocks - kept;
+                self.stats.blocks_swapped_out += blocks - kept;
+                Eviction::SwappedOut {
+                    blocks: blocks - kept,
+                    recompute_tokens: r.recompute_tokens,
+                }
             }
         };
         r.state = State::Preempted;
@@ -388,14 +410,7 @@ impl Serving {
                 self.preempted.pop_front();
                 let (recompute, swap_in) = match self.cfg.policy {
                     Policy::Recompute | Policy::Offload => (tokens, 0),
-                    Policy::Swap => (0, r.host_blocks),
-                    Policy::Partial => {
-                        let bs = self.cfg.block_size;
-                        let blocks =
-                            ((r.host_blocks as f64) * self.cfg.partial_recompute).round() as usize;
-                        let recompute = (blocks * bs).min(tokens);
-                        (recompute, r.host_blocks - blocks.min(r.host_blocks))
-                    }
+                    Policy::Swap | Policy::Partial => (r.recompute_tokens, r.host_blocks),
                 };
                 self.stats.tokens_recomputed += recompute;
                 self.stats.blocks_swapped_in += swap_in;
