@@ -4,7 +4,7 @@
 
 use kernels::{DeviceBuf, Event, Stream};
 
-use super::{bad, kv_bytes, PagedEngine, Seq};
+use super::{bad, kv_bytes, At, PagedEngine, Seq};
 use crate::executor::rope_shape;
 use crate::{AtLayer, Result};
 
@@ -218,7 +218,7 @@ impl PagedEngine<'_> {
     /// step needs in layer `li`: `X` of the first `l` tokens of its offloaded
     /// prefix (to recompute K/V from) and K/V of the rest, into staging region
     /// `k % 2` once its last gather is done.
-    pub(super) fn issue_prefix(&mut self, li: usize, seq: &Seq, l: usize, k: usize) -> Result<()> {
+    pub(super) fn issue_prefix(&mut self, li: usize, seq: At, l: usize, k: usize) -> Result<()> {
         let (be, m) = (self.be, self.model);
         let s = m.spec();
         let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
@@ -274,7 +274,7 @@ impl PagedEngine<'_> {
         &mut self,
         li: usize,
         region: usize,
-        seq: &Seq,
+        seq: At,
         l: usize,
     ) -> Result<()> {
         let (be, m) = (self.be, self.model);

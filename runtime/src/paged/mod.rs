@@ -89,6 +89,16 @@ struct Seq {
     swapped_from: usize,
 }
 
+/// What a decode step needs of a sequence, copied out of its state.
+#[derive(Clone, Copy, Debug)]
+struct At {
+    base: usize,
+    off: usize,
+    cached: usize,
+    /// Where its gather table starts in the step's id buffer.
+    table: usize,
+}
+
 /// The paged cache and the buffers of a ragged decode step.
 pub struct PagedEngine<'a> {
     be: &'a Backend,
@@ -109,6 +119,8 @@ pub struct PagedEngine<'a> {
     /// Per step: ids, positions, new-token pool rows, lengths (`max_batch`
     /// each), then every sequence's gather table (staging ids, then its blocks).
     step: IdBuf,
+    /// The host side of `step`, kept so a step allocates no buffer for it.
+    step_host: Vec<u32>,
     /// Positions `0..max_tokens` (RoPE of recomputed rows).
     ramp: IdBuf,
     hidden: DeviceBuf,
@@ -212,6 +224,7 @@ impl<'a> PagedEngine<'a> {
             free,
             seqs: HashMap::new(),
             step: be.alloc_ids(4 * b + b * max_blocks)?,
+            step_host: Vec::with_capacity(4 * b + b * max_blocks),
             ramp,
             hidden: a(b * h)?,
             xn: if cfg.keep_activations {
@@ -440,16 +453,17 @@ impl<'a> PagedEngine<'a> {
                 ),
             ));
         }
-        // Each sequence's block for its new token, its ids and positions, and
-        // the gather table: staging blocks for an offloaded prefix, then its own.
-        let mut ids = Vec::with_capacity(b);
-        let mut pos = Vec::with_capacity(b);
-        let mut slots = Vec::with_capacity(b);
-        let mut lens = Vec::with_capacity(b);
-        let mut table: Vec<u32> = Vec::new();
-        let mut toff = Vec::with_capacity(b);
-        let mut n_off = 0;
-        for &(id, _) in batch {
+        // Each sequence's block for its new token; then one host buffer for
+        // the step: ids, positions, new-token pool rows and lengths (`b`
+        // each), then every sequence's gather table (staging blocks for an
+        // offloaded prefix, then its own blocks).
+        let (pos_off, slot_off, len_off) = (b, 2 * b, 3 * b);
+        let mut step = std::mem::take(&mut self.step_host);
+        step.clear();
+        step.resize(4 * b, 0);
+        let mut seqs: Vec<At> = Vec::with_capacity(b);
+        let (mut cap_blocks, mut n_off) = (0, 0);
+        for (i, &(id, _)) in batch.iter().enumerate() {
             let seq = self.seq(id)?;
             if seq.swapped {
                 return Err(bad("decode", format!("request {id} is swapped out")));
@@ -465,37 +479,34 @@ impl<'a> PagedEngine<'a> {
                     .push(blk);
             }
             let seq = self.seq(id)?;
-            ids.push(seq.last);
-            pos.push(n as u32);
-            slots.push(self.row(seq, n) as u32);
-            lens.push(n as u32 + 1);
-            toff.push(table.len());
+            step[i] = seq.last;
+            step[pos_off + i] = n as u32;
+            step[slot_off + i] = self.row(seq, n) as u32;
+            step[len_off + i] = n as u32 + 1;
+            let table = step.len();
             if seq.off > 0 {
                 // The k-th offloaded sequence's prefix goes to region k % 2.
                 let stage0 = (self.stage_row(n_off % 2) / bs) as u32;
-                table.extend((0..seq.off as u32).map(|i| stage0 + i));
+                step.extend((0..seq.off as u32).map(|j| stage0 + j));
                 n_off += 1;
             }
-            table.extend(&seq.blocks);
+            step.extend(&seq.blocks);
+            cap_blocks = cap_blocks.max(step.len() - table);
+            seqs.push(At {
+                base: seq.base,
+                off: seq.off,
+                cached: n,
+                table,
+            });
         }
-        // One write: ids, positions, new-token rows, lengths, then the tables.
-        let (pos_off, slot_off, len_off, tab_off) = (b, 2 * b, 3 * b, 4 * b);
-        let mut step: Vec<u32> = ids;
-        step.extend(pos);
-        step.extend(slots);
-        step.extend(lens);
-        step.extend(&table);
         be.write_ids(&self.step, 0, &step)?;
+        self.step_host = step;
         // Attention reads `[b, cap, kv_dim]`: `cap` the longest context's blocks.
-        let cap = seqs_blocks(&toff, table.len()) * bs;
+        let cap = cap_blocks * bs;
         // Earlier writebacks land before this step overwrites their sources.
         let wb = be.record(Stream::Writeback)?;
         be.wait(Stream::Compute, &wb)?;
         be.wait(Stream::Copy, &wb)?;
-        let seqs: Vec<Seq> = batch
-            .iter()
-            .map(|&(id, _)| self.seq(id).cloned())
-            .collect::<Result<_>>()?;
         let (eps, theta, inter) = (
             s.norm_eps as f32,
             s.rope_theta as f32,
@@ -515,7 +526,7 @@ impl<'a> PagedEngine<'a> {
             .collect();
         let nl = m.layers.len();
         for (k, &(i, l)) in offloaded.iter().enumerate().take(2) {
-            self.issue_prefix(0, &seqs[i], l, k)?;
+            self.issue_prefix(0, seqs[i], l, k)?;
         }
         for li in 0..nl {
             let l = &m.layers[li];
@@ -567,10 +578,10 @@ impl<'a> PagedEngine<'a> {
             for (i, seq) in seqs.iter().enumerate() {
                 let n = seq.cached + 1;
                 if seq.off > 0 {
-                    self.finish_prefix(li, k % 2, seq, offloaded[k].1)?;
+                    self.finish_prefix(li, k % 2, *seq, offloaded[k].1)?;
                 }
                 // Its blocks into row `i` of the batch buffer attention reads.
-                let (nb, width, t) = (n.div_ceil(bs), bs * kvd, tab_off + toff[i]);
+                let (nb, width, t) = (n.div_ceil(bs), bs * kvd, seq.table);
                 let (kp, vp) = (&self.k_pool[li], &self.v_pool[li]);
                 let dst = i * cap * kvd;
                 be.gather_rows(kp, &self.step, t, &self.k_gather, dst, nb, width)
@@ -581,7 +592,7 @@ impl<'a> PagedEngine<'a> {
                     self.stage_free[k % 2] = Some(be.record(Stream::Compute).at(li)?);
                     // The region is free again: the prefix two ahead goes there.
                     if let Some(&(j, l)) = offloaded.get(k + 2) {
-                        self.issue_prefix(li, &seqs[j], l, k + 2)?;
+                        self.issue_prefix(li, seqs[j], l, k + 2)?;
                     }
                     k += 1;
                 }
@@ -594,7 +605,7 @@ impl<'a> PagedEngine<'a> {
             // layer's projection and MLP.
             if li + 1 < nl {
                 for (k, &(j, l)) in offloaded.iter().enumerate().take(2) {
-                    self.issue_prefix(li + 1, &seqs[j], l, k)?;
+                    self.issue_prefix(li + 1, seqs[j], l, k)?;
                 }
             }
             be.gemm(&self.att, 0, &a.o_proj, 0, &self.tmp, 0, b, h, qd)
@@ -615,16 +626,6 @@ impl<'a> PagedEngine<'a> {
         self.counters.tokens_decoded += b as u64;
         Ok(next)
     }
-}
-
-/// The most blocks any sequence's table lists (`toff` are the tables'
-/// starts, `end` the end of the last).
-fn seqs_blocks(toff: &[usize], end: usize) -> usize {
-    toff.iter()
-        .zip(toff.iter().skip(1).chain(std::iter::once(&end)))
-        .map(|(a, b)| b - a)
-        .max()
-        .unwrap_or(1)
 }
 
 fn kv_bytes(tokens: usize, kvd: usize, be: &Backend) -> u64 {
