@@ -69,7 +69,9 @@ pub struct RunResult {
     pub preempted_requests: usize,
     /// Tokens whose K/V left the device (dropped, swapped or offloaded).
     pub evicted_tokens: usize,
-    pub counters: Counters,
+    pub counters: PagedCounters,
+    /// Tokens prefilled again on resume (`recompute`, and `offload`'s rare resumes).
+    pub tokens_reprefilled: u64,
     /// Gaps between successive tokens of a request, ms.
     pub tpot_p50_ms: f64,
     pub tpot_p99_ms: f64,
@@ -79,30 +81,13 @@ pub struct RunResult {
     pub outputs: Vec<Vec<u32>>,
 }
 
-/// The engine's counters, serialisable.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct Counters {
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    pub bytes_x_out: u64,
-    pub tokens_prefilled: u64,
-    /// From `X` (`partial`, `offload`) and by prefilling again (`recompute`).
-    pub tokens_recomputed: u64,
-}
-
-impl From<PagedCounters> for Counters {
-    fn from(c: PagedCounters) -> Self {
-        Counters {
-            bytes_out: c.bytes_out,
-            bytes_in: c.bytes_in,
-            bytes_x_out: c.bytes_x_out,
-            tokens_prefilled: c.tokens_prefilled,
-            tokens_recomputed: c.tokens_recomputed,
-        }
-    }
-}
-
 impl RunResult {
+    /// Tokens whose K/V were computed again: from activations, or by
+    /// prefilling again.
+    pub fn tokens_recomputed(&self) -> u64 {
+        self.counters.tokens_recomputed + self.tokens_reprefilled
+    }
+
     pub fn throughput(&self) -> f64 {
         self.tokens as f64 / self.total_s.max(1e-9)
     }
@@ -314,10 +299,8 @@ pub fn serve(
         preemptions: sched.stats.preemptions,
         preempted_requests: was_preempted.iter().filter(|&&p| p).count(),
         evicted_tokens,
-        counters: Counters {
-            tokens_recomputed: eng.counters.tokens_recomputed + reprefilled,
-            ..eng.counters.into()
-        },
+        counters: eng.counters,
+        tokens_reprefilled: reprefilled,
         tpot_p50_ms: p50,
         tpot_p99_ms: p99,
         samples,
@@ -468,7 +451,7 @@ mod tests {
                         let c = r.counters;
                         match policy {
                             Policy::Recompute => {
-                                assert!(r.preemptions > 0 && c.tokens_recomputed > 0, "{what}")
+                                assert!(r.preemptions > 0 && r.tokens_recomputed() > 0, "{what}")
                             }
                             Policy::Swap => assert!(c.bytes_out > 0 && c.bytes_in > 0, "{what}"),
                             Policy::Partial => {

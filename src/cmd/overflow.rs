@@ -184,9 +184,10 @@ fn requests(model: &Model, mut reqs: Requests) -> anyhow::Result<(Requests, Vec<
     Ok((reqs, prompts))
 }
 
-/// Bytes of one block of K/V over all layers.
-fn block_bytes(spec: &plans::ModelSpec, bs: usize, esz: usize) -> u64 {
-    (bs * 2 * spec.kv_dim() * spec.n_layers * esz) as u64
+/// Bytes of K and V of `tokens` tokens over all layers (a block's, with
+/// `tokens` the block size).
+pub fn kv_bytes(spec: &plans::ModelSpec, tokens: usize, esz: usize) -> u64 {
+    (tokens * 2 * spec.kv_dim() * spec.n_layers * esz) as u64
 }
 
 /// The cost model for one sequence of `reqs`' mean shape, and that mean
@@ -318,7 +319,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let kv_need: u64 = reqs
         .requests
         .iter()
-        .map(|r| ((r.input_len + r.output_len) * 2 * spec.kv_dim() * spec.n_layers * esz) as u64)
+        .map(|r| kv_bytes(&spec, r.input_len + r.output_len, esz))
         .sum();
     let left = match device_memory {
         None => kv_need,
@@ -339,7 +340,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let bs0 = args.block_size[0];
     // The offload share at the first fraction: the resident share of a context.
     let resident = match (args.kv_blocks, args.kv_memory_fraction.first()) {
-        (Some(n), _) => n as f64 * block_bytes(&spec, bs0, esz) as f64,
+        (Some(n), _) => n as f64 * kv_bytes(&spec, bs0, esz) as f64,
         (None, Some(&f)) => f * left as f64,
         (None, None) => left as f64,
     } / kv_need.max(1) as f64;
@@ -381,7 +382,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         for &fraction in &fractions {
             let capacity = match (args.kv_blocks, fraction) {
                 (Some(n), _) => n,
-                (None, Some(f)) => (f * left as f64 / block_bytes(&spec, bs, esz) as f64) as usize,
+                (None, Some(f)) => (f * left as f64 / kv_bytes(&spec, bs, esz) as f64) as usize,
                 (None, None) => unreachable!("fractions are given when blocks are not"),
             };
             for &policy in &policies {
@@ -393,7 +394,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
                         }
                         None => format!("--kv-blocks {capacity}: blocks of {bs} tokens"),
                     };
-                    let need_f = least as f64 * block_bytes(&spec, bs, esz) as f64 / left as f64;
+                    let need_f = least as f64 * kv_bytes(&spec, bs, esz) as f64 / left as f64;
                     bail!(
                         "{flag} cannot hold the longest request under {}; the smallest capacity that works is {least} blocks ({} tokens{})",
                         policy.name(),
@@ -584,7 +585,7 @@ fn summary(
                 format!("{}/{}", r.preempted_requests, reqs.requests.len()),
                 r.evicted_tokens.to_string(),
                 plans::human_bytes(r.counters.bytes_out + r.counters.bytes_in),
-                r.counters.tokens_recomputed.to_string(),
+                r.tokens_recomputed().to_string(),
                 if o.outputs_match { "same" } else { "DIFFER" }.into(),
             ]
         })
@@ -645,6 +646,7 @@ fn write_outputs(
                 v["baseline_s"] = serde_json::json!(o.baseline_s);
                 v["overhead"] = serde_json::json!(o.overhead());
                 v["throughput_tokens_per_s"] = serde_json::json!(o.result.throughput());
+                v["tokens_recomputed"] = serde_json::json!(o.result.tokens_recomputed());
                 v["outputs_match_unpressured"] = serde_json::json!(o.outputs_match);
                 v
             })

@@ -61,7 +61,6 @@ pub fn write(dir: &Path, model: &str, outcomes: &[Outcome]) -> anyhow::Result<()
     let overhead = svg((1000, 1000), |root| {
         let parts = root.split_evenly((3, 1));
         let mut names: Vec<String> = outcomes.iter().map(|o| o.result.policy.clone()).collect();
-        names.dedup();
         names.sort();
         names.dedup();
         let by = |x: &dyn Fn(&Outcome) -> Option<f64>, keep: &dyn Fn(&Outcome) -> bool| {

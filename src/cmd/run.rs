@@ -264,7 +264,7 @@ fn ragged(
     };
     let block = args.block_tokens.max(1);
     let full: usize = ids.iter().map(|v| (v.len() + n).div_ceil(block)).sum();
-    let per_block = (block * 2 * spec.kv_dim() * spec.n_layers * be.dtype().bytes()) as u64;
+    let per_block = super::overflow::kv_bytes(spec, block, be.dtype().bytes());
     let (capacity, policy) = match &args.gpu_memory_budget {
         None => (full, scheduler::Policy::Swap),
         Some(b) => {

@@ -55,7 +55,7 @@ pub struct PagedConfig {
 }
 
 /// Bytes and tokens the engine has moved or computed, cumulative.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PagedCounters {
     /// K/V bytes copied to the host (swap-out, offload).
     pub bytes_out: u64,
