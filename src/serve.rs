@@ -63,6 +63,12 @@ pub struct RunResult {
     pub total_s: f64,
     /// Time spent preempting and resuming (device-synchronised), s.
     pub preempt_resume_s: f64,
+    /// Allocating the paged cache and the host store (not in `total_s`), s.
+    pub setup_s: f64,
+    /// Prefilling fresh requests (host clock, includes the first token), s.
+    pub prefill_s: f64,
+    /// Decode steps, s.
+    pub decode_s: f64,
     pub tokens: usize,
     pub preemptions: usize,
     /// Requests preempted at least once.
@@ -141,12 +147,16 @@ pub fn serve(
             .map(|r| r.input_len + r.output_len)
             .collect(),
     };
+    let setup = Instant::now();
     let mut eng = PagedEngine::new(be, model, pc).context("allocating the paged cache")?;
+    be.synchronize()?;
+    let setup_s = setup.elapsed().as_secs_f64();
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut stamps: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut samples = Vec::new();
     let mut was_preempted = vec![false; n];
     let (mut preempt_resume_s, mut evicted_tokens, mut produced_total) = (0.0, 0usize, 0usize);
+    let (mut prefill_s, mut decode_s) = (0.0, 0.0);
     // Tokens prefilled again on resume (`recompute`, `offload`).
     let mut reprefilled = 0u64;
     let bs = cfg.block_size;
@@ -220,11 +230,13 @@ pub fn serve(
             be.synchronize()?;
             preempt_resume_s += t0.elapsed().as_secs_f64();
         }
+        let t1 = Instant::now();
         for id in fresh {
             let t = eng.prefill(id, &prompts[id])?;
             outputs[id].push(t);
             produced.insert(id);
         }
+        prefill_s += t1.elapsed().as_secs_f64();
         let batch: Vec<(usize, usize)> = it
             .decode
             .iter()
@@ -234,7 +246,9 @@ pub fn serve(
                 (id, (off as f64 * cfg.offload_share) as usize)
             })
             .collect();
+        let t2 = Instant::now();
         let next = eng.decode(&batch)?;
+        decode_s += t2.elapsed().as_secs_f64();
         for (&(id, _), t) in batch.iter().zip(next) {
             outputs[id].push(t);
         }
@@ -295,6 +309,9 @@ pub fn serve(
         capacity_blocks: cfg.capacity_blocks,
         total_s,
         preempt_resume_s,
+        setup_s,
+        prefill_s,
+        decode_s,
         tokens: produced_total,
         preemptions: sched.stats.preemptions,
         preempted_requests: was_preempted.iter().filter(|&&p| p).count(),

@@ -27,6 +27,9 @@
 # Environment: KVPR_BIN (the binary), PYTHON (default python3),
 # CHECK_BUDGET_S (whole-run budget, default 540), PEER_CONTEXTS (default
 # 4096,8192,16384), and BUDGET_<SECTION> for each section's seconds (below).
+# CHECK_SECTIONS runs some sections only (e.g. "identity calibrate overflow");
+# CHECK_HARDWARE names a profile measured before on this kind of device, used
+# instead of calibrating (e.g. bench/results/2026-11-25-h200/hardware.json).
 
 # The sections are called by name in a loop at the end:
 # shellcheck disable=SC2329
@@ -54,8 +57,10 @@ B_BENCH=${BUDGET_BENCH:-200}
 B_PEER=${BUDGET_PEER:-100}
 B_RUN=${BUDGET_RUN:-20}              # per device (and the CPU profile they plan with)
 B_OVERFLOW=${BUDGET_OVERFLOW:-150}
-# Serving under KV overflow on the GPU: requests x input x output tokens.
+# Serving under KV overflow on the GPU: requests x input x output tokens, and
+# the shares of the workload's K/V that the cache holds.
 OVERFLOW_WORKLOAD=${OVERFLOW_WORKLOAD:-32,192,64}
+OVERFLOW_FRACTIONS=${OVERFLOW_FRACTIONS:-0.5}
 # kvpr bench loads Llama-2-7B's seeded weights on the host (~7B random numbers)
 # and pins a host store per schedule (68 GiB of K/V at batch 8, context 16384),
 # so 16384 is left to a run with more time: BENCH_CONTEXTS=4096,8192,16384.
@@ -303,6 +308,15 @@ section_selftest() {
 # ------------------------------------------------------------ c. calibrate
 section_calibrate() {
   rm -f "$OUT/hardware.json"
+  if [[ -n ${CHECK_HARDWARE:-} ]]; then
+    # A profile measured before on this kind of device: no calibration.
+    if cp "$CHECK_HARDWARE" "$OUT/hardware.json" 2>/dev/null; then
+      record calibrate ok "CHECK_HARDWARE=$CHECK_HARDWARE (not measured in this run)"
+    else
+      record calibrate FAILED "CHECK_HARDWARE=$CHECK_HARDWARE cannot be read"
+    fi
+    return
+  fi
   kvpr_step calibrate "$B_CALIBRATE" calibrate --device cuda:0 --model preset:llama-2-7b --out "$OUT/hardware.json"
   local how=full log=calibrate
   if [[ $STATUS == TIMEOUT || ($STATUS == FAILED && $RC != 2) ]]; then
@@ -417,7 +431,7 @@ section_overflow() {
   local n i o
   IFS=, read -r n i o <<<"$OVERFLOW_WORKLOAD"
   kvpr_step overflow "$B_OVERFLOW" overflow --model preset:llama-2-7b --hardware "$hw" --device cuda:0 \
-    --dtype f16 --requests "$n" --input-len "$i" --output-len "$o" --kv-memory-fraction 0.5 \
+    --dtype f16 --requests "$n" --input-len "$i" --output-len "$o" --kv-memory-fraction "$OVERFLOW_FRACTIONS" \
     --json "$OUT/overflow.json" --csv "$OUT/overflow.csv" --plot "$OUT/overflow"
   if [[ $STATUS != ok ]]; then
     record overflow "$STATUS" "$(why "$OUT/overflow.log")"
@@ -450,7 +464,11 @@ section_headline() {
 }
 
 # Each section runs whatever happened before it; none can stop the script.
-for s in identity selftest calibrate bench peer run overflow headline; do
+for s in ${CHECK_SECTIONS:-identity selftest calibrate bench peer run overflow headline}; do
+  if ! declare -F "section_$s" >/dev/null; then
+    echo "CHECK_SECTIONS: no section '$s' (identity selftest calibrate bench peer run overflow headline)" >&2
+    exit 2
+  fi
   "section_$s" || record "$s" FAILED "internal error in section_$s (exit $?)"
 done
 

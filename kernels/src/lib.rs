@@ -42,6 +42,10 @@ pub use cuda::{
 };
 pub use error::{KernelError, Result};
 
+/// The id that [`Backend::gather_rows`] skips: its row of the output is left
+/// as it was.
+pub const SKIP_ROW: u32 = u32::MAX;
+
 use std::str::FromStr;
 
 use device::Device;
@@ -675,6 +679,8 @@ impl Backend {
 
     /// [`Backend::embedding`] into `out` from element `out_off`: rows of
     /// `dim` elements gathered by id (the paged cache's blocks by block table).
+    /// An id of [`SKIP_ROW`] leaves its row of `out` as it was (the padding of
+    /// a ragged batch's tables, so one call gathers the whole batch).
     #[allow(clippy::too_many_arguments)]
     pub fn gather_rows(
         &self,

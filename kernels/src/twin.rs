@@ -149,13 +149,21 @@ pub fn scatter_rows(src: &[f32], dst: &mut [f32], idx: &[u32], width: usize) {
 
 /// Rows `ids` of `table` (`[vocab, dim]`); an id outside the vocabulary gives zeros.
 pub fn embedding(table: &[f32], ids: &[u32], dim: usize) -> Vec<f32> {
+    let mut out = vec![0.0; ids.len() * dim];
+    gather_rows(table, ids, dim, &mut out);
+    out
+}
+
+/// [`embedding`] into `out`: a [`crate::SKIP_ROW`] id leaves its row as it was.
+pub fn gather_rows(table: &[f32], ids: &[u32], dim: usize, out: &mut [f32]) {
     let vocab = table.len() / dim.max(1);
-    ids.iter()
-        .flat_map(|&id| match (id as usize) < vocab {
-            true => table[id as usize * dim..][..dim].to_vec(),
-            false => vec![0.0; dim],
-        })
-        .collect()
+    for (row, &id) in out.chunks_exact_mut(dim.max(1)).zip(ids) {
+        match (id as usize) < vocab {
+            _ if id == crate::SKIP_ROW => {}
+            true => row.copy_from_slice(&table[id as usize * dim..][..dim]),
+            false => row.fill(0.0),
+        }
+    }
 }
 
 /// Index of the first largest value (NaN never wins).

@@ -311,7 +311,9 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     eprintln!("loading {} on {}...", args.model, be.name());
+    let loading = std::time::Instant::now();
     let model = Model::load(&source, &be).context("loading --model")?;
+    eprintln!("loaded in {:.1} s", loading.elapsed().as_secs_f64());
     let spec = model.spec().clone();
     let (reqs, prompts) = requests(&model, given)?;
     let esz = be.dtype().bytes();
@@ -437,8 +439,12 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         // One line per run, also where the bar is hidden (a log, not a terminal).
         bar.suspend(|| {
             eprintln!(
-                "done: {what}: {:.2} s, {} preempted, {} moved",
+                "done: {what}: {:.2} s (prefill {:.2}, decode {:.2}, preempt/resume {:.2}; setup {:.2} s), {} preempted, {} moved",
                 r.total_s,
+                r.prefill_s,
+                r.decode_s,
+                r.preempt_resume_s,
+                r.setup_s,
                 r.preempted_requests,
                 plans::human_bytes(r.counters.bytes_in + r.counters.bytes_out)
             )

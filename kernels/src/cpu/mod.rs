@@ -745,6 +745,7 @@ impl Device for CpuBackend {
                 .zip(id)
             {
                 match (i as usize) < vocab {
+                    _ if i == crate::SKIP_ROW => {}
                     true => row.copy_from_slice(&r[0][i as usize * dim..][..dim]),
                     false => row.fill(0.0),
                 }

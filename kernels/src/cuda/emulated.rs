@@ -443,6 +443,17 @@ fn embedding_argmax_and_sampling_match_their_twins() {
         ops::embedding(&l, ta, table.len(), ia, oa, ids.len(), dim).unwrap();
         let want = twin::embedding(&table, &ids, dim);
         assert_close(&decode(d, &ob), &want, d, "embedding");
+        // A gather of long rows (a block of K/V) with a skipped slot.
+        let (rows, width) = (3, 5 * 256 + 3);
+        let pool = random(4 * width, 1.0, 12, d);
+        let ids = [2u32, crate::SKIP_ROW, 0];
+        let (mut pb, mut ib) = (encode(d, &pool), ids_bytes(&ids));
+        let mut ob = encode(d, &vec![7.0; rows * width]);
+        let (pa, ia, oa) = (addr(&mut pb), addr(&mut ib), addr(&mut ob));
+        ops::embedding(&l, pa, pool.len(), ia, oa, rows, width).unwrap();
+        let mut want = vec![7.0; rows * width];
+        twin::gather_rows(&pool, &ids, width, &mut want);
+        assert_close(&decode(d, &ob), &want, d, "gather_rows");
 
         let (rows, cols) = (3, 5000);
         let mut x = random(rows * cols, 6.0, 11, d);

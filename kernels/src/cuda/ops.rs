@@ -189,10 +189,15 @@ pub(crate) fn embedding(
         Arg::Ptr(ids),
         Arg::Ptr(o),
         int(l, op, rows)?,
-        int(l, op, dim)?,
+        Arg::U64(dim as u64),
         int(l, op, table_len / dim)?,
     ];
-    l.launch(op, (rows, 1, 1), 256, &args)
+    let grid = (
+        dim.div_ceil(256).clamp(1, GRID_YZ),
+        rows.clamp(1, GRID_YZ),
+        1,
+    );
+    l.launch(op, grid, 256, &args)
 }
 
 pub(crate) fn argmax(l: &impl Launcher, x: u64, out: u64, rows: usize, cols: usize) -> Result<()> {

@@ -97,6 +97,8 @@ struct At {
     cached: usize,
     /// Where its gather table starts in the step's id buffer.
     table: usize,
+    /// Blocks in its gather table.
+    blocks: usize,
 }
 
 /// The paged cache and the buffers of a ragged decode step.
@@ -117,7 +119,10 @@ pub struct PagedEngine<'a> {
     seqs: HashMap<usize, Seq>,
     // Decode-step buffers, `max_batch` rows.
     /// Per step: ids, positions, new-token pool rows, lengths (`max_batch`
-    /// each), then every sequence's gather table (staging ids, then its blocks).
+    /// each), then every sequence's gather table (staging ids, then its
+    /// blocks), then the batch's tables padded to the widest with
+    /// [`kernels::SKIP_ROW`] (an offloaded sequence's row all skipped: its
+    /// prefix is gathered alone, when its staging region is filled).
     step: IdBuf,
     /// The host side of `step`, kept so a step allocates no buffer for it.
     step_host: Vec<u32>,
@@ -223,8 +228,8 @@ impl<'a> PagedEngine<'a> {
             },
             free,
             seqs: HashMap::new(),
-            step: be.alloc_ids(4 * b + b * max_blocks)?,
-            step_host: Vec::with_capacity(4 * b + b * max_blocks),
+            step: be.alloc_ids(4 * b + 2 * b * max_blocks)?,
+            step_host: Vec::with_capacity(4 * b + 2 * b * max_blocks),
             ramp,
             hidden: a(b * h)?,
             xn: if cfg.keep_activations {
@@ -497,7 +502,18 @@ impl<'a> PagedEngine<'a> {
                 off: seq.off,
                 cached: n,
                 table,
+                blocks: step.len() - table,
             });
+        }
+        // The whole batch's gather in one call per layer and kind.
+        let padded = step.len();
+        for q in &seqs {
+            let own = match q.off {
+                0 => q.blocks,
+                _ => 0,
+            };
+            step.extend_from_within(q.table..q.table + own);
+            step.resize(step.len() + cap_blocks - own, kernels::SKIP_ROW);
         }
         be.write_ids(&self.step, 0, &step)?;
         self.step_host = step;
@@ -574,27 +590,27 @@ impl<'a> PagedEngine<'a> {
                 }
                 self.counters.bytes_x_out += (b * h) as u64 * esz;
             }
-            let mut k = 0;
-            for (i, seq) in seqs.iter().enumerate() {
-                let n = seq.cached + 1;
-                if seq.off > 0 {
-                    self.finish_prefix(li, k % 2, *seq, offloaded[k].1)?;
-                }
-                // Its blocks into row `i` of the batch buffer attention reads.
-                let (nb, width, t) = (n.div_ceil(bs), bs * kvd, seq.table);
+            // Blocks into the batch buffer attention reads (`[b, cap, kvd]`):
+            // the resident sequences' all at once, an offloaded one's alone.
+            let (width, kp, vp) = (bs * kvd, &self.k_pool[li], &self.v_pool[li]);
+            let rows = b * cap_blocks;
+            be.gather_rows(kp, &self.step, padded, &self.k_gather, 0, rows, width)
+                .at(li)?;
+            be.gather_rows(vp, &self.step, padded, &self.v_gather, 0, rows, width)
+                .at(li)?;
+            for (k, &(i, l)) in offloaded.iter().enumerate() {
+                let seq = seqs[i];
+                self.finish_prefix(li, k % 2, seq, l)?;
+                let (nb, t, dst) = (seq.blocks, seq.table, i * cap * kvd);
                 let (kp, vp) = (&self.k_pool[li], &self.v_pool[li]);
-                let dst = i * cap * kvd;
                 be.gather_rows(kp, &self.step, t, &self.k_gather, dst, nb, width)
                     .at(li)?;
                 be.gather_rows(vp, &self.step, t, &self.v_gather, dst, nb, width)
                     .at(li)?;
-                if seq.off > 0 {
-                    self.stage_free[k % 2] = Some(be.record(Stream::Compute).at(li)?);
-                    // The region is free again: the prefix two ahead goes there.
-                    if let Some(&(j, l)) = offloaded.get(k + 2) {
-                        self.issue_prefix(li, seqs[j], l, k + 2)?;
-                    }
-                    k += 1;
+                self.stage_free[k % 2] = Some(be.record(Stream::Compute).at(li)?);
+                // The region is free again: the prefix two ahead goes there.
+                if let Some(&(j, l)) = offloaded.get(k + 2) {
+                    self.issue_prefix(li, seqs[j], l, k + 2)?;
                 }
             }
             let shape = attn_shape(s, b, 1, 0, cap);
