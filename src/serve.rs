@@ -407,26 +407,30 @@ mod tests {
     #[test]
     fn many_offloaded_sequences_together_keep_their_tokens() {
         let be = cpu();
-        let m = model(&be, "tiny-mha");
-        let vocab = m.spec().vocab_size;
-        // A short first request that is never offloaded puts the offloaded
-        // ones at batch indices of the other parity.
-        let lens = [(3, 30), (13, 14), (9, 18), (17, 12), (11, 16)];
-        let (reqs, prompts) = requests_of(&lens, vocab, 3);
-        let alone = run(&be, &m, &reqs, &prompts, Policy::Swap, 1000).outputs;
-        for cap in [5, 7, 9, 12] {
-            for share in [0.0, 0.5, 1.0] {
-                let cfg = RunConfig {
-                    policy: Policy::Offload,
-                    block_size: 4,
-                    capacity_blocks: cap,
-                    max_running: 8,
-                    partial_share: 0.0,
-                    offload_share: share,
-                };
-                let r = serve(&be, &m, &reqs, &prompts, &cfg, &|| None, &|_| {}).unwrap();
-                assert!(r.counters.bytes_out > 0, "nothing offloaded at {cap}");
-                assert_eq!(r.outputs, alone, "{cap} blocks, share {share}");
+        // Eight layers: the copy stream runs two layers ahead, so a model of
+        // two would never reuse a layer's buffers.
+        for preset in ["tiny-mha", "llama-3-8b-tiny"] {
+            let m = model(&be, preset);
+            let vocab = m.spec().vocab_size;
+            // A short first request that is never offloaded puts the offloaded
+            // ones at batch indices of the other parity.
+            let lens = [(3, 30), (13, 14), (9, 18), (17, 12), (11, 16)];
+            let (reqs, prompts) = requests_of(&lens, vocab, 3);
+            let alone = run(&be, &m, &reqs, &prompts, Policy::Swap, 1000).outputs;
+            for cap in [5, 7, 9, 12] {
+                for share in [0.0, 0.5, 1.0] {
+                    let cfg = RunConfig {
+                        policy: Policy::Offload,
+                        block_size: 4,
+                        capacity_blocks: cap,
+                        max_running: 8,
+                        partial_share: 0.0,
+                        offload_share: share,
+                    };
+                    let r = serve(&be, &m, &reqs, &prompts, &cfg, &|| None, &|_| {}).unwrap();
+                    assert!(r.counters.bytes_out > 0, "nothing offloaded at {cap}");
+                    assert_eq!(r.outputs, alone, "{preset}: {cap} blocks, share {share}");
+                }
             }
         }
     }

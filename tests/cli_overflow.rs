@@ -16,6 +16,12 @@ fn assert_runs_match(doc: &serde_json::Value, policies: usize, pressure: bool) {
     assert_eq!(runs.len(), policies, "{doc}");
     for r in runs {
         assert_eq!(r["outputs_match_unpressured"], true, "{r}");
+        assert_eq!(r["requests_differing"], 0, "{r}");
+        // What crossed the link, priced at the profile's bandwidth.
+        let moved = r["counters"]["bytes_in"].as_u64().unwrap()
+            + r["counters"]["bytes_out"].as_u64().unwrap();
+        let floor = r["link_floor_s"].as_f64().unwrap();
+        assert_eq!(moved > 0, floor > 0.0, "{r}");
     }
     let preempted = runs
         .iter()

@@ -2,9 +2,9 @@
 //! prefix recomputed from `X`), drop, offload, and the offloaded prefix a
 //! decode step brings back into a staging region.
 
-use kernels::{DeviceBuf, Event, Stream};
+use kernels::{DeviceBuf, Event, RopeShape, Stream};
 
-use super::{bad, kv_bytes, At, PagedEngine, Seq};
+use super::{bad, kv_bytes, At, PagedEngine, Recompute, Seq};
 use crate::executor::rope_shape;
 use crate::{AtLayer, Result};
 
@@ -161,6 +161,13 @@ impl PagedEngine<'_> {
         Ok(())
     }
 
+    /// RoPE over `rows` rows of K (each at the position its ids give).
+    fn k_rope(&self, rows: usize) -> RopeShape {
+        let (s, m) = (self.model.spec(), self.model);
+        let (theta, inter) = (s.rope_theta as f32, m.config.rope.interleaved());
+        rope_shape(rows, s.kv_dim(), s.n_kv_heads, s.head_dim, theta, inter)
+    }
+
     /// K/V of tokens `[0, r)` of layer `li` from `X` rows in `xs`, into the
     /// sequence's blocks (compute stream).
     fn recompute_rows(&self, li: usize, seq: &Seq, xs: &DeviceBuf, r: usize) -> Result<()> {
@@ -168,18 +175,10 @@ impl PagedEngine<'_> {
         let s = m.spec();
         let (h, kvd) = (s.hidden_size, s.kv_dim());
         let a = &m.layers[li].self_attn;
-        let (kt, vt) = (&self.k_gather, &self.v_gather);
+        let (kt, vt) = (&self.k_gather[0], &self.v_gather[0]);
         be.gemm(xs, 0, &a.k_proj, 0, kt, 0, r, kvd, h).at(li)?;
         be.gemm(xs, 0, &a.v_proj, 0, vt, 0, r, kvd, h).at(li)?;
-        let rk = rope_shape(
-            r,
-            kvd,
-            s.n_kv_heads,
-            s.head_dim,
-            s.rope_theta as f32,
-            m.config.rope.interleaved(),
-        );
-        be.rope(kt, 0, &self.ramp, 0, rk).at(li)?;
+        be.rope(kt, 0, &self.ramp, 0, self.k_rope(r)).at(li)?;
         self.store_rows(li, seq, kt, vt, 0, r)
     }
 
@@ -214,100 +213,87 @@ impl PagedEngine<'_> {
         Ok(())
     }
 
-    /// Issues, on the copy stream, what the `k`-th offloaded sequence of a
-    /// step needs in layer `li`: `X` of the first `l` tokens of its offloaded
-    /// prefix (to recompute K/V from) and K/V of the rest, into staging region
-    /// `k % 2` once its last gather is done.
-    pub(super) fn issue_prefix(&mut self, li: usize, seq: At, l: usize, k: usize) -> Result<()> {
-        let (be, m) = (self.be, self.model);
-        let s = m.spec();
+    /// Issues, on the copy stream, what layer `li` of a decode step needs of
+    /// its offloaded sequences `(batch index, tokens recomputed)`: `X` of
+    /// each one's first `l` tokens (in batch order, into the layer parity's
+    /// stage) and K/V of the rest of its prefix, straight into its row of the
+    /// parity's attention buffers (`cap` tokens a row), once the layer two
+    /// before is done with them.
+    pub(super) fn issue_prefixes(
+        &mut self,
+        li: usize,
+        seqs: &[At],
+        offloaded: &[(usize, usize)],
+        cap: usize,
+    ) -> Result<()> {
+        let be = self.be;
+        let s = self.model.spec();
         let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
-        let region = k % 2;
-        let o = seq.off * bs;
-        let l = if self.cfg.keep_activations {
-            l.min(o)
-        } else {
-            0
-        };
-        if let Some(ev) = &self.stage_free[region] {
-            be.wait(Stream::Copy, ev).at(li)?;
+        let p = li % 2;
+        if let Some(ev) = self.stage_free[p].take() {
+            be.wait(Stream::Copy, &ev).at(li)?;
         }
-        let row0 = self.stage_row(region);
         let esz = be.dtype().bytes() as u64;
-        if l > 0 {
-            let xs = &self.x_stage[region];
-            be.copy_h2d(Stream::Copy, &self.host_x[li], seq.base * h, xs, 0, l * h)
+        let mut x_row = 0;
+        for &(i, l) in offloaded {
+            let seq = seqs[i];
+            let o = seq.off * bs;
+            if l > 0 {
+                let (xs, n) = (&self.x_stage[p], l * h);
+                be.copy_h2d(
+                    Stream::Copy,
+                    &self.host_x[li],
+                    seq.base * h,
+                    xs,
+                    x_row * h,
+                    n,
+                )
                 .at(li)?;
-            self.counters.bytes_in += (l * h) as u64 * esz;
+                self.counters.bytes_in += n as u64 * esz;
+                x_row += l;
+            }
+            if o > l {
+                let (src, dst, n) = ((seq.base + l) * kvd, (i * cap + l) * kvd, (o - l) * kvd);
+                for (store, buf) in [
+                    (&self.host_k[li], &self.k_gather[p]),
+                    (&self.host_v[li], &self.v_gather[p]),
+                ] {
+                    be.copy_h2d(Stream::Copy, store, src, buf, dst, n).at(li)?;
+                }
+                self.counters.bytes_in += kv_bytes(o - l, kvd, be);
+            }
         }
-        if o > l {
-            let (src, dst) = ((seq.base + l) * kvd, (row0 + l) * kvd);
-            let n = (o - l) * kvd;
-            be.copy_h2d(
-                Stream::Copy,
-                &self.host_k[li],
-                src,
-                &self.k_pool[li],
-                dst,
-                n,
-            )
-            .at(li)?;
-            be.copy_h2d(
-                Stream::Copy,
-                &self.host_v[li],
-                src,
-                &self.v_pool[li],
-                dst,
-                n,
-            )
-            .at(li)?;
-            self.counters.bytes_in += kv_bytes(o - l, kvd, be);
-        }
-        self.stage_ready[region] = Some(be.record(Stream::Copy).at(li)?);
+        self.stage_ready[p] = Some(be.record(Stream::Copy).at(li)?);
         Ok(())
     }
 
-    /// Waits for the prefix [`PagedEngine::issue_prefix`] brought to
-    /// `region` and recomputes K/V of its first `l` tokens from `X`, in place
-    /// in the staging region (compute stream).
-    pub(super) fn finish_prefix(
-        &mut self,
-        li: usize,
-        region: usize,
-        seq: At,
-        l: usize,
-    ) -> Result<()> {
+    /// Waits for layer `li`'s prefixes ([`PagedEngine::issue_prefixes`]) and
+    /// recomputes K/V of the rows `rec` names from their `X`: one GEMM per
+    /// kind for every offloaded sequence together, RoPE at each row's
+    /// position, and a scatter into the rows of the attention buffers
+    /// (compute stream).
+    pub(super) fn finish_prefixes(&mut self, li: usize, rec: &Recompute) -> Result<()> {
         let (be, m) = (self.be, self.model);
         let s = m.spec();
-        let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
-        let l = if self.cfg.keep_activations {
-            l.min(seq.off * bs)
-        } else {
-            0
-        };
-        if let Some(ev) = self.stage_ready[region].take() {
+        let (h, kvd) = (s.hidden_size, s.kv_dim());
+        let p = li % 2;
+        if let Some(ev) = self.stage_ready[p].take() {
             be.wait(Stream::Compute, &ev).at(li)?;
         }
-        if l > 0 {
-            let row0 = self.stage_row(region);
-            let xs = &self.x_stage[region];
-            let a = &m.layers[li].self_attn;
-            let (kp, vp) = (&self.k_pool[li], &self.v_pool[li]);
-            be.gemm(xs, 0, &a.k_proj, 0, kp, row0 * kvd, l, kvd, h)
-                .at(li)?;
-            be.gemm(xs, 0, &a.v_proj, 0, vp, row0 * kvd, l, kvd, h)
-                .at(li)?;
-            let rk = rope_shape(
-                l,
-                kvd,
-                s.n_kv_heads,
-                s.head_dim,
-                s.rope_theta as f32,
-                m.config.rope.interleaved(),
-            );
-            be.rope(kp, row0 * kvd, &self.ramp, 0, rk).at(li)?;
-            self.counters.tokens_recomputed += l as u64;
+        let r = rec.rows;
+        if r == 0 {
+            return Ok(());
         }
+        let (xs, t) = (&self.x_stage[p], &self.recomputed);
+        let a = &m.layers[li].self_attn;
+        be.gemm(xs, 0, &a.k_proj, 0, t, 0, r, kvd, h).at(li)?;
+        be.rope(t, 0, &self.step, rec.pos, self.k_rope(r)).at(li)?;
+        be.scatter_rows(t, 0, &self.k_gather[p], &self.step, rec.dst, r, kvd)
+            .at(li)?;
+        be.gemm(xs, 0, &a.v_proj, 0, t, 0, r, kvd, h).at(li)?;
+        be.scatter_rows(t, 0, &self.v_gather[p], &self.step, rec.dst, r, kvd)
+            .at(li)?;
+        self.counters.tokens_recomputed += r as u64;
         Ok(())
     }
 }

@@ -1,11 +1,10 @@
 //! The serving engine's mechanics: a paged K/V cache on the device, a host
 //! store per request, and ragged batches of sequences at their own lengths.
 //!
-//! The device holds, per layer, one pool of K and one of V in blocks of
-//! `block_size` tokens: `capacity_blocks` blocks for the cache, then two
-//! staging regions (each as long as the longest sequence) where an offloaded
-//! prefix is assembled for attention. Each sequence has a block table: its
-//! leading `off` blocks live on the host (offloaded), the rest on the device.
+//! The device holds, per layer, one pool of K and one of V of
+//! `capacity_blocks` blocks of `block_size` tokens. Each sequence has a block
+//! table: its leading `off` blocks live on the host (offloaded), the rest on
+//! the device.
 //!
 //! The host holds, per layer, K and V (and, when activations are kept, the
 //! normalised layer inputs `X`) for every token of every request, each
@@ -20,14 +19,17 @@
 //! A decode step runs every sequence's new token through the layers as one
 //! batch (one GEMM per projection over all rows, RoPE at each row's own
 //! position, each row's new K/V into its block with one `scatter_rows` per
-//! kind). Each sequence's blocks are gathered by its block table
-//! (`gather_rows`, one call per kind) into its row of a `[batch, cap,
-//! kv_dim]` buffer, `cap` the longest context's blocks, and one
-//! `attention_ragged` call attends every row at its own length.
-//! An offloaded prefix comes over the link into a staging region on the copy
-//! stream (the recomputed share as `X`, turned into K/V by two GEMMs), while
-//! the compute stream works on the sequence before; two staging regions
-//! alternate so the two overlap.
+//! kind). The batch's blocks are gathered by their block tables
+//! (`gather_rows`, one call per kind) into a `[batch, cap, kv_dim]` buffer,
+//! `cap` the longest context's blocks, and one `attention_ragged` call
+//! attends every row at its own length.
+//!
+//! An offloaded prefix crosses the link on the copy stream straight into its
+//! row of that buffer, two layers ahead of the compute stream (the layers
+//! alternate between two such buffers). Of each prefix, the share the plan
+//! recomputes crosses as `X` instead, and the compute stream turns every
+//! offloaded sequence's `X` into K/V with one GEMM per kind, a RoPE and a
+//! scatter into the rows attention reads.
 
 use std::collections::HashMap;
 
@@ -89,15 +91,25 @@ struct Seq {
     swapped_from: usize,
 }
 
+/// A decode step's rows recomputed from `X` (every offloaded sequence's
+/// share, in batch order): how many, and where the step's id buffer holds
+/// their positions and their rows of the attention buffer.
+#[derive(Clone, Copy, Debug)]
+struct Recompute {
+    rows: usize,
+    pos: usize,
+    dst: usize,
+}
+
 /// What a decode step needs of a sequence, copied out of its state.
 #[derive(Clone, Copy, Debug)]
 struct At {
     base: usize,
     off: usize,
     cached: usize,
-    /// Where its gather table starts in the step's id buffer.
+    /// Where its device blocks start in the step's id buffer.
     table: usize,
-    /// Blocks in its gather table.
+    /// Its device blocks.
     blocks: usize,
 }
 
@@ -108,8 +120,6 @@ pub struct PagedEngine<'a> {
     cfg: PagedConfig,
     /// Host store regions: token offset of each request.
     base: Vec<usize>,
-    /// Tokens of the longest request, rounded up to whole blocks.
-    max_tokens: usize,
     k_pool: Vec<DeviceBuf>,
     v_pool: Vec<DeviceBuf>,
     host_k: Vec<HostBuf>,
@@ -134,17 +144,24 @@ pub struct PagedEngine<'a> {
     k_new: DeviceBuf,
     v_new: DeviceBuf,
     att: DeviceBuf,
-    k_gather: DeviceBuf,
-    v_gather: DeviceBuf,
+    /// What attention reads, `[max_batch, max_tokens, kv_dim]`, one pair per
+    /// layer parity (the copy stream fills the next layer's while this one
+    /// computes).
+    k_gather: [DeviceBuf; 2],
+    v_gather: [DeviceBuf; 2],
+    /// `X` rows to recompute K/V from, per layer parity (a swap-in's, or a
+    /// step's offloaded prefixes'), and the K or V recomputed from them.
     x_stage: [DeviceBuf; 2],
+    recomputed: DeviceBuf,
     tmp: DeviceBuf,
     gate: DeviceBuf,
     up: DeviceBuf,
     mlp_out: DeviceBuf,
     logits: DeviceBuf,
-    /// Per staging region: the event after the gather that last read it.
+    /// Per layer parity: the event after the attention that last read its
+    /// buffers.
     stage_free: [Option<Event>; 2],
-    /// Per staging region: the event after the copies that filled it.
+    /// Per layer parity: the event after the copies that filled its buffers.
     stage_ready: [Option<Event>; 2],
     pub counters: PagedCounters,
 }
@@ -190,11 +207,16 @@ impl<'a> PagedEngine<'a> {
             host_bytes,
             "serve fewer or shorter requests",
         )?;
-        // Pools: the cache, then two staging regions of `max_tokens` each.
-        let pool_tokens = cfg.capacity_blocks * bs + 2 * max_tokens;
+        let pool_tokens = cfg.capacity_blocks * bs;
+        // Whole offloaded prefixes of a full batch, or one swap-in's.
+        let stage_tokens = match cfg.keep_activations {
+            true => cfg.max_batch * max_tokens,
+            false => 0,
+        };
         if !be.is_cuda() {
-            let gathers = 2 * cfg.max_batch * max_tokens * kvd + 2 * max_tokens * h;
-            let dev = (pool_tokens * 2 * kvd * nl + gathers) as u64 * esz;
+            let per_batch = cfg.max_batch * max_tokens;
+            let buffers = 4 * per_batch * kvd + stage_tokens * (kvd + 2 * h);
+            let dev = (pool_tokens * 2 * kvd * nl + buffers) as u64 * esz;
             crate::check_memory(
                 "the paged K/V cache",
                 dev,
@@ -216,7 +238,6 @@ impl<'a> PagedEngine<'a> {
             be,
             model,
             base,
-            max_tokens,
             k_pool: per_layer(pool_tokens * kvd)?,
             v_pool: per_layer(pool_tokens * kvd)?,
             host_k: host(host_tokens * kvd)?,
@@ -228,8 +249,8 @@ impl<'a> PagedEngine<'a> {
             },
             free,
             seqs: HashMap::new(),
-            step: be.alloc_ids(4 * b + 2 * b * max_blocks)?,
-            step_host: Vec::with_capacity(4 * b + 2 * b * max_blocks),
+            step: be.alloc_ids(4 * b + 2 * b * max_blocks + 2 * stage_tokens)?,
+            step_host: Vec::with_capacity(4 * b + 2 * b * max_blocks + 2 * stage_tokens),
             ramp,
             hidden: a(b * h)?,
             xn: if cfg.keep_activations {
@@ -241,9 +262,10 @@ impl<'a> PagedEngine<'a> {
             k_new: a(b * kvd)?,
             v_new: a(b * kvd)?,
             att: a(b * qd)?,
-            k_gather: a(b * max_tokens * kvd)?,
-            v_gather: a(b * max_tokens * kvd)?,
-            x_stage: [a(max_tokens * h)?, a(max_tokens * h)?],
+            k_gather: [a(b * max_tokens * kvd)?, a(b * max_tokens * kvd)?],
+            v_gather: [a(b * max_tokens * kvd)?, a(b * max_tokens * kvd)?],
+            x_stage: [a(stage_tokens * h)?, a(stage_tokens * h)?],
+            recomputed: a(stage_tokens * kvd)?,
             tmp: a(b * h)?,
             gate: a(b * f)?,
             up: a(b * f)?,
@@ -288,11 +310,6 @@ impl<'a> PagedEngine<'a> {
     fn row(&self, seq: &Seq, t: usize) -> usize {
         let bs = self.cfg.block_size;
         seq.blocks[t / bs - seq.off] as usize * bs + t % bs
-    }
-
-    /// Pool row of token 0 of staging region `r`.
-    fn stage_row(&self, r: usize) -> usize {
-        self.cfg.capacity_blocks * self.cfg.block_size + r * self.max_tokens
     }
 
     fn check_request(&self, id: usize, tokens: usize) -> Result<()> {
@@ -460,14 +477,14 @@ impl<'a> PagedEngine<'a> {
         }
         // Each sequence's block for its new token; then one host buffer for
         // the step: ids, positions, new-token pool rows and lengths (`b`
-        // each), then every sequence's gather table (staging blocks for an
-        // offloaded prefix, then its own blocks).
+        // each), then every sequence's device blocks, then the batch's
+        // gather table, then the rows recomputed from `X`.
         let (pos_off, slot_off, len_off) = (b, 2 * b, 3 * b);
         let mut step = std::mem::take(&mut self.step_host);
         step.clear();
         step.resize(4 * b, 0);
         let mut seqs: Vec<At> = Vec::with_capacity(b);
-        let (mut cap_blocks, mut n_off) = (0, 0);
+        let mut cap_blocks = 0;
         for (i, &(id, _)) in batch.iter().enumerate() {
             let seq = self.seq(id)?;
             if seq.swapped {
@@ -489,40 +506,64 @@ impl<'a> PagedEngine<'a> {
             step[slot_off + i] = self.row(seq, n) as u32;
             step[len_off + i] = n as u32 + 1;
             let table = step.len();
-            if seq.off > 0 {
-                // The k-th offloaded sequence's prefix goes to region k % 2.
-                let stage0 = (self.stage_row(n_off % 2) / bs) as u32;
-                step.extend((0..seq.off as u32).map(|j| stage0 + j));
-                n_off += 1;
-            }
             step.extend(&seq.blocks);
-            cap_blocks = cap_blocks.max(step.len() - table);
+            cap_blocks = cap_blocks.max(seq.off + seq.blocks.len());
             seqs.push(At {
                 base: seq.base,
                 off: seq.off,
                 cached: n,
                 table,
-                blocks: step.len() - table,
+                blocks: seq.blocks.len(),
             });
         }
-        // The whole batch's gather in one call per layer and kind.
+        // Attention reads `[b, cap, kv_dim]`: `cap` the longest context's blocks.
+        let cap = cap_blocks * bs;
+        // The gather table: row `i` skips the offloaded prefix (it crosses
+        // the link straight into the attention buffer), then takes the
+        // sequence's device blocks.
         let padded = step.len();
         for q in &seqs {
-            let own = match q.off {
-                0 => q.blocks,
-                _ => 0,
-            };
-            step.extend_from_within(q.table..q.table + own);
-            step.resize(step.len() + cap_blocks - own, kernels::SKIP_ROW);
+            let row = step.len();
+            step.resize(row + q.off, kernels::SKIP_ROW);
+            step.extend_from_within(q.table..q.table + q.blocks);
+            step.resize(row + cap_blocks, kernels::SKIP_ROW);
+        }
+        // The offloaded sequences (batch index, tokens recomputed from `X`),
+        // and where those rows go: their positions, then their rows of the
+        // attention buffer.
+        let offloaded: Vec<(usize, usize)> = seqs
+            .iter()
+            .zip(batch)
+            .enumerate()
+            .filter(|(_, (q, _))| q.off > 0)
+            .map(|(i, (q, &(_, l)))| match self.cfg.keep_activations {
+                true => (i, l.min(q.off * bs)),
+                false => (i, 0),
+            })
+            .collect();
+        let rec = Recompute {
+            rows: offloaded.iter().map(|&(_, l)| l).sum(),
+            pos: step.len(),
+            dst: step.len() + offloaded.iter().map(|&(_, l)| l).sum::<usize>(),
+        };
+        for &(_, l) in &offloaded {
+            step.extend(0..l as u32);
+        }
+        for &(i, l) in &offloaded {
+            step.extend((0..l).map(|j| (i * cap + j) as u32));
         }
         be.write_ids(&self.step, 0, &step)?;
         self.step_host = step;
-        // Attention reads `[b, cap, kv_dim]`: `cap` the longest context's blocks.
-        let cap = cap_blocks * bs;
-        // Earlier writebacks land before this step overwrites their sources.
+        // Earlier writebacks land before this step overwrites their sources,
+        // and the copy stream writes the attention buffers only after
+        // everything the compute stream did with them before this step.
         let wb = be.record(Stream::Writeback)?;
         be.wait(Stream::Compute, &wb)?;
         be.wait(Stream::Copy, &wb)?;
+        if !offloaded.is_empty() {
+            let before = be.record(Stream::Compute)?;
+            be.wait(Stream::Copy, &before)?;
+        }
         let (eps, theta, inter) = (
             s.norm_eps as f32,
             s.rope_theta as f32,
@@ -530,21 +571,15 @@ impl<'a> PagedEngine<'a> {
         );
         be.embedding(&m.embed_tokens, &self.step, 0, &self.hidden, b, h)?;
         let esz = be.dtype().bytes() as u64;
-        // The offloaded sequences (batch index, prefix share to recompute):
-        // the copy stream brings their prefixes two ahead of the compute
-        // stream, alternating between the two staging regions.
-        let offloaded: Vec<(usize, usize)> = seqs
-            .iter()
-            .zip(batch)
-            .enumerate()
-            .filter(|(_, (q, _))| q.off > 0)
-            .map(|(i, (_, &(_, l)))| (i, l))
-            .collect();
         let nl = m.layers.len();
-        for (k, &(i, l)) in offloaded.iter().enumerate().take(2) {
-            self.issue_prefix(0, seqs[i], l, k)?;
+        // The copy stream brings each layer's offloaded prefixes two layers
+        // ahead of the compute stream, the layers alternating between two
+        // attention buffers.
+        for li in 0..nl.min(2) {
+            self.issue_prefixes(li, &seqs, &offloaded, cap)?;
         }
         for li in 0..nl {
+            let g = li % 2;
             let l = &m.layers[li];
             let a = &l.self_attn;
             let xn = &self.xn[li % self.xn.len()];
@@ -590,39 +625,28 @@ impl<'a> PagedEngine<'a> {
                 }
                 self.counters.bytes_x_out += (b * h) as u64 * esz;
             }
-            // Blocks into the batch buffer attention reads (`[b, cap, kvd]`):
-            // the resident sequences' all at once, an offloaded one's alone.
-            let (width, kp, vp) = (bs * kvd, &self.k_pool[li], &self.v_pool[li]);
-            let rows = b * cap_blocks;
-            be.gather_rows(kp, &self.step, padded, &self.k_gather, 0, rows, width)
-                .at(li)?;
-            be.gather_rows(vp, &self.step, padded, &self.v_gather, 0, rows, width)
-                .at(li)?;
-            for (k, &(i, l)) in offloaded.iter().enumerate() {
-                let seq = seqs[i];
-                self.finish_prefix(li, k % 2, seq, l)?;
-                let (nb, t, dst) = (seq.blocks, seq.table, i * cap * kvd);
-                let (kp, vp) = (&self.k_pool[li], &self.v_pool[li]);
-                be.gather_rows(kp, &self.step, t, &self.k_gather, dst, nb, width)
+            // Device blocks into the buffer attention reads (`[b, cap, kvd]`),
+            // the whole batch at once; then the offloaded prefixes: the
+            // transferred rows are in, the recomputed ones are computed.
+            let (width, rows) = (bs * kvd, b * cap_blocks);
+            for (pool, buf) in [
+                (&self.k_pool[li], &self.k_gather[g]),
+                (&self.v_pool[li], &self.v_gather[g]),
+            ] {
+                be.gather_rows(pool, &self.step, padded, buf, 0, rows, width)
                     .at(li)?;
-                be.gather_rows(vp, &self.step, t, &self.v_gather, dst, nb, width)
-                    .at(li)?;
-                self.stage_free[k % 2] = Some(be.record(Stream::Compute).at(li)?);
-                // The region is free again: the prefix two ahead goes there.
-                if let Some(&(j, l)) = offloaded.get(k + 2) {
-                    self.issue_prefix(li, seqs[j], l, k + 2)?;
-                }
             }
+            if !offloaded.is_empty() {
+                self.finish_prefixes(li, &rec)?;
+            }
+            let (kg, vg) = (&self.k_gather[g], &self.v_gather[g]);
             let shape = attn_shape(s, b, 1, 0, cap);
-            let (kg, vg) = (&self.k_gather, &self.v_gather);
             be.attention_ragged(&self.q, kg, vg, &self.att, shape, &self.step, len_off)
                 .at(li)?;
-            // The next layer's first prefixes cross the link during this
-            // layer's projection and MLP.
-            if li + 1 < nl {
-                for (k, &(j, l)) in offloaded.iter().enumerate().take(2) {
-                    self.issue_prefix(li + 1, seqs[j], l, k)?;
-                }
+            if !offloaded.is_empty() && li + 2 < nl {
+                // This layer's buffers are free again: layer li + 2's prefixes.
+                self.stage_free[li % 2] = Some(be.record(Stream::Compute).at(li)?);
+                self.issue_prefixes(li + 2, &seqs, &offloaded, cap)?;
             }
             be.gemm(&self.att, 0, &a.o_proj, 0, &self.tmp, 0, b, h, qd)
                 .at(li)?;
