@@ -22,6 +22,18 @@ fn assert_runs_match(doc: &serde_json::Value, policies: usize, pressure: bool) {
             + r["counters"]["bytes_out"].as_u64().unwrap();
         let floor = r["link_floor_s"].as_f64().unwrap();
         assert_eq!(moved > 0, floor > 0.0, "{r}");
+        // The overhead is the poster's (preempting and resuming over the
+        // total); `vs_unpressured` is the whole cost.
+        let f = |k: &str| r[k].as_f64().unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        assert!(
+            close(f("overhead"), f("preempt_resume_s") / f("total_s")),
+            "{r}"
+        );
+        assert!(
+            close(f("vs_unpressured"), f("total_s") / f("baseline_s")),
+            "{r}"
+        );
     }
     let preempted = runs
         .iter()

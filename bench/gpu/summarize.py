@@ -272,7 +272,9 @@ def cmd_overflow(a):
     parts = []
     for r in runs:
         frac = r.get("kv_fraction")
-        parts.append(f"{r['policy']}@{frac}: {r['total_s']:.1f} s ({100 * r['overhead']:.0f}% overhead)")
+        vs = r.get("vs_unpressured")
+        vs = f"{vs:.2f}x unpressured" if vs is not None else f"{100 * r['overhead']:.0f}% overhead"
+        parts.append(f"{r['policy']}@{frac}: {r['total_s']:.1f} s ({vs})")
     base = ", ".join(f"{u['total_s']:.1f} s" for u in doc["unpressured"])
     # On a GPU a policy that changes the batch may flip a near-tie (a GEMM
     # rounds differently at another batch size): reported, not a failure.

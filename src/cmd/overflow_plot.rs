@@ -84,7 +84,7 @@ pub fn write(dir: &Path, model: &str, outcomes: &[Outcome]) -> anyhow::Result<()
             &parts[0],
             "overhead against block size",
             "block size (tokens)",
-            "overhead (%)",
+            "preempt + resume (% of total)",
             &by(&|o| Some(o.result.block_size as f64), &|o| o.fraction == f0),
             false,
         )?;
@@ -92,7 +92,7 @@ pub fn write(dir: &Path, model: &str, outcomes: &[Outcome]) -> anyhow::Result<()
             &parts[1],
             "overhead against the K/V share of memory",
             "K/V memory fraction",
-            "overhead (%)",
+            "preempt + resume (% of total)",
             &by(&|o| o.fraction, &|o| Some(o.result.block_size) == b0),
             false,
         )?;
@@ -100,7 +100,7 @@ pub fn write(dir: &Path, model: &str, outcomes: &[Outcome]) -> anyhow::Result<()
             &parts[2],
             "overhead against evicted tokens",
             "evicted tokens",
-            "overhead (%)",
+            "preempt + resume (% of total)",
             &by(&|o| Some(o.result.evicted_tokens as f64), &|_| true),
             true,
         )?;
