@@ -18,7 +18,7 @@
 #   e. the Hugging Face offloaded-cache peer, same shape  (peer.csv)
 #   f. a short kvpr run of a synthetic preset on cuda:0 and on the CPU,
 #      compared token for token (run-cuda.json, run-cpu.json)
-#   g. kvpr overflow, Llama-2-7B shape, f16, every policy at half the K/V memory
+#   g. kvpr overflow, Llama-2-7B shape, f16, every policy at 0.5 and 0.8 of the K/V memory
 #      beside the unpressured run (overflow.json/.csv, overflow/*.svg)
 #   h. OUTDIR/summary.md, printed last.
 # A failing section does not stop the others; the script exits 1 if any
@@ -56,11 +56,12 @@ B_TORCH=${BUDGET_TORCH:-35}
 B_BENCH=${BUDGET_BENCH:-200}
 B_PEER=${BUDGET_PEER:-100}
 B_RUN=${BUDGET_RUN:-20}              # per device (and the CPU profile they plan with)
-B_OVERFLOW=${BUDGET_OVERFLOW:-150}
+B_OVERFLOW=${BUDGET_OVERFLOW:-160}
 # Serving under KV overflow on the GPU: requests x input x output tokens, and
-# the shares of the workload's K/V that the cache holds.
-OVERFLOW_WORKLOAD=${OVERFLOW_WORKLOAD:-32,192,64}
-OVERFLOW_FRACTIONS=${OVERFLOW_FRACTIONS:-0.5}
+# the shares of the workload's K/V that the cache holds (on an H200 this took
+# 116 s, 10 s of it loading the weights; bench/results/2026-11-26-h200-overflow.md).
+OVERFLOW_WORKLOAD=${OVERFLOW_WORKLOAD:-32,384,128}
+OVERFLOW_FRACTIONS=${OVERFLOW_FRACTIONS:-0.5,0.8}
 # kvpr bench loads Llama-2-7B's seeded weights on the host (~7B random numbers)
 # and pins a host store per schedule (68 GiB of K/V at batch 8, context 16384),
 # so 16384 is left to a run with more time: BENCH_CONTEXTS=4096,8192,16384.
