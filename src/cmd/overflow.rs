@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use plans::{HardwareProfile, Requests, Schedule, Workload};
-use runtime::{Model, ModelSource};
+use runtime::{Model, ModelSource, PagedCounters};
 use scheduler::{min_capacity, CostModel, Policy, Solver};
 
 use crate::fmt;
@@ -262,6 +262,21 @@ fn one_sequence(
         .map_err(|e| super::name_field(e, super::plan_flag))
         .context("pricing the recomputed share on --hardware")?;
     Ok((cost, (mean_in + mean_out / 2).max(1)))
+}
+
+/// The time the bytes a run moved need on the link alone, each direction on
+/// its own: at the paced rate where `--link-gbps` sets one, else at the
+/// profile's curves.
+pub fn link_floor(hw: &HardwareProfile, paced_gbps: Option<f64>, c: &PagedCounters) -> f64 {
+    let (to_device, to_host) = (c.bytes_in as f64, (c.bytes_out + c.bytes_x_out) as f64);
+    match paced_gbps {
+        Some(g) => to_device.max(to_host) / (g * 1e9),
+        None => hw
+            .link
+            .h2d_pinned
+            .seconds(to_device)
+            .max(hw.link.d2h_pinned.seconds(to_host)),
+    }
 }
 
 /// `partial`: the share of a resumed context worth recomputing from
@@ -562,12 +577,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
             .max_by_key(|d| d.requests)
             .unwrap_or_default();
         let result = median(r);
-        let k = &result.counters;
-        let link_floor_s = hw.link.h2d_pinned.seconds(k.bytes_in as f64).max(
-            hw.link
-                .d2h_pinned
-                .seconds((k.bytes_out + k.bytes_x_out) as f64),
-        );
+        let link_floor_s = link_floor(&hw, args.link_gbps, &result.counters);
         outcomes.push(Outcome {
             fraction: c.fraction,
             outputs,
@@ -773,7 +783,31 @@ fn write_outputs(
 
 #[cfg(test)]
 mod tests {
-    use super::Divergence;
+    use super::{link_floor, Divergence};
+
+    /// The floor prices the link the run had: `--link-gbps` where it paces
+    /// one (the profile may have been measured at another rate), else the
+    /// profile's; the two directions overlap.
+    #[test]
+    fn the_link_floor_is_the_slower_direction_at_the_link_the_run_had() {
+        let text = include_str!("../../plans/hardware/cpu-reference.json");
+        let hw = plans::HardwareProfile::parse(std::path::Path::new("cpu-reference.json"), text)
+            .unwrap();
+        let c = runtime::PagedCounters {
+            bytes_in: 3_000_000_000,
+            bytes_out: 500_000_000,
+            bytes_x_out: 100_000_000,
+            ..Default::default()
+        };
+        let paced = link_floor(&hw, Some(0.3), &c);
+        assert!((paced - 10.0).abs() < 1e-9, "{paced}");
+        let profile = link_floor(&hw, None, &c);
+        assert!(
+            (profile - hw.link.h2d_pinned.seconds(3e9)).abs() < 1e-12,
+            "{profile}"
+        );
+        assert_eq!(link_floor(&hw, Some(1.0), &Default::default()), 0.0);
+    }
 
     #[test]
     fn divergence_counts_requests_and_finds_the_first_differing_token() {
