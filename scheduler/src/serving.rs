@@ -261,6 +261,16 @@ impl Serving {
         self.cfg.capacity_blocks - self.free
     }
 
+    /// Each running request's context (tokens with K/V once this iteration's
+    /// token is in) and the tokens of it held on the host (`offload`).
+    pub fn running_contexts(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.running.iter().map(|&i| {
+            let r = &self.reqs[i];
+            let context = r.input_len + r.generated;
+            (context, (r.host_blocks * self.cfg.block_size).min(context))
+        })
+    }
+
     /// Requests running, waiting (arrived, never run) and preempted.
     pub fn queue_lengths(&self) -> (usize, usize, usize) {
         (self.running.len(), self.waiting.len(), self.preempted.len())

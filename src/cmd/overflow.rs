@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use plans::{HardwareProfile, Requests, Schedule, Workload};
 use runtime::{Model, ModelSource, PagedCounters};
-use scheduler::{min_capacity, CostModel, Policy, Solver};
+use scheduler::{min_capacity, CostModel, Policy, Serving, ServingConfig, Solver};
 
 use crate::fmt;
 use crate::serve::{self, RunConfig, RunResult};
@@ -302,23 +302,57 @@ pub fn resume_share(
 }
 
 /// `offload`: the share of an offloaded prefix recomputed in each decode
-/// step, by the planner's own rule (`best_split`) for a step of `batch`
-/// sequences at the workload's mean context `s` with `resident` of it on the
-/// device (the share of the K/V that fits): the offloaded rest crosses the
-/// link while the step computes, so where the step is compute-bound nothing
-/// is worth recomputing.
+/// step, by the planner's own rule (`best_split`) for the mean step that
+/// carries an offloaded prefix. A dry run of the scheduler under `offload`
+/// (every request arriving at once; bookkeeping only, no model) gives that
+/// step: its batch, its mean context `s`, and the mean tokens per sequence
+/// on the host. The offloaded rest crosses the link while the step computes,
+/// so where the step is compute-bound nothing is worth recomputing. Pricing
+/// the final overflow instead would over-price the link: the overflow grows
+/// from nothing as the requests decode.
 pub fn offload_share(
     spec: &plans::ModelSpec,
     hw: &HardwareProfile,
     reqs: &Requests,
     dtype: kernels::Dtype,
     block: usize,
-    (batch, resident): (usize, f64),
+    (capacity, max_batch): (usize, usize),
 ) -> anyhow::Result<f64> {
-    let (_, s) = one_sequence(spec, hw, reqs, dtype)?;
-    let n = reqs.requests.len().max(1);
+    let cfg = ServingConfig {
+        block_size: block,
+        capacity_blocks: capacity,
+        policy: Policy::Offload,
+        max_running: max_batch,
+        partial_recompute: 0.0,
+    };
+    let mut dry = Serving::new(reqs, cfg).context("pricing the recomputed share")?;
+    // Over the steps with something offloaded: steps, sequences, context
+    // tokens and host tokens.
+    let (mut steps, mut seqs, mut ctx, mut host) = (0usize, 0usize, 0usize, 0usize);
+    while !dry.done() {
+        let it = dry.next_iteration(f64::INFINITY);
+        if it.decode.is_empty() {
+            break;
+        }
+        let (mut b, mut c, mut o) = (0, 0, 0);
+        for (context, on_host) in dry.running_contexts() {
+            (b, c, o) = (b + 1, c + context, o + on_host);
+        }
+        if o > 0 {
+            (steps, seqs, ctx, host) = (steps + 1, seqs + b, ctx + c, host + o);
+        }
+    }
+    if steps == 0 || seqs == 0 {
+        return Ok(0.0);
+    }
+    let batch = seqs.div_ceil(steps);
+    let s = ctx.div_ceil(seqs).max(1);
+    let off = (host / seqs).min(s);
+    if off == 0 {
+        return Ok(0.0);
+    }
     let w = Workload {
-        batch: batch.clamp(1, n),
+        batch,
         prompt_len: s,
         gen_len: 1,
         dtype,
@@ -328,14 +362,10 @@ pub fn offload_share(
     let cost = CostModel::new(spec, hw, &w)
         .map_err(|e| super::name_field(e, super::plan_flag))
         .context("pricing the recomputed share on --hardware")?;
-    let g = ((s as f64 * resident.clamp(0.0, 1.0)) as usize).min(s);
-    if g == s {
-        return Ok(0.0);
-    }
     let split = cost
-        .best_split(s, g, Schedule::Chunked, block, Solver::Lp)
+        .best_split(s, s - off, Schedule::Chunked, block, Solver::Lp)
         .context("pricing the recomputed share on --hardware")?;
-    Ok(split.recompute as f64 / (s - g) as f64)
+    Ok(split.recompute as f64 / off as f64)
 }
 
 pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
@@ -403,35 +433,18 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
             m - weights
         }
     };
-    let bs0 = args.block_size[0];
-    // The offload share at the first fraction: the resident share of a context.
-    let resident = match (args.kv_blocks, args.kv_memory_fraction.first()) {
-        (Some(n), _) => n as f64 * kv_bytes(&spec, bs0, esz) as f64,
-        (None, Some(&f)) => f * left as f64,
-        (None, None) => left as f64,
-    } / kv_need.max(1) as f64;
-    let auto = (
-        resume_share(&spec, &hw, &reqs, be.dtype(), bs0)?,
-        offload_share(
-            &spec,
-            &hw,
-            &reqs,
-            be.dtype(),
-            bs0,
-            (args.max_batch, resident),
-        )?,
-    );
-    let share_flag = |flag: &str, v: &str, auto: f64| -> anyhow::Result<f64> {
+    // A share given on the command line, or `None` for the cost model's.
+    let share_flag = |flag: &str, v: &str| -> anyhow::Result<Option<f64>> {
         match v {
-            "auto" => Ok(auto),
+            "auto" => Ok(None),
             v => match v.parse::<f64>() {
-                Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+                Ok(f) if (0.0..=1.0).contains(&f) => Ok(Some(f)),
                 _ => bail!("{flag}: {v:?} is neither auto nor a share in [0, 1]"),
             },
         }
     };
-    let partial_share = share_flag("--partial-share", &args.partial_share, auto.0)?;
-    let offload_share = share_flag("--offload-share", &args.offload_share, auto.1)?;
+    let partial_flag = share_flag("--partial-share", &args.partial_share)?;
+    let offload_flag = share_flag("--offload-share", &args.offload_share)?;
     // Every configuration, checked before any run.
     struct Config {
         bs: usize,
@@ -480,6 +493,27 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // The cost model's shares, at the first block size (and, for offload,
+    // its first capacity), where the command line gives none.
+    let partial_share = match partial_flag {
+        Some(f) => f,
+        None => resume_share(&spec, &hw, &reqs, be.dtype(), args.block_size[0])?,
+    };
+    let offload_share = match (
+        offload_flag,
+        configs.iter().find(|c| c.policy == Policy::Offload),
+    ) {
+        (Some(f), _) => f,
+        (None, Some(c)) => offload_share(
+            &spec,
+            &hw,
+            &reqs,
+            be.dtype(),
+            c.bs,
+            (c.capacity, args.max_batch),
+        )?,
+        (None, None) => 0.0,
+    };
     let monitor = match be.spec() {
         kernels::DeviceSpec::Cuda(i) => profiler::GpuMonitor::new(i),
         _ => None,
@@ -783,7 +817,34 @@ fn write_outputs(
 
 #[cfg(test)]
 mod tests {
-    use super::{link_floor, Divergence};
+    use super::{link_floor, offload_share, Divergence};
+
+    fn reference() -> plans::HardwareProfile {
+        let text = include_str!("../../plans/hardware/cpu-reference.json");
+        plans::HardwareProfile::parse(std::path::Path::new("cpu-reference.json"), text).unwrap()
+    }
+
+    /// The offload share prices the steps a dry run of the scheduler says
+    /// will carry an offloaded prefix: none where everything fits, some
+    /// recomputation where the link is slow against the step, none where
+    /// it is fast (the prefix hides under the compute).
+    #[test]
+    fn the_offload_share_follows_the_dry_run_and_the_link() {
+        let spec = plans::ModelSpec::preset("llama-2-7b-tiny").unwrap();
+        let reqs = plans::Requests::at_once(16, 64, 320).unwrap();
+        let share = |gbps: f64, capacity: usize| {
+            let mut hw = reference();
+            for c in [&mut hw.link.h2d_pinned, &mut hw.link.d2h_pinned] {
+                *c = plans::BandwidthCurve::constant(plans::Source::Measured, gbps);
+            }
+            offload_share(&spec, &hw, &reqs, plans::Dtype::F32, 16, (capacity, 32)).unwrap()
+        };
+        // 16 x 384 tokens in blocks of 16: 384 blocks hold everything.
+        assert_eq!(share(0.3, 384), 0.0);
+        let slow = share(0.001, 230);
+        assert!(slow > 0.0 && slow <= 1.0, "{slow}");
+        assert_eq!(share(1000.0, 230), 0.0);
+    }
 
     /// The floor prices the link the run had: `--link-gbps` where it paces
     /// one (the profile may have been measured at another rate), else the

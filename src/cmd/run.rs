@@ -289,7 +289,7 @@ fn ragged(
                 &requests,
                 be.dtype(),
                 block,
-                (ids.len(), capacity as f64 / full.max(1) as f64),
+                (capacity, ids.len()),
             )?
         }
         _ => 0.0,
