@@ -105,13 +105,7 @@ pub struct Executor<'a> {
     new_x: Vec<DeviceBuf>,
     new_k: Vec<DeviceBuf>,
     new_v: Vec<DeviceBuf>,
-    hidden: DeviceBuf,
-    q: DeviceBuf,
-    att: DeviceBuf,
-    tmp_h: DeviceBuf,
-    mlp_out: DeviceBuf,
-    gate: DeviceBuf,
-    up: DeviceBuf,
+    act: Activations,
     logits: DeviceBuf,
     bytes_x: u64,
     bytes_kv: u64,
@@ -170,13 +164,7 @@ impl<'a> Executor<'a> {
         capacity: usize,
     ) -> Result<Self> {
         let s = model.spec();
-        let (h, qd, kvd, f, nl) = (
-            s.hidden_size,
-            s.q_dim(),
-            s.kv_dim(),
-            s.intermediate_size,
-            s.n_layers,
-        );
+        let (h, kvd, nl) = (s.hidden_size, s.kv_dim(), s.n_layers);
         let res_cap = layout.max_resident.min(capacity);
         check_memory_for(backend, s, &layout, batch, capacity, res_cap)?;
         let store = HostStore::new(backend, layout, nl, batch, h, kvd, capacity)?;
@@ -207,13 +195,7 @@ impl<'a> Executor<'a> {
             new_x: per_layer(batch * h)?,
             new_k: per_layer(batch * kvd)?,
             new_v: per_layer(batch * kvd)?,
-            hidden: a(batch * h)?,
-            q: a(batch * qd)?,
-            att: a(batch * qd)?,
-            tmp_h: a(batch * h)?,
-            mlp_out: a(batch * h)?,
-            gate: a(batch * f)?,
-            up: a(batch * f)?,
+            act: Activations::new(backend, s, batch)?,
             logits: a(batch * s.vocab_size)?,
             bytes_x: 0,
             bytes_kv: 0,
@@ -230,14 +212,7 @@ impl<'a> Executor<'a> {
     pub fn prefill(&mut self, tokens: &[u32], p: usize) -> Result<()> {
         let (be, m) = (self.backend, self.model);
         let s = m.spec();
-        let (h, qd, kvd, f, b, cap) = (
-            s.hidden_size,
-            s.q_dim(),
-            s.kv_dim(),
-            s.intermediate_size,
-            self.batch,
-            self.cap,
-        );
+        let (h, qd, kvd, b, cap) = (s.hidden_size, s.q_dim(), s.kv_dim(), self.batch, self.cap);
         let rows = b * p;
         if tokens.len() != rows || p == 0 || p >= cap {
             return Err(RuntimeError::Request {
@@ -249,13 +224,10 @@ impl<'a> Executor<'a> {
             });
         }
         // Prefill is not the measured loop: its activations are allocated here.
-        let hidden = be.alloc(rows * h)?;
-        let xn = be.alloc(rows * h)?;
-        let q = be.alloc(rows * qd)?;
-        let att = be.alloc(rows * qd)?;
-        let tmp = be.alloc(rows * h)?;
-        let gate = be.alloc(rows * f)?;
-        let up = be.alloc(rows * f)?;
+        let act = Activations::new(be, s, rows)?;
+        let Activations {
+            hidden, xn, q, att, ..
+        } = &act;
         let vocab = s.vocab_size;
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(RuntimeError::Request {
@@ -265,7 +237,7 @@ impl<'a> Executor<'a> {
         }
         let ids = be.alloc_ids(rows)?;
         be.write_ids(&ids, 0, tokens)?;
-        be.embedding(&m.embed_tokens, &ids, 0, &hidden, rows, h)?;
+        be.embedding(&m.embed_tokens, &ids, 0, hidden, rows, h)?;
         // Row `r` is at position `r % p`; the first `p` rows list `0..p`.
         let all_pos: Vec<u32> = (0..rows).map(|r| (r % p) as u32).collect();
         let pos = be.alloc_ids(rows)?;
@@ -278,25 +250,22 @@ impl<'a> Executor<'a> {
         for (li, l) in m.layers.iter().enumerate() {
             let a = &l.self_attn;
             let (ks, vs) = (&self.k_stage[0], &self.v_stage[0]);
-            be.rmsnorm(&hidden, &l.input_layernorm, &xn, rows, h, eps)
+            be.rmsnorm(hidden, &l.input_layernorm, xn, rows, h, eps)
                 .at(li)?;
-            be.gemm(&xn, 0, &a.q_proj, 0, &q, 0, rows, qd, h).at(li)?;
+            be.gemm(xn, 0, &a.q_proj, 0, q, 0, rows, qd, h).at(li)?;
             let rq = rope_shape(rows, qd, s.n_heads, s.head_dim, theta, inter);
-            be.rope(&q, 0, &pos, 0, rq).at(li)?;
+            be.rope(q, 0, &pos, 0, rq).at(li)?;
             let rk = rope_shape(p, kvd, s.n_kv_heads, s.head_dim, theta, inter);
             for bi in 0..b {
                 let (xo, ko) = (bi * p * h, bi * cap * kvd);
-                be.gemm(&xn, xo, &a.k_proj, 0, ks, ko, p, kvd, h).at(li)?;
-                be.gemm(&xn, xo, &a.v_proj, 0, vs, ko, p, kvd, h).at(li)?;
+                be.gemm(xn, xo, &a.k_proj, 0, ks, ko, p, kvd, h).at(li)?;
+                be.gemm(xn, xo, &a.v_proj, 0, vs, ko, p, kvd, h).at(li)?;
                 be.rope(ks, ko, &pos, 0, rk).at(li)?;
             }
             let shape = self.attn_shape(b, p, 0, cap);
-            be.attention(&q, ks, vs, &att, shape).at(li)?;
-            self.write_back_prefill(li, &xn, p)?;
-            be.gemm(&att, 0, &a.o_proj, 0, &tmp, 0, rows, h, qd)
-                .at(li)?;
-            be.add(&hidden, &tmp, &hidden, rows * h).at(li)?;
-            self.mlp(li, &hidden, &xn, &gate, &up, &tmp, rows)?;
+            be.attention(q, ks, vs, att, shape).at(li)?;
+            self.write_back_prefill(li, xn, p)?;
+            act.finish_layer(be, m, li, rows)?;
         }
         // The head on each sequence's last position.
         let last = Rows {
@@ -305,7 +274,7 @@ impl<'a> Executor<'a> {
             src_pitch: p * h,
             dst_pitch: h,
         };
-        be.scatter(&hidden, (p - 1) * h, &self.hidden, 0, last)?;
+        be.scatter(hidden, (p - 1) * h, &self.act.hidden, 0, last)?;
         self.head()
     }
 
@@ -374,34 +343,15 @@ impl<'a> Executor<'a> {
 
     /// `hidden += down(silu(gate(norm(hidden))) * up(norm(hidden)))` over `rows`.
     #[allow(clippy::too_many_arguments)]
-    fn mlp(
-        &self,
-        li: usize,
-        hidden: &DeviceBuf,
-        xn: &DeviceBuf,
-        gate: &DeviceBuf,
-        up: &DeviceBuf,
-        tmp: &DeviceBuf,
-        rows: usize,
-    ) -> Result<()> {
-        mlp(
-            self.backend,
-            self.model,
-            li,
-            [hidden, xn, gate, up, tmp],
-            rows,
-        )
-    }
-
-    /// Final norm and output projection of `self.hidden` into the logits
+    /// Final norm and output projection of `self.act.hidden` into the logits
     /// `[batch, vocab]`, on the device.
     fn head(&mut self) -> Result<()> {
         let b = self.batch;
         head(
             self.backend,
             self.model,
-            &self.hidden,
-            &self.tmp_h,
+            &self.act.hidden,
+            &self.act.tmp,
             &self.logits,
             b,
         )
@@ -571,7 +521,7 @@ impl<'a> Executor<'a> {
         // Fully resident (no plan, or a plan keeping everything): attend in the
         // resident area directly.
         let direct = sp.g == pos && pos < rc;
-        be.embedding(&m.embed_tokens, &self.ids, 0, &self.hidden, b, h)?;
+        be.embedding(&m.embed_tokens, &self.ids, 0, &self.act.hidden, b, h)?;
         // The step's positions, once: the new token's per sequence, then each
         // recomputed row's at its row of `x_stage` (chunk by chunk, sequence-major).
         self.pos_host.clear();
@@ -594,13 +544,14 @@ impl<'a> Executor<'a> {
             let t = mark(be, &self.trace, Stream::Compute)?;
             {
                 let (nx, nk, nv) = (&self.new_x[li], &self.new_k[li], &self.new_v[li]);
-                be.rmsnorm(&self.hidden, &l.input_layernorm, nx, b, h, eps)
+                be.rmsnorm(&self.act.hidden, &l.input_layernorm, nx, b, h, eps)
                     .at(li)?;
-                be.gemm(nx, 0, &a.q_proj, 0, &self.q, 0, b, qd, h).at(li)?;
+                be.gemm(nx, 0, &a.q_proj, 0, &self.act.q, 0, b, qd, h)
+                    .at(li)?;
                 be.gemm(nx, 0, &a.k_proj, 0, nk, 0, b, kvd, h).at(li)?;
                 be.gemm(nx, 0, &a.v_proj, 0, nv, 0, b, kvd, h).at(li)?;
                 let rq = rope_shape(b, qd, s.n_heads, s.head_dim, theta, inter);
-                be.rope(&self.q, 0, &self.pos, 0, rq).at(li)?;
+                be.rope(&self.act.q, 0, &self.pos, 0, rq).at(li)?;
                 let rk = rope_shape(b, kvd, s.n_kv_heads, s.head_dim, theta, inter);
                 be.rope(nk, 0, &self.pos, 0, rk).at(li)?;
             }
@@ -641,7 +592,8 @@ impl<'a> Executor<'a> {
             be.scatter(nk, 0, ks, pos * kvd, rows).at(li)?;
             be.scatter(nv, 0, vs, pos * kvd, rows).at(li)?;
             let shape = self.attn_shape(b, 1, pos, kv_cap);
-            be.attention(&self.q, ks, vs, &self.att, shape).at(li)?;
+            be.attention(&self.act.q, ks, vs, &self.act.att, shape)
+                .at(li)?;
             let kind = TraceOpKind::Attention;
             close(be, &mut self.trace, t, Stream::Compute, Some(li), kind)?;
             if !direct {
@@ -649,20 +601,9 @@ impl<'a> Executor<'a> {
             }
             self.write_back_token(li, pos, direct)?;
             let t = mark(be, &self.trace, Stream::Compute)?;
-            be.gemm(&self.att, 0, &a.o_proj, 0, &self.tmp_h, 0, b, h, qd)
-                .at(li)?;
-            be.add(&self.hidden, &self.tmp_h, &self.hidden, b * h)
-                .at(li)?;
-            // `new_x[li]` is still owed to the writeback: normalise into `tmp_h`.
-            self.mlp(
-                li,
-                &self.hidden,
-                &self.tmp_h,
-                &self.gate,
-                &self.up,
-                &self.mlp_out,
-                b,
-            )?;
+            // `new_x[li]` is still owed to the writeback: the MLP
+            // normalises into its own buffer.
+            self.act.finish_layer(be, m, li, b)?;
             close(
                 be,
                 &mut self.trace,
@@ -900,6 +841,51 @@ pub(crate) fn x_bytes(b: usize, l: usize, h: usize, esz: usize) -> u64 {
 /// Bytes of K and V moved for `n` transferred positions of `b` sequences.
 pub(crate) fn kv_bytes(b: usize, n: usize, kv_dim: usize, esz: usize) -> u64 {
     2 * (b as u64) * (n as u64) * (kv_dim as u64) * (esz as u64)
+}
+
+/// The activations of a pass through the layers over up to `rows` rows: the
+/// residual stream, a normalised input, Q, the attention output, a scratch of
+/// the hidden size, and the MLP's gate and up. Prefill allocates its own;
+/// a decode step keeps one, allocated once.
+pub(crate) struct Activations {
+    pub hidden: DeviceBuf,
+    pub xn: DeviceBuf,
+    pub q: DeviceBuf,
+    pub att: DeviceBuf,
+    pub tmp: DeviceBuf,
+    pub gate: DeviceBuf,
+    pub up: DeviceBuf,
+}
+
+impl Activations {
+    pub fn new(be: &Backend, s: &plans::ModelSpec, rows: usize) -> Result<Self> {
+        let a = |n: usize| be.alloc((rows * n).max(1));
+        let (h, qd, f) = (s.hidden_size, s.q_dim(), s.intermediate_size);
+        Ok(Activations {
+            hidden: a(h)?,
+            xn: a(h)?,
+            q: a(qd)?,
+            att: a(qd)?,
+            tmp: a(h)?,
+            gate: a(f)?,
+            up: a(f)?,
+        })
+    }
+
+    /// Layer `li`'s output projection and MLP over `rows` rows: `hidden +=
+    /// o(att)`, then [`mlp`], normalising into `xn` (so a layer input still
+    /// owed to a writeback elsewhere is left alone).
+    pub fn finish_layer(&self, be: &Backend, m: &Model, li: usize, rows: usize) -> Result<()> {
+        let s = m.spec();
+        let (h, qd) = (s.hidden_size, s.q_dim());
+        let o = &m.layers[li].self_attn.o_proj;
+        be.gemm(&self.att, 0, o, 0, &self.tmp, 0, rows, h, qd)
+            .at(li)?;
+        be.add(&self.hidden, &self.tmp, &self.hidden, rows * h)
+            .at(li)?;
+        let bufs = [&self.hidden, &self.xn, &self.gate, &self.up, &self.tmp];
+        mlp(be, m, li, bufs, rows)
+    }
 }
 
 /// `hidden += down(silu(gate(norm(hidden))) * up(norm(hidden)))` over

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 
 use kernels::{Backend, DeviceBuf, Event, HostBuf, IdBuf, Stream};
 
-use crate::executor::{attn_shape, head, mlp, rope_shape};
+use crate::executor::{attn_shape, head, rope_shape, Activations};
 
 mod evict;
 use crate::model::Model;
@@ -138,12 +138,12 @@ pub struct PagedEngine<'a> {
     step_host: Vec<u32>,
     /// Positions `0..max_tokens` (RoPE of recomputed rows).
     ramp: IdBuf,
-    hidden: DeviceBuf,
+    /// The decode step's activations (`max_batch` rows), and its layer
+    /// inputs: one per layer when they are written back to the host.
+    act: Activations,
     xn: Vec<DeviceBuf>,
-    q: DeviceBuf,
     k_new: DeviceBuf,
     v_new: DeviceBuf,
-    att: DeviceBuf,
     /// What attention reads, `[max_batch, max_tokens, kv_dim]`, one pair per
     /// layer parity (the copy stream fills the next layer's while this one
     /// computes).
@@ -153,10 +153,6 @@ pub struct PagedEngine<'a> {
     /// step's offloaded prefixes'), and the K or V recomputed from them.
     x_stage: [DeviceBuf; 2],
     recomputed: DeviceBuf,
-    tmp: DeviceBuf,
-    gate: DeviceBuf,
-    up: DeviceBuf,
-    mlp_out: DeviceBuf,
     logits: DeviceBuf,
     /// Per layer parity: the event after the attention that last read its
     /// buffers.
@@ -177,13 +173,7 @@ impl<'a> PagedEngine<'a> {
     /// Allocates the device pools, the host store and the step buffers.
     pub fn new(be: &'a Backend, model: &'a Model, cfg: PagedConfig) -> Result<Self> {
         let s = model.spec();
-        let (h, qd, kvd, f, nl) = (
-            s.hidden_size,
-            s.q_dim(),
-            s.kv_dim(),
-            s.intermediate_size,
-            s.n_layers,
-        );
+        let (h, kvd, nl) = (s.hidden_size, s.kv_dim(), s.n_layers);
         let bs = cfg.block_size;
         if bs == 0 || cfg.capacity_blocks == 0 || cfg.max_batch == 0 {
             return Err(bad(
@@ -252,24 +242,20 @@ impl<'a> PagedEngine<'a> {
             step: be.alloc_ids(4 * b + 2 * b * max_blocks + 2 * stage_tokens)?,
             step_host: Vec::with_capacity(4 * b + 2 * b * max_blocks + 2 * stage_tokens),
             ramp,
-            hidden: a(b * h)?,
+            act: Activations::new(be, s, b)?,
             xn: if cfg.keep_activations {
                 per_layer(b * h)?
             } else {
                 vec![a(b * h)?]
             },
-            q: a(b * qd)?,
+
             k_new: a(b * kvd)?,
             v_new: a(b * kvd)?,
-            att: a(b * qd)?,
+
             k_gather: [a(b * max_tokens * kvd)?, a(b * max_tokens * kvd)?],
             v_gather: [a(b * max_tokens * kvd)?, a(b * max_tokens * kvd)?],
             x_stage: [a(stage_tokens * h)?, a(stage_tokens * h)?],
             recomputed: a(stage_tokens * kvd)?,
-            tmp: a(b * h)?,
-            gate: a(b * f)?,
-            up: a(b * f)?,
-            mlp_out: a(b * h)?,
             logits: a(b * s.vocab_size)?,
             stage_free: [None, None],
             stage_ready: [None, None],
@@ -330,13 +316,7 @@ impl<'a> PagedEngine<'a> {
     pub fn prefill(&mut self, id: usize, tokens: &[u32]) -> Result<u32> {
         let (be, m) = (self.be, self.model);
         let s = m.spec();
-        let (h, qd, kvd, f, bs) = (
-            s.hidden_size,
-            s.q_dim(),
-            s.kv_dim(),
-            s.intermediate_size,
-            self.cfg.block_size,
-        );
+        let (h, qd, kvd, bs) = (s.hidden_size, s.q_dim(), s.kv_dim(), self.cfg.block_size);
         let p = tokens.len();
         self.check_request(id, p)?;
         if p == 0 {
@@ -366,17 +346,14 @@ impl<'a> PagedEngine<'a> {
             seq.blocks.push(b);
         }
         // Prefill's activations are its own (not the measured step's).
-        let hidden = be.alloc(p * h)?;
-        let xn = be.alloc(p * h)?;
-        let q = be.alloc(p * qd)?;
-        let att = be.alloc(p * qd)?;
-        let tmp = be.alloc(p * h)?;
-        let gate = be.alloc(p * f)?;
-        let up = be.alloc(p * f)?;
+        let act = Activations::new(be, s, p)?;
+        let Activations {
+            hidden, xn, q, att, ..
+        } = &act;
         let (kt, vt) = (be.alloc(p * kvd)?, be.alloc(p * kvd)?);
         let ids = be.alloc_ids(p)?;
         be.write_ids(&ids, 0, tokens)?;
-        be.embedding(&m.embed_tokens, &ids, 0, &hidden, p, h)?;
+        be.embedding(&m.embed_tokens, &ids, 0, hidden, p, h)?;
         let (eps, theta, inter) = (
             s.norm_eps as f32,
             s.rope_theta as f32,
@@ -384,35 +361,34 @@ impl<'a> PagedEngine<'a> {
         );
         for (li, l) in m.layers.iter().enumerate() {
             let a = &l.self_attn;
-            be.rmsnorm(&hidden, &l.input_layernorm, &xn, p, h, eps)
+            be.rmsnorm(hidden, &l.input_layernorm, xn, p, h, eps)
                 .at(li)?;
-            be.gemm(&xn, 0, &a.q_proj, 0, &q, 0, p, qd, h).at(li)?;
-            be.gemm(&xn, 0, &a.k_proj, 0, &kt, 0, p, kvd, h).at(li)?;
-            be.gemm(&xn, 0, &a.v_proj, 0, &vt, 0, p, kvd, h).at(li)?;
+            be.gemm(xn, 0, &a.q_proj, 0, q, 0, p, qd, h).at(li)?;
+            be.gemm(xn, 0, &a.k_proj, 0, &kt, 0, p, kvd, h).at(li)?;
+            be.gemm(xn, 0, &a.v_proj, 0, &vt, 0, p, kvd, h).at(li)?;
             let rq = rope_shape(p, qd, s.n_heads, s.head_dim, theta, inter);
-            be.rope(&q, 0, &self.ramp, 0, rq).at(li)?;
+            be.rope(q, 0, &self.ramp, 0, rq).at(li)?;
             let rk = rope_shape(p, kvd, s.n_kv_heads, s.head_dim, theta, inter);
             be.rope(&kt, 0, &self.ramp, 0, rk).at(li)?;
             let shape = attn_shape(s, 1, p, 0, p);
-            be.attention(&q, &kt, &vt, &att, shape).at(li)?;
+            be.attention(q, &kt, &vt, att, shape).at(li)?;
             self.store_rows(li, &seq, &kt, &vt, 0, p)?;
             if self.cfg.keep_activations {
                 // `xn` is scratch again in the MLP: the copy lands first.
                 let ev = be.record(Stream::Compute).at(li)?;
                 be.wait(Stream::Writeback, &ev).at(li)?;
                 let off = seq.base * h;
-                be.copy_d2h(Stream::Writeback, &xn, 0, &self.host_x[li], off, p * h)
+                be.copy_d2h(Stream::Writeback, xn, 0, &self.host_x[li], off, p * h)
                     .at(li)?;
                 let done = be.record(Stream::Writeback).at(li)?;
                 be.wait(Stream::Compute, &done).at(li)?;
                 self.counters.bytes_x_out += (p * h) as u64 * be.dtype().bytes() as u64;
             }
-            be.gemm(&att, 0, &a.o_proj, 0, &tmp, 0, p, h, qd).at(li)?;
-            be.add(&hidden, &tmp, &hidden, p * h).at(li)?;
-            mlp(be, m, li, [&hidden, &xn, &gate, &up, &tmp], p)?;
+            act.finish_layer(be, m, li, p)?;
         }
-        be.copy_d2d(Stream::Compute, &hidden, (p - 1) * h, &self.hidden, 0, h)?;
-        head(be, m, &self.hidden, &self.tmp, &self.logits, 1)?;
+        let d = &self.act;
+        be.copy_d2d(Stream::Compute, hidden, (p - 1) * h, &d.hidden, 0, h)?;
+        head(be, m, &d.hidden, &d.tmp, &self.logits, 1)?;
         be.argmax(&self.logits, 1, vocab, &self.step, 0)?;
         let next = be.read_ids(&self.step, 0, 1)?[0];
         seq.last = next;
@@ -569,7 +545,7 @@ impl<'a> PagedEngine<'a> {
             s.rope_theta as f32,
             m.config.rope.interleaved(),
         );
-        be.embedding(&m.embed_tokens, &self.step, 0, &self.hidden, b, h)?;
+        be.embedding(&m.embed_tokens, &self.step, 0, &self.act.hidden, b, h)?;
         let esz = be.dtype().bytes() as u64;
         let nl = m.layers.len();
         // The copy stream brings each layer's offloaded prefixes two layers
@@ -583,15 +559,16 @@ impl<'a> PagedEngine<'a> {
             let l = &m.layers[li];
             let a = &l.self_attn;
             let xn = &self.xn[li % self.xn.len()];
-            be.rmsnorm(&self.hidden, &l.input_layernorm, xn, b, h, eps)
+            be.rmsnorm(&self.act.hidden, &l.input_layernorm, xn, b, h, eps)
                 .at(li)?;
-            be.gemm(xn, 0, &a.q_proj, 0, &self.q, 0, b, qd, h).at(li)?;
+            be.gemm(xn, 0, &a.q_proj, 0, &self.act.q, 0, b, qd, h)
+                .at(li)?;
             be.gemm(xn, 0, &a.k_proj, 0, &self.k_new, 0, b, kvd, h)
                 .at(li)?;
             be.gemm(xn, 0, &a.v_proj, 0, &self.v_new, 0, b, kvd, h)
                 .at(li)?;
             let rq = rope_shape(b, qd, s.n_heads, s.head_dim, theta, inter);
-            be.rope(&self.q, 0, &self.step, pos_off, rq).at(li)?;
+            be.rope(&self.act.q, 0, &self.step, pos_off, rq).at(li)?;
             let rk = rope_shape(b, kvd, s.n_kv_heads, s.head_dim, theta, inter);
             be.rope(&self.k_new, 0, &self.step, pos_off, rk).at(li)?;
             // Each row's new K/V into its block, one call per kind.
@@ -641,21 +618,26 @@ impl<'a> PagedEngine<'a> {
             }
             let (kg, vg) = (&self.k_gather[g], &self.v_gather[g]);
             let shape = attn_shape(s, b, 1, 0, cap);
-            be.attention_ragged(&self.q, kg, vg, &self.att, shape, &self.step, len_off)
-                .at(li)?;
+            be.attention_ragged(
+                &self.act.q,
+                kg,
+                vg,
+                &self.act.att,
+                shape,
+                &self.step,
+                len_off,
+            )
+            .at(li)?;
             if !offloaded.is_empty() && li + 2 < nl {
                 // This layer's buffers are free again: layer li + 2's prefixes.
                 self.stage_free[li % 2] = Some(be.record(Stream::Compute).at(li)?);
                 self.issue_prefixes(li + 2, &seqs, &offloaded, cap)?;
             }
-            be.gemm(&self.att, 0, &a.o_proj, 0, &self.tmp, 0, b, h, qd)
-                .at(li)?;
-            be.add(&self.hidden, &self.tmp, &self.hidden, b * h)
-                .at(li)?;
-            let bufs = [&self.hidden, &self.tmp, &self.gate, &self.up, &self.mlp_out];
-            mlp(be, m, li, bufs, b)?;
+            // The layer input may still be owed to the writeback: the MLP
+            // normalises into its own buffer.
+            self.act.finish_layer(be, m, li, b)?;
         }
-        head(be, m, &self.hidden, &self.tmp, &self.logits, b)?;
+        head(be, m, &self.act.hidden, &self.act.tmp, &self.logits, b)?;
         be.argmax(&self.logits, b, s.vocab_size, &self.step, 0)?;
         let next = be.read_ids(&self.step, 0, b)?;
         for (&(id, _), &t) in batch.iter().zip(&next) {
