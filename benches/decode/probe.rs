@@ -132,10 +132,10 @@ impl ProbeBufs {
                         row_stride: kvd,
                         n_heads: nh,
                         head_dim: hd,
-                        theta: 1e4,
                         interleaved: false,
                     };
-                    be.rope(&tmp[0], ko, &ids, 0, r)?;
+                    let freqs = be.rope_freqs(&kernels::twin::default_inv_freq(1e4, hd), 1.0)?;
+                    be.rope(&tmp[0], ko, &ids, 0, &freqs, r)?;
                 }
                 if part == Part::Together {
                     for bi in 0..b {

@@ -4,10 +4,14 @@
 //
 // Layouts: q and out [batch, q_len, n_heads*head_dim]; k, v [batch, kv_cap, n_kv_heads*head_dim].
 // Query row `row = b*q_len + j` sits at position q_pos0 + j and attends causally to keys
-// 0 ..= q_pos0 + j; or, for a ragged batch (`lens` not null, q_len = 1, q_pos0 unused), row b
-// attends keys 0 .. min(lens[b], kv_cap), and a row with no key writes zeros.
+// 0 .. n with n = q_pos0 + j + 1; or, for a ragged batch (`lens` not null, q_len = 1, q_pos0
+// unused), row b attends keys 0 .. n with n = min(lens[b], kv_cap), and a row with no key writes
+// zeros. A sliding window (window > 0) keeps only the last `window` of those keys,
+// max(0, n - window) .. n (the host passes 0 for a window at least kv_cap long).
 // Grouped-query heads: head h reads kv head h / (n_heads / n_kv_heads).
-// Partials, for part = (row*n_heads + h)*n_splits + s:
+// The launch covers splits split0 .. split0 + n_splits (the host skips the splits before the
+// first key its queries see); block `slot` = blockIdx.x works on split s = split0 + slot, and its
+// partial is number `slot`. Partials, for part = (row*n_heads + h)*n_splits + slot:
 //   part_o[part*head_dim + d] = sum_t exp(score_t - m_s) * v_t[d]
 //   part_ml[part*2 + 0] = m_s = max_t score_t
 //   part_ml[part*2 + 1] = l_s = sum_t exp(score_t - m_s)
@@ -22,9 +26,11 @@
 #define ATTN_UNROLL 4
 
 // attn_split_<dtype>: grid (n_splits, n_heads, batch*q_len), block 128 (4 warps).
-// Split s covers keys [s*split_len, min((s+1)*split_len, n_keys)), n_keys as above: a ragged
-// launch is sized for kv_cap keys, so the splits past a shorter row's keys are empty. Warp w takes keys start + w,
-// start + w + 4, ..., ATTN_UNROLL of them at a time: per key the warp computes the dot product
+// Split s covers keys [max(s*split_len, lo), min((s+1)*split_len, n)), with lo .. n the query's
+// keys as above: a ragged launch is sized for kv_cap keys, so the splits past a shorter row's keys
+// are empty, and so are the splits before a query's window (the block returns at once); the first
+// split a window reaches is masked by `start`. Warp w takes keys start + w, start + w + 4, ...,
+// ATTN_UNROLL of them at a time: per key the warp computes the dot product
 // (each lane 2 dims per 64-dim chunk, coalesced, then a shuffle all-reduce), and keeps an online
 // softmax (running max m, sum l and the rescaled sum of v in registers, head_dim <= 256). The 4
 // warps then merge their (m, l, o) through 4 KiB of shared memory and the block writes the
@@ -35,21 +41,23 @@ __device__ __forceinline__ void attn_split_body(const typename D::T* q, const ty
                                                 float* part_o,
                                                 float* part_ml, int batch, int q_len, int q_pos0,
                                                 int n_heads, int n_kv_heads, int head_dim,
-                                                int kv_cap, float scale, int split_len,
-                                                int n_splits) {
+                                                int kv_cap, int window, float scale,
+                                                int split_len, int split0, int n_splits) {
     __shared__ float s_o[ATTN_WARPS][ATTN_MAX_HEAD_DIM];
     __shared__ float s_m[ATTN_WARPS], s_l[ATTN_WARPS];
 
-    const int s = blockIdx.x, h = blockIdx.y, row = blockIdx.z;
-    if (s >= n_splits || h >= n_heads || row >= batch * q_len) return;
+    const int slot = blockIdx.x, h = blockIdx.y, row = blockIdx.z;
+    if (slot >= n_splits || h >= n_heads || row >= batch * q_len) return;
     const int b = row / q_len, j = row - b * q_len;
     int n_keys = q_pos0 + j + 1;
     if (lens) n_keys = lens[b] < (unsigned)kv_cap ? (int)lens[b] : kv_cap;
-    const int start = s * split_len;
-    const int end = min(start + split_len, n_keys);
+    const int lo = window > 0 ? max(0, n_keys - window) : 0;
+    const int s = split0 + slot;
+    const int start = max(s * split_len, lo);
+    const int end = min(s * split_len + split_len, n_keys);
 
     const unsigned long long part =
-        ((unsigned long long)row * n_heads + h) * (unsigned long long)n_splits + s;
+        ((unsigned long long)row * n_heads + h) * (unsigned long long)n_splits + slot;
     float* po = part_o + part * head_dim;
     float* pml = part_ml + part * 2;
 
@@ -204,9 +212,11 @@ __device__ __forceinline__ void attn_combine_body(const float* part_o, const flo
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS) attn_split_##SFX(                \
         const D::T* q, const D::T* k, const D::T* v, const unsigned* lens, float* part_o,      \
         float* part_ml, int batch, int q_len, int q_pos0, int n_heads, int n_kv_heads,          \
-        int head_dim, int kv_cap, float scale, int split_len, int n_splits) {                   \
+        int head_dim, int kv_cap, int window, float scale, int split_len, int split0,           \
+        int n_splits) {                                                                         \
         attn_split_body<D>(q, k, v, lens, part_o, part_ml, batch, q_len, q_pos0, n_heads,       \
-                           n_kv_heads, head_dim, kv_cap, scale, split_len, n_splits);           \
+                           n_kv_heads, head_dim, kv_cap, window, scale, split_len, split0,      \
+                           n_splits);                                                           \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                  \
         attn_combine_##SFX(const float* part_o, const float* part_ml, D::T* out, int rows,      \

@@ -26,6 +26,22 @@ __device__ __forceinline__ void add_body(const typename D::T* a, const typename 
     }
 }
 
+// add_bias_<dtype>(x, bias, rows, dim), in place: x[r*dim + j] += bias[j] for r < rows, j < dim
+// (f32 sum, stored in the dtype). grid (ceil(dim/256) capped at 65535, rows capped at 65535),
+// block 256; both dimensions loop, so any grid covers everything. `bias` is not inside x.
+template <class D>
+__device__ __forceinline__ void add_bias_body(typename D::T* x, const typename D::T* bias,
+                                              int rows, int dim) {
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        typename D::T* xr = x + (unsigned long long)r * (unsigned long long)dim;
+        // Unsigned: j + stride stays below 2^32 (dim < 2^31, stride < 2^24).
+        for (unsigned j = blockIdx.x * blockDim.x + threadIdx.x; j < (unsigned)dim;
+             j += gridDim.x * blockDim.x) {
+            xr[j] = D::store(D::load(xr[j]) + D::load(bias[j]));
+        }
+    }
+}
+
 // scatter_<dtype>(src, dst, groups, group_len, src_stride, dst_stride):
 //   dst[g*dst_stride + i] = src[g*src_stride + i] for g < groups, i < group_len.
 // grid (min(ceil(group_len/256), 65535), groups), block 256. Both dimensions loop, so any grid
@@ -77,6 +93,10 @@ __device__ __forceinline__ void scatter_rows_body(const typename D::T* src, type
     extern "C" __global__ void __launch_bounds__(256)                                         \
         add_##SFX(const D::T* a, const D::T* b, D::T* out, unsigned long long n) {            \
         add_body<D>(a, b, out, n);                                                            \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                         \
+        add_bias_##SFX(D::T* x, const D::T* bias, int rows, int dim) {                        \
+        add_bias_body<D>(x, bias, rows, dim);                                                 \
     }                                                                                         \
     extern "C" __global__ void __launch_bounds__(256)                                         \
         scatter_##SFX(const D::T* src, D::T* dst, int groups, unsigned long long group_len,   \

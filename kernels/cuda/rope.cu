@@ -1,14 +1,18 @@
 // Rotary position embedding. Compiled after common.cuh (concatenated by the runtime; no #include).
 
-// rope_<dtype>(x, pos, rows, row_stride, n_heads, head_dim, theta, interleaved), in place:
-// row r starts at x + r*row_stride, holds n_heads heads of head_dim values and sits at position
-// pos[r]. Pair i (0 <= i < head_dim/2) of each head is (2i, 2i+1) if interleaved, else
-// (i, i + head_dim/2); it is rotated by the angle a = pos * theta^(-2i/head_dim), computed in
-// double: c = (float)cos(a), s = (float)sin(a), x0' = x0*c - x1*s, x1' = x0*s + x1*c (f32).
+// rope_<dtype>(x, pos, inv_freq, attn_factor, rows, row_stride, n_heads, head_dim, interleaved),
+// in place: row r starts at x + r*row_stride, holds n_heads heads of head_dim values and sits at
+// position pos[r]. Pair i (0 <= i < head_dim/2) of each head is (2i, 2i+1) if interleaved, else
+// (i, i + head_dim/2); it is rotated by the angle a = (double)pos * (double)inv_freq[i], computed
+// in double: c = (float)cos(a) * attn_factor, s = (float)sin(a) * attn_factor (the products in
+// f32), x0' = x0*c - x1*s, x1' = x0*s + x1*c (f32). `inv_freq` is the host's f32 table of
+// head_dim/2 inverse frequencies (default, linear, llama3, YaRN, ...: the scaling is the table's),
+// whatever the dtype of x.
 // grid (rows), block 128: one block per row, threads share out the n_heads * head_dim/2 pairs.
 template <class D>
-__device__ __forceinline__ void rope_body(typename D::T* x, const unsigned* pos, int rows,
-                                          int row_stride, int n_heads, int head_dim, float theta,
+__device__ __forceinline__ void rope_body(typename D::T* x, const unsigned* pos,
+                                          const float* inv_freq, float attn_factor, int rows,
+                                          int row_stride, int n_heads, int head_dim,
                                           int interleaved) {
     const int row = blockIdx.x;
     if (row >= rows || head_dim < 2) return;
@@ -22,10 +26,9 @@ __device__ __forceinline__ void rope_body(typename D::T* x, const unsigned* pos,
 
     for (int k = threadIdx.x; k < half * groups; k += blockDim.x) {
         const int i = k % half, g = k / half;
-        const double inv_freq = 1.0 / pow((double)theta, (double)(2 * i) / (double)head_dim);
         double sd, cd;
-        sincos(p * inv_freq, &sd, &cd);
-        const float c = (float)cd, s = (float)sd;
+        sincos(p * (double)inv_freq[i], &sd, &cd);
+        const float c = (float)cd * attn_factor, s = (float)sd * attn_factor;
         const int i0 = interleaved ? 2 * i : i;
         const int i1 = interleaved ? 2 * i + 1 : i + half;
         for (int h = g; h < n_heads; h += groups) {
@@ -39,8 +42,9 @@ __device__ __forceinline__ void rope_body(typename D::T* x, const unsigned* pos,
 
 #define KVPR_ROPE(SFX, D)                                                                        \
     extern "C" __global__ void __launch_bounds__(128)                                            \
-        rope_##SFX(D::T* x, const unsigned* pos, int rows, int row_stride, int n_heads,          \
-                   int head_dim, float theta, int interleaved) {                                 \
-        rope_body<D>(x, pos, rows, row_stride, n_heads, head_dim, theta, interleaved);           \
+        rope_##SFX(D::T* x, const unsigned* pos, const float* inv_freq, float attn_factor,       \
+                   int rows, int row_stride, int n_heads, int head_dim, int interleaved) {       \
+        rope_body<D>(x, pos, inv_freq, attn_factor, rows, row_stride, n_heads, head_dim,         \
+                     interleaved);                                                               \
     }
 KVPR_FOR_EACH_DTYPE(KVPR_ROPE)

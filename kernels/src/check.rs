@@ -71,8 +71,9 @@ fn overflow(op: &'static str, device: &str, shape: &str) -> KernelError {
     }
 }
 
-/// Checks a RoPE shape; returns the elements it spans from its first row.
-pub(crate) fn rope(device: &str, r: &RopeShape) -> Result<usize> {
+/// Checks a RoPE shape against a table of `n_freqs` frequencies; returns
+/// the elements it spans from its first row.
+pub(crate) fn rope(device: &str, r: &RopeShape, n_freqs: usize) -> Result<usize> {
     let bad = |reason: String| KernelError::Shape {
         op: "rope",
         device: device.to_string(),
@@ -85,8 +86,11 @@ pub(crate) fn rope(device: &str, r: &RopeShape) -> Result<usize> {
     if !r.head_dim.is_multiple_of(2) {
         return Err(bad("head_dim must be even".into()));
     }
-    if !(r.theta.is_finite() && r.theta > 0.0) {
-        return Err(bad(format!("theta {} is not a positive number", r.theta)));
+    if n_freqs != r.head_dim / 2 {
+        return Err(bad(format!(
+            "the frequency table holds {n_freqs} frequencies, not head_dim / 2 = {}",
+            r.head_dim / 2
+        )));
     }
     let width = mul("rope", device, &[r.n_heads, r.head_dim])?;
     if r.rows == 0 || width == 0 {
@@ -103,14 +107,18 @@ pub(crate) fn rope(device: &str, r: &RopeShape) -> Result<usize> {
 /// Checks an attention shape; returns the elements of `q` (= of `out`) and of `k` (= of `v`).
 pub(crate) fn attention(device: &str, a: &AttnShape) -> Result<(usize, usize)> {
     let sizes = attention_common("attention", device, a)?;
-    if a.q_len > 0 && a.q_pos0 + a.q_len > a.kv_capacity {
+    let end = a.q_pos0.checked_add(a.q_len);
+    if a.q_len > 0 && end.is_none_or(|e| e > a.kv_capacity) {
+        let last = match end {
+            Some(e) => (e - 1).to_string(),
+            None => "past 2^64".into(),
+        };
         return Err(attn_shape(
             "attention",
             device,
             a,
             format!(
-                "queries reach position {} but the cache holds {} positions",
-                a.q_pos0 + a.q_len - 1,
+                "queries reach position {last} but the cache holds {} positions",
                 a.kv_capacity
             ),
         ));
@@ -139,6 +147,17 @@ fn attn_shape(op: &'static str, device: &str, a: &AttnShape, reason: String) -> 
         device: device.to_string(),
         shape: format!("{a:?}"),
         reason,
+    }
+}
+
+/// The sliding window as the ops apply it: 0 (none) for no window and for
+/// one at least as long as the cache, which hides no key a query can see
+/// (a query's position is below `kv_capacity`). Any `window` is valid.
+pub(crate) fn window(a: &AttnShape) -> usize {
+    if a.window >= a.kv_capacity {
+        0
+    } else {
+        a.window
     }
 }
 

@@ -6,8 +6,8 @@
 //! own variant and reports [`crate::KernelError::WrongBackend`] for the other.
 
 use crate::{
-    AttnShape, BufInner, Dtype, EventInner, HostInner, IdInner, Result, RopeShape, Rows,
-    SampleArgs, Stream,
+    AttnShape, BufInner, Dtype, EventInner, FreqsInner, HostInner, IdInner, Result, RopeFreqs,
+    RopeShape, Rows, SampleArgs, Stream,
 };
 
 pub(crate) trait Device: Send + Sync {
@@ -84,26 +84,46 @@ pub(crate) trait Device: Send + Sync {
         n: usize,
         k: usize,
     ) -> Result<()>;
+    /// [`crate::Backend::rmsnorm_at`]: `out` is `x` at the same offset or
+    /// does not overlap it.
+    #[allow(clippy::too_many_arguments)]
     fn rmsnorm(
         &self,
         x: &BufInner,
+        x_off: usize,
         weight: &BufInner,
         out: &BufInner,
+        out_off: usize,
         rows: usize,
         dim: usize,
         eps: f32,
     ) -> Result<()>;
+    /// [`crate::Backend::add_bias`]: `bias` is another buffer than `x`.
+    fn add_bias(
+        &self,
+        x: &BufInner,
+        x_off: usize,
+        bias: &BufInner,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()>;
+    /// A frequency table (checked: not empty, finite, factor > 0).
+    fn rope_freqs(&self, inv_freq: &[f32], attention_factor: f32) -> Result<FreqsInner>;
+    /// RoPE with `freqs`, whose length is `r.head_dim / 2`.
     fn rope(
         &self,
         x: &BufInner,
         x_off: usize,
         pos: &IdInner,
         pos_off: usize,
+        freqs: &RopeFreqs,
         r: RopeShape,
     ) -> Result<()>;
     /// Causal attention ([`crate::Backend::attention`]) for `lens: None`; for
     /// `Some((lens, off))` ([`crate::Backend::attention_ragged`]), `a.q_len ==
-    /// 1` and row `b` attends keys `0 .. min(lens[off + b], a.kv_capacity)`.
+    /// 1` and row `b` attends keys `0 .. n` with `n = min(lens[off + b],
+    /// a.kv_capacity)`. Both with `a.window` (see [`crate::AttnShape`]; for a
+    /// ragged row, the last `window` of its `n` keys).
     fn attention(
         &self,
         q: &BufInner,

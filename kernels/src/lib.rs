@@ -2,7 +2,7 @@
 //!
 //! [`Backend`] is what the runtime holds. It checks every call (shapes,
 //! ranges, which backend a buffer belongs to) once, then hands it to a
-//! [`device::Device`] implementation: the CPU reference backend (f32,
+//! `device::Device` implementation: the CPU reference backend (f32,
 //! candle-core's kernels, copy threads that can be paced to a link bandwidth)
 //! or the CUDA backend (cudarc with dynamic loading, kernels compiled by NVRTC,
 //! cuBLAS GEMMs; it always compiles and reports [`KernelError::NoDriver`]
@@ -11,10 +11,11 @@
 //! compare both backends against.
 //!
 //! The API is shaped for a device: buffers live on the device ([`DeviceBuf`]
-//! in the compute dtype, [`IdBuf`] for token ids and positions), host memory
-//! for the KV/activation store is a [`HostBuf`] (pinned on CUDA), and three
-//! streams ([`Stream::Copy`], [`Stream::Compute`], [`Stream::Writeback`]) are
-//! ordered only by [`Event`]s. Token ids and positions are written to the
+//! in the compute dtype, [`IdBuf`] for token ids and positions, [`RopeFreqs`]
+//! for a model's RoPE frequencies), host memory for the KV/activation store
+//! is a [`HostBuf`] (pinned on CUDA), and three streams ([`Stream::Copy`],
+//! [`Stream::Compute`], [`Stream::Writeback`]) are ordered only by
+//! [`Event`]s. Token ids and positions are written to the
 //! device once per step; argmax and sampling run on the device and only the
 //! chosen ids come back ([`Backend::read_ids`]). Offsets and lengths are in
 //! elements; every error is a typed [`KernelError`], never a panic.
@@ -28,6 +29,7 @@ mod cpu;
 mod cuda;
 mod device;
 mod error;
+mod ops;
 mod ragged;
 pub mod selftest;
 pub mod twin;
@@ -124,7 +126,10 @@ pub struct BackendOptions {
 ///
 /// `q` is `[batch, q_len, n_heads * head_dim]`; `k` and `v` are
 /// `[batch, kv_capacity, n_kv_heads * head_dim]`. Query `j` of row `b` sits at
-/// position `q_pos0 + j` and attends causally to keys `0 ..= q_pos0 + j`.
+/// position `p = q_pos0 + j` and attends causally to keys `0 ..= p`, or, with
+/// a sliding `window` `W > 0`, to the last `W` of them, `max(0, p + 1 - W) ..= p`
+/// (Mistral's rule: key `t` is visible iff `p - W < t <= p`). A window of 0,
+/// or one at least as long as the cache, is no window.
 /// [`Backend::attention_ragged`] takes the same shape with `q_len = 1` and a
 /// key count per row instead of `q_pos0`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -137,20 +142,57 @@ pub struct AttnShape {
     pub head_dim: usize,
     pub kv_capacity: usize,
     pub scale: f32,
+    /// Sliding window, in keys (the query's own included); 0: none.
+    pub window: usize,
 }
 
 /// Shape of a [`Backend::rope`] call: `rows` rows `row_stride` elements
 /// apart, each `n_heads` heads of `head_dim`. `interleaved`: GGUF/llama.cpp
 /// pairs `(2i, 2i+1)`; else the Hugging Face `rotate_half` pairs
-/// `(i, i + head_dim/2)`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// `(i, i + head_dim/2)`. The frequencies come from a [`RopeFreqs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RopeShape {
     pub rows: usize,
     pub row_stride: usize,
     pub n_heads: usize,
     pub head_dim: usize,
-    pub theta: f32,
     pub interleaved: bool,
+}
+
+/// A RoPE frequency table on a backend's device, made by
+/// [`Backend::rope_freqs`]: `head_dim / 2` inverse frequencies (f32 whatever
+/// the compute dtype) and an attention factor that scales cos and sin, as
+/// Hugging Face's `rope_init_fn`s return them (default, linear, llama3,
+/// YaRN, ...). Pair `i` of a row at position `p` turns by the angle
+/// `p * inv_freq[i]` (in f64); the exact rule is [`twin::rope`]. Computed
+/// once at load and shared by every layer's [`Backend::rope`].
+pub struct RopeFreqs {
+    len: usize,
+    attention_factor: f32,
+    /// The backend that made it.
+    spec: DeviceSpec,
+    inner: FreqsInner,
+}
+
+pub(crate) enum FreqsInner {
+    Cpu(cpu::CpuFreqs),
+    Cuda(cuda::CudaFreqs),
+}
+
+impl RopeFreqs {
+    /// Number of inverse frequencies (`head_dim / 2` of the heads it turns).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The factor cos and sin are multiplied by (1 for plain RoPE).
+    pub fn attention_factor(&self) -> f32 {
+        self.attention_factor
+    }
 }
 
 /// A strided block of elements: `rows` runs of `width` elements, `src_pitch`
@@ -209,6 +251,17 @@ pub struct DeviceBuf {
 pub(crate) enum BufInner {
     Cpu(cpu::CpuBuf),
     Cuda(cuda::CudaBuf),
+}
+
+impl BufInner {
+    /// Whether both handles name the same allocation.
+    pub(crate) fn same(&self, other: &BufInner) -> bool {
+        match (self, other) {
+            (BufInner::Cpu(a), BufInner::Cpu(b)) => a.same(b),
+            (BufInner::Cuda(a), BufInner::Cuda(b)) => a.same(b),
+            _ => false,
+        }
+    }
 }
 
 /// Device memory for `u32` token ids and positions.
@@ -514,267 +567,6 @@ impl Backend {
     #[cfg(test)]
     pub(crate) fn inject_panic(&self, stream: Stream, message: &'static str) -> Result<()> {
         self.dev.inject_panic(stream, message)
-    }
-
-    /// `out[m, n] = x[m, k] . w[n, k]^T` (w row-major `[n, k]`, like `nn.Linear`),
-    /// at element offsets `x_off`, `w_off`, `out_off`. On the compute stream.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm(
-        &self,
-        x: &DeviceBuf,
-        x_off: usize,
-        w: &DeviceBuf,
-        w_off: usize,
-        out: &DeviceBuf,
-        out_off: usize,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()> {
-        let d = self.name();
-        let op = "gemm";
-        self.range(op, "x", x_off, check::mul(op, &d, &[m, k])?, x.len)?;
-        self.range(op, "w", w_off, check::mul(op, &d, &[n, k])?, w.len)?;
-        self.range(op, "out", out_off, check::mul(op, &d, &[m, n])?, out.len)?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        self.dev.gemm(
-            &x.inner, x_off, &w.inner, w_off, &out.inner, out_off, m, n, k,
-        )
-    }
-
-    /// RMSNorm of `rows` rows of `dim`: `out = x / sqrt(mean(x^2) + eps) * weight`.
-    /// `out` may alias `x`.
-    pub fn rmsnorm(
-        &self,
-        x: &DeviceBuf,
-        weight: &DeviceBuf,
-        out: &DeviceBuf,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-    ) -> Result<()> {
-        let len = check::mul("rmsnorm", &self.name(), &[rows, dim])?;
-        self.range("rmsnorm", "x", 0, len, x.len)?;
-        self.range("rmsnorm", "weight", 0, dim, weight.len)?;
-        self.range("rmsnorm", "out", 0, len, out.len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.dev
-            .rmsnorm(&x.inner, &weight.inner, &out.inner, rows, dim, eps)
-    }
-
-    /// Rotary embedding in place on `r.rows` rows of `x` from `x_off`; row `i`
-    /// is at position `pos[pos_off + i]`.
-    pub fn rope(
-        &self,
-        x: &DeviceBuf,
-        x_off: usize,
-        pos: &IdBuf,
-        pos_off: usize,
-        r: RopeShape,
-    ) -> Result<()> {
-        let span = check::rope(&self.name(), &r)?;
-        self.range("rope", "x", x_off, span, x.len)?;
-        self.range("rope", "positions", pos_off, r.rows, pos.len)?;
-        if span == 0 {
-            return Ok(());
-        }
-        self.dev.rope(&x.inner, x_off, &pos.inner, pos_off, r)
-    }
-
-    /// Causal grouped-query attention; see [`AttnShape`]. Softmax in f32.
-    /// `out` may alias `q`, not `k` or `v`.
-    pub fn attention(
-        &self,
-        q: &DeviceBuf,
-        k: &DeviceBuf,
-        v: &DeviceBuf,
-        out: &DeviceBuf,
-        a: AttnShape,
-    ) -> Result<()> {
-        let (q_len, kv_len) = check::attention(&self.name(), &a)?;
-        self.range("attention", "q", 0, q_len, q.len)?;
-        self.range("attention", "k", 0, kv_len, k.len)?;
-        self.range("attention", "v", 0, kv_len, v.len)?;
-        self.range("attention", "out", 0, q_len, out.len)?;
-        if q_len == 0 {
-            return Ok(());
-        }
-        self.dev
-            .attention(&q.inner, &k.inner, &v.inner, &out.inner, a, None)
-    }
-
-    /// `out = silu(gate) * up` over `len` elements. `out` may alias an input.
-    pub fn silu_gate(
-        &self,
-        gate: &DeviceBuf,
-        up: &DeviceBuf,
-        out: &DeviceBuf,
-        len: usize,
-    ) -> Result<()> {
-        self.range("silu_gate", "gate", 0, len, gate.len)?;
-        self.range("silu_gate", "up", 0, len, up.len)?;
-        self.range("silu_gate", "out", 0, len, out.len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.dev.silu_gate(&gate.inner, &up.inner, &out.inner, len)
-    }
-
-    /// `out = a + b` over `len` elements. `out` may alias `a` (or `b`).
-    pub fn add(&self, a: &DeviceBuf, b: &DeviceBuf, out: &DeviceBuf, len: usize) -> Result<()> {
-        self.range("add", "a", 0, len, a.len)?;
-        self.range("add", "b", 0, len, b.len)?;
-        self.range("add", "out", 0, len, out.len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.dev.add(&a.inner, &b.inner, &out.inner, len)
-    }
-
-    /// A strided copy on the compute stream, as a kernel: `rows` runs of
-    /// `width` elements (the K/V scatter into staging). `src` and `dst` must
-    /// be different buffers.
-    pub fn scatter(
-        &self,
-        src: &DeviceBuf,
-        src_off: usize,
-        dst: &DeviceBuf,
-        dst_off: usize,
-        rows: Rows,
-    ) -> Result<()> {
-        self.rows("scatter", "source", src_off, rows, rows.src_pitch, src.len)?;
-        self.rows(
-            "scatter",
-            "destination",
-            dst_off,
-            rows,
-            rows.dst_pitch,
-            dst.len,
-        )?;
-        if rows.elements() == 0 {
-            return Ok(());
-        }
-        self.dev
-            .scatter(&src.inner, src_off, &dst.inner, dst_off, rows)
-    }
-
-    /// Row `ids[ids_off + i]` of `table` (`[vocab, dim]`) into row `i` of
-    /// `out`, for `rows` rows. An id outside the vocabulary gives zeros (ids
-    /// from the host are checked by [`Backend::write_ids`]'s caller).
-    pub fn embedding(
-        &self,
-        table: &DeviceBuf,
-        ids: &IdBuf,
-        ids_off: usize,
-        out: &DeviceBuf,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        self.gather_rows(table, ids, ids_off, out, 0, rows, dim)
-    }
-
-    /// [`Backend::embedding`] into `out` from element `out_off`: rows of
-    /// `dim` elements gathered by id (the paged cache's blocks by block table).
-    /// An id of [`SKIP_ROW`] leaves its row of `out` as it was (the padding of
-    /// a ragged batch's tables, so one call gathers the whole batch).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gather_rows(
-        &self,
-        table: &DeviceBuf,
-        ids: &IdBuf,
-        ids_off: usize,
-        out: &DeviceBuf,
-        out_off: usize,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let len = check::mul("embedding", &self.name(), &[rows, dim])?;
-        self.range("embedding", "ids", ids_off, rows, ids.len)?;
-        self.range("embedding", "out", out_off, len, out.len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        if table.len < dim {
-            return Err(self.shape(
-                "embedding",
-                format!("table of {} elements, dim {dim}", table.len),
-                "the table holds no row",
-            ));
-        }
-        self.dev.embedding(
-            &table.inner,
-            &ids.inner,
-            ids_off,
-            &out.inner,
-            out_off,
-            rows,
-            dim,
-        )
-    }
-
-    /// The index of the largest value of each of `rows` rows of `cols` (the
-    /// first on ties; NaN never wins) into `out[out_off..]`.
-    pub fn argmax(
-        &self,
-        x: &DeviceBuf,
-        rows: usize,
-        cols: usize,
-        out: &IdBuf,
-        out_off: usize,
-    ) -> Result<()> {
-        self.rows_of("argmax", x, rows, cols, out, out_off)?;
-        self.dev.argmax(&x.inner, rows, cols, &out.inner, out_off)
-    }
-
-    /// One draw per row of `x` (`[rows, cols]` logits) into `out[out_off..]`;
-    /// see [`SampleArgs`].
-    pub fn sample(
-        &self,
-        x: &DeviceBuf,
-        rows: usize,
-        cols: usize,
-        out: &IdBuf,
-        out_off: usize,
-        s: SampleArgs,
-    ) -> Result<()> {
-        self.rows_of("sample", x, rows, cols, out, out_off)?;
-        let temperature_ok = s.inv_temperature.is_finite() && s.inv_temperature > 0.0;
-        let top_p_ok = s.top_p > 0.0 && s.top_p <= 1.0;
-        if !(temperature_ok && top_p_ok) {
-            return Err(self.shape(
-                "sample",
-                format!("{s:?}"),
-                "inv_temperature must be finite and > 0, top_p in (0, 1]",
-            ));
-        }
-        self.dev
-            .sample(&x.inner, rows, cols, &out.inner, out_off, s)
-    }
-
-    fn rows_of(
-        &self,
-        op: &'static str,
-        x: &DeviceBuf,
-        rows: usize,
-        cols: usize,
-        out: &IdBuf,
-        out_off: usize,
-    ) -> Result<()> {
-        let len = check::mul(op, &self.name(), &[rows, cols])?;
-        self.range(op, "x", 0, len, x.len)?;
-        self.range(op, "out", out_off, rows, out.len)?;
-        if cols == 0 || cols > u32::MAX as usize {
-            return Err(self.shape(
-                op,
-                format!("[{rows}, {cols}]"),
-                "rows must hold 1..2^32 values",
-            ));
-        }
-        Ok(())
     }
 
     fn range(

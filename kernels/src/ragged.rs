@@ -5,26 +5,18 @@
 //! per sequence. Checked here like every other op (see `check.rs`), run by
 //! [`crate::device::Device`].
 
-use crate::{check, AttnShape, Backend, BufInner, DeviceBuf, IdBuf, Result};
-
-impl BufInner {
-    /// Whether both handles name the same allocation.
-    fn same(&self, other: &BufInner) -> bool {
-        match (self, other) {
-            (BufInner::Cpu(a), BufInner::Cpu(b)) => a.same(b),
-            (BufInner::Cuda(a), BufInner::Cuda(b)) => a.same(b),
-            _ => false,
-        }
-    }
-}
+use crate::{check, AttnShape, Backend, DeviceBuf, IdBuf, Result};
 
 impl Backend {
     /// Decode attention over a ragged batch: the layout of
     /// [`Backend::attention`] with one query per row (`a.q_len` must be 1;
     /// `a.q_pos0` is ignored), where row `b` attends key positions
-    /// `0 .. lens[lens_off + b]` of its cache rows instead of a causal range.
+    /// `0 .. lens[lens_off + b]` of its cache rows instead of a causal range
+    /// (its query sits at position `lens[lens_off + b] - 1`), or, with a
+    /// sliding window `a.window > 0`, the last `a.window` of them.
     /// A length of 0 writes zeros for that row; a length above
-    /// `a.kv_capacity` is clamped to it (nothing past a row's cache is read).
+    /// `a.kv_capacity` is clamped to it (nothing past a row's cache is read;
+    /// the window then ends at the cache's last key).
     /// Grouped-query heads and the f32 softmax as in [`Backend::attention`].
     /// `out` may alias `q`, not `k` or `v`.
     #[allow(clippy::too_many_arguments)]

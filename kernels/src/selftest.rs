@@ -9,6 +9,31 @@ use crate::{
     twin, AttnShape, Backend, DeviceBuf, Dtype, IdBuf, Result, RopeShape, Rows, SampleArgs, Stream,
 };
 
+/// A Llama-3.1-like inverse-frequency table (`rope_type: llama3`, factor 8,
+/// low/high frequency factors 1 and 4, 8192 original positions): the
+/// low frequencies divided by 8, the middle band interpolated, the high
+/// frequencies kept. A non-trivial table for the RoPE checks; the
+/// runtime resolves the real one from the model's config.
+pub(crate) fn llama3_like_inv_freq(theta: f64, head_dim: usize) -> Vec<f32> {
+    let (factor, low, high, old) = (8.0f64, 1.0f64, 4.0f64, 8192.0f64);
+    twin::default_inv_freq(theta, head_dim)
+        .into_iter()
+        .map(|f| {
+            let f = f as f64;
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            let scaled = if wavelen < old / high {
+                f
+            } else if wavelen > old / low {
+                f / factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            };
+            scaled as f32
+        })
+        .collect()
+}
+
 /// One op at one shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OpCheck {
@@ -138,6 +163,7 @@ pub fn check_ops(be: &Backend, seed: u64) -> Result<Vec<OpCheck>> {
     };
     gemm(&mut c)?;
     norm_and_elementwise(&mut c)?;
+    norm_at_and_bias(&mut c)?;
     rope(&mut c)?;
     attention(&mut c)?;
     ragged(&mut c)?;
@@ -273,47 +299,110 @@ fn copies(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// RMSNorm inside a larger buffer (Qwen3's per-head q/k norm: in place at
+/// an offset, and into another buffer) and the bias add (Qwen2's q/k/v
+/// biases): elements outside the range must keep their values.
+fn norm_at_and_bias(c: &mut Ctx) -> Result<()> {
+    // rows (tokens * heads), dim (head_dim), offset
+    for (rows, dim, off) in [(1, 64, 0), (3 * 16, 128, 5 * 128), (7 * 3, 64, 17)] {
+        let n = off + rows * dim + 9;
+        let (xb, x) = c.random(n, 2.0)?;
+        let (wb, w) = c.random(dim, 1.0)?;
+        let mut want = x.clone();
+        let normed = twin::rmsnorm(&x[off..off + rows * dim], &w, dim, 1e-6);
+        want[off..off + rows * dim].copy_from_slice(&normed);
+        // Into another buffer, at another offset: the rest stays poisoned.
+        let out = c.poisoned(rows * dim + 3)?;
+        c.be.rmsnorm_at(&xb, off, &wb, &out, 3, rows, dim, 1e-6)?;
+        let got = c.be.download(&out, 3, rows * dim)?;
+        let shape = format!("rows={rows} dim={dim} x_off={off} out_off=3");
+        c.compare("rmsnorm_at", shape, &got, &normed);
+        let head = c.be.download(&out, 0, 3)?;
+        c.compare_ids(
+            "rmsnorm_at",
+            format!("rows={rows} dim={dim} nothing before out_off"),
+            &[head.iter().all(|v| v.is_nan()) as u32],
+            &[1],
+        );
+        c.be.rmsnorm_at(&xb, off, &wb, &xb, off, rows, dim, 1e-6)?;
+        let got = c.be.download(&xb, 0, n)?;
+        let shape = format!("rows={rows} dim={dim} in place at {off}, the rest untouched");
+        c.compare("rmsnorm_at", shape, &got, &want);
+    }
+    for (rows, dim, off) in [(1, 64, 0), (5, 576, 3), (3, 1000, 1001)] {
+        let n = off + rows * dim + 4;
+        let (xb, mut want) = c.random(n, 1.0)?;
+        let (bb, bias) = c.random(dim + 2, 0.5)?;
+        c.be.add_bias(&xb, off, &bb, rows, dim)?;
+        twin::add_bias(&mut want[off..off + rows * dim], &bias[..dim], dim);
+        let got = c.be.download(&xb, 0, n)?;
+        let shape = format!("rows={rows} dim={dim} at {off}, the rest untouched");
+        c.compare("add_bias", shape, &got, &want);
+    }
+    Ok(())
+}
+
 fn rope(c: &mut Ctx) -> Result<()> {
     let cases = [
         (4, 4, 64, 0, 4000u32),
         (3, 2, 128, 6, 77),
         (5, 9, 64, 0, 16_000),
     ];
+    // Unscaled RoPE in both conventions, then a llama3-like table with an
+    // attention factor (as YaRN has) in the Hugging Face convention.
+    let mut runs = Vec::new();
     for interleaved in [false, true] {
-        for (rows, heads, hd, extra, p0) in cases {
-            let r = RopeShape {
-                rows,
-                row_stride: heads * hd + extra,
-                n_heads: heads,
-                head_dim: hd,
-                theta: 10_000.0,
-                interleaved,
-            };
-            let pos: Vec<u32> = (0..rows as u32).map(|i| p0 + 37 * i).collect();
-            let n = rows * r.row_stride + 2;
-            let (xb, mut want) = c.random(n, 1.0)?;
-            let pb = c.ids(&pos)?;
-            c.be.rope(&xb, 2, &pb, 0, r)?;
-            twin::rope(&mut want[2..], &pos, &r);
-            let got = c.be.download(&xb, 0, n)?;
-            let shape =
-                format!("rows={rows} heads={heads} hd={hd} pos~{p0} interleaved={interleaved}");
-            c.compare("rope", shape, &got, &want);
+        for case in cases {
+            runs.push((case, interleaved, false));
         }
+    }
+    runs.extend(cases.map(|case| (case, false, true)));
+    for ((rows, heads, hd, extra, p0), interleaved, scaled) in runs {
+        let (inv_freq, factor) = match scaled {
+            false => (twin::default_inv_freq(10_000.0, hd), 1.0),
+            true => (llama3_like_inv_freq(500_000.0, hd), 1.2),
+        };
+        let freqs = c.be.rope_freqs(&inv_freq, factor)?;
+        let r = RopeShape {
+            rows,
+            row_stride: heads * hd + extra,
+            n_heads: heads,
+            head_dim: hd,
+            interleaved,
+        };
+        let pos: Vec<u32> = (0..rows as u32).map(|i| p0 + 37 * i).collect();
+        let n = rows * r.row_stride + 2;
+        let (xb, mut want) = c.random(n, 1.0)?;
+        let pb = c.ids(&pos)?;
+        c.be.rope(&xb, 2, &pb, 0, &freqs, r)?;
+        twin::rope(&mut want[2..], &pos, &r, &inv_freq, factor);
+        let got = c.be.download(&xb, 0, n)?;
+        let table = if scaled { " llama3-like x1.2" } else { "" };
+        let shape =
+            format!("rows={rows} heads={heads} hd={hd} pos~{p0} interleaved={interleaved}{table}");
+        c.compare("rope", shape, &got, &want);
     }
     Ok(())
 }
 
 fn attention(c: &mut Ctx) -> Result<()> {
-    // batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity
+    // batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity, window
     let cases = [
-        (2, 1, 700, 4, 4, 128, 800), // MHA decode over three splits
-        (1, 1, 300, 8, 2, 64, 301),  // GQA decode
-        (3, 1, 0, 9, 3, 64, 8),      // the first decode position
-        (2, 20, 0, 4, 2, 32, 24),    // prefill, causal
-        (1, 6, 250, 4, 4, 16, 300),  // queries after a cached prefix
+        (2, 1, 700, 4, 4, 128, 800, 0), // MHA decode over three splits
+        (1, 1, 300, 8, 2, 64, 301, 0),  // GQA decode
+        (3, 1, 0, 9, 3, 64, 8, 0),      // the first decode position
+        (2, 20, 0, 4, 2, 32, 24, 0),    // prefill, causal
+        (1, 6, 250, 4, 4, 16, 300, 0),  // queries after a cached prefix
+        // Sliding windows: decode whose window starts in the middle split
+        // (the first split is skipped); prefill with a window shorter than
+        // the prompt; window 1 (a query sees itself); a window past the
+        // cache (no window).
+        (2, 1, 700, 8, 2, 64, 800, 300),
+        (2, 20, 0, 4, 2, 32, 24, 5),
+        (1, 6, 250, 4, 4, 16, 300, 1),
+        (1, 6, 250, 4, 2, 16, 300, 4096),
     ];
-    for (batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity) in cases {
+    for (batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity, window) in cases {
         let a = AttnShape {
             batch,
             q_len,
@@ -323,6 +412,7 @@ fn attention(c: &mut Ctx) -> Result<()> {
             head_dim,
             kv_capacity,
             scale: 1.0 / (head_dim as f32).sqrt(),
+            window,
         };
         let (qb, q) = c.random(batch * q_len * n_heads * head_dim, 1.0)?;
         let kv = batch * kv_capacity * n_kv_heads * head_dim;
@@ -332,7 +422,7 @@ fn attention(c: &mut Ctx) -> Result<()> {
         c.be.attention(&qb, &kb, &vb, &out, a)?;
         let got = c.be.download(&out, 0, q.len())?;
         let shape = format!(
-            "b={batch} q={q_len}@{q_pos0} heads={n_heads}/{n_kv_heads} hd={head_dim} cap={kv_capacity}"
+            "b={batch} q={q_len}@{q_pos0} heads={n_heads}/{n_kv_heads} hd={head_dim} cap={kv_capacity} window={window}"
         );
         c.compare("attention", shape, &got, &twin::attention(&q, &k, &v, &a));
     }
@@ -342,13 +432,18 @@ fn attention(c: &mut Ctx) -> Result<()> {
 /// The ragged decode step's ops: attention over a length per row (1, the
 /// whole cache, none, past the cache) and the scatter of rows to indices.
 fn ragged(c: &mut Ctx) -> Result<()> {
-    // n_heads, n_kv_heads, head_dim, kv_capacity, lengths
-    let cases: [(usize, usize, usize, usize, &[u32]); 3] = [
-        (4, 4, 64, 600, &[1, 600, 0, 257, 9000]), // MHA over three splits
-        (8, 2, 128, 300, &[300, 1, 45]),          // GQA
-        (9, 3, 64, 8, &[0, 8, 3, 1]),             // one split
+    // n_heads, n_kv_heads, head_dim, kv_capacity, lengths, window
+    type Case = (usize, usize, usize, usize, &'static [u32], usize);
+    let cases: [Case; 5] = [
+        (4, 4, 64, 600, &[1, 600, 0, 257, 9000], 0), // MHA over three splits
+        (8, 2, 128, 300, &[300, 1, 45], 0),          // GQA
+        (9, 3, 64, 8, &[0, 8, 3, 1], 0),             // one split
+        // Sliding windows over rows of different lengths: splits before a
+        // row's window are empty; window 1.
+        (4, 2, 64, 600, &[1, 600, 0, 257, 9000, 300], 280),
+        (8, 2, 128, 300, &[300, 1, 45], 1),
     ];
-    for (n_heads, n_kv_heads, head_dim, kv_capacity, lens) in cases {
+    for (n_heads, n_kv_heads, head_dim, kv_capacity, lens, window) in cases {
         let batch = lens.len();
         let a = AttnShape {
             batch,
@@ -359,6 +454,7 @@ fn ragged(c: &mut Ctx) -> Result<()> {
             head_dim,
             kv_capacity,
             scale: 1.0 / (head_dim as f32).sqrt(),
+            window,
         };
         let (qb, q) = c.random(batch * n_heads * head_dim, 1.0)?;
         let kv = batch * kv_capacity * n_kv_heads * head_dim;
@@ -368,8 +464,9 @@ fn ragged(c: &mut Ctx) -> Result<()> {
         let lb = c.ids(&[[5].as_slice(), lens].concat())?;
         c.be.attention_ragged(&qb, &kb, &vb, &out, a, &lb, 1)?;
         let got = c.be.download(&out, 0, q.len())?;
-        let shape =
-            format!("lens={lens:?} heads={n_heads}/{n_kv_heads} hd={head_dim} cap={kv_capacity}");
+        let shape = format!(
+            "lens={lens:?} heads={n_heads}/{n_kv_heads} hd={head_dim} cap={kv_capacity} window={window}"
+        );
         let want = twin::attention_ragged(&q, &k, &v, &a, lens);
         c.compare("attention_ragged", shape, &got, &want);
     }

@@ -5,6 +5,8 @@ use crate::*;
 
 pub(crate) use crate::selftest::Rng;
 
+mod families;
+
 pub(crate) fn cpu() -> Backend {
     Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap()
 }
@@ -23,7 +25,8 @@ pub(crate) fn ref_gemm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Ve
     twin::gemm(x, w, m, n, k)
 }
 
-/// RoPE with host positions (uploaded to an id buffer first).
+/// Unscaled RoPE (the table of `theta`) with host positions (uploaded to
+/// an id buffer first).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rope(
     be: &Backend,
@@ -39,15 +42,15 @@ pub(crate) fn rope(
 ) -> Result<()> {
     let p = be.alloc_ids(pos.len())?;
     be.write_ids(&p, 0, pos)?;
+    let freqs = be.rope_freqs(&twin::default_inv_freq(theta as f64, head_dim), 1.0)?;
     let r = RopeShape {
         rows,
         row_stride,
         n_heads,
         head_dim,
-        theta,
         interleaved,
     };
-    be.rope(x, off, &p, 0, r)
+    be.rope(x, off, &p, 0, &freqs, r)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -66,10 +69,10 @@ fn ref_rope(
         row_stride: stride,
         n_heads,
         head_dim: hd,
-        theta,
         interleaved,
     };
-    twin::rope(&mut x[off..], pos, &r);
+    let inv_freq = twin::default_inv_freq(theta as f64, hd);
+    twin::rope(&mut x[off..], pos, &r, &inv_freq, 1.0);
 }
 
 /// Token ids in a fresh id buffer.
@@ -207,27 +210,6 @@ fn rope_matches_reference_both_conventions() {
 }
 
 #[test]
-fn rope_table_serves_other_thetas_and_refuses_absurd_positions() {
-    let be = cpu();
-    let x = Rng::new(6).vec(8);
-    // The cached table must follow a change of theta: same input, same position,
-    // another theta gives another result, and the first theta gives the first again.
-    let run = |theta: f32| {
-        let a = be.upload(&x).unwrap();
-        rope(&be, &a, 0, 1, 8, 1, 8, &[300], theta, false).unwrap();
-        be.download(&a, 0, 8).unwrap()
-    };
-    let (t1, t2, t1_again) = (run(10000.0), run(500000.0), run(10000.0));
-    assert_ne!(t1, t2);
-    assert_eq!(t1, t1_again);
-    let a = be.upload(&x).unwrap();
-    let e = rope(&be, &a, 0, 1, 8, 1, 8, &[u32::MAX], 10000.0, false)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("position"), "{e}");
-}
-
-#[test]
 fn attention_matches_reference_mha_gqa_prefill_decode() {
     let be = cpu();
     let mut rng = Rng::new(5);
@@ -249,6 +231,7 @@ fn attention_matches_reference_mha_gqa_prefill_decode() {
             head_dim,
             kv_capacity,
             scale: 1.0 / (head_dim as f32).sqrt(),
+            window: 0,
         };
         let q = rng.vec(batch * q_len * n_heads * head_dim);
         let k: Vec<f32> = rng
@@ -282,6 +265,7 @@ fn attention_matches_reference_mha_gqa_prefill_decode() {
         head_dim: 4,
         kv_capacity: 6,
         scale: 0.5,
+        window: 0,
     };
     let q = rng.vec(8);
     let mut k = rng.vec(24);
@@ -734,6 +718,7 @@ fn handles_are_send_and_sync() {
     check::<DeviceBuf>();
     check::<HostBuf>();
     check::<Event>();
+    check::<RopeFreqs>();
     check::<KernelError>();
 }
 

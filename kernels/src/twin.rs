@@ -33,16 +33,28 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], dim: usize, eps: f32) -> Vec<f32> {
     out
 }
 
+/// The inverse frequencies of unscaled RoPE: `1 / theta^(2i / head_dim)`
+/// for `i < head_dim / 2`, computed in f64 and rounded to f32 (what
+/// [`crate::Backend::rope_freqs`] takes for a model without `rope_scaling`).
+pub fn default_inv_freq(theta: f64, head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+        .collect()
+}
+
 /// RoPE in place on `x` (its first row at index 0); row `i` at `pos[i]`.
-pub fn rope(x: &mut [f32], pos: &[u32], r: &RopeShape) {
+/// Pair `f` turns by `a = pos * inv_freq[f]` in f64; `c = (f32)cos(a) *
+/// attention_factor`, `s = (f32)sin(a) * attention_factor` (in f32), then
+/// `x0' = x0*c - x1*s`, `x1' = x0*s + x1*c` in f32.
+pub fn rope(x: &mut [f32], pos: &[u32], r: &RopeShape, inv_freq: &[f32], attention_factor: f32) {
     let hd = r.head_dim;
     for (i, &p) in pos.iter().enumerate().take(r.rows) {
         for h in 0..r.n_heads {
             let base = i * r.row_stride + h * hd;
-            for f in 0..hd / 2 {
-                let inv_freq = 1.0 / (r.theta as f64).powf(2.0 * f as f64 / hd as f64);
-                let ang = p as f64 * inv_freq;
-                let (c, s) = (ang.cos() as f32, ang.sin() as f32);
+            for (f, &inv) in inv_freq.iter().enumerate().take(hd / 2) {
+                let ang = p as f64 * inv as f64;
+                let c = ang.cos() as f32 * attention_factor;
+                let s = ang.sin() as f32 * attention_factor;
                 let (a, b) = if r.interleaved {
                     (2 * f, 2 * f + 1)
                 } else {
@@ -56,27 +68,52 @@ pub fn rope(x: &mut [f32], pos: &[u32], r: &RopeShape) {
     }
 }
 
-/// Causal grouped-query attention (see [`AttnShape`]).
+/// `x[r*dim + j] += bias[j]` for every whole row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32], dim: usize) {
+    for row in x.chunks_exact_mut(dim.max(1)) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// The keys a query at position `p` sees: `0 ..= p`, or the last
+/// `window` of them (`window > 0`).
+pub fn visible_keys(p: usize, window: usize) -> std::ops::Range<usize> {
+    let lo = match window {
+        0 => 0,
+        w => (p + 1).saturating_sub(w),
+    };
+    lo..p + 1
+}
+
+/// Causal grouped-query attention, windowed if `a.window > 0` (see [`AttnShape`]).
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], a: &AttnShape) -> Vec<f32> {
-    attend(q, k, v, a, |_, j| a.q_pos0 + j + 1)
+    attend(q, k, v, a, |_, j| visible_keys(a.q_pos0 + j, a.window))
 }
 
 /// Ragged attention ([`crate::Backend::attention_ragged`]): one query per
-/// row, row `b` attends keys `0 .. min(lens[b], kv_capacity)`; a row with no
-/// key gives zeros. `a.q_pos0` is unused, `a.q_len` is taken as 1.
+/// row; row `b` has `n = min(lens[b], kv_capacity)` keys and attends all of
+/// them, or the last `a.window` (`> 0`); a row with no key gives zeros.
+/// `a.q_pos0` is unused, `a.q_len` is taken as 1.
 pub fn attention_ragged(q: &[f32], k: &[f32], v: &[f32], a: &AttnShape, lens: &[u32]) -> Vec<f32> {
     let a = AttnShape { q_len: 1, ..*a };
-    attend(q, k, v, &a, |b, _| (lens[b] as usize).min(a.kv_capacity))
+    attend(q, k, v, &a, |b, _| {
+        match (lens[b] as usize).min(a.kv_capacity) {
+            0 => 0..0,
+            n => visible_keys(n - 1, a.window),
+        }
+    })
 }
 
-/// Grouped-query attention where query `j` of row `b` attends keys
-/// `0 .. keys(b, j)`; no key gives zeros.
+/// Grouped-query attention where query `j` of row `b` attends the keys
+/// `keys(b, j)`; no key gives zeros.
 fn attend(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     a: &AttnShape,
-    keys: impl Fn(usize, usize) -> usize,
+    keys: impl Fn(usize, usize) -> std::ops::Range<usize>,
 ) -> Vec<f32> {
     let hd = a.head_dim;
     let kv_dim = a.n_kv_heads * hd;
@@ -85,27 +122,29 @@ fn attend(
     for b in 0..a.batch {
         for j in 0..a.q_len {
             let keys = keys(b, j);
-            if keys == 0 {
+            if keys.is_empty() {
                 continue;
             }
             for h in 0..a.n_heads {
                 let kvh = h / (a.n_heads / a.n_kv_heads);
                 let qv = &q[(b * a.q_len + j) * qd + h * hd..][..hd];
-                let mut s: Vec<f64> = (0..keys)
+                let mut s: Vec<(usize, f64)> = keys
+                    .clone()
                     .map(|t| {
                         let kr = &k[(b * a.kv_capacity + t) * kv_dim + kvh * hd..][..hd];
                         let dot: f64 = qv.iter().zip(kr).map(|(x, y)| *x as f64 * *y as f64).sum();
-                        dot * a.scale as f64
+                        (t, dot * a.scale as f64)
                     })
                     .collect();
-                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                s.iter_mut().for_each(|x| *x = (*x - mx).exp());
-                let sum: f64 = s.iter().sum();
+                let mx = s.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+                s.iter_mut().for_each(|x| x.1 = (x.1 - mx).exp());
+                let sum: f64 = s.iter().map(|x| x.1).sum();
                 for d in 0..hd {
                     let acc: f64 = s
                         .iter()
-                        .enumerate()
-                        .map(|(t, p)| p * v[(b * a.kv_capacity + t) * kv_dim + kvh * hd + d] as f64)
+                        .map(|&(t, p)| {
+                            p * v[(b * a.kv_capacity + t) * kv_dim + kvh * hd + d] as f64
+                        })
                         .sum();
                     out[(b * a.q_len + j) * qd + h * hd + d] = (acc / sum) as f32;
                 }

@@ -42,6 +42,15 @@ pub enum PlansError {
     UnknownPreset { name: String, known: String },
     #[error("{path}: not a model kvpr can read: {reason}")]
     Model { path: PathBuf, reason: String },
+    /// A checkpoint setting that changes the model's function and that kvpr
+    /// does not implement: refused rather than computing another function.
+    #[error("{path}: {key} = {value} is not supported: {reason}")]
+    Unsupported {
+        path: PathBuf,
+        key: String,
+        value: String,
+        reason: String,
+    },
     /// A workload number no plan can serve; the caller names where it came from.
     #[error("{field}: {reason}")]
     Workload { field: Field, reason: String },

@@ -14,6 +14,7 @@
 //! read by the `gguf` module, a bounded pure-Rust reader behind the `gguf` feature (off by
 //! default: the scheduler needs no model files and compiles no tensor library).
 
+mod arch;
 mod error;
 #[cfg(feature = "gguf")]
 pub mod gguf;
@@ -27,6 +28,7 @@ mod source;
 mod trace;
 mod workload;
 
+pub use arch::{Arch, ArchKind, RopeScaling};
 pub use error::{PlansError, Result};
 #[cfg(feature = "gguf")]
 pub use gguf::{GgufError, GgufHeader, GgufTensorInfo, GgufValue};

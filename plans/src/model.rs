@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::arch::{self, Arch, ArchKind};
 use crate::io::{read_text_limited, MAX_JSON_BYTES};
 use crate::{fingerprint, ModelSource, PlansError, Result};
 
@@ -48,6 +49,10 @@ pub struct ModelSpec {
     pub rope_theta: f64,
     pub norm_eps: f64,
     pub tie_embeddings: bool,
+    /// What the forward does beyond plain Llama-2 (biases, q/k norms, a
+    /// window, scaled RoPE); absent from files for plain Llama.
+    #[serde(default, skip_serializing_if = "Arch::is_plain")]
+    pub arch: Arch,
     /// Stable fingerprint of the weights' layout (GGUF) or of the config.
     pub fingerprint: String,
 }
@@ -85,7 +90,32 @@ pub const PRESETS: &[PresetRow] = &[
     ("llama-3-8b-tiny", Family::Llama,  8,  256,  8,  2,  32,   896,   2048, 8192, 5e5, false),
     ("tiny-mha",        Family::Llama,  2,   64,  4,  4,  16,   172,    256,  512, 1e4, false),
     ("tiny-gqa",        Family::Llama,  2,   64,  4,  1,  16,   172,    256,  512, 1e4, false),
+    ("tiny-variants",   Family::Llama,  2,   64,  4,  2,  24,   172,    256,  512, 1e4, false),
 ];
+
+/// What a preset computes beyond plain Llama: `tiny-variants` has every
+/// option kvpr implements at once (q/k/v/o and MLP biases, q/k norms, an
+/// explicit head_dim, a sliding window, llama3-scaled RoPE), so `kvpr
+/// selftest` holds each backend's forward and recomputation of them to the CPU.
+fn preset_arch(name: &str) -> Arch {
+    match name {
+        "tiny-variants" => Arch {
+            kind: ArchKind::Qwen3,
+            qkv_bias: true,
+            o_bias: true,
+            mlp_bias: true,
+            qk_norm: true,
+            sliding_window: Some(11),
+            rope_scaling: Some(crate::RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 16,
+            }),
+        },
+        _ => Arch::default(),
+    }
+}
 
 impl ModelSpec {
     /// `n_kv_heads * head_dim`: the width of K (and of V) per token.
@@ -189,6 +219,7 @@ impl ModelSpec {
             rope_theta: theta,
             norm_eps: 1e-5,
             tie_embeddings: tie,
+            arch: preset_arch(name),
             fingerprint: String::new(),
         };
         spec.fingerprint = spec.config_fingerprint();
@@ -226,15 +257,19 @@ impl ModelSpec {
             .and_then(|v| v.as_str())
             .unwrap_or("llama")
             .to_string();
-        let family = match model_type.as_str() {
-            "llama" | "mistral" | "qwen2" => Family::Llama,
-            "opt" => Family::Opt,
+        let (family, kind) = match model_type.as_str() {
+            "llama" => (Family::Llama, ArchKind::Llama),
+            "mistral" => (Family::Llama, ArchKind::Mistral),
+            "qwen2" => (Family::Llama, ArchKind::Qwen2),
+            "qwen3" => (Family::Llama, ArchKind::Qwen3),
+            "opt" => (Family::Opt, ArchKind::Llama),
             other => {
-                return Err(PlansError::invalid(
-                    path,
-                    "model_type",
-                    format!("{other:?} is not supported; kvpr reads llama, mistral, qwen2 and opt"),
-                ))
+                return Err(PlansError::Unsupported {
+                    path: path.to_path_buf(),
+                    key: "model_type".into(),
+                    value: format!("{other:?}"),
+                    reason: "kvpr runs llama, mistral, qwen2 and qwen3 (and plans opt)".into(),
+                })
             }
         };
         let hidden_size = need("hidden_size")?;
@@ -257,23 +292,30 @@ impl ModelSpec {
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or(model_type);
+        let n_layers = need("num_hidden_layers")?;
+        let max_context = need("max_position_embeddings")?;
+        let (arch, rope_theta) = match family {
+            Family::Llama => arch::from_hf(&cfg, path, kind, max_context, n_layers)?,
+            Family::Opt => (Arch::default(), 0.0),
+        };
         let spec = ModelSpec {
             name,
             family,
-            n_layers: need("num_hidden_layers")?,
+            n_layers,
             hidden_size,
             n_heads,
             n_kv_heads,
             head_dim,
             intermediate_size,
             vocab_size: need("vocab_size")?,
-            max_context: need("max_position_embeddings")?,
-            rope_theta: opt_f64("rope_theta", 1e4),
+            max_context,
+            rope_theta,
             norm_eps: opt_f64("rms_norm_eps", 1e-5),
             tie_embeddings: cfg
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(family == Family::Opt),
+            arch,
             fingerprint: fingerprint(text.as_bytes()),
         };
         spec.validate(path)?;
@@ -305,11 +347,7 @@ impl ModelSpec {
             .and_then(|v| v.as_str())
             .ok_or_else(|| bad("GGUF metadata has no general.architecture".into()))?
             .to_string();
-        if arch != "llama" {
-            return Err(bad(format!(
-                "architecture {arch:?} is not supported; kvpr runs the llama family"
-            )));
-        }
+        arch::gguf_kind(&arch, path)?;
         let int = |key: &str| -> Result<usize> {
             md.get(&format!("{arch}.{key}"))
                 .and_then(|v| v.as_u64())
@@ -328,9 +366,11 @@ impl ModelSpec {
         let hidden_size = int("embedding_length")?;
         let n_heads = int("attention.head_count")?;
         let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
-        let head_dim = int("attention.key_length")
-            .or_else(|_| int("rope.dimension_count"))
-            .unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
+        // llama.cpp's rule: key_length, else hidden / heads. The RoPE width
+        // (`rope.dimension_count`) is not the head's: a smaller one is
+        // partial RoPE, which `arch::from_gguf` refuses by name.
+        let head_dim =
+            int("attention.key_length").unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
         let vocab_size = match md.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(tokens) => tokens.len(),
             None => header
@@ -357,6 +397,7 @@ impl ModelSpec {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "model".into())
             });
+        let arch_opts = arch::from_gguf(header, path, &arch, head_dim)?;
         let spec = ModelSpec {
             name,
             family: Family::Llama,
@@ -371,6 +412,7 @@ impl ModelSpec {
             rope_theta: float("rope.freq_base", 1e4),
             norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
             tie_embeddings: !header.tensors.contains_key("output.weight"),
+            arch: arch_opts,
             fingerprint: fingerprint(layout.join("\n").as_bytes()),
         };
         spec.validate(path)?;

@@ -143,6 +143,7 @@ fn attn_shape(n_heads: usize, n_kv_heads: usize, head_dim: usize, ctx: usize) ->
         head_dim,
         kv_capacity: ctx,
         scale: 1.0 / (head_dim.max(1) as f32).sqrt(),
+        window: 0,
     }
 }
 

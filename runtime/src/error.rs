@@ -29,6 +29,14 @@ pub enum RuntimeError {
     },
     #[error("{path}: tensor {name} is missing")]
     MissingTensor { path: PathBuf, name: String },
+    /// A checkpoint tensor the forward does not use: refused, since dropping
+    /// it would compute another function than the checkpoint's.
+    #[error("{path}: tensor {name} (and {more} more) is not used by kvpr's forward for this architecture; refusing to compute another function than the checkpoint's (is config.json's model_type or a bias/norm setting wrong?)")]
+    UnusedTensor {
+        path: PathBuf,
+        name: String,
+        more: usize,
+    },
     #[error("{path}: tensor {name} has shape {found:?}, expected {expected:?}")]
     Shape {
         path: PathBuf,

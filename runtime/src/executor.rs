@@ -48,9 +48,10 @@
 //! `dense`, `head`; writeback: `writeback`) and reads them once the step has
 //! finished (see `trace.rs`). An untraced step records nothing extra.
 
-use kernels::{AttnShape, Backend, DeviceBuf, Event, IdBuf, RopeShape, Rows, SampleArgs, Stream};
+use kernels::{AttnShape, Backend, DeviceBuf, Event, IdBuf, Rows, SampleArgs, Stream};
 use plans::{TraceOpKind, TraceStep};
 
+use crate::layer::{project, Proj};
 use crate::model::Model;
 use plans::{Split, StoreLayout};
 
@@ -212,7 +213,7 @@ impl<'a> Executor<'a> {
     pub fn prefill(&mut self, tokens: &[u32], p: usize) -> Result<()> {
         let (be, m) = (self.backend, self.model);
         let s = m.spec();
-        let (h, qd, kvd, b, cap) = (s.hidden_size, s.q_dim(), s.kv_dim(), self.batch, self.cap);
+        let (h, kvd, b, cap) = (s.hidden_size, s.kv_dim(), self.batch, self.cap);
         let rows = b * p;
         if tokens.len() != rows || p == 0 || p >= cap {
             return Err(RuntimeError::Request {
@@ -242,25 +243,16 @@ impl<'a> Executor<'a> {
         let all_pos: Vec<u32> = (0..rows).map(|r| (r % p) as u32).collect();
         let pos = be.alloc_ids(rows)?;
         be.write_ids(&pos, 0, &all_pos)?;
-        let (eps, theta, inter) = (
-            s.norm_eps as f32,
-            s.rope_theta as f32,
-            m.config.rope.interleaved(),
-        );
+        let eps = s.norm_eps as f32;
         for (li, l) in m.layers.iter().enumerate() {
-            let a = &l.self_attn;
             let (ks, vs) = (&self.k_stage[0], &self.v_stage[0]);
             be.rmsnorm(hidden, &l.input_layernorm, xn, rows, h, eps)
                 .at(li)?;
-            be.gemm(xn, 0, &a.q_proj, 0, q, 0, rows, qd, h).at(li)?;
-            let rq = rope_shape(rows, qd, s.n_heads, s.head_dim, theta, inter);
-            be.rope(q, 0, &pos, 0, rq).at(li)?;
-            let rk = rope_shape(p, kvd, s.n_kv_heads, s.head_dim, theta, inter);
+            project(be, m, li, Proj::Q, (xn, 0), (q, 0), rows, Some((&pos, 0)))?;
             for bi in 0..b {
                 let (xo, ko) = (bi * p * h, bi * cap * kvd);
-                be.gemm(xn, xo, &a.k_proj, 0, ks, ko, p, kvd, h).at(li)?;
-                be.gemm(xn, xo, &a.v_proj, 0, vs, ko, p, kvd, h).at(li)?;
-                be.rope(ks, ko, &pos, 0, rk).at(li)?;
+                project(be, m, li, Proj::K, (xn, xo), (ks, ko), p, Some((&pos, 0)))?;
+                project(be, m, li, Proj::V, (xn, xo), (vs, ko), p, None)?;
             }
             let shape = self.attn_shape(b, p, 0, cap);
             be.attention(q, ks, vs, att, shape).at(li)?;
@@ -341,8 +333,6 @@ impl<'a> Executor<'a> {
         attn_shape(self.model.spec(), batch, q_len, q_pos0, cap)
     }
 
-    /// `hidden += down(silu(gate(norm(hidden))) * up(norm(hidden)))` over `rows`.
-    #[allow(clippy::too_many_arguments)]
     /// Final norm and output projection of `self.act.hidden` into the logits
     /// `[batch, vocab]`, on the device.
     fn head(&mut self) -> Result<()> {
@@ -409,13 +399,16 @@ impl<'a> Executor<'a> {
         }
         let (ks, vs, xs) = (&self.k_stage[buf], &self.v_stage[buf], &self.x_stage[buf]);
         let esz = be.dtype().bytes();
-        if sp.g > 0 {
+        // Under a sliding window nothing before `lo` is read: not copied, not recomputed.
+        let lo = self.window_start(sp);
+        if sp.g > lo {
             let t = mark(be, &self.trace, Stream::Copy)?;
+            let n = (sp.g - lo) * kvd;
             for bi in 0..b {
-                let (src, dst) = (bi * rc * kvd, bi * cap * kvd);
-                be.copy_d2d(Stream::Copy, &self.k_res[li], src, ks, dst, sp.g * kvd)
+                let (src, dst) = ((bi * rc + lo) * kvd, (bi * cap + lo) * kvd);
+                be.copy_d2d(Stream::Copy, &self.k_res[li], src, ks, dst, n)
                     .at(li)?;
-                be.copy_d2d(Stream::Copy, &self.v_res[li], src, vs, dst, sp.g * kvd)
+                be.copy_d2d(Stream::Copy, &self.v_res[li], src, vs, dst, n)
                     .at(li)?;
             }
             let kind = TraceOpKind::ResidentCopy;
@@ -425,7 +418,7 @@ impl<'a> Executor<'a> {
         chunks.clear();
         if sp.l > 0 {
             let slot0 = self.store.read_range(Stored::X, li, sp.g, sp.g + sp.l)?;
-            for (a, e) in chunk_bounds(sp.g, sp.l, sp.chunks) {
+            for (a, e) in self.chunks_read(sp) {
                 // The chunk as one `[b, n, h]` region at row `b*(a-g)`.
                 let (n, row0) = (e - a, b * (a - sp.g));
                 let t = mark(be, &self.trace, Stream::Copy)?;
@@ -447,11 +440,11 @@ impl<'a> Executor<'a> {
                     Some(li),
                     TraceOpKind::XCopy,
                 )?;
+                self.bytes_x += x_bytes(b, e - a, h, esz);
             }
-            self.bytes_x += x_bytes(b, sp.l, h, esz);
         }
         self.chunk_ready[buf] = chunks;
-        let t0 = sp.g + sp.l;
+        let t0 = (sp.g + sp.l).max(lo);
         if sp.s > t0 {
             let slot0 = self.store.read_range(Stored::Kv, li, t0, sp.s)?;
             let t = mark(be, &self.trace, Stream::Copy)?;
@@ -492,9 +485,8 @@ impl<'a> Executor<'a> {
             None => None,
         };
         let s = m.spec();
-        let (h, qd, kvd, b, cap, rc) = (
+        let (h, kvd, b, cap, rc) = (
             s.hidden_size,
-            s.q_dim(),
             s.kv_dim(),
             self.batch,
             self.cap,
@@ -507,11 +499,7 @@ impl<'a> Executor<'a> {
                 reason: format!("position {pos} with split {sp:?} (capacity {cap}, resident {rc})"),
             });
         }
-        let (eps, theta, inter) = (
-            s.norm_eps as f32,
-            s.rope_theta as f32,
-            m.config.rope.interleaved(),
-        );
+        let eps = s.norm_eps as f32;
         let (bx0, bkv0) = (self.bytes_x, self.bytes_kv);
         // Earlier writebacks land before this step reads or overwrites their sources.
         let wb = be.record(Stream::Writeback)?;
@@ -527,9 +515,14 @@ impl<'a> Executor<'a> {
         self.pos_host.clear();
         self.pos_host.resize(b, pos as u32);
         if sp.l > 0 && !direct {
-            for (a, e) in chunk_bounds(sp.g, sp.l, sp.chunks) {
-                for _ in 0..b {
-                    self.pos_host.extend(a as u32..e as u32);
+            self.pos_host.resize(b + b * sp.l, 0);
+            for (a, e) in self.chunks_read(sp) {
+                let (n, row0) = (e - a, b + b * (a - sp.g));
+                for bi in 0..b {
+                    let at = row0 + bi * n;
+                    for (j, p) in (a..e).enumerate() {
+                        self.pos_host[at + j] = p as u32;
+                    }
                 }
             }
         }
@@ -539,21 +532,16 @@ impl<'a> Executor<'a> {
         }
         for li in 0..m.layers.len() {
             let l = &m.layers[li];
-            let a = &l.self_attn;
             let buf = li % 2;
             let t = mark(be, &self.trace, Stream::Compute)?;
             {
                 let (nx, nk, nv) = (&self.new_x[li], &self.new_k[li], &self.new_v[li]);
                 be.rmsnorm(&self.act.hidden, &l.input_layernorm, nx, b, h, eps)
                     .at(li)?;
-                be.gemm(nx, 0, &a.q_proj, 0, &self.act.q, 0, b, qd, h)
-                    .at(li)?;
-                be.gemm(nx, 0, &a.k_proj, 0, nk, 0, b, kvd, h).at(li)?;
-                be.gemm(nx, 0, &a.v_proj, 0, nv, 0, b, kvd, h).at(li)?;
-                let rq = rope_shape(b, qd, s.n_heads, s.head_dim, theta, inter);
-                be.rope(&self.act.q, 0, &self.pos, 0, rq).at(li)?;
-                let rk = rope_shape(b, kvd, s.n_kv_heads, s.head_dim, theta, inter);
-                be.rope(nk, 0, &self.pos, 0, rk).at(li)?;
+                let pos = Some((&self.pos, 0));
+                project(be, m, li, Proj::Q, (nx, 0), (&self.act.q, 0), b, pos)?;
+                project(be, m, li, Proj::K, (nx, 0), (nk, 0), b, pos)?;
+                project(be, m, li, Proj::V, (nx, 0), (nv, 0), b, None)?;
             }
             close(
                 be,
@@ -663,20 +651,18 @@ impl<'a> Executor<'a> {
         let be = self.backend;
         let s = self.model.spec();
         let (h, kvd, cap, b) = (s.hidden_size, s.kv_dim(), self.cap, self.batch);
-        let (theta, inter) = (s.rope_theta as f32, self.model.config.rope.interleaved());
-        let a = &self.model.layers[li].self_attn;
+        let m = self.model;
         let (ks, vs, xs) = (&self.k_stage[buf], &self.v_stage[buf], &self.x_stage[buf]);
         let (kt, vt) = (&self.k_tmp, &self.v_tmp);
         for &(c0, c1, ref ev) in &self.chunk_ready[buf] {
             be.wait(Stream::Compute, ev).at(li)?;
             let t = mark(be, rec, Stream::Compute)?;
             let (n, row0) = (c1 - c0, b * (c0 - g));
-            let (m, xo, ko) = (b * n, row0 * h, row0 * kvd);
-            be.gemm(xs, xo, &a.k_proj, 0, kt, ko, m, kvd, h).at(li)?;
-            be.gemm(xs, xo, &a.v_proj, 0, vt, ko, m, kvd, h).at(li)?;
+            let (rows_n, xo, ko) = (b * n, row0 * h, row0 * kvd);
             // This chunk's positions sit at its rows, after the token positions.
-            let rk = rope_shape(m, kvd, s.n_kv_heads, s.head_dim, theta, inter);
-            be.rope(kt, ko, &self.pos, b + row0, rk).at(li)?;
+            let pos = Some((&self.pos, b + row0));
+            project(be, m, li, Proj::K, (xs, xo), (kt, ko), rows_n, pos)?;
+            project(be, m, li, Proj::V, (xs, xo), (vt, ko), rows_n, None)?;
             let rows = Rows {
                 rows: b,
                 width: n * kvd,
@@ -695,6 +681,24 @@ impl<'a> Executor<'a> {
             )?;
         }
         Ok(())
+    }
+
+    /// The first cached position the step at `sp.s` reads: `s + 1 - W` under
+    /// a sliding window of `W` (attention never looks before it, so nothing
+    /// before it is copied or recomputed), else 0.
+    fn window_start(&self, sp: Split) -> usize {
+        let w = self.model.spec().arch.sliding_window;
+        w.map_or(0, |w| (sp.s + 1).saturating_sub(w))
+    }
+
+    /// The recomputed chunks of `sp`, each clipped to the positions the step
+    /// reads ([`Executor::window_start`]); empty ones left out. A chunk keeps
+    /// its rows of `x_stage` (`b*(a-g)` on), so clipping moves nothing else.
+    fn chunks_read(&self, sp: Split) -> impl Iterator<Item = (usize, usize)> {
+        let lo = self.window_start(sp);
+        chunk_bounds(sp.g, sp.l, sp.chunks)
+            .map(move |(a, e)| (a.max(lo), e))
+            .filter(|(a, e)| a < e)
     }
 
     /// The new token's `X` and K/V of layer `li` at `pos`: to the host store
@@ -810,25 +814,7 @@ pub(crate) fn attn_shape(
         head_dim: s.head_dim,
         kv_capacity: cap,
         scale: 1.0 / (s.head_dim as f32).sqrt(),
-    }
-}
-
-/// A RoPE call's shape.
-pub(crate) fn rope_shape(
-    rows: usize,
-    row_stride: usize,
-    n_heads: usize,
-    head_dim: usize,
-    theta: f32,
-    interleaved: bool,
-) -> RopeShape {
-    RopeShape {
-        rows,
-        row_stride,
-        n_heads,
-        head_dim,
-        theta,
-        interleaved,
+        window: s.arch.sliding_window.unwrap_or(0),
     }
 }
 
@@ -873,52 +859,13 @@ impl Activations {
     }
 
     /// Layer `li`'s output projection and MLP over `rows` rows: `hidden +=
-    /// o(att)`, then [`mlp`], normalising into `xn` (so a layer input still
+    /// o(att)`, then the MLP, normalising into `xn` (so a layer input still
     /// owed to a writeback elsewhere is left alone).
     pub fn finish_layer(&self, be: &Backend, m: &Model, li: usize, rows: usize) -> Result<()> {
-        let s = m.spec();
-        let (h, qd) = (s.hidden_size, s.q_dim());
-        let o = &m.layers[li].self_attn.o_proj;
-        be.gemm(&self.att, 0, o, 0, &self.tmp, 0, rows, h, qd)
-            .at(li)?;
-        be.add(&self.hidden, &self.tmp, &self.hidden, rows * h)
-            .at(li)?;
+        crate::layer::output(be, m, li, &self.att, &self.hidden, &self.tmp, rows)?;
         let bufs = [&self.hidden, &self.xn, &self.gate, &self.up, &self.tmp];
-        mlp(be, m, li, bufs, rows)
+        crate::layer::mlp(be, m, li, bufs, rows)
     }
-}
-
-/// `hidden += down(silu(gate(norm(hidden))) * up(norm(hidden)))` over
-/// `rows` rows of layer `li`; `bufs` are `[hidden, xn, gate, up, tmp]`.
-pub(crate) fn mlp(
-    be: &Backend,
-    m: &Model,
-    li: usize,
-    bufs: [&DeviceBuf; 5],
-    rows: usize,
-) -> Result<()> {
-    let [hidden, xn, gate, up, tmp] = bufs;
-    let s = m.spec();
-    let (h, f) = (s.hidden_size, s.intermediate_size);
-    let l = &m.layers[li];
-    be.rmsnorm(
-        hidden,
-        &l.post_attention_layernorm,
-        xn,
-        rows,
-        h,
-        s.norm_eps as f32,
-    )
-    .at(li)?;
-    be.gemm(xn, 0, &l.mlp.gate_proj, 0, gate, 0, rows, f, h)
-        .at(li)?;
-    be.gemm(xn, 0, &l.mlp.up_proj, 0, up, 0, rows, f, h)
-        .at(li)?;
-    be.silu_gate(gate, up, gate, rows * f).at(li)?;
-    be.gemm(gate, 0, &l.mlp.down_proj, 0, tmp, 0, rows, h, f)
-        .at(li)?;
-    be.add(hidden, tmp, hidden, rows * h).at(li)?;
-    Ok(())
 }
 
 /// Final norm and output projection of `rows` rows of `hidden` into

@@ -124,6 +124,9 @@ pub struct GenerationReport {
     pub texts: Vec<String>,
     /// Logits `[batch, vocab]` that chose the last generated tokens.
     pub final_logits: Vec<f32>,
+    /// With [`Generator::keep_logits`]: the logits `[batch, vocab]` that
+    /// chose each generated token, in order (empty otherwise).
+    pub logits: Vec<Vec<f32>>,
     /// Host bytes held by the store.
     pub host_bytes: u64,
     /// The measured timelines of the decode steps asked for with
@@ -139,6 +142,10 @@ pub struct Generator {
     plan_path: PathBuf,
     /// Decode steps (0: the first after prefill) whose timeline to record.
     trace_steps: std::collections::BTreeSet<usize>,
+    /// Keep generating past an EOS id.
+    ignore_eos: bool,
+    /// Keep every step's logits in the report.
+    keep_logits: bool,
 }
 
 impl Generator {
@@ -149,7 +156,21 @@ impl Generator {
             plan,
             plan_path: PathBuf::from("(plan)"),
             trace_steps: Default::default(),
+            ignore_eos: false,
+            keep_logits: false,
         }
+    }
+
+    /// Generates past EOS ids (`--ignore-eos`) instead of stopping there.
+    pub fn set_ignore_eos(&mut self, ignore: bool) {
+        self.ignore_eos = ignore;
+    }
+
+    /// Keeps the logits of every generated token in
+    /// [`GenerationReport::logits`] (one download per step: for checks
+    /// against a reference, not for timing).
+    pub fn keep_logits(&mut self, keep: bool) {
+        self.keep_logits = keep;
     }
 
     /// Names the plan's file in mismatch errors.
@@ -297,7 +318,7 @@ impl Generator {
             None => StoreLayout::all_resident(capacity),
         };
         let mut exec = Executor::new(&self.backend, &self.model, layout, b, capacity)?;
-        let eos = self.model.tokenizer.eos_token_id;
+        let ignore_eos = self.ignore_eos;
 
         let t0 = Instant::now();
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
@@ -307,9 +328,13 @@ impl Generator {
         let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut printed: Vec<String> = vec![String::new(); b];
         let mut done = vec![false; b];
+        let mut all_logits = Vec::new();
         let mut steps = Vec::new();
         let mut trace = Vec::new();
         for n in 0..max_new_tokens {
+            if self.keep_logits {
+                all_logits.push(exec.logits()?);
+            }
             let next = exec.choose(sampling.args(n as u64))?;
             // The step that made these logits is done: its time is known.
             if let Some(st) = exec.finish_step()? {
@@ -329,7 +354,7 @@ impl Generator {
                     }
                     printed[i] = text;
                 }
-                done[i] = Some(next[i]) == eos;
+                done[i] = !ignore_eos && self.model.tokenizer.is_eos(next[i]);
             }
             if n + 1 == max_new_tokens || done.iter().all(|d| *d) {
                 break;
@@ -368,6 +393,7 @@ impl Generator {
             tokens,
             texts,
             final_logits: exec.logits()?,
+            logits: all_logits,
             host_bytes: exec.host_bytes(),
             trace,
         })

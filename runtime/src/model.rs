@@ -1,71 +1,24 @@
-//! The Llama model on a `kernels::Backend`: weights uploaded once, in
-//! candle's llama.rs shape (`Attention`, `Mlp`, `Block`, `Model`, each with
-//! `load`). The forward itself, which must follow a plan, is in `executor`.
+//! The Llama-family model on a `kernels::Backend`: weights uploaded once, in
+//! candle's llama.rs shape (`Attention`, `Mlp`, `Block`, `Model`), plus the
+//! RoPE table both the forward and recomputation rotate with. The layer's
+//! projections are in `layer`, the forward that follows a plan in `executor`.
 
-use kernels::{Backend, DeviceBuf};
+use kernels::{Backend, DeviceBuf, RopeFreqs};
 
 use crate::source::{Config, TensorSource};
 use crate::tokenizer::Tokenizer;
-use crate::weights::{self, Weights};
+use crate::weights::{self, Layers, Weights};
 use crate::ModelSource;
-use crate::{AtLayer, Result};
+use crate::Result;
 
-/// One layer's attention projections on the device (`[out, in]`).
-pub struct Attention {
-    pub q_proj: DeviceBuf,
-    pub k_proj: DeviceBuf,
-    pub v_proj: DeviceBuf,
-    pub o_proj: DeviceBuf,
-}
-
-impl Attention {
-    fn load(w: &weights::Attention, backend: &Backend, layer: usize) -> Result<Self> {
-        Ok(Attention {
-            q_proj: backend.upload(&w.q_proj).at(layer)?,
-            k_proj: backend.upload(&w.k_proj).at(layer)?,
-            v_proj: backend.upload(&w.v_proj).at(layer)?,
-            o_proj: backend.upload(&w.o_proj).at(layer)?,
-        })
-    }
-}
-
-/// One layer's SiLU-gated MLP on the device.
-pub struct Mlp {
-    pub gate_proj: DeviceBuf,
-    pub up_proj: DeviceBuf,
-    pub down_proj: DeviceBuf,
-}
-
-impl Mlp {
-    fn load(w: &weights::Mlp, backend: &Backend, layer: usize) -> Result<Self> {
-        Ok(Mlp {
-            gate_proj: backend.upload(&w.gate_proj).at(layer)?,
-            up_proj: backend.upload(&w.up_proj).at(layer)?,
-            down_proj: backend.upload(&w.down_proj).at(layer)?,
-        })
-    }
-}
-
+/// One layer's attention on the device.
+pub type Attention = weights::Attention<DeviceBuf>;
+/// One layer's MLP on the device.
+pub type Mlp = weights::Mlp<DeviceBuf>;
 /// One decoder layer on the device.
-pub struct Block {
-    pub input_layernorm: DeviceBuf,
-    pub self_attn: Attention,
-    pub post_attention_layernorm: DeviceBuf,
-    pub mlp: Mlp,
-}
+pub type Block = weights::Block<DeviceBuf>;
 
-impl Block {
-    fn load(w: &weights::Block, backend: &Backend, layer: usize) -> Result<Self> {
-        Ok(Block {
-            input_layernorm: backend.upload(&w.input_layernorm).at(layer)?,
-            self_attn: Attention::load(&w.self_attn, backend, layer)?,
-            post_attention_layernorm: backend.upload(&w.post_attention_layernorm).at(layer)?,
-            mlp: Mlp::load(&w.mlp, backend, layer)?,
-        })
-    }
-}
-
-/// A Llama model whose weights live on a backend, with its tokenizer.
+/// A Llama-family model whose weights live on a backend, with its tokenizer.
 pub struct Model {
     pub config: Config,
     pub tokenizer: Tokenizer,
@@ -74,51 +27,93 @@ pub struct Model {
     pub norm: DeviceBuf,
     /// `None` when tied to `embed_tokens`.
     pub lm_head: Option<DeviceBuf>,
+    /// RoPE's inverse frequencies and attention factor on the device.
+    pub rope: RopeFreqs,
 }
 
 impl Model {
-    /// Loads weights and tokenizer from `source` and uploads the weights.
+    /// Loads weights and tokenizer from `source`, uploading each tensor as it
+    /// is read (no whole-model f32 copy on the way to a 16-bit device).
     pub fn load(source: &ModelSource, backend: &Backend) -> Result<Self> {
+        Self::load_with_progress(source, backend, |_, _| {})
+    }
+
+    /// [`Model::load`], calling `progress(layers_done, layers)` as it goes.
+    pub fn load_with_progress(
+        source: &ModelSource,
+        backend: &Backend,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
         // One open, one header read: config, tokenizer and tensors come from it.
-        let (mut src, config) = TensorSource::open(source)?;
+        let (mut src, mut config) = TensorSource::open(source)?;
         let tokenizer = src.tokenizer(&config)?;
-        let w = Weights::from_source(&mut src, config)?;
-        Self::from_weights(&w, tokenizer, backend)
+        check_upload_memory(&config, backend)?;
+        let mut upload = |v: Vec<f32>| -> Result<DeviceBuf> { Ok(backend.upload(&v)?) };
+        let (t, factors) = Layers::load(&mut src, &config, &mut upload, progress)?;
+        config.apply_freq_factors(factors.as_deref())?;
+        Self::assemble(config, tokenizer, t, backend)
     }
 
     /// Uploads host weights.
     pub fn from_weights(w: &Weights, tokenizer: Tokenizer, backend: &Backend) -> Result<Self> {
-        if !backend.is_cuda() {
-            // The CPU backend's "device" buffers are host memory too, f32 at any dtype.
-            let s = &w.config.spec;
-            crate::check_memory(
-                &format!(
-                    "uploading {} ({} parameters) to {}",
-                    s.name,
-                    s.total_params(),
-                    backend.name()
-                ),
-                s.total_params()
-                    .saturating_mul(std::mem::size_of::<f32>() as u64),
-                "use a smaller model",
-            )?;
-        }
+        check_upload_memory(&w.config, backend)?;
+        let up = |v: &Vec<f32>| -> Result<DeviceBuf> { Ok(backend.upload(v)?) };
+        let opt = |v: &Option<Vec<f32>>| v.as_ref().map(up).transpose();
         let layers = w
             .layers
             .iter()
-            .enumerate()
-            .map(|(i, b)| Block::load(b, backend, i))
+            .map(|b| {
+                let (a, m) = (&b.self_attn, &b.mlp);
+                Ok(Block {
+                    input_layernorm: up(&b.input_layernorm)?,
+                    self_attn: Attention {
+                        q_proj: up(&a.q_proj)?,
+                        k_proj: up(&a.k_proj)?,
+                        v_proj: up(&a.v_proj)?,
+                        o_proj: up(&a.o_proj)?,
+                        q_bias: opt(&a.q_bias)?,
+                        k_bias: opt(&a.k_bias)?,
+                        v_bias: opt(&a.v_bias)?,
+                        o_bias: opt(&a.o_bias)?,
+                        q_norm: opt(&a.q_norm)?,
+                        k_norm: opt(&a.k_norm)?,
+                    },
+                    post_attention_layernorm: up(&b.post_attention_layernorm)?,
+                    mlp: Mlp {
+                        gate_proj: up(&m.gate_proj)?,
+                        up_proj: up(&m.up_proj)?,
+                        down_proj: up(&m.down_proj)?,
+                        gate_bias: opt(&m.gate_bias)?,
+                        up_bias: opt(&m.up_bias)?,
+                        down_bias: opt(&m.down_bias)?,
+                    },
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Model {
-            config: w.config.clone(),
-            tokenizer,
-            embed_tokens: backend.upload(&w.embed_tokens)?,
+        let t = Layers {
+            embed_tokens: up(&w.embed_tokens)?,
             layers,
-            norm: backend.upload(&w.norm)?,
-            lm_head: match &w.lm_head {
-                Some(h) => Some(backend.upload(h)?),
-                None => None,
-            },
+            norm: up(&w.norm)?,
+            lm_head: opt(&w.lm_head)?,
+        };
+        Self::assemble(w.config.clone(), tokenizer, t, backend)
+    }
+
+    fn assemble(
+        config: Config,
+        tokenizer: Tokenizer,
+        t: Layers<DeviceBuf>,
+        backend: &Backend,
+    ) -> Result<Self> {
+        let rope = backend.rope_freqs(&config.rope_inv_freq, config.rope_attention_factor)?;
+        Ok(Model {
+            config,
+            tokenizer,
+            embed_tokens: t.embed_tokens,
+            layers: t.layers,
+            norm: t.norm,
+            lm_head: t.lm_head,
+            rope,
         })
     }
 
@@ -130,4 +125,24 @@ impl Model {
     pub fn spec(&self) -> &plans::ModelSpec {
         &self.config.spec
     }
+}
+
+/// The CPU backend's "device" buffers are host memory too, f32 at any dtype:
+/// refuse a model the machine cannot hold before reading it.
+fn check_upload_memory(config: &Config, backend: &Backend) -> Result<()> {
+    if backend.is_cuda() {
+        return Ok(());
+    }
+    let s = &config.spec;
+    crate::check_memory(
+        &format!(
+            "loading {} ({} parameters) to {}",
+            s.name,
+            s.total_params(),
+            backend.name()
+        ),
+        s.total_params()
+            .saturating_mul(std::mem::size_of::<f32>() as u64),
+        "use a smaller model",
+    )
 }

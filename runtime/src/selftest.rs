@@ -174,6 +174,19 @@ mod tests {
         }
     }
 
+    /// Biases, q/k norms, an explicit head_dim, a window shorter than the
+    /// context and llama3 RoPE: every split gives the resident run's tokens.
+    #[test]
+    fn every_schedule_of_the_variants_preset_matches_the_resident_run() {
+        let be = Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap();
+        let spec = plans::ModelSpec::preset("tiny-variants").unwrap();
+        assert!(spec.arch.sliding_window.is_some_and(|w| w < 20));
+        for r in check_model(&be, "tiny-variants", 20, 6).unwrap() {
+            assert!(r.pass, "{r:?}");
+            assert_eq!(r.tokens_matched, r.steps, "{r:?}");
+        }
+    }
+
     #[test]
     fn the_comparison_sees_a_difference() {
         assert!(rel_error(&[1.0, 2.0], &[1.0, 2.5]) > 0.1);

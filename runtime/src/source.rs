@@ -3,13 +3,14 @@
 //! weights. Every tensor comes out as row-major `f32` (`[out, in]` for matrices),
 //! under its Hugging Face name (`model.layers.3.self_attn.q_proj.weight`).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType};
-use candle_core::{DType, Device, Tensor};
-use plans::{Family, GgufHeader, ModelSource, ModelSpec};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device};
+use plans::{ArchKind, Family, GgufHeader, ModelSource, ModelSpec, RopeScaling};
 use rand::{Rng, SeedableRng};
 
 use crate::{Result, RuntimeError, Tokenizer};
@@ -34,6 +35,11 @@ impl RopeStyle {
 pub struct Config {
     pub spec: ModelSpec,
     pub rope: RopeStyle,
+    /// RoPE's inverse frequencies (`head_dim / 2`), scaling applied: the one
+    /// table the forward and recomputation both rotate with.
+    pub rope_inv_freq: Vec<f32>,
+    /// The factor RoPE's cos and sin are multiplied by (YaRN; 1 elsewhere).
+    pub rope_attention_factor: f32,
 }
 
 impl Config {
@@ -56,9 +62,48 @@ impl Config {
                 reason: format!("{} is odd; RoPE needs an even head_dim", spec.head_dim),
             });
         }
-        Ok(Config { spec, rope })
+        if !(spec.rope_theta.is_finite() && spec.rope_theta > 1.0) {
+            return Err(RuntimeError::Config {
+                path: path.to_path_buf(),
+                field: "rope_theta".into(),
+                reason: format!("{} is not a RoPE base above 1", spec.rope_theta),
+            });
+        }
+        let (rope_inv_freq, rope_attention_factor) = RopeScaling::inv_freq(
+            spec.arch.rope_scaling.as_ref(),
+            spec.rope_theta,
+            spec.head_dim,
+        );
+        Ok(Config {
+            spec,
+            rope,
+            rope_inv_freq,
+            rope_attention_factor,
+        })
+    }
+
+    /// Divides the inverse frequencies by a GGUF's `rope_freqs.weight`
+    /// (llama.cpp's form of Llama-3.1's scaling), once, at load.
+    pub(crate) fn apply_freq_factors(&mut self, factors: Option<&[f32]>) -> Result<()> {
+        let Some(factors) = factors else {
+            return Ok(());
+        };
+        if let Some(bad) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+            return Err(RuntimeError::Config {
+                path: PathBuf::from(ROPE_FREQS),
+                field: ROPE_FREQS.into(),
+                reason: format!("frequency factor {bad} is not a positive number"),
+            });
+        }
+        for (f, d) in self.rope_inv_freq.iter_mut().zip(factors) {
+            *f /= d;
+        }
+        Ok(())
     }
 }
+
+/// The name of a GGUF's RoPE frequency factors (no Hugging Face twin).
+pub(crate) const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// How synthetic weights are drawn.
 #[derive(Clone, Copy, Debug)]
@@ -72,14 +117,18 @@ pub(crate) enum Init {
 /// Where a model's tensors come from: a GGUF file, safetensors, or seeded random weights.
 enum WeightFormat {
     Gguf { header: GgufHeader, file: File },
-    Safetensors { tensors: HashMap<String, Tensor> },
+    Safetensors { files: MmapedSafetensors },
     Synthetic { seed: u64 },
 }
 
-/// Reads named tensors from one model source (the runtime's `VarBuilder`).
+/// Reads named tensors from one model source (the runtime's `VarBuilder`),
+/// and remembers which it read, so that a tensor the forward does not use is
+/// an error ([`TensorSource::finish`]) rather than silently dropped.
 pub(crate) struct TensorSource {
     path: PathBuf,
     format: WeightFormat,
+    /// Tensors read so far, under the file's own names.
+    used: HashSet<String>,
 }
 
 impl TensorSource {
@@ -92,19 +141,22 @@ impl TensorSource {
                 // tensors all come from it.
                 let (header, file) = GgufHeader::open(p)?;
                 let spec = ModelSpec::from_gguf_header(&header, p)?;
-                let cfg = Config::new(spec, RopeStyle::Interleaved, p)?;
+                // llama.cpp permutes Q/K rows into interleaved pairs for the
+                // llama architecture only; Qwen GGUFs keep Hugging Face's halves.
+                let style = match spec.arch.kind {
+                    ArchKind::Llama | ArchKind::Mistral => RopeStyle::Interleaved,
+                    ArchKind::Qwen2 | ArchKind::Qwen3 => RopeStyle::Halves,
+                };
+                let cfg = Config::new(spec, style, p)?;
                 let format = WeightFormat::Gguf { header, file };
-                Ok((TensorSource { path, format }, cfg))
+                Ok((TensorSource::new(path, format), cfg))
             }
             ModelSource::HfDir(dir) => {
                 let spec = ModelSpec::from_hf_config(&dir.join("config.json"))?;
                 let cfg = Config::new(spec, RopeStyle::Halves, dir)?;
-                let tensors = read_safetensors_dir(dir)?;
+                let files = open_safetensors_dir(dir)?;
                 Ok((
-                    TensorSource {
-                        path,
-                        format: WeightFormat::Safetensors { tensors },
-                    },
+                    TensorSource::new(path, WeightFormat::Safetensors { files }),
                     cfg,
                 ))
             }
@@ -112,8 +164,16 @@ impl TensorSource {
                 let spec = ModelSpec::preset(name)?;
                 let cfg = Config::new(spec, RopeStyle::Halves, &path)?;
                 let format = WeightFormat::Synthetic { seed: *seed };
-                Ok((TensorSource { path, format }, cfg))
+                Ok((TensorSource::new(path, format), cfg))
             }
+        }
+    }
+
+    fn new(path: PathBuf, format: WeightFormat) -> Self {
+        TensorSource {
+            path,
+            format,
+            used: HashSet::new(),
         }
     }
 
@@ -124,8 +184,36 @@ impl TensorSource {
             WeightFormat::Gguf { header, .. } => gguf_name(name)
                 .map(|n| header.tensors.contains_key(&n))
                 .unwrap_or(false),
-            WeightFormat::Safetensors { tensors } => tensors.contains_key(name),
+            WeightFormat::Safetensors { files } => files.get(name).is_ok(),
             WeightFormat::Synthetic { .. } => false,
+        }
+    }
+
+    /// Every tensor of the file the loader did not read is an error naming
+    /// it: a checkpoint whose tensors the forward does not all use computes
+    /// another function than kvpr would. (`*.rotary_emb.inv_freq`, which old
+    /// checkpoints store and transformers recomputes from the config, is the
+    /// one exception.)
+    pub fn finish(&self) -> Result<()> {
+        let names: Vec<String> = match &self.format {
+            WeightFormat::Gguf { header, .. } => header.tensors.keys().cloned().collect(),
+            WeightFormat::Safetensors { files } => {
+                files.tensors().into_iter().map(|(n, _)| n).collect()
+            }
+            WeightFormat::Synthetic { .. } => Vec::new(),
+        };
+        let mut unused: Vec<String> = names
+            .into_iter()
+            .filter(|n| !self.used.contains(n) && !n.ends_with(".rotary_emb.inv_freq"))
+            .collect();
+        unused.sort();
+        match unused.first() {
+            None => Ok(()),
+            Some(first) => Err(RuntimeError::UnusedTensor {
+                path: self.path.clone(),
+                name: first.clone(),
+                more: unused.len() - 1,
+            }),
         }
     }
 
@@ -153,13 +241,16 @@ impl TensorSource {
             WeightFormat::Gguf { header, file } => {
                 let gname = gguf_name(name).ok_or_else(missing)?;
                 let info = header.tensors.get(&gname).ok_or_else(missing)?;
+                self.used.insert(gname.clone());
                 let dtype = info.type_name().to_string();
                 // The header reader checked the type, the size and that the
                 // data lies inside the file.
                 let info = gguf_file::TensorInfo {
                     ggml_dtype: candle_type(info.ggml_type).ok_or_else(|| RuntimeError::Gguf {
                         path: path.clone(),
-                        reason: format!("tensor {gname}: GGML type {dtype} is not readable"),
+                        reason: format!(
+                            "tensor {gname}: GGML type {dtype} is not readable (kvpr reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2K to Q6K)"
+                        ),
                     })?,
                     shape: info.dims.clone().into(),
                     offset: info.offset,
@@ -178,7 +269,11 @@ impl TensorSource {
                         reason: e.to_string(),
                     })?
             }
-            WeightFormat::Safetensors { tensors } => tensors.get(name).ok_or_else(missing)?.clone(),
+            WeightFormat::Safetensors { files } => {
+                let t = files.load(name, &Device::Cpu).map_err(|_| missing())?;
+                self.used.insert(name.to_string());
+                t
+            }
         };
         let found = tensor.dims().to_vec();
         if found != shape {
@@ -203,7 +298,9 @@ impl TensorSource {
     }
 }
 
-/// candle's type for a GGML type id the header reader accepted.
+/// candle's type for a GGML type id the header reader accepted, where
+/// candle's reader loads it: not Q8_1 (9) or Q8_K (15), which llama.cpp uses
+/// only for activations inside its dot products (the error names them).
 fn candle_type(id: u32) -> Option<GgmlDType> {
     Some(match id {
         0 => GgmlDType::F32,
@@ -214,49 +311,85 @@ fn candle_type(id: u32) -> Option<GgmlDType> {
         6 => GgmlDType::Q5_0,
         7 => GgmlDType::Q5_1,
         8 => GgmlDType::Q8_0,
-        9 => GgmlDType::Q8_1,
         10 => GgmlDType::Q2K,
         11 => GgmlDType::Q3K,
         12 => GgmlDType::Q4K,
         13 => GgmlDType::Q5K,
         14 => GgmlDType::Q6K,
-        15 => GgmlDType::Q8K,
         _ => return None,
     })
 }
 
-/// Reads every `*.safetensors` file of a directory.
-fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
-    let entries = std::fs::read_dir(dir).map_err(|source| RuntimeError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
+/// Memory-maps a directory's safetensors: the files its
+/// `model.safetensors.index.json` names (a sharded checkpoint), else every
+/// `*.safetensors` file in it.
+fn open_safetensors_dir(dir: &Path) -> Result<MmapedSafetensors> {
+    let bad = |path: &Path, reason: String| RuntimeError::Safetensors {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let index = dir.join("model.safetensors.index.json");
+    let mut files: Vec<PathBuf> = if index.exists() {
+        let text = plans::read_text_limited(&index, plans::MAX_JSON_BYTES)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(&index, e.to_string()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad(&index, "no weight_map object".into()))?;
+        let mut names: Vec<&str> = Vec::with_capacity(map.len());
+        for (tensor, file) in map {
+            let file = file
+                .as_str()
+                .filter(|f| !f.contains('/') && !f.contains('\\') && f.ends_with(".safetensors"))
+                .ok_or_else(|| {
+                    bad(
+                        &index,
+                        format!(
+                            "weight_map.{tensor}: not a .safetensors file name in this directory"
+                        ),
+                    )
+                })?;
+            names.push(file);
+        }
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        let entries = std::fs::read_dir(dir).map_err(|source| RuntimeError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect()
+    };
     files.sort();
     if files.is_empty() {
-        return Err(RuntimeError::Safetensors {
-            path: dir.to_path_buf(),
-            reason: "no *.safetensors file in the directory".into(),
-        });
+        return Err(bad(dir, "no *.safetensors file in the directory".into()));
     }
-    let mut all = HashMap::new();
-    for f in files {
-        let data = std::fs::read(&f).map_err(|source| RuntimeError::Io {
+    for f in &files {
+        // A FIFO or a device would block or fail inside the mapping.
+        let meta = std::fs::metadata(f).map_err(|source| RuntimeError::Io {
             path: f.clone(),
             source,
         })?;
-        let tensors = candle_core::safetensors::load_buffer(&data, &Device::Cpu).map_err(|e| {
-            RuntimeError::Safetensors {
-                path: f.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        all.extend(tensors);
+        if !meta.is_file() {
+            return Err(bad(f, "not a regular file".into()));
+        }
     }
-    Ok(all)
+    // SAFETY: the files are mapped read-only for the duration of the load;
+    // like every memory-mapped reader (transformers, candle), kvpr assumes
+    // no other process truncates or rewrites a checkpoint while it loads.
+    unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+        let reason = e.to_string();
+        let file = files
+            .iter()
+            .find(|f| reason.contains(&*f.to_string_lossy()))
+            .unwrap_or(&files[0]);
+        bad(file, reason)
+    })
 }
 
 /// The GGUF (llama.cpp) name of a Hugging Face tensor name, if it is a Llama tensor.
@@ -265,24 +398,31 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
         "model.norm.weight" => return Some("output_norm.weight".into()),
         "lm_head.weight" => return Some("output.weight".into()),
+        ROPE_FREQS => return Some(ROPE_FREQS.into()),
         _ => {}
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let short = match rest {
-        "input_layernorm.weight" => "attn_norm",
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        "mlp.down_proj.weight" => "ffn_down",
+    let (module, kind) = rest.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    let short = match module {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
         _ => return None,
     };
-    Some(format!("blk.{layer}.{short}.weight"))
+    Some(format!("blk.{layer}.{short}.{kind}"))
 }
 
 /// Seeded random weights: each tensor is a pure function of (seed, name, shape).
@@ -347,6 +487,14 @@ mod tests {
             Some("token_embd.weight")
         );
         assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(
+            gguf_name("model.layers.0.self_attn.q_proj.bias").as_deref(),
+            Some("blk.0.attn_q.bias")
+        );
+        assert_eq!(
+            gguf_name("model.layers.1.self_attn.k_norm.weight").as_deref(),
+            Some("blk.1.attn_k_norm.weight")
+        );
     }
 
     #[test]

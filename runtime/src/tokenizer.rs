@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::AddedToken;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::{Result, RuntimeError};
 use plans::{GgufHeader, ModelSource};
@@ -28,8 +31,15 @@ pub struct Tokenizer {
     path: PathBuf,
     /// Beginning-of-sequence id, if the model has one.
     pub bos_token_id: Option<u32>,
-    /// End-of-sequence id: generation of a sequence stops there.
-    pub eos_token_id: Option<u32>,
+    /// Whether [`Tokenizer::encode`] starts a prompt with the BOS id
+    /// (`tokenizer_config.json`'s `add_bos_token`, GGUF's
+    /// `tokenizer.ggml.add_bos_token`).
+    pub add_bos: bool,
+    /// End-of-sequence ids: generation of a sequence stops at any of them
+    /// (`config.json` and `generation_config.json`'s `eos_token_id`, one or a
+    /// list; GGUF's `tokenizer.ggml.eos_token_id`, then its `eot_token_id` and
+    /// `eom_token_id`, e.g. Llama-3's `<|eot_id|>` and `<|eom_id|>`).
+    pub eos_token_ids: Vec<u32>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -37,12 +47,18 @@ impl std::fmt::Debug for Tokenizer {
         f.debug_struct("Tokenizer")
             .field("path", &self.path)
             .field("bos_token_id", &self.bos_token_id)
-            .field("eos_token_id", &self.eos_token_id)
+            .field("add_bos", &self.add_bos)
+            .field("eos_token_ids", &self.eos_token_ids)
             .finish_non_exhaustive()
     }
 }
 
 impl Tokenizer {
+    /// The `tokenizer.ggml.pre` values a GGUF tokenizer may have (or none):
+    /// those whose split llama.cpp's `llama-vocab.cpp` maps to one kvpr
+    /// implements. Any other value is refused by name.
+    pub const GGUF_PRE_TOKENIZERS: &'static [&'static str] = GGUF_PRE_TOKENIZERS;
+
     /// The tokenizer that goes with a model source.
     pub fn load(source: &ModelSource) -> Result<Self> {
         match source {
@@ -63,11 +79,18 @@ impl Tokenizer {
             },
             path,
             bos_token_id: None,
-            eos_token_id: None,
+            add_bos: false,
+            eos_token_ids: Vec::new(),
         }
     }
 
-    /// From a GGUF file's metadata (`tokenizer.ggml.*`, model `gpt2`).
+    /// Whether `id` ends a sequence.
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.eos_token_ids.contains(&id)
+    }
+
+    /// From a GGUF file's metadata (`tokenizer.ggml.*`, model `gpt2`, split
+    /// as `tokenizer.ggml.pre` says: see [`Tokenizer::GGUF_PRE_TOKENIZERS`]).
     pub fn from_gguf(path: &Path) -> Result<Self> {
         let (header, _) = GgufHeader::open(path)?;
         Self::from_gguf_header(&header, path)
@@ -124,6 +147,21 @@ impl Tokenizer {
                 .and_then(|v| v.as_u64())
                 .and_then(|v| u32::try_from(v).ok())
         };
+        let pre = match md.get("tokenizer.ggml.pre") {
+            None => None,
+            Some(v) => Some(
+                v.as_str()
+                    .ok_or_else(|| bad("tokenizer.ggml.pre is not a string".into()))?,
+            ),
+        };
+        let split = GgufPre::of(pre).ok_or_else(|| {
+            bad(format!(
+                "tokenizer.ggml.pre is {:?}: kvpr does not implement that pre-tokenizer \
+                 (llama.cpp's split of the text before the merges); it reads {}",
+                pre.unwrap_or_default(),
+                GgufPre::supported()
+            ))
+        })?;
         let vocab: Vocab = tokens
             .iter()
             .enumerate()
@@ -131,29 +169,73 @@ impl Tokenizer {
             .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
+            .ignore_merges(split.ignore_merges)
             .build()
             .map_err(|e| bad(format!("cannot build BPE: {e}")))?;
         let mut tk = tokenizers::Tokenizer::new(bpe);
-        tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tk.with_pre_tokenizer(Some(
+            split
+                .family
+                .pre_tokenizer()
+                .map_err(|e| bad(format!("cannot build the pre-tokenizer: {e}")))?,
+        ));
         tk.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
         // Control tokens (type 3, e.g. <|im_start|>) are matched whole and
-        // skipped when decoding.
-        let special: Vec<AddedToken> = tokens
-            .iter()
-            .zip(types.iter())
-            .filter(|(_, t)| **t == 3)
-            .map(|(tok, _)| AddedToken::from(tok.clone(), true))
-            .collect();
-        tk.add_special_tokens(&special);
+        // skipped when decoding. User-defined ones (type 4: llama.cpp's
+        // converter writes a tokenizer.json's non-special added tokens so,
+        // e.g. Qwen2.5's <tool_call>) are matched whole too, as the Hugging
+        // Face tokenizer matches every added token, and kept when decoding.
+        let added = |ty: i64| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(types.iter())
+                .filter(|(_, t)| **t == ty)
+                .map(|(tok, _)| AddedToken::from(tok.clone(), ty == 3))
+                .collect()
+        };
+        tk.add_special_tokens(&added(3));
+        tk.add_tokens(&added(4));
+        // llama.cpp's default for the pre-tokenizer (true for Llama-3's, whose
+        // converted files usually have no add_bos_token), unless the file says.
+        let add_bos = match md.get("tokenizer.ggml.add_bos_token") {
+            None => split.add_bos,
+            Some(plans::GgufValue::Bool(b)) => *b,
+            Some(_) => return Err(bad("tokenizer.ggml.add_bos_token is not a bool".into())),
+        };
+        let bos_token_id = id("tokenizer.ggml.bos_token_id");
+        if add_bos && bos_token_id.is_none() {
+            return Err(bad(
+                "the prompt starts with BOS (tokenizer.ggml.add_bos_token, or the default of \
+                 its pre-tokenizer) but there is no tokenizer.ggml.bos_token_id"
+                    .into(),
+            ));
+        }
+        // Generation ends at EOS and, as in llama.cpp, at end-of-turn and
+        // end-of-message (EOS first, each once).
+        let mut eos_token_ids = Vec::new();
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
+            if let Some(i) = id(key) {
+                if !eos_token_ids.contains(&i) {
+                    eos_token_ids.push(i);
+                }
+            }
+        }
         Ok(Tokenizer {
             inner: Inner::Hf(Box::new(tk)),
             path: path.to_path_buf(),
-            bos_token_id: id("tokenizer.ggml.bos_token_id"),
-            eos_token_id: id("tokenizer.ggml.eos_token_id"),
+            bos_token_id,
+            add_bos,
+            eos_token_ids,
         })
     }
 
-    /// From a Hugging Face directory's `tokenizer.json` (ids of BOS/EOS from `config.json`).
+    /// From a Hugging Face directory's `tokenizer.json`, with BOS/EOS ids
+    /// from `config.json` and `generation_config.json` and whether to add
+    /// BOS from `tokenizer_config.json`.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let bytes = plans::read_limited(&path, MAX_TOKENIZER_BYTES)?;
@@ -168,39 +250,62 @@ impl Tokenizer {
                 bad("malformed tokenizer.json: the tokenizers crate could not read it".into())
             })?
             .map_err(|e| bad(e.to_string()))?;
-        let cfg: serde_json::Value =
-            plans::read_text_limited(&dir.join("config.json"), plans::MAX_JSON_BYTES)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or(serde_json::Value::Null);
-        let id = |key: &str| {
-            let v = cfg.get(key)?;
-            v.as_u64()
-                .or_else(|| {
-                    v.as_array()
-                        .and_then(|a| a.first())
-                        .and_then(|x| x.as_u64())
-                })
-                .and_then(|x| u32::try_from(x).ok())
+        let cfg = optional_json(&dir.join("config.json"))?;
+        let gen = optional_json(&dir.join("generation_config.json"))?;
+        let tk_cfg = optional_json(&dir.join("tokenizer_config.json"))?;
+        // One id or a list of them.
+        let ids = |v: &serde_json::Value, key: &str| -> Vec<u32> {
+            let one = |x: &serde_json::Value| x.as_u64().and_then(|x| u32::try_from(x).ok());
+            match v.get(key) {
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(one).collect(),
+                Some(x) => one(x).into_iter().collect(),
+                None => Vec::new(),
+            }
         };
+        let mut eos = ids(&gen, "eos_token_id");
+        eos.extend(ids(&cfg, "eos_token_id"));
+        eos.dedup();
+        let mut seen = std::collections::HashSet::new();
+        eos.retain(|e| seen.insert(*e));
+        let bos = ids(&gen, "bos_token_id")
+            .first()
+            .or(ids(&cfg, "bos_token_id").first())
+            .copied();
+        let add_bos = tk_cfg.get("add_bos_token").and_then(|v| v.as_bool()) == Some(true);
+        if add_bos && bos.is_none() {
+            return Err(RuntimeError::Tokenizer {
+                path: dir.join("tokenizer_config.json"),
+                reason: "add_bos_token is true but neither config.json nor generation_config.json names a bos_token_id".into(),
+            });
+        }
         Ok(Tokenizer {
-            bos_token_id: id("bos_token_id"),
-            eos_token_id: id("eos_token_id"),
+            bos_token_id: bos,
+            add_bos,
+            eos_token_ids: eos,
             inner: Inner::Hf(Box::new(tk)),
             path,
         })
     }
 
-    /// Token ids of `text` (no special tokens added).
+    /// Token ids of a prompt: what `tokenizer.json`'s post-processor adds,
+    /// and BOS first when the model asks for it ([`Tokenizer::add_bos`]).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match &self.inner {
-            Inner::Hf(tk) => tk
-                .encode(text, false)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| RuntimeError::Tokenizer {
-                    path: self.path.clone(),
-                    reason: format!("cannot encode {text:?}: {e}"),
-                }),
+            Inner::Hf(tk) => {
+                let mut ids = tk
+                    .encode(text, true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| RuntimeError::Tokenizer {
+                        path: self.path.clone(),
+                        reason: format!("cannot encode {text:?}: {e}"),
+                    })?;
+                if let (true, Some(bos)) = (self.add_bos, self.bos_token_id) {
+                    if ids.first() != Some(&bos) {
+                        ids.insert(0, bos);
+                    }
+                }
+                Ok(ids)
+            }
             Inner::Bytes { vocab } => Ok(text
                 .bytes()
                 .map(|b| (usize::from(b) % vocab) as u32)
@@ -223,6 +328,176 @@ impl Tokenizer {
     }
 }
 
+/// GPT-2's split (the Hugging Face `ByteLevel` pre-tokenizer's regex).
+const GPT2_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// Llama-3's split, as Meta-Llama-3's `tokenizer.json` writes it (llama.cpp
+/// spells the case-insensitive contractions `'[sS]|'[tT]|...`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split: Llama-3's with single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// How llama.cpp splits text before the BPE merges (its `regex_exprs`, each
+/// applied in turn to every piece the previous one left, matches and the text
+/// between them both kept), then maps bytes to GPT-2's characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SplitFamily {
+    /// `LLAMA_VOCAB_PRE_TYPE_DEFAULT` (no `tokenizer.ggml.pre`, or `default`):
+    /// punctuation runs, GPT-2's regex, digit runs, then three digits.
+    Default,
+    /// GPT-2's regex.
+    Gpt2,
+    /// Llama-3's regex (digits in runs of up to 3).
+    Llama3,
+    /// Qwen2's regex (single digits).
+    Qwen2,
+    /// Single digits, then GPT-2's regex (StarCoder, SmolLM).
+    Digits,
+}
+
+impl SplitFamily {
+    fn pre_tokenizer(self) -> tokenizers::Result<PreTokenizerWrapper> {
+        let isolated = |re: &str| -> tokenizers::Result<PreTokenizerWrapper> {
+            Ok(Split::new(
+                SplitPattern::Regex(re.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )?
+            .into())
+        };
+        // Bytes to GPT-2's characters, without a split of its own.
+        let bytes = || PreTokenizerWrapper::from(ByteLevel::new(false, true, false));
+        let seq = |v: Vec<PreTokenizerWrapper>| PreTokenizerWrapper::from(Sequence::new(v));
+        Ok(match self {
+            SplitFamily::Gpt2 => ByteLevel::new(false, true, true).into(),
+            SplitFamily::Llama3 => seq(vec![isolated(LLAMA3_SPLIT)?, bytes()]),
+            SplitFamily::Qwen2 => seq(vec![isolated(QWEN2_SPLIT)?, bytes()]),
+            SplitFamily::Digits => seq(vec![
+                isolated(r"\p{N}")?,
+                ByteLevel::new(false, true, true).into(),
+            ]),
+            SplitFamily::Default => seq(vec![
+                isolated(r"[\p{P}\$\+<=>\^~\|]+")?,
+                isolated(GPT2_SPLIT)?,
+                isolated(r"\p{N}+")?,
+                isolated(r"[0-9][0-9][0-9]")?,
+                bytes(),
+            ]),
+        })
+    }
+}
+
+/// What a `tokenizer.ggml.pre` value sets in llama.cpp's `llama-vocab.cpp`
+/// besides the split: `ignore_merges` (a piece that is itself a token is that
+/// token) and the default of `add_bos` (when the file has no
+/// `tokenizer.ggml.add_bos_token`).
+#[derive(Clone, Copy, Debug)]
+struct GgufPre {
+    family: SplitFamily,
+    ignore_merges: bool,
+    add_bos: bool,
+}
+
+/// Every `tokenizer.ggml.pre` value kvpr reads, as llama.cpp's
+/// `llama-vocab.cpp` maps it; any other value is refused by name. Absent,
+/// the key means `default`. Left out although llama.cpp maps them to one of
+/// these splits: values that also set `add_sep` or per-token attributes
+/// (`jina-v1-en`, `jina-v2-code`, `roberta-bpe`, `jina-v2-de`, `jina-v2-es`,
+/// `modern-bert`) or clear the BOS id (`glm4`, `chatglm-bpe`).
+const GGUF_PRE_TOKENIZERS: &[&str] = &[
+    "default",
+    // GPT-2's regex
+    "gpt-2",
+    "phi-2",
+    "jina-es",
+    "jina-de",
+    "gigachat",
+    "a.x-4.0",
+    "mellum",
+    "exaone4",
+    "mpt",
+    "olmo",
+    "jais",
+    "trillion",
+    "granite-docling",
+    // Llama-3's regex, ignore_merges, BOS by default
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    // Llama-3's regex
+    "dbrx",
+    "smaug-bpe",
+    // Qwen2's regex
+    "qwen2",
+    "deepseek-r1-qwen",
+    "kormo",
+    "f2llmv2",
+    "megrez",
+    "stablelm2",
+    "hunyuan",
+    "solar-open",
+    // single digits, then GPT-2's regex
+    "smollm",
+    "starcoder",
+    "refact",
+    "command-r",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+    "mellum2",
+];
+
+impl GgufPre {
+    /// The pre-tokenizer of a `tokenizer.ggml.pre` value (`None`: absent).
+    fn of(value: Option<&str>) -> Option<GgufPre> {
+        use SplitFamily::*;
+        let (family, ignore_merges, add_bos) = match value.unwrap_or("default") {
+            "default" => (Default, false, false),
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "a.x-4.0" | "mellum"
+            | "exaone4" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" => {
+                (Gpt2, false, false)
+            }
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "jina-v5-nano" => (Llama3, true, true),
+            "dbrx" | "smaug-bpe" => (Llama3, false, false),
+            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2"
+            | "hunyuan" | "solar-open" => (Qwen2, false, false),
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" | "mellum2" => (Digits, false, false),
+            _ => return None,
+        };
+        Some(GgufPre {
+            family,
+            ignore_merges,
+            add_bos,
+        })
+    }
+
+    /// The values kvpr reads, for messages.
+    fn supported() -> String {
+        format!("{} (or no key)", GGUF_PRE_TOKENIZERS.join(", "))
+    }
+}
+
+/// A JSON file beside a checkpoint that may be absent (null then), read
+/// with the size limit; present but malformed is an error naming it.
+fn optional_json(path: &Path) -> Result<serde_json::Value> {
+    if !path.exists() {
+        return Ok(serde_json::Value::Null);
+    }
+    let text = plans::read_text_limited(path, plans::MAX_JSON_BYTES)?;
+    serde_json::from_str(&text).map_err(|e| RuntimeError::Tokenizer {
+        path: path.to_path_buf(),
+        reason: format!("not valid JSON: {e}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +508,28 @@ mod tests {
         let ids = t.encode("The capital of France is").unwrap();
         assert_eq!(ids.len(), 24);
         assert_eq!(t.decode(&ids).unwrap(), "The capital of France is");
+    }
+
+    #[test]
+    fn every_listed_pre_value_is_read_and_no_other() {
+        for v in GGUF_PRE_TOKENIZERS {
+            let pre = GgufPre::of(Some(v)).unwrap_or_else(|| panic!("{v}"));
+            pre.family.pre_tokenizer().unwrap();
+        }
+        assert_eq!(GgufPre::of(None).unwrap().family, SplitFamily::Default);
+        for v in [
+            "gpt2",
+            "tekken",
+            "gpt-4o",
+            "glm4",
+            "roberta-bpe",
+            "",
+            "Qwen2",
+        ] {
+            assert!(GgufPre::of(Some(v)).is_none(), "{v}");
+        }
+        let llama3 = GgufPre::of(Some("llama-bpe")).unwrap();
+        assert!(llama3.ignore_merges && llama3.add_bos);
     }
 
     #[test]

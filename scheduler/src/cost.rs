@@ -8,7 +8,9 @@
 //!
 //! - `t_x = c * tl(b * (l/c) * h * p)`: the activation chunks over the link;
 //! - `t_kv = tl(b * (s-g-l) * 2 * h_kv * p)`: the transferred K/V;
-//! - `r`: recomputing one chunk (two GEMMs of `b*l/c` rows, RoPE on K, 3 launches);
+//! - `r`: recomputing one chunk (two GEMMs of `b*l/c` rows, RoPE on K, 3 launches;
+//!   plus, where the model has them, the K and V bias adds and the k-norm, each
+//!   one more pass over the rows and one more launch);
 //! - `kv_ready = max(t_x + t_kv, t_x/c + c*r, t_x + r)`: the layer's K/V are all
 //!   on the GPU (chunk `i` of `X` lands at `(i+1) * t_x/c`, recomputation of
 //!   chunk `i` starts when it has landed and the previous chunk is done; the
@@ -45,7 +47,9 @@ pub struct StepCost {
     pub t_x: f64,
     /// Transferred K/V over the link, one layer, s: `tl(b*(s-g-l)*2*h_kv*p)`.
     pub t_kv: f64,
-    /// Recomputing one chunk, s: `2 * gemm(b*l/c rows, h_kv, h) + b*(l/c)*h_kv*p*2 / mem_bw + 3 * launch` (0 if `l = 0`).
+    /// Recomputing one chunk, s: `2 * gemm(b*l/c rows, h_kv, h) + e * b*(l/c)*h_kv*p*2 / mem_bw + (3 + e - 1) * launch`
+    /// (0 if `l = 0`), where `e` is the number of elementwise passes over the recomputed K/V
+    /// rows (RoPE on K, plus the K and V biases, plus the k-norm, where the model has them).
     pub r: f64,
     /// Decode attention of one layer, s: `b*(s+1)*2*h_kv*p / mem_bw + launch`.
     pub t_attn: f64,
@@ -131,6 +135,13 @@ pub struct CostModel {
     mem_bw: f64,
     /// One kernel launch, s.
     launch: f64,
+    /// Elementwise passes over recomputed K/V rows, each reading and writing
+    /// `h_kv` values a row: RoPE on K (1), the K and V biases (2), the
+    /// k-norm (1); see [`elementwise_passes`].
+    rec_passes: f64,
+    /// A sliding attention window `W` (Mistral): a step at context `s` reads
+    /// only positions `[s + 1 - W, s)` of the cache; see [`CostModel::window_start`].
+    window: Option<usize>,
     /// Highest GEMM throughput on the profile for the dtype, FLOP/s.
     peak_flops: f64,
     /// `t_dense` (independent of the context), s.
@@ -159,6 +170,15 @@ pub fn staging_bytes(model: &ModelSpec, workload: &Workload) -> u64 {
     b.saturating_mul(s)
         .saturating_mul(per_token)
         .saturating_mul(2)
+}
+
+/// Elementwise passes over recomputed K/V rows after their two GEMMs: RoPE
+/// on K, then what the architecture adds (a bias on K and one on V, the
+/// per-head k-norm); each reads and writes `h_kv` values a row and costs a
+/// launch. Plain Llama: 1.
+pub fn elementwise_passes(model: &ModelSpec) -> f64 {
+    let a = &model.arch;
+    1.0 + if a.qkv_bias { 2.0 } else { 0.0 } + if a.qk_norm { 1.0 } else { 0.0 }
 }
 
 impl CostModel {
@@ -247,6 +267,8 @@ impl CostModel {
             rec_gemm,
             mem_bw,
             launch,
+            rec_passes: elementwise_passes(model),
+            window: model.arch.sliding_window,
             peak_flops: peak_tflops * 1e12,
             t_dense,
             t_head,
@@ -297,7 +319,7 @@ impl CostModel {
     /// I/O floor of a step, s: the bytes that must cross the link at the least,
     /// `L * tl(b*(s-g)*min(h, 2*h_kv)*p)`.
     pub fn io_floor(&self, s: usize, g: usize) -> f64 {
-        let n = s.saturating_sub(g) as f64;
+        let n = s.saturating_sub(g.max(self.window_start(s))) as f64;
         let width = self.h.min(2.0 * self.h_kv);
         self.n_layers as f64 * self.tl(self.batch * n * width * self.p)
     }
@@ -305,8 +327,8 @@ impl CostModel {
     /// Compute floor of a step, s: `L * (2*b*params + 4*b*(s+1)*q_dim) / F_peak`
     /// (weights' FLOPs plus attention FLOPs over the best measured throughput).
     pub fn compute_floor(&self, s: usize) -> f64 {
-        let flops =
-            2.0 * self.batch * self.layer_params + 4.0 * self.batch * (s as f64 + 1.0) * self.q_dim;
+        let keys = (s - self.window_start(s)) as f64 + 1.0;
+        let flops = 2.0 * self.batch * self.layer_params + 4.0 * self.batch * keys * self.q_dim;
         self.n_layers as f64 * flops / self.peak_flops
     }
 
@@ -329,8 +351,9 @@ impl CostModel {
         let t_x = c * self.tl(b * per_chunk * h * p);
         let t_kv = self.tl(b * (n - l).max(0.0) * 2.0 * h_kv * p);
         let rows = b * per_chunk;
-        let rope = rows * h_kv * p * 2.0 / self.mem_bw;
-        let r = 2.0 * self.rec_gemm.seconds(rows) + rope + 3.0 * self.launch;
+        let e = self.rec_passes;
+        let passes = e * rows * h_kv * p * 2.0 / self.mem_bw;
+        let r = 2.0 * self.rec_gemm.seconds(rows) + passes + (2.0 + e) * self.launch;
         (t_x, t_kv, r)
     }
 
@@ -348,10 +371,20 @@ impl CostModel {
         v
     }
 
+    /// The first cached position a decode step at context `s` reads: `s + 1 - W`
+    /// with a sliding window of `W` positions (the new token's query sees its
+    /// last `W` positions, itself included), else 0. Positions before it are
+    /// neither moved nor recomputed: a windowed model's link cost is bounded by
+    /// `W` whatever the context.
+    pub fn window_start(&self, s: usize) -> usize {
+        self.window.map_or(0, |w| (s + 1).saturating_sub(w))
+    }
+
     /// The cost of a decode step at context `s` with `g` resident and `l`
     /// recomputed tokens in `c` chunks under `schedule`. Out-of-range inputs
     /// are clamped: `g <= s`, `l <= s - g`, `c >= 1`; `transfer` forces `l = 0`,
-    /// `paper` forces `c = 1`.
+    /// `paper` forces `c = 1`. With a sliding window the ranges are clipped
+    /// to the positions the step reads ([`CostModel::window_start`]).
     pub fn step(&self, s: usize, g: usize, l: usize, c: usize, schedule: Schedule) -> StepCost {
         let g = g.min(s);
         let (l, c) = match schedule {
@@ -359,11 +392,22 @@ impl CostModel {
             Schedule::Paper => (l.min(s - g), 1),
             Schedule::Chunked => (l.min(s - g), c.max(1)),
         };
-        self.step_real(s as f64, (s - g) as f64, l as f64, c as f64)
+        self.step_clipped(s, g, l, c)
     }
 
-    /// [`CostModel::step`] on real numbers: context `s`, `n = s - g`
-    /// non-resident tokens, `l` recomputed, `c` chunks (already valid).
+    /// [`CostModel::step_real`] on the ranges a step reads: resident, recomputed
+    /// and transferred tokens clipped to `[window_start(s), s)`, attention over
+    /// the keys the window leaves.
+    pub(crate) fn step_clipped(&self, s: usize, g: usize, l: usize, c: usize) -> StepCost {
+        let lo = self.window_start(s);
+        let start = g.max(lo);
+        let l = (g + l).saturating_sub(start);
+        self.step_real((s - lo) as f64, (s - start) as f64, l as f64, c as f64)
+    }
+
+    /// [`CostModel::step`] on real numbers: context `s` (the keys attention
+    /// reads, less one), `n = s - g` non-resident tokens, `l` recomputed, `c`
+    /// chunks (already valid).
     pub(crate) fn step_real(&self, s: f64, n: f64, l: f64, c: f64) -> StepCost {
         let (mut t_x, t_kv, mut r) = self.raw_terms(n, l, c);
         if l <= 0.0 {

@@ -149,6 +149,24 @@ impl CostModel {
             });
         }
         let g = g.min(s);
+        let lo = self.window_start(s);
+        if lo > g {
+            // A sliding window starts past the resident prefix: `[g, lo)` is
+            // never read, so solve as if it were resident, then make the
+            // recomputed range start at `g` (the executor reads only `[lo, s)`).
+            let inner = self.best_per_chunks(s, lo, chunks, block_tokens, solver, schedule)?;
+            return Ok(inner
+                .into_iter()
+                .map(|p| {
+                    let l = if p.recompute > 0 {
+                        p.recompute + lo - g
+                    } else {
+                        0
+                    };
+                    self.split_at(s, g, l, p.chunks)
+                })
+                .collect());
+        }
         let mut out = vec![self.no_recompute(s, g)];
         if !self.recompute_saves_bytes() || s == g {
             return Ok(out);
@@ -171,7 +189,7 @@ impl CostModel {
             resident: g,
             recompute: l,
             chunks: c,
-            cost: self.step_real(s as f64, (s - g) as f64, l as f64, c as f64),
+            cost: self.step_clipped(s, g, l, c),
         }
     }
 

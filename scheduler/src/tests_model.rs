@@ -433,3 +433,75 @@ fn a_long_workload_is_covered_from_context_1() {
         );
     }
 }
+
+/// What recomputation does beyond two GEMMs and RoPE (Qwen2's K/V biases,
+/// Qwen3's k-norm) is priced: the same split costs more, by exactly the
+/// extra elementwise passes and launches.
+#[test]
+fn biases_and_k_norm_are_priced_in_recomputation() {
+    let hw = shipped("a100-pcie4");
+    let plain = preset("llama-2-7b");
+    let mut qwen = plain.clone();
+    qwen.arch.qkv_bias = true;
+    qwen.arch.qk_norm = true;
+    assert_eq!(crate::cost::elementwise_passes(&plain), 1.0);
+    assert_eq!(crate::cost::elementwise_passes(&qwen), 4.0);
+    let w = workload(&plain, 8, 4096, 64, Dtype::F16, 0);
+    let (a, b) = (
+        CostModel::new(&plain, &hw, &w).unwrap(),
+        CostModel::new(&qwen, &hw, &w).unwrap(),
+    );
+    let (n, l, c) = (4096.0, 2048.0, 4.0);
+    let (xa, ka, ra) = a.raw_terms(n, l, c);
+    let (xb, kb, rb) = b.raw_terms(n, l, c);
+    assert_eq!((xa, ka), (xb, kb), "the link terms do not change");
+    assert!(rb > ra, "{rb} <= {ra}");
+    // Nothing recomputed: nothing more to pay.
+    let s = |m: &CostModel| m.step(4096, 0, 0, 1, Schedule::Transfer).step;
+    assert_eq!(s(&a), s(&b));
+}
+
+/// Mistral's sliding window: a step reads only its last `W` positions, so
+/// its bytes, its prediction and its floors stop growing with the context.
+#[test]
+fn a_sliding_window_bounds_what_a_step_moves_and_costs() {
+    let hw = shipped("a100-pcie4");
+    let mut m = preset("llama-2-7b");
+    m.arch.sliding_window = Some(4096);
+    m.max_context = 32_768;
+    let w = workload(&m, 8, 8192, 64, Dtype::F16, 0);
+    let cm = CostModel::new(&m, &hw, &w).unwrap();
+    assert_eq!(cm.window_start(4095), 0);
+    assert_eq!(cm.window_start(10_000), 10_000 + 1 - 4096);
+    let at = |s| cm.step(s, 0, 0, 1, Schedule::Transfer);
+    assert_eq!(at(10_000).io_bytes_kv, at(20_000).io_bytes_kv);
+    assert_eq!(at(10_000).step, at(20_000).step);
+    assert!(at(2_000).step < at(10_000).step);
+    assert_eq!(cm.io_floor(10_000, 0), cm.io_floor(20_000, 0));
+    assert_eq!(cm.compute_floor(10_000), cm.compute_floor(20_000));
+    // Recomputing positions before the window costs nothing: it is clipped away.
+    assert_eq!(
+        cm.step(10_000, 0, 5_000, 1, Schedule::Paper).io_bytes_x,
+        0.0
+    );
+    // The planner's split for a windowed MHA model recomputes inside the
+    // window, and its prediction is that of the window alone.
+    let req = request(ScheduleChoice::Auto, 16, Solver::Lp);
+    let plan = make_plan(&m, &hw, hw_id(&hw), &w, &req).unwrap();
+    let last = plan.steps.last().unwrap();
+    let lo = cm.window_start(last.context_len_from);
+    assert!(last.recompute_tokens > 0, "{last:?}");
+    assert!(
+        last.resident_tokens + last.recompute_tokens > lo,
+        "{last:?}"
+    );
+    let mut plain = m.clone();
+    plain.arch.sliding_window = None;
+    let full = make_plan(&plain, &hw, hw_id(&hw), &w, &req).unwrap();
+    assert!(
+        plan.summary.predicted_decode_step_us < full.summary.predicted_decode_step_us,
+        "{} vs {}",
+        plan.summary.predicted_decode_step_us,
+        full.summary.predicted_decode_step_us
+    );
+}

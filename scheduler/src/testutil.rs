@@ -108,6 +108,7 @@ pub fn model(n_layers: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize
         rope_theta: 1e4,
         norm_eps: 1e-5,
         tie_embeddings: false,
+        arch: Default::default(),
         fingerprint: format!("synthetic-{n_layers}-{n_heads}-{n_kv_heads}-{head_dim}"),
     }
 }

@@ -138,7 +138,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (hw, hw_id) = super::load_profile(&args.hardware)?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     eprintln!("loading {} on {}...", args.model, be.name());
-    let model = Model::load(&source, &be).context("loading --model")?;
+    let model = super::load_model(&source, &be)?;
     let mut spec = model.spec().clone();
     // A benchmark times the decode step's shape, which is defined at any
     // context (RoPE has no table to run off); past the trained window the

@@ -127,6 +127,24 @@ pub fn plan_flag(f: Field) -> Option<String> {
     Some(flag.to_string())
 }
 
+/// Loads `--model` with a progress bar over its layers (when there are
+/// enough of them for loading to take a while).
+pub fn load_model(
+    source: &runtime::ModelSource,
+    backend: &Backend,
+) -> anyhow::Result<runtime::Model> {
+    let bar = crate::fmt::progress_bar(0);
+    bar.set_message("loading --model");
+    let model = runtime::Model::load_with_progress(source, backend, |done, total| {
+        if total >= 8 {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    });
+    bar.finish_and_clear();
+    model.context("loading --model")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -406,7 +406,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     eprintln!("loading {} on {}...", args.model, be.name());
     let loading = std::time::Instant::now();
-    let model = Model::load(&source, &be).context("loading --model")?;
+    let model = super::load_model(&source, &be)?;
     eprintln!("loaded in {:.1} s", loading.elapsed().as_secs_f64());
     let spec = model.spec().clone();
     let (reqs, prompts) = requests(&model, given)?;

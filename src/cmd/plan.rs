@@ -115,8 +115,9 @@ pub fn summary_text(plan: &Plan) -> String {
     let m = &plan.model;
     let s = &plan.summary;
     let mut out = format!(
-        "plan: {} on {} | batch {} | prompt {} + gen {} | {} | schedule {} | block {}\n\n",
+        "plan: {} [{}] on {} | batch {} | prompt {} + gen {} | {} | schedule {} | block {}\n\n",
         m.name,
+        m.arch.describe(),
         plan.hardware.name,
         w.batch,
         w.prompt_len,

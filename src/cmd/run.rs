@@ -32,6 +32,10 @@ pub struct RunArgs {
     pub prompts_file: Option<PathBuf>,
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
+    /// Keep generating past the model's end-of-sequence ids (from
+    /// generation_config.json / config.json / GGUF) instead of stopping there.
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Sampling temperature; 0 (the default) is greedy decoding.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
@@ -105,10 +109,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let backend = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     let t0 = std::time::Instant::now();
-    let model = Model::load(&source, &backend).context("loading --model")?;
+    let model = super::load_model(&source, &backend)?;
     eprintln!(
-        "loaded {} ({} layers, h {}, {} heads / {} kv heads) on {} in {:.1} s",
+        "loaded {} [{}] ({} layers, h {}, {} heads / {} kv heads) on {} in {:.1} s",
         model.spec().name,
+        model.spec().arch.describe(),
         model.spec().n_layers,
         model.spec().hidden_size,
         model.spec().n_heads,
@@ -125,6 +130,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         return ragged(args, &model, &backend, &prompts, &ids, sampling);
     }
     let mut gen = Generator::new(model, backend, None);
+    gen.set_ignore_eos(args.ignore_eos);
     let plan = if let Some(path) = &args.plan {
         gen = gen.with_plan_path(path);
         Plan::load(path).context("reading --plan")?
@@ -315,13 +321,15 @@ fn ragged(
     };
     let r = crate::serve::serve(be, model, &requests, ids, &cfg, &|| None, &|_| {})
         .context("generating")?;
-    let eos = model.tokenizer.eos_token_id;
     let mut texts = Vec::new();
     for (i, (p, toks)) in prompts.iter().zip(&r.outputs).enumerate() {
-        let end = toks
-            .iter()
-            .position(|&t| Some(t) == eos)
-            .unwrap_or(toks.len());
+        let end = match args.ignore_eos {
+            true => toks.len(),
+            false => toks
+                .iter()
+                .position(|&t| model.tokenizer.is_eos(t))
+                .unwrap_or(toks.len()),
+        };
         let text = model.tokenizer.decode(&toks[..end])?;
         println!("[{i}] {p}{text}");
         texts.push(toks[..end].to_vec());

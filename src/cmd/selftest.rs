@@ -29,9 +29,10 @@ pub struct SelftestArgs {
     pub out: Option<PathBuf>,
 }
 
-/// The synthetic models checked whole: MHA, GQA, and a Llama-2-7B-shaped
-/// model at small width.
-const MODELS: [&str; 3] = ["tiny-mha", "tiny-gqa", "llama-2-7b-tiny"];
+/// The synthetic models checked whole: MHA, GQA, a Llama-2-7B-shaped model
+/// at small width, and one with every architecture option (biases, q/k
+/// norms, explicit head_dim, sliding window, llama3 RoPE).
+const MODELS: [&str; 4] = ["tiny-mha", "tiny-gqa", "llama-2-7b-tiny", "tiny-variants"];
 
 /// Runs the checks; `Ok(false)` when any failed.
 pub fn run(args: &SelftestArgs) -> anyhow::Result<bool> {

@@ -44,15 +44,14 @@ mod ops;
 mod stream;
 
 pub(crate) use stream::{elapsed_us, CpuEvent};
-use stream::{sleep_until, Job, Worker};
+use stream::{Job, Worker};
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::device::Device;
 use crate::{
-    twin, AttnShape, BackendOptions, BufInner, Dtype, EventInner, HostInner, IdInner, KernelError,
-    Result, RopeShape, Rows, SampleArgs, Stream,
+    check, twin, AttnShape, BackendOptions, BufInner, Dtype, EventInner, FreqsInner, HostInner,
+    IdInner, KernelError, Result, RopeFreqs, RopeShape, Rows, SampleArgs, Stream,
 };
 
 /// A CPU buffer (used for both device and host buffers).
@@ -73,6 +72,10 @@ impl CpuIds {
         self.0.write().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// A RoPE frequency table: kept on the host with its cos/sin per position
+/// (grown on demand, shared by every layer that turns by it).
+pub(crate) struct CpuFreqs(Mutex<ops::RopeTable>);
 
 fn wrong(op: &'static str, what: &'static str) -> KernelError {
     KernelError::WrongBackend {
@@ -179,10 +182,8 @@ pub(crate) struct CpuBackend {
 /// State the compute stream's ops reuse across calls.
 #[derive(Default)]
 struct Scratch {
-    /// RoPE's cos/sin per position, grown on demand.
-    rope_table: std::sync::Mutex<ops::RopeTable>,
     /// GEMM's snapshot of its activations.
-    gemm_x: std::sync::Mutex<Vec<f32>>,
+    gemm_x: Mutex<Vec<f32>>,
 }
 
 impl CpuBackend {
@@ -235,81 +236,6 @@ impl CpuBackend {
         }
     }
 
-    /// Any copy: runs on the stream (paced if `paced` and a link bandwidth is set).
-    #[allow(clippy::too_many_arguments)]
-    fn copy(
-        &self,
-        stream: Stream,
-        op: &'static str,
-        src: &CpuBuf,
-        src_off: usize,
-        dst: &CpuBuf,
-        dst_off: usize,
-        rows: Rows,
-        paced: bool,
-    ) -> Result<()> {
-        let (src, dst) = (src.clone(), dst.clone());
-        let gbps = if paced { self.link_gbps } else { None };
-        let bytes = rows.elements() as f64 * 4.0;
-        let job = move |clock: &mut Instant| -> Result<()> {
-            let start = *clock;
-            // The link's time for these bytes; the data lands at the end of it.
-            let window = match gbps {
-                Some(g) => {
-                    let secs = bytes / (g * 1e9);
-                    let bad = |reason: String| KernelError::Shape {
-                        op,
-                        device: "cpu".into(),
-                        shape: format!("{bytes} bytes at {g} GB/s"),
-                        reason,
-                    };
-                    let d = Duration::try_from_secs_f64(secs).map_err(|e| {
-                        bad(format!(
-                            "the paced copy's time ({secs} s) is not a duration: {e}"
-                        ))
-                    })?;
-                    let deadline = start.checked_add(d).ok_or_else(|| {
-                        bad(format!(
-                            "the paced copy's end ({secs} s from now) overflows the clock"
-                        ))
-                    })?;
-                    sleep_until(deadline);
-                    Some(d)
-                }
-                None => None,
-            };
-            let t0 = Instant::now();
-            let run = |r: &[f32], w: &mut [f32]| {
-                for i in 0..rows.rows {
-                    let (s, d) = (src_off + i * rows.src_pitch, dst_off + i * rows.dst_pitch);
-                    w[d..d + rows.width].copy_from_slice(&r[s..s + rows.width]);
-                }
-            };
-            if src.same(&dst) {
-                let mut g = dst.write();
-                for i in 0..rows.rows {
-                    let s = src_off + i * rows.src_pitch;
-                    g.copy_within(s..s + rows.width, dst_off + i * rows.dst_pitch);
-                }
-            } else {
-                with_bufs(&[&src], &dst, |r, w| run(r[0], w));
-            }
-            let work = t0.elapsed();
-            // Saturating: `start + window` was checked above, and `work` is real time.
-            *clock = start
-                .checked_add(window.map_or(work, |w| w.max(work)))
-                .unwrap_or_else(Instant::now);
-            Ok(())
-        };
-        match self.worker(stream) {
-            Some(w) => {
-                w.check()?;
-                w.push(Job::Run(Box::new(job)))
-            }
-            None => job(&mut Instant::now()),
-        }
-    }
-
     /// A copy of `src[..len]` if it aliases `out`, so ops can read and write safely.
     fn unalias(&self, src: &CpuBuf, out: &CpuBuf, len: usize) -> Option<CpuBuf> {
         src.same(out)
@@ -317,7 +243,8 @@ impl CpuBackend {
     }
 
     /// Attention for both ops: causal, or row `b` over keys
-    /// `0 .. min(lens[b], kv_capacity)` (`a.q_len == 1`).
+    /// `0 .. min(lens[b], kv_capacity)` (`a.q_len == 1`); windowed if
+    /// `a.window` hides keys.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
@@ -342,9 +269,13 @@ impl CpuBackend {
         let kv_len = a.batch * a.kv_capacity * a.n_kv_heads * a.head_dim;
         let qa = self.unalias(q, out, q_len);
         let q = qa.as_ref().unwrap_or(q);
+        let window = check::window(&a);
         let keys = |b: usize, j: usize| match lens {
-            Some(l) => (l[b] as usize).min(a.kv_capacity),
-            None => a.q_pos0 + j + 1,
+            Some(l) => match (l[b] as usize).min(a.kv_capacity) {
+                0 => 0..0,
+                n => twin::visible_keys(n - 1, window),
+            },
+            None => twin::visible_keys(a.q_pos0 + j, window),
         };
         with_bufs(&[q, k, v], out, |r, o| {
             ops::attention(
@@ -546,7 +477,7 @@ impl Device for CpuBackend {
             .scratch
             .gemm_x
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
         xs.clear();
         xs.extend_from_slice(&x.read()[x_off..x_off + m * k]);
         with_bufs(&[w], out, |r, o| {
@@ -565,8 +496,10 @@ impl Device for CpuBackend {
     fn rmsnorm(
         &self,
         x: &BufInner,
+        x_off: usize,
         weight: &BufInner,
         out: &BufInner,
+        out_off: usize,
         rows: usize,
         dim: usize,
         eps: f32,
@@ -574,12 +507,53 @@ impl Device for CpuBackend {
         let op = "rmsnorm";
         let (x, weight, out) = (buf(op, x)?, buf(op, weight)?, buf(op, out)?);
         let len = rows * dim;
-        let xa = self.unalias(x, out, len);
-        let x = xa.as_ref().unwrap_or(x);
+        if x.same(out) {
+            // In place, or two ranges of one buffer that `Backend` has
+            // checked do not overlap.
+            return with_bufs(&[weight], out, |r, o| {
+                let w = &r[0][..dim];
+                if x_off == out_off {
+                    ops::rmsnorm_in_place(&mut o[out_off..out_off + len], w, dim, eps);
+                } else if x_off < out_off {
+                    let (a, b) = o.split_at_mut(out_off);
+                    ops::rmsnorm(&a[x_off..x_off + len], w, &mut b[..len], dim, eps);
+                } else {
+                    let (a, b) = o.split_at_mut(x_off);
+                    ops::rmsnorm(&b[..len], w, &mut a[out_off..out_off + len], dim, eps);
+                }
+                Ok(())
+            });
+        }
         with_bufs(&[x, weight], out, |r, o| {
-            ops::rmsnorm(&r[0][..len], &r[1][..dim], &mut o[..len], dim, eps)
+            ops::rmsnorm(
+                &r[0][x_off..x_off + len],
+                &r[1][..dim],
+                &mut o[out_off..out_off + len],
+                dim,
+                eps,
+            )
         });
         Ok(())
+    }
+
+    fn add_bias(
+        &self,
+        x: &BufInner,
+        x_off: usize,
+        bias: &BufInner,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let (x, bias) = (buf("add_bias", x)?, buf("add_bias", bias)?);
+        with_bufs(&[bias], x, |r, o| {
+            ops::add_bias(&mut o[x_off..x_off + rows * dim], &r[0][..dim], dim)
+        });
+        Ok(())
+    }
+
+    fn rope_freqs(&self, inv_freq: &[f32], attention_factor: f32) -> Result<FreqsInner> {
+        let table = ops::RopeTable::new(inv_freq, attention_factor);
+        Ok(FreqsInner::Cpu(CpuFreqs(Mutex::new(table))))
     }
 
     fn rope(
@@ -588,28 +562,28 @@ impl Device for CpuBackend {
         x_off: usize,
         pos: &IdInner,
         pos_off: usize,
+        freqs: &RopeFreqs,
         r: RopeShape,
     ) -> Result<()> {
         let x = buf("rope", x)?;
+        let FreqsInner::Cpu(CpuFreqs(table)) = &freqs.inner else {
+            return Err(wrong("rope", "frequency table"));
+        };
         let pos = ids("rope", pos)?.read();
         let positions = &pos[pos_off..pos_off + r.rows];
-        if let Some(&p) = positions.iter().find(|&&p| p >= crate::check::MAX_POSITION) {
+        if let Some(&p) = positions.iter().find(|&&p| p >= check::MAX_POSITION) {
             return Err(KernelError::Shape {
                 op: "rope",
                 device: "cpu".into(),
                 shape: format!("{r:?}"),
                 reason: format!(
                     "position {p} is beyond the {} positions RoPE supports",
-                    crate::check::MAX_POSITION
+                    check::MAX_POSITION
                 ),
             });
         }
-        let mut table = self
-            .scratch
-            .rope_table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        table.ensure(r.theta, r.head_dim, positions);
+        let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+        table.ensure(positions);
         let span = (r.rows - 1) * r.row_stride + r.n_heads * r.head_dim;
         let mut g = x.write();
         ops::rope(

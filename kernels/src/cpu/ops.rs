@@ -1,6 +1,8 @@
 //! The CPU compute ops on plain f32 slices. Shapes are checked by the caller
 //! (`cpu/mod.rs`); these functions only compute.
 
+use std::ops::Range;
+
 use candle_core::cpu::kernels::VecOps;
 use rayon::prelude::*;
 
@@ -59,68 +61,93 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     r
 }
 
+/// `1 / sqrt(mean(row^2) + eps)` (the sum of squares in f64).
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    1.0 / ((ss / row.len() as f64) as f32 + eps).sqrt()
+}
+
 pub(super) fn rmsnorm(x: &[f32], weight: &[f32], out: &mut [f32], dim: usize, eps: f32) {
     if dim == 0 {
         return;
     }
     for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        let inv = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
+        let inv = inv_rms(xr, eps);
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * inv * g;
         }
     }
 }
 
-/// `(cos, sin)` of `pos * inv_freq[i]` for positions `0..len` and the `head_dim / 2`
-/// frequencies of one `(theta, head_dim)`. Angles are computed in f64 once per
-/// position (as the per-call loop used to), so a RoPE call is a table read
-/// instead of `rows * head_dim / 2` trigonometric evaluations.
-#[derive(Default)]
+/// [`rmsnorm`] with `out` = `x`: each row is read whole before it is written.
+pub(super) fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], dim: usize, eps: f32) {
+    if dim == 0 {
+        return;
+    }
+    for row in x.chunks_exact_mut(dim) {
+        let inv = inv_rms(row, eps);
+        for (v, &g) in row.iter_mut().zip(weight) {
+            *v = *v * inv * g;
+        }
+    }
+}
+
+/// `x[r*dim + j] += bias[j]` over the whole rows of `x`.
+pub(super) fn add_bias(x: &mut [f32], bias: &[f32], dim: usize) {
+    for row in x.chunks_exact_mut(dim) {
+        add_assign(row, bias);
+    }
+}
+
+/// The CPU side of a [`crate::RopeFreqs`]: the inverse frequencies and
+/// attention factor, and `(cos, sin)` of `pos * inv_freq[i]` times the
+/// factor for positions `0..len`, grown on demand. Angles are computed in
+/// f64 once per position, so a RoPE call is a table read instead of
+/// `rows * head_dim / 2` trigonometric evaluations; the values are exactly
+/// the kernel's and the twin's (`(f32)cos(a) * factor` in f32).
 pub(super) struct RopeTable {
-    theta: f32,
-    head_dim: usize,
+    inv_freq: Vec<f32>,
+    factor: f32,
     /// `[position][frequency]`.
     cos_sin: Vec<(f32, f32)>,
 }
 
 impl RopeTable {
-    /// Makes the table cover `positions` for `(theta, head_dim)`; a different
-    /// `(theta, head_dim)` starts it afresh.
-    pub(super) fn ensure(&mut self, theta: f32, head_dim: usize, positions: &[u32]) {
-        let half = head_dim / 2;
-        if self.theta != theta || self.head_dim != head_dim {
-            *self = RopeTable {
-                theta,
-                head_dim,
-                cos_sin: Vec::new(),
-            };
+    pub(super) fn new(inv_freq: &[f32], factor: f32) -> RopeTable {
+        RopeTable {
+            inv_freq: inv_freq.to_vec(),
+            factor,
+            cos_sin: Vec::new(),
         }
+    }
+
+    /// Makes the table cover `positions`.
+    pub(super) fn ensure(&mut self, positions: &[u32]) {
+        let half = self.inv_freq.len();
         let need = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
         let have = self.cos_sin.len().checked_div(half).unwrap_or(0);
         if half == 0 || need <= have {
             return;
         }
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64))
-            .collect();
         self.cos_sin.reserve((need - have) * half);
         for pos in have..need {
-            for f in &inv_freq {
-                let a = pos as f64 * f;
-                self.cos_sin.push((a.cos() as f32, a.sin() as f32));
+            for &f in &self.inv_freq {
+                let a = pos as f64 * f as f64;
+                let (c, s) = (a.cos() as f32, a.sin() as f32);
+                self.cos_sin.push((c * self.factor, s * self.factor));
             }
         }
     }
 
     fn row(&self, pos: u32) -> &[(f32, f32)] {
-        let half = self.head_dim / 2;
+        let half = self.inv_freq.len();
         let at = pos as usize * half;
         &self.cos_sin[at..at + half]
     }
 }
 
-/// Rotary embedding in place; `table` must cover `positions` (see [`RopeTable::ensure`]).
+/// Rotary embedding in place on rows of `n_heads` heads of `2 * table's
+/// frequencies`; `table` must cover `positions` (see [`RopeTable::ensure`]).
 pub(super) fn rope(
     x: &mut [f32],
     row_stride: usize,
@@ -129,8 +156,8 @@ pub(super) fn rope(
     table: &RopeTable,
     interleaved: bool,
 ) {
-    let head_dim = table.head_dim;
-    let half = head_dim / 2;
+    let half = table.inv_freq.len();
+    let head_dim = 2 * half;
     for (r, &pos) in positions.iter().enumerate() {
         let cs = table.row(pos);
         let row = &mut x[r * row_stride..r * row_stride + n_heads * head_dim];
@@ -149,15 +176,15 @@ pub(super) fn rope(
     }
 }
 
-/// GQA attention where query `j` of row `b` attends keys `0 .. keys(b, j)`
-/// (no key: zeros); every (row, query, head) is one parallel task.
+/// GQA attention where query `j` of row `b` attends the keys `keys(b, j)`
+/// (none: zeros); every (row, query, head) is one parallel task.
 pub(super) fn attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     out: &mut [f32],
     a: &AttnShape,
-    keys: impl Fn(usize, usize) -> usize + Sync,
+    keys: impl Fn(usize, usize) -> Range<usize> + Sync,
 ) {
     let hd = a.head_dim;
     if hd == 0 || a.n_heads == 0 {
@@ -171,15 +198,14 @@ pub(super) fn attention(
         let b = idx / (a.n_heads * a.q_len);
         let kvh = h / group;
         let qv = &q[idx * hd..idx * hd + hd];
-        let n_keys = keys(b, j);
-        if n_keys == 0 {
-            o.fill(0.0);
+        let keys = keys(b, j);
+        o.fill(0.0);
+        if keys.is_empty() {
             return;
         }
         let base = b * a.kv_capacity * kv_dim + kvh * hd;
-        let mut scores: Vec<f32> = (0..n_keys)
-            .map(|t| dot(qv, &k[base + t * kv_dim..base + t * kv_dim + hd]) * a.scale)
-            .collect();
+        let at = |t: usize| base + t * kv_dim..base + t * kv_dim + hd;
+        let mut scores: Vec<f32> = keys.clone().map(|t| dot(qv, &k[at(t)]) * a.scale).collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
         for s in scores.iter_mut() {
@@ -187,11 +213,9 @@ pub(super) fn attention(
             sum += *s;
         }
         let inv = 1.0 / sum;
-        o.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
-            let vr = &v[base + t * kv_dim..base + t * kv_dim + hd];
+        for (t, &p) in keys.zip(&scores) {
             let p = p * inv;
-            for (ov, &vv) in o.iter_mut().zip(vr) {
+            for (ov, &vv) in o.iter_mut().zip(&v[at(t)]) {
                 *ov += p * vv;
             }
         }

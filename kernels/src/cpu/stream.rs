@@ -1,14 +1,15 @@
 //! The CPU backend's streams: events that fire at a stream clock's time (or
-//! fail with their stream), and the worker thread that serves a copy or
-//! writeback stream's FIFO of jobs. See the parent module's docs for the
-//! clock and pacing rules.
+//! fail with their stream), the worker thread that serves a copy or
+//! writeback stream's FIFO of jobs, and the (paced) copy those streams run.
+//! See the parent module's docs for the clock and pacing rules.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::{KernelError, Result};
+use super::{with_bufs, CpuBackend, CpuBuf};
+use crate::{KernelError, Result, Rows, Stream};
 
 /// The state of a CPU event.
 #[derive(Clone, Debug)]
@@ -256,6 +257,83 @@ pub(super) fn sleep_until(deadline: Instant) {
             std::thread::sleep(left - SPIN);
         } else {
             std::hint::spin_loop();
+        }
+    }
+}
+
+impl CpuBackend {
+    /// Any copy: runs on the stream (paced if `paced` and a link bandwidth is set).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn copy(
+        &self,
+        stream: Stream,
+        op: &'static str,
+        src: &CpuBuf,
+        src_off: usize,
+        dst: &CpuBuf,
+        dst_off: usize,
+        rows: Rows,
+        paced: bool,
+    ) -> Result<()> {
+        let (src, dst) = (src.clone(), dst.clone());
+        let gbps = if paced { self.link_gbps } else { None };
+        let bytes = rows.elements() as f64 * 4.0;
+        let job = move |clock: &mut Instant| -> Result<()> {
+            let start = *clock;
+            // The link's time for these bytes; the data lands at the end of it.
+            let window = match gbps {
+                Some(g) => {
+                    let secs = bytes / (g * 1e9);
+                    let bad = |reason: String| KernelError::Shape {
+                        op,
+                        device: "cpu".into(),
+                        shape: format!("{bytes} bytes at {g} GB/s"),
+                        reason,
+                    };
+                    let d = Duration::try_from_secs_f64(secs).map_err(|e| {
+                        bad(format!(
+                            "the paced copy's time ({secs} s) is not a duration: {e}"
+                        ))
+                    })?;
+                    let deadline = start.checked_add(d).ok_or_else(|| {
+                        bad(format!(
+                            "the paced copy's end ({secs} s from now) overflows the clock"
+                        ))
+                    })?;
+                    sleep_until(deadline);
+                    Some(d)
+                }
+                None => None,
+            };
+            let t0 = Instant::now();
+            let run = |r: &[f32], w: &mut [f32]| {
+                for i in 0..rows.rows {
+                    let (s, d) = (src_off + i * rows.src_pitch, dst_off + i * rows.dst_pitch);
+                    w[d..d + rows.width].copy_from_slice(&r[s..s + rows.width]);
+                }
+            };
+            if src.same(&dst) {
+                let mut g = dst.write();
+                for i in 0..rows.rows {
+                    let s = src_off + i * rows.src_pitch;
+                    g.copy_within(s..s + rows.width, dst_off + i * rows.dst_pitch);
+                }
+            } else {
+                with_bufs(&[&src], &dst, |r, w| run(r[0], w));
+            }
+            let work = t0.elapsed();
+            // Saturating: `start + window` was checked above, and `work` is real time.
+            *clock = start
+                .checked_add(window.map_or(work, |w| w.max(work)))
+                .unwrap_or_else(Instant::now);
+            Ok(())
+        };
+        match self.worker(stream) {
+            Some(w) => {
+                w.check()?;
+                w.push(Job::Run(Box::new(job)))
+            }
+            None => job(&mut Instant::now()),
         }
     }
 }

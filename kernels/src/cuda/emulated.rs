@@ -285,52 +285,113 @@ fn rmsnorm_and_elementwise_match_their_twins() {
     }
 }
 
+/// Qwen3's per-head norm (rmsnorm in place at an offset inside a larger
+/// buffer, as `CudaBackend::rmsnorm` launches it) and Qwen2's bias add, at
+/// odd sizes: the elements around the range keep their values.
 #[test]
-fn rope_matches_its_twin_in_both_conventions() {
+fn rmsnorm_at_an_offset_and_add_bias_match_their_twins() {
     for d in DTYPES {
         let Some(l) = EmuLauncher::new(d) else { return };
-        for interleaved in [false, true] {
-            let r = RopeShape {
-                rows: 3,
-                row_stride: 2 * 64 + 6,
-                n_heads: 2,
-                head_dim: 64,
-                theta: 1e4,
-                interleaved,
-            };
-            let pos = [4000u32, 7, 16_383];
-            let x = random(3 * r.row_stride, 1.0, 6, d);
+        let esz = d.bytes() as u64;
+        // rows (tokens * heads), dim (head_dim), offset
+        for (rows, dim, off) in [(3 * 4, 64, 7), (5, 129, 0), (2 * 16, 128, 128)] {
+            let n = off + rows * dim + 5;
+            let x = random(n, 3.0, 21, d);
+            let w = random(dim, 1.0, 22, d);
             let mut want = x.clone();
-            twin::rope(&mut want, &pos, &r);
-            let (mut xb, mut pb) = (encode(d, &x), ids_bytes(&pos));
-            ops::rope(&l, addr(&mut xb), addr(&mut pb), r).unwrap();
-            let what = format!("rope interleaved={interleaved}");
+            let normed = twin::rmsnorm(&x[off..off + rows * dim], &w, dim, 1e-6);
+            want[off..off + rows * dim].copy_from_slice(&normed);
+            let (mut xb, mut wb) = (encode(d, &x), encode(d, &w));
+            let at = addr(&mut xb) + off as u64 * esz;
+            ops::rmsnorm(&l, at, addr(&mut wb), at, rows, dim, 1e-6).unwrap();
+            let what = format!("rmsnorm in place rows={rows} dim={dim} at {off}");
+            assert_close(&decode(d, &xb), &want, d, &what);
+        }
+        // rows, dim (odd sizes, a row wider than a block), offset
+        for (rows, dim, off) in [(1, 64, 0), (7, 300, 3), (70_000, 3, 1)] {
+            let n = off + rows * dim + 4;
+            let x = random(n, 1.0, 23, d);
+            let bias = random(dim, 0.5, 24, d);
+            let mut want = x.clone();
+            twin::add_bias(&mut want[off..off + rows * dim], &bias, dim);
+            let (mut xb, mut bb) = (encode(d, &x), encode(d, &bias));
+            let at = addr(&mut xb) + off as u64 * esz;
+            ops::add_bias(&l, at, addr(&mut bb), rows, dim).unwrap();
+            let what = format!("add_bias rows={rows} dim={dim} at {off}");
             assert_close(&decode(d, &xb), &want, d, &what);
         }
     }
 }
 
 #[test]
+fn rope_matches_its_twin_in_both_conventions_and_with_scaled_tables() {
+    for d in DTYPES {
+        let Some(l) = EmuLauncher::new(d) else { return };
+        // Unscaled; a llama3-like table (low frequencies / 8) with a factor
+        // (YaRN's attention factor); head_dim 128 with few heads (one angle
+        // per thread) and 32 (threads share out heads).
+        let tables = [
+            (64, twin::default_inv_freq(1e4, 64), 1.0),
+            (128, crate::selftest::llama3_like_inv_freq(5e5, 128), 1.25),
+            (32, twin::default_inv_freq(1e6, 32), 0.75),
+        ];
+        for (hd, inv_freq, factor) in tables {
+            for interleaved in [false, true] {
+                let r = RopeShape {
+                    rows: 3,
+                    row_stride: 5 * hd + 6,
+                    n_heads: 5,
+                    head_dim: hd,
+                    interleaved,
+                };
+                let pos = [4000u32, 7, 131_071];
+                let x = random(3 * r.row_stride, 1.0, 6, d);
+                let mut want = x.clone();
+                twin::rope(&mut want, &pos, &r, &inv_freq, factor);
+                let (mut xb, mut pb) = (encode(d, &x), ids_bytes(&pos));
+                let mut fb: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
+                let (xa, pa, fa) = (addr(&mut xb), addr(&mut pb), addr(&mut fb));
+                ops::rope(&l, xa, pa, fa, factor, r).unwrap();
+                let what = format!("rope hd={hd} x{factor} interleaved={interleaved}");
+                assert_close(&decode(d, &xb), &want, d, &what);
+            }
+        }
+    }
+}
+
+#[test]
 fn attention_matches_its_twin_over_splits() {
-    // batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity
+    // batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity, window
     let cases = [
-        (2, 1, 600, 4, 4, 64, 700),
-        (1, 6, 250, 4, 2, 32, 300),
-        (1, 1, 300, 2, 1, 128, 301),
-        (3, 1, 0, 3, 3, 16, 4),
-        (2, 20, 0, 4, 2, 32, 300),
-        (2, 20, 0, 4, 2, 32, 300),
+        (2, 1, 600, 4, 4, 64, 700, 0),
+        (1, 6, 250, 4, 2, 32, 300, 0),
+        (1, 1, 300, 2, 1, 128, 301, 0),
+        (3, 1, 0, 3, 3, 16, 4, 0),
+        // Sliding windows: decode whose window starts inside the third
+        // split (two splits not launched, the third masked); a window
+        // reaching back exactly to a split's start; window 1; prefill
+        // across a split edge with a window shorter than the prompt, GQA;
+        // a window as long as the cache (no window).
+        (2, 1, 600, 4, 4, 64, 700, 77),
+        (1, 1, 700, 4, 2, 32, 800, 189),
+        (1, 6, 250, 4, 2, 32, 300, 1),
+        (2, 20, 245, 4, 2, 32, 300, 7),
+        (1, 6, 250, 2, 1, 16, 300, 300),
+        (2, 20, 0, 4, 2, 32, 300, 0),
+        (2, 20, 0, 4, 2, 32, 300, 0),
+        (2, 20, 250, 4, 2, 32, 300, 9),
     ];
     for d in DTYPES {
         let Some(mut l) = EmuLauncher::new(d) else {
             return;
         };
-        for (i, (batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity)) in
+        for (i, (batch, q_len, q_pos0, n_heads, n_kv_heads, head_dim, kv_capacity, window)) in
             cases.into_iter().enumerate()
         {
-            // The last case again with room for 7 query rows' partials per
-            // launch: one sequence and a slice of its queries at a time.
-            l.attn_limit = if i == cases.len() - 1 {
+            // The last two cases again with room for 7 query rows' partials
+            // per launch: one sequence and a slice of its queries at a time
+            // (with a window, each slice starts at its own first split).
+            l.attn_limit = if i >= cases.len() - 2 {
                 7 * n_heads * 2 * (head_dim + 2)
             } else {
                 64 << 20
@@ -344,6 +405,7 @@ fn attention_matches_its_twin_over_splits() {
                 head_dim,
                 kv_capacity,
                 scale: 1.0 / (head_dim as f32).sqrt(),
+                window,
             };
             let q = random(batch * q_len * n_heads * head_dim, 1.0, 7, d);
             let kv = batch * kv_capacity * n_kv_heads * head_dim;
@@ -361,18 +423,23 @@ fn attention_matches_its_twin_over_splits() {
 #[test]
 fn ragged_attention_matches_its_twin_with_empty_splits() {
     // n_heads, n_kv_heads, head_dim, kv_capacity, lengths (0, 1, the whole
-    // cache, past it; rows shorter than the cache leave splits empty).
-    let cases: [(usize, usize, usize, usize, &[u32]); 4] = [
-        (4, 4, 64, 700, &[600, 1, 0, 700, 5000]),
-        (4, 2, 32, 300, &[257, 256, 3]),
-        (2, 1, 128, 301, &[301]),
-        (4, 2, 32, 300, &[0, 290, 17, 300]),
+    // cache, past it; rows shorter than the cache leave splits empty),
+    // window (rows longer than it leave the splits before it empty).
+    type Case = (usize, usize, usize, usize, &'static [u32], usize);
+    let cases: [Case; 6] = [
+        (4, 4, 64, 700, &[600, 1, 0, 700, 5000], 0),
+        (4, 2, 32, 300, &[257, 256, 3], 0),
+        (2, 1, 128, 301, &[301], 0),
+        (4, 4, 64, 700, &[600, 1, 0, 700, 5000, 513, 256], 257),
+        (4, 2, 32, 300, &[257, 256, 3, 1], 1),
+        (4, 2, 32, 300, &[0, 290, 17, 300], 20),
     ];
     for d in DTYPES {
         let Some(mut l) = EmuLauncher::new(d) else {
             return;
         };
-        for (i, (n_heads, n_kv_heads, head_dim, kv_capacity, lens)) in cases.into_iter().enumerate()
+        for (i, (n_heads, n_kv_heads, head_dim, kv_capacity, lens, window)) in
+            cases.into_iter().enumerate()
         {
             // The last case with room for one row's partials per launch: one
             // sequence at a time, each with its own length.
@@ -391,6 +458,7 @@ fn ragged_attention_matches_its_twin_with_empty_splits() {
                 head_dim,
                 kv_capacity,
                 scale: 1.0 / (head_dim as f32).sqrt(),
+                window,
             };
             let q = random(batch * n_heads * head_dim, 1.0, 12, d);
             let kv = batch * kv_capacity * n_kv_heads * head_dim;

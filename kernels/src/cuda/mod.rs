@@ -54,8 +54,8 @@ use cudarc::driver::{
 
 use crate::device::Device;
 use crate::{
-    AttnShape, BackendOptions, BufInner, Dtype, EventInner, HostInner, IdInner, KernelError,
-    Result, RopeShape, Rows, SampleArgs, Stream,
+    AttnShape, BackendOptions, BufInner, Dtype, EventInner, FreqsInner, HostInner, IdInner,
+    KernelError, Result, RopeFreqs, RopeShape, Rows, SampleArgs, Stream,
 };
 
 /// A device buffer: a raw allocation of `len` elements of `esz` bytes.
@@ -94,6 +94,10 @@ impl Drop for CudaBuf {
 
 /// Token ids and positions: a device buffer of `u32`.
 pub(crate) struct CudaIds(CudaBuf);
+
+/// A RoPE frequency table: a device buffer of `f32` inverse frequencies,
+/// whatever the compute dtype (the attention factor is a launch argument).
+pub(crate) struct CudaFreqs(CudaBuf);
 
 /// Owns the host allocation `CudaHostBuf::ptr` points into (freed on drop).
 #[allow(dead_code)]
@@ -694,15 +698,40 @@ impl Device for CudaBackend {
     fn rmsnorm(
         &self,
         x: &BufInner,
+        x_off: usize,
         weight: &BufInner,
         out: &BufInner,
+        out_off: usize,
         rows: usize,
         dim: usize,
         eps: f32,
     ) -> Result<()> {
         let op = "rmsnorm";
         let (x, w, o) = (self.buf(op, x)?, self.buf(op, weight)?, self.buf(op, out)?);
-        ops::rmsnorm(self, x.ptr, w.ptr, o.ptr, rows, dim, eps)
+        ops::rmsnorm(self, x.at(x_off), w.ptr, o.at(out_off), rows, dim, eps)
+    }
+
+    fn add_bias(
+        &self,
+        x: &BufInner,
+        x_off: usize,
+        bias: &BufInner,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let (x, b) = (self.buf("add_bias", x)?, self.buf("add_bias", bias)?);
+        ops::add_bias(self, x.at(x_off), b.ptr, rows, dim)
+    }
+
+    fn rope_freqs(&self, inv_freq: &[f32], _attention_factor: f32) -> Result<FreqsInner> {
+        let buf = self.raw_alloc(inv_freq.len(), 4)?;
+        let bytes: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
+        self.bind()?;
+        // SAFETY: `buf` holds `inv_freq.len()` f32 = `bytes.len()` bytes; the
+        // copy is synchronous.
+        unsafe { cudarc::driver::result::memcpy_htod_sync(buf.ptr, &bytes) }
+            .map_err(|e| self.err("cuMemcpyHtoD (rope frequencies)", e))?;
+        Ok(FreqsInner::Cuda(CudaFreqs(buf)))
     }
 
     fn rope(
@@ -711,10 +740,15 @@ impl Device for CudaBackend {
         x_off: usize,
         pos: &IdInner,
         pos_off: usize,
+        freqs: &RopeFreqs,
         r: RopeShape,
     ) -> Result<()> {
         let (x, p) = (self.buf("rope", x)?, self.ids("rope", pos)?);
-        ops::rope(self, x.at(x_off), p.at(pos_off), r)
+        let FreqsInner::Cuda(CudaFreqs(f)) = &freqs.inner else {
+            return Err(wrong(&self.short, "rope", "frequency table"));
+        };
+        let factor = freqs.attention_factor;
+        ops::rope(self, x.at(x_off), p.at(pos_off), f.ptr, factor, r)
     }
 
     fn attention(

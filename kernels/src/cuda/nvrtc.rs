@@ -32,13 +32,14 @@ const SOURCES: [(&str, &str); 7] = [
 ];
 
 /// Kernel names without their dtype suffix.
-pub(crate) const KERNELS: [&str; 11] = [
+pub(crate) const KERNELS: [&str; 12] = [
     "rmsnorm",
     "rope",
     "attn_split",
     "attn_combine",
     "silu_gate",
     "add",
+    "add_bias",
     "scatter",
     "scatter_rows",
     "embedding",

@@ -7,7 +7,7 @@
 //! the CPU emulator that runs the same CUDA C (`emulated.rs`). So the tests
 //! exercise this code, not a copy of it.
 
-use crate::{AttnShape, Dtype, KernelError, Result, RopeShape, Rows, SampleArgs};
+use crate::{check, AttnShape, Dtype, KernelError, Result, RopeShape, Rows, SampleArgs};
 
 /// Keys per flash-decoding split.
 pub(crate) const SPLIT_LEN: usize = 256;
@@ -93,16 +93,49 @@ pub(crate) fn rmsnorm(
     l.launch(op, (rows, 1, 1), 256, &args)
 }
 
-pub(crate) fn rope(l: &impl Launcher, x: u64, pos: u64, r: RopeShape) -> Result<()> {
+/// `x[r*dim + j] += bias[j]` for `r < rows`, `j < dim`.
+pub(crate) fn add_bias(
+    l: &impl Launcher,
+    x: u64,
+    bias: u64,
+    rows: usize,
+    dim: usize,
+) -> Result<()> {
+    let op = "add_bias";
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(bias),
+        int(l, op, rows)?,
+        int(l, op, dim)?,
+    ];
+    let grid = (
+        dim.div_ceil(256).clamp(1, GRID_YZ),
+        rows.clamp(1, GRID_YZ),
+        1,
+    );
+    l.launch(op, grid, 256, &args)
+}
+
+/// RoPE by the `r.head_dim / 2` f32 inverse frequencies at `inv_freq`,
+/// cos and sin scaled by `attention_factor`.
+pub(crate) fn rope(
+    l: &impl Launcher,
+    x: u64,
+    pos: u64,
+    inv_freq: u64,
+    attention_factor: f32,
+    r: RopeShape,
+) -> Result<()> {
     let op = "rope";
     let args = [
         Arg::Ptr(x),
         Arg::Ptr(pos),
+        Arg::Ptr(inv_freq),
+        Arg::F32(attention_factor),
         int(l, op, r.rows)?,
         int(l, op, r.row_stride)?,
         int(l, op, r.n_heads)?,
         int(l, op, r.head_dim)?,
-        Arg::F32(r.theta),
         Arg::I32(r.interleaved as i32),
     ];
     l.launch(op, (r.rows, 1, 1), 128, &args)
@@ -246,6 +279,13 @@ pub(crate) fn sample(
 /// causal attention. A ragged launch has the splits of `kv_capacity` keys,
 /// since the host does not know the lengths: a shorter row's extra splits
 /// are empty and weigh nothing in the combine.
+///
+/// A sliding window ([`check::window`]) costs nothing for the keys it
+/// hides: a causal launch starts at the split holding the first key its
+/// first query sees (`split0`; the splits before it are not launched), a
+/// ragged one at split 0 with the splits before a row's window empty (the
+/// kernel returns at once), and the first split a query sees is masked in
+/// the kernel.
 pub(crate) fn attention(
     l: &impl Launcher,
     q: u64,
@@ -286,10 +326,17 @@ pub(crate) fn attention(
             })
             .collect()
     };
+    let window = check::window(&a);
     for (b0, nb, j0, nq) in slices {
-        let n_splits = match lens {
-            Some(_) => max_splits,
-            None => (a.q_pos0 + j0 + nq).div_ceil(SPLIT_LEN).max(1),
+        let (split0, n_splits) = match lens {
+            Some(_) => (0, max_splits),
+            None => {
+                // The slice's queries see keys from its first query's
+                // window start to its last query's position.
+                let first = crate::twin::visible_keys(a.q_pos0 + j0, window).start / SPLIT_LEN;
+                let end = (a.q_pos0 + j0 + nq).div_ceil(SPLIT_LEN);
+                (first, end - first)
+            }
         };
         let row0 = b0 * a.q_len + j0;
         let kv0 = b0 * a.kv_capacity * kvd;
@@ -309,8 +356,10 @@ pub(crate) fn attention(
             int(l, op, a.n_kv_heads)?,
             int(l, op, hd)?,
             int(l, op, a.kv_capacity)?,
+            int(l, op, window)?,
             Arg::F32(a.scale),
             Arg::I32(SPLIT_LEN as i32),
+            int(l, op, split0)?,
             int(l, op, n_splits)?,
         ];
         l.launch("attn_split", (n_splits, a.n_heads, nb * nq), 128, &split)?;

@@ -16,6 +16,7 @@ fn shape(batch: usize, n_heads: usize, n_kv_heads: usize, hd: usize, cap: usize)
         head_dim: hd,
         kv_capacity: cap,
         scale: 1.0 / (hd as f32).sqrt(),
+        window: 0,
     }
 }
 

@@ -2,10 +2,10 @@
 //! prefix recomputed from `X`), drop, offload, and the offloaded prefix a
 //! decode step brings back into a staging region.
 
-use kernels::{DeviceBuf, Event, RopeShape, Stream};
+use kernels::{DeviceBuf, Event, Stream};
 
 use super::{bad, kv_bytes, At, PagedEngine, Recompute, Seq};
-use crate::executor::rope_shape;
+use crate::layer::{project, Proj};
 use crate::{AtLayer, Result};
 
 impl PagedEngine<'_> {
@@ -161,24 +161,22 @@ impl PagedEngine<'_> {
         Ok(())
     }
 
-    /// RoPE over `rows` rows of K (each at the position its ids give).
-    fn k_rope(&self, rows: usize) -> RopeShape {
-        let (s, m) = (self.model.spec(), self.model);
-        let (theta, inter) = (s.rope_theta as f32, m.config.rope.interleaved());
-        rope_shape(rows, s.kv_dim(), s.n_kv_heads, s.head_dim, theta, inter)
-    }
-
     /// K/V of tokens `[0, r)` of layer `li` from `X` rows in `xs`, into the
     /// sequence's blocks (compute stream).
     fn recompute_rows(&self, li: usize, seq: &Seq, xs: &DeviceBuf, r: usize) -> Result<()> {
         let (be, m) = (self.be, self.model);
-        let s = m.spec();
-        let (h, kvd) = (s.hidden_size, s.kv_dim());
-        let a = &m.layers[li].self_attn;
         let (kt, vt) = (&self.k_gather[0], &self.v_gather[0]);
-        be.gemm(xs, 0, &a.k_proj, 0, kt, 0, r, kvd, h).at(li)?;
-        be.gemm(xs, 0, &a.v_proj, 0, vt, 0, r, kvd, h).at(li)?;
-        be.rope(kt, 0, &self.ramp, 0, self.k_rope(r)).at(li)?;
+        project(
+            be,
+            m,
+            li,
+            Proj::K,
+            (xs, 0),
+            (kt, 0),
+            r,
+            Some((&self.ramp, 0)),
+        )?;
+        project(be, m, li, Proj::V, (xs, 0), (vt, 0), r, None)?;
         self.store_rows(li, seq, kt, vt, 0, r)
     }
 
@@ -275,7 +273,7 @@ impl PagedEngine<'_> {
     pub(super) fn finish_prefixes(&mut self, li: usize, rec: &Recompute) -> Result<()> {
         let (be, m) = (self.be, self.model);
         let s = m.spec();
-        let (h, kvd) = (s.hidden_size, s.kv_dim());
+        let kvd = s.kv_dim();
         let p = li % 2;
         if let Some(ev) = self.stage_ready[p].take() {
             be.wait(Stream::Compute, &ev).at(li)?;
@@ -285,12 +283,11 @@ impl PagedEngine<'_> {
             return Ok(());
         }
         let (xs, t) = (&self.x_stage[p], &self.recomputed);
-        let a = &m.layers[li].self_attn;
-        be.gemm(xs, 0, &a.k_proj, 0, t, 0, r, kvd, h).at(li)?;
-        be.rope(t, 0, &self.step, rec.pos, self.k_rope(r)).at(li)?;
+        let pos = Some((&self.step, rec.pos));
+        project(be, m, li, Proj::K, (xs, 0), (t, 0), r, pos)?;
         be.scatter_rows(t, 0, &self.k_gather[p], &self.step, rec.dst, r, kvd)
             .at(li)?;
-        be.gemm(xs, 0, &a.v_proj, 0, t, 0, r, kvd, h).at(li)?;
+        project(be, m, li, Proj::V, (xs, 0), (t, 0), r, None)?;
         be.scatter_rows(t, 0, &self.v_gather[p], &self.step, rec.dst, r, kvd)
             .at(li)?;
         self.counters.tokens_recomputed += r as u64;

@@ -35,7 +35,8 @@ use std::collections::HashMap;
 
 use kernels::{Backend, DeviceBuf, Event, HostBuf, IdBuf, Stream};
 
-use crate::executor::{attn_shape, head, rope_shape, Activations};
+use crate::executor::{attn_shape, head, Activations};
+use crate::layer::{project, Proj};
 
 mod evict;
 use crate::model::Model;
@@ -316,7 +317,7 @@ impl<'a> PagedEngine<'a> {
     pub fn prefill(&mut self, id: usize, tokens: &[u32]) -> Result<u32> {
         let (be, m) = (self.be, self.model);
         let s = m.spec();
-        let (h, qd, kvd, bs) = (s.hidden_size, s.q_dim(), s.kv_dim(), self.cfg.block_size);
+        let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
         let p = tokens.len();
         self.check_request(id, p)?;
         if p == 0 {
@@ -354,22 +355,14 @@ impl<'a> PagedEngine<'a> {
         let ids = be.alloc_ids(p)?;
         be.write_ids(&ids, 0, tokens)?;
         be.embedding(&m.embed_tokens, &ids, 0, hidden, p, h)?;
-        let (eps, theta, inter) = (
-            s.norm_eps as f32,
-            s.rope_theta as f32,
-            m.config.rope.interleaved(),
-        );
+        let eps = s.norm_eps as f32;
         for (li, l) in m.layers.iter().enumerate() {
-            let a = &l.self_attn;
             be.rmsnorm(hidden, &l.input_layernorm, xn, p, h, eps)
                 .at(li)?;
-            be.gemm(xn, 0, &a.q_proj, 0, q, 0, p, qd, h).at(li)?;
-            be.gemm(xn, 0, &a.k_proj, 0, &kt, 0, p, kvd, h).at(li)?;
-            be.gemm(xn, 0, &a.v_proj, 0, &vt, 0, p, kvd, h).at(li)?;
-            let rq = rope_shape(p, qd, s.n_heads, s.head_dim, theta, inter);
-            be.rope(q, 0, &self.ramp, 0, rq).at(li)?;
-            let rk = rope_shape(p, kvd, s.n_kv_heads, s.head_dim, theta, inter);
-            be.rope(&kt, 0, &self.ramp, 0, rk).at(li)?;
+            let pos = Some((&self.ramp, 0));
+            project(be, m, li, Proj::Q, (xn, 0), (q, 0), p, pos)?;
+            project(be, m, li, Proj::K, (xn, 0), (&kt, 0), p, pos)?;
+            project(be, m, li, Proj::V, (xn, 0), (&vt, 0), p, None)?;
             let shape = attn_shape(s, 1, p, 0, p);
             be.attention(q, &kt, &vt, att, shape).at(li)?;
             self.store_rows(li, &seq, &kt, &vt, 0, p)?;
@@ -437,7 +430,7 @@ impl<'a> PagedEngine<'a> {
     pub fn decode(&mut self, batch: &[(usize, usize)]) -> Result<Vec<u32>> {
         let (be, m) = (self.be, self.model);
         let s = m.spec();
-        let (h, qd, kvd, bs) = (s.hidden_size, s.q_dim(), s.kv_dim(), self.cfg.block_size);
+        let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
         let b = batch.len();
         if b == 0 {
             return Ok(Vec::new());
@@ -540,11 +533,7 @@ impl<'a> PagedEngine<'a> {
             let before = be.record(Stream::Compute)?;
             be.wait(Stream::Copy, &before)?;
         }
-        let (eps, theta, inter) = (
-            s.norm_eps as f32,
-            s.rope_theta as f32,
-            m.config.rope.interleaved(),
-        );
+        let eps = s.norm_eps as f32;
         be.embedding(&m.embed_tokens, &self.step, 0, &self.act.hidden, b, h)?;
         let esz = be.dtype().bytes() as u64;
         let nl = m.layers.len();
@@ -557,20 +546,13 @@ impl<'a> PagedEngine<'a> {
         for li in 0..nl {
             let g = li % 2;
             let l = &m.layers[li];
-            let a = &l.self_attn;
             let xn = &self.xn[li % self.xn.len()];
             be.rmsnorm(&self.act.hidden, &l.input_layernorm, xn, b, h, eps)
                 .at(li)?;
-            be.gemm(xn, 0, &a.q_proj, 0, &self.act.q, 0, b, qd, h)
-                .at(li)?;
-            be.gemm(xn, 0, &a.k_proj, 0, &self.k_new, 0, b, kvd, h)
-                .at(li)?;
-            be.gemm(xn, 0, &a.v_proj, 0, &self.v_new, 0, b, kvd, h)
-                .at(li)?;
-            let rq = rope_shape(b, qd, s.n_heads, s.head_dim, theta, inter);
-            be.rope(&self.act.q, 0, &self.step, pos_off, rq).at(li)?;
-            let rk = rope_shape(b, kvd, s.n_kv_heads, s.head_dim, theta, inter);
-            be.rope(&self.k_new, 0, &self.step, pos_off, rk).at(li)?;
+            let pos = Some((&self.step, pos_off));
+            project(be, m, li, Proj::Q, (xn, 0), (&self.act.q, 0), b, pos)?;
+            project(be, m, li, Proj::K, (xn, 0), (&self.k_new, 0), b, pos)?;
+            project(be, m, li, Proj::V, (xn, 0), (&self.v_new, 0), b, None)?;
             // Each row's new K/V into its block, one call per kind.
             be.scatter_rows(
                 &self.k_new,
