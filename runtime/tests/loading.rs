@@ -164,7 +164,7 @@ fn smollm2_loads_and_tokenizes() {
     let ids = tk.encode(text).unwrap();
     assert_eq!(ids.len(), 5, "{ids:?}");
     assert_eq!(tk.decode(&ids).unwrap(), text);
-    assert!(tk.eos_token_id.is_some());
+    assert!(!tk.eos_token_ids.is_empty());
     let spec = plans::ModelSpec::from_gguf(match &src {
         ModelSource::Gguf(p) => p,
         _ => unreachable!(),

@@ -86,15 +86,18 @@ pub fn smollm2() -> Option<PathBuf> {
     }
 }
 
-/// Every tensor of `w` under its Hugging Face name, `[out, in]`.
+/// Every tensor of `w` under its Hugging Face name, `[out, in]`, in the
+/// order a checkpoint lists them: the optional ones (q/k/v/o and MLP biases,
+/// Qwen3's q/k norms) wherever `w` has them.
 pub fn named(w: &Weights) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let s = &w.config.spec;
-    let (h, q, kv, f, v) = (
+    let (h, q, kv, f, v, d) = (
         s.hidden_size,
         s.q_dim(),
         s.kv_dim(),
         s.intermediate_size,
         s.vocab_size,
+        s.head_dim,
     );
     let mut out = vec![(
         "model.embed_tokens.weight".to_string(),
@@ -105,51 +108,43 @@ pub fn named(w: &Weights) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let p = format!("model.layers.{i}");
         let a = &b.self_attn;
         let m = &b.mlp;
-        out.push((
-            format!("{p}.input_layernorm.weight"),
+        let mut push = |name: &str, shape: Vec<usize>, data: &Vec<f32>| {
+            out.push((format!("{p}.{name}"), shape, data.clone()));
+        };
+        push("input_layernorm.weight", vec![h], &b.input_layernorm);
+        push("self_attn.q_proj.weight", vec![q, h], &a.q_proj);
+        push("self_attn.k_proj.weight", vec![kv, h], &a.k_proj);
+        push("self_attn.v_proj.weight", vec![kv, h], &a.v_proj);
+        push("self_attn.o_proj.weight", vec![h, q], &a.o_proj);
+        for (name, len, t) in [
+            ("self_attn.q_proj.bias", q, &a.q_bias),
+            ("self_attn.k_proj.bias", kv, &a.k_bias),
+            ("self_attn.v_proj.bias", kv, &a.v_bias),
+            ("self_attn.o_proj.bias", h, &a.o_bias),
+            ("self_attn.q_norm.weight", d, &a.q_norm),
+            ("self_attn.k_norm.weight", d, &a.k_norm),
+        ] {
+            if let Some(t) = t {
+                push(name, vec![len], t);
+            }
+        }
+        push(
+            "post_attention_layernorm.weight",
             vec![h],
-            b.input_layernorm.clone(),
-        ));
-        out.push((
-            format!("{p}.self_attn.q_proj.weight"),
-            vec![q, h],
-            a.q_proj.clone(),
-        ));
-        out.push((
-            format!("{p}.self_attn.k_proj.weight"),
-            vec![kv, h],
-            a.k_proj.clone(),
-        ));
-        out.push((
-            format!("{p}.self_attn.v_proj.weight"),
-            vec![kv, h],
-            a.v_proj.clone(),
-        ));
-        out.push((
-            format!("{p}.self_attn.o_proj.weight"),
-            vec![h, q],
-            a.o_proj.clone(),
-        ));
-        out.push((
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![h],
-            b.post_attention_layernorm.clone(),
-        ));
-        out.push((
-            format!("{p}.mlp.gate_proj.weight"),
-            vec![f, h],
-            m.gate_proj.clone(),
-        ));
-        out.push((
-            format!("{p}.mlp.up_proj.weight"),
-            vec![f, h],
-            m.up_proj.clone(),
-        ));
-        out.push((
-            format!("{p}.mlp.down_proj.weight"),
-            vec![h, f],
-            m.down_proj.clone(),
-        ));
+            &b.post_attention_layernorm,
+        );
+        push("mlp.gate_proj.weight", vec![f, h], &m.gate_proj);
+        push("mlp.up_proj.weight", vec![f, h], &m.up_proj);
+        push("mlp.down_proj.weight", vec![h, f], &m.down_proj);
+        for (name, len, t) in [
+            ("mlp.gate_proj.bias", f, &m.gate_bias),
+            ("mlp.up_proj.bias", f, &m.up_bias),
+            ("mlp.down_proj.bias", h, &m.down_bias),
+        ] {
+            if let Some(t) = t {
+                push(name, vec![len], t);
+            }
+        }
     }
     out.push(("model.norm.weight".to_string(), vec![h], w.norm.clone()));
     if let Some(head) = &w.lm_head {
@@ -158,11 +153,12 @@ pub fn named(w: &Weights) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     out
 }
 
-/// Writes `w` as a Hugging Face directory (config.json + model.safetensors).
+/// Writes `w` as a Hugging Face directory (config.json + model.safetensors):
+/// its shape, `model_type` and bias flags (not RoPE scaling or a window).
 pub fn write_hf_dir(w: &Weights, dir: &Path) {
     let s = &w.config.spec;
     let cfg = serde_json::json!({
-        "model_type": "llama",
+        "model_type": s.arch.kind.name(),
         "hidden_size": s.hidden_size,
         "num_attention_heads": s.n_heads,
         "num_key_value_heads": s.n_kv_heads,
@@ -174,6 +170,8 @@ pub fn write_hf_dir(w: &Weights, dir: &Path) {
         "rope_theta": s.rope_theta,
         "rms_norm_eps": s.norm_eps,
         "tie_word_embeddings": s.tie_embeddings,
+        "attention_bias": s.arch.o_bias,
+        "mlp_bias": s.arch.mlp_bias,
     });
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let tensors: Vec<(String, Tensor)> = named(w)
@@ -189,9 +187,11 @@ pub fn write_hf_dir(w: &Weights, dir: &Path) {
     .unwrap();
 }
 
-/// llama.cpp's Q/K row permutation: rotate_half pairs `(i, i+d/2)` become
-/// interleaved pairs `(2i, 2i+1)`.
-fn permute_rows(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+/// llama.cpp's Q/K row permutation (`LlamaModel.permute` of
+/// convert_hf_to_gguf.py): within each head, rotate_half pairs `(i, i+d/2)`
+/// become interleaved pairs `(2i, 2i+1)`. `cols` is 1 for a bias.
+pub fn permute_rows(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(data.len(), n_heads * head_dim * cols);
     let mut out = vec![0f32; data.len()];
     let half = head_dim / 2;
     for hh in 0..n_heads {
@@ -207,59 +207,299 @@ fn permute_rows(data: &[f32], n_heads: usize, head_dim: usize, cols: usize) -> V
     out
 }
 
-/// Writes `w` (rotate_half convention) as a llama.cpp-style GGUF, matrices in
-/// `dtype` where their rows allow it (f32 otherwise).
-pub fn write_gguf(w: &Weights, path: &Path, dtype: GgmlDType) {
+/// One tensor of a GGUF being written: its llama.cpp name, row-major shape,
+/// f32 values and the GGML type it is stored in.
+pub struct GgufTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    pub dtype: GgmlDType,
+}
+
+/// A GGUF file before it is written: metadata and tensors, both editable
+/// (tests add keys and tensors a converter would write, or should not).
+pub struct Gguf {
+    pub metadata: Vec<(String, gguf_file::Value)>,
+    pub tensors: Vec<GgufTensor>,
+}
+
+impl Gguf {
+    /// Sets (or replaces) a metadata key.
+    pub fn set(&mut self, key: &str, value: gguf_file::Value) {
+        self.metadata.retain(|(k, _)| k != key);
+        self.metadata.push((key.to_string(), value));
+    }
+
+    /// Removes a metadata key.
+    pub fn remove(&mut self, key: &str) {
+        self.metadata.retain(|(k, _)| k != key);
+    }
+
+    /// Adds a tensor (stored as `dtype`).
+    pub fn add_tensor(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>, dtype: GgmlDType) {
+        self.tensors.push(GgufTensor {
+            name: name.to_string(),
+            shape,
+            data,
+            dtype,
+        });
+    }
+
+    /// The tensor named `name`.
+    pub fn tensor_mut(&mut self, name: &str) -> &mut GgufTensor {
+        self.tensors
+            .iter_mut()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+    }
+
+    /// Adds the GGUF form of a Hugging Face directory's byte-level BPE
+    /// tokenizer, as llama.cpp's converter writes it for a `gpt2` vocabulary:
+    /// tokens by id, merges as `"a b"`, token types (3 = control for the
+    /// special added tokens, 1 = normal), BOS/EOS ids and `add_bos_token`
+    /// from `tokenizer_config.json` / `config.json`.
+    pub fn add_tokenizer(&mut self, hf_dir: &Path) {
+        use gguf_file::Value;
+        let read = |f: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(hf_dir.join(f)).unwrap()).unwrap()
+        };
+        let tj = read("tokenizer.json");
+        let model = &tj["model"];
+        assert_eq!(model["type"], "BPE", "a byte-level BPE tokenizer.json");
+        let mut by_id: Vec<(u64, String)> = model["vocab"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(t, id)| (id.as_u64().unwrap(), t.clone()))
+            .collect();
+        let mut special = std::collections::HashSet::new();
+        for t in tj["added_tokens"].as_array().unwrap() {
+            let id = t["id"].as_u64().unwrap();
+            if !by_id.iter().any(|(i, _)| *i == id) {
+                by_id.push((id, t["content"].as_str().unwrap().to_string()));
+            }
+            if t["special"].as_bool() == Some(true) {
+                special.insert(id);
+            }
+        }
+        by_id.sort();
+        for (i, (id, _)) in by_id.iter().enumerate() {
+            assert_eq!(*id, i as u64, "token ids are dense");
+        }
+        let merges: Vec<Value> = model["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => Value::String(s.clone()),
+                serde_json::Value::Array(p) => Value::String(format!(
+                    "{} {}",
+                    p[0].as_str().unwrap(),
+                    p[1].as_str().unwrap()
+                )),
+                other => panic!("merge {other}"),
+            })
+            .collect();
+        let types: Vec<Value> = by_id
+            .iter()
+            .map(|(id, _)| Value::I32(if special.contains(id) { 3 } else { 1 }))
+            .collect();
+        let tokens: Vec<Value> = by_id.into_iter().map(|(_, t)| Value::String(t)).collect();
+        let cfg = read("config.json");
+        let tk_cfg = read("tokenizer_config.json");
+        self.set("tokenizer.ggml.model", Value::String("gpt2".into()));
+        self.set("tokenizer.ggml.pre", Value::String("gpt-2".into()));
+        self.set("tokenizer.ggml.tokens", Value::Array(tokens));
+        self.set("tokenizer.ggml.token_type", Value::Array(types));
+        self.set("tokenizer.ggml.merges", Value::Array(merges));
+        if let Some(id) = cfg["bos_token_id"].as_u64() {
+            self.set("tokenizer.ggml.bos_token_id", Value::U32(id as u32));
+        }
+        if let Some(id) = cfg["eos_token_id"].as_u64() {
+            self.set("tokenizer.ggml.eos_token_id", Value::U32(id as u32));
+        }
+        self.set(
+            "tokenizer.ggml.add_bos_token",
+            Value::Bool(tk_cfg["add_bos_token"].as_bool() == Some(true)),
+        );
+    }
+
+    /// Writes the file (candle's writer: GGUF version 2, 32-byte alignment).
+    pub fn write(&self, path: &Path) {
+        let tensors: Vec<(&str, QTensor)> = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let x = Tensor::from_vec(t.data.clone(), t.shape.clone(), &Device::Cpu).unwrap();
+                let q = QTensor::quantize(&x, t.dtype)
+                    .unwrap_or_else(|e| panic!("{} as {:?}: {e}", t.name, t.dtype));
+                (t.name.as_str(), q)
+            })
+            .collect();
+        let mut f = std::fs::File::create(path).unwrap();
+        let md_refs: Vec<(&str, &gguf_file::Value)> =
+            self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+        gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
+    }
+}
+
+/// `w` (rotate_half convention, Hugging Face names) as llama.cpp's
+/// convert_hf_to_gguf.py writes it for architecture `arch` (`llama`,
+/// `qwen2` or `qwen3`): the `{arch}.*` hyperparameters, tensors under their
+/// GGUF names, and for `llama` only the Q/K weight rows and the q/k biases
+/// permuted into interleaved pairs. Matrices are stored as `dtype` where
+/// their rows are whole blocks of it (f32 otherwise); 1-D tensors (norms,
+/// biases) stay f32, as llama.cpp keeps them.
+pub fn gguf_of(w: &Weights, arch: &str, dtype: GgmlDType) -> Gguf {
     use gguf_file::Value;
     let s = &w.config.spec;
-    let md: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("llama".into())),
-        ("general.name", Value::String("synthetic".into())),
-        ("llama.embedding_length", Value::U32(s.hidden_size as u32)),
-        ("llama.attention.head_count", Value::U32(s.n_heads as u32)),
+    let k = |name: &str| format!("{arch}.{name}");
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.name".into(), Value::String("synthetic".into())),
+        (k("context_length"), Value::U32(s.max_context as u32)),
+        (k("embedding_length"), Value::U32(s.hidden_size as u32)),
+        (k("block_count"), Value::U32(s.n_layers as u32)),
         (
-            "llama.attention.head_count_kv",
-            Value::U32(s.n_kv_heads as u32),
-        ),
-        ("llama.block_count", Value::U32(s.n_layers as u32)),
-        (
-            "llama.feed_forward_length",
+            k("feed_forward_length"),
             Value::U32(s.intermediate_size as u32),
         ),
-        ("llama.context_length", Value::U32(s.max_context as u32)),
-        ("llama.rope.dimension_count", Value::U32(s.head_dim as u32)),
-        ("llama.rope.freq_base", Value::F32(s.rope_theta as f32)),
+        (k("attention.head_count"), Value::U32(s.n_heads as u32)),
         (
-            "llama.attention.layer_norm_rms_epsilon",
+            k("attention.head_count_kv"),
+            Value::U32(s.n_kv_heads as u32),
+        ),
+        (k("rope.dimension_count"), Value::U32(s.head_dim as u32)),
+        (k("rope.freq_base"), Value::F32(s.rope_theta as f32)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
             Value::F32(s.norm_eps as f32),
         ),
     ];
-    let tensors: Vec<(String, QTensor)> = named(w)
+    if s.head_dim * s.n_heads != s.hidden_size {
+        metadata.push((k("attention.key_length"), Value::U32(s.head_dim as u32)));
+        metadata.push((k("attention.value_length"), Value::U32(s.head_dim as u32)));
+    }
+    // What convert_hf_to_gguf.py writes for a scaled RoPE and a window.
+    let mut extra = Vec::new();
+    match &s.arch.rope_scaling {
+        None => {}
+        Some(plans::RopeScaling::Linear { factor }) => {
+            metadata.push((k("rope.scaling.type"), Value::String("linear".into())));
+            metadata.push((k("rope.scaling.factor"), Value::F32(*factor as f32)));
+        }
+        Some(r @ plans::RopeScaling::Llama3 { .. }) => {
+            // `rope_freqs.weight`: one divisor per frequency, base / scaled.
+            let (base, _) = plans::RopeScaling::inv_freq(None, s.rope_theta, s.head_dim);
+            let (scaled, _) = plans::RopeScaling::inv_freq(Some(r), s.rope_theta, s.head_dim);
+            let factors: Vec<f32> = base.iter().zip(&scaled).map(|(b, x)| b / x).collect();
+            extra.push(GgufTensor {
+                name: "rope_freqs.weight".into(),
+                shape: vec![factors.len()],
+                data: factors,
+                dtype: GgmlDType::F32,
+            });
+        }
+        Some(plans::RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            ..
+        }) => {
+            metadata.push((k("rope.scaling.type"), Value::String("yarn".into())));
+            metadata.push((k("rope.scaling.factor"), Value::F32(*factor as f32)));
+            metadata.push((
+                k("rope.scaling.original_context_length"),
+                Value::U32(*original_max_position_embeddings as u32),
+            ));
+        }
+        Some(plans::RopeScaling::FreqFactors) => {
+            panic!("weights read from a GGUF with rope_freqs: write the factors yourself")
+        }
+    }
+    if let Some(win) = s.arch.sliding_window {
+        metadata.push((k("attention.sliding_window"), Value::U32(win as u32)));
+    }
+    let permute = arch == "llama";
+    let mut tensors: Vec<GgufTensor> = named(w)
         .into_iter()
         .map(|(n, shape, data)| {
-            let data = if n.ends_with("q_proj.weight") {
-                permute_rows(&data, s.n_heads, s.head_dim, shape[1])
-            } else if n.ends_with("k_proj.weight") {
-                permute_rows(&data, s.n_kv_heads, s.head_dim, shape[1])
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            let data = if permute && (n.ends_with("q_proj.weight") || n.ends_with("q_proj.bias")) {
+                permute_rows(&data, s.n_heads, s.head_dim, cols)
+            } else if permute && (n.ends_with("k_proj.weight") || n.ends_with("k_proj.bias")) {
+                permute_rows(&data, s.n_kv_heads, s.head_dim, cols)
             } else {
                 data
             };
-            let t = Tensor::from_vec(data, shape.clone(), &Device::Cpu).unwrap();
             let dt = if shape.len() == 2 && shape[1] % dtype.block_size() == 0 {
                 dtype
             } else {
                 GgmlDType::F32
             };
-            (
-                runtime::gguf_name(&n).expect("a Llama tensor name"),
-                QTensor::quantize(&t, dt).unwrap(),
-            )
+            GgufTensor {
+                name: runtime::gguf_name(&n).expect("a Llama tensor name"),
+                shape,
+                data,
+                dtype: dt,
+            }
         })
         .collect();
-    let mut f = std::fs::File::create(path).unwrap();
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
+    tensors.extend(extra);
+    Gguf { metadata, tensors }
+}
+
+/// Writes `w` (rotate_half convention) as a llama.cpp-style `llama` GGUF,
+/// matrices in `dtype` where their rows allow it (f32 otherwise).
+pub fn write_gguf(w: &Weights, path: &Path, dtype: GgmlDType) {
+    gguf_of(w, "llama", dtype).write(path)
+}
+
+/// Sets the GGML type id of tensor `name` in a written GGUF file in place
+/// (for types candle cannot write: the header then announces that type).
+pub fn patch_tensor_type(path: &Path, name: &str, type_id: u32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    // A tensor info: u64 name length, the name, u32 n_dims, u64 dims, u32 type.
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_slice())
+        .unwrap_or_else(|| panic!("no tensor {name} in {}", path.display()));
+    let n_dims_at = at + key.len();
+    let n_dims = u32::from_le_bytes(bytes[n_dims_at..n_dims_at + 4].try_into().unwrap());
+    let ty_at = n_dims_at + 4 + 8 * n_dims as usize;
+    bytes[ty_at..ty_at + 4].copy_from_slice(&type_id.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Prefill `prompt`, then feed `tokens` one at a time (teacher forcing),
+/// everything resident: the logits of the prompt's last position and after
+/// each token but the last (one row per token of `tokens`).
+pub fn resident_forced(
+    be: &Backend,
+    model: &Model,
+    prompt: &[u32],
+    tokens: &[u32],
+) -> Vec<Vec<f32>> {
+    let cap = prompt.len() + tokens.len() + 1;
+    let mut ex = Executor::new(be, model, StoreLayout::all_resident(cap), 1, cap).unwrap();
+    ex.prefill(prompt, prompt.len()).unwrap();
+    let mut logits = vec![ex.logits().unwrap()];
+    for (i, &next) in tokens[..tokens.len().saturating_sub(1)].iter().enumerate() {
+        let s = prompt.len() + i;
+        ex.set_ids(&[next]).unwrap();
+        ex.step(Split {
+            g: s,
+            l: 0,
+            s,
+            chunks: 1,
+        })
+        .unwrap();
+        ex.finish_step().unwrap().unwrap();
+        logits.push(ex.logits().unwrap());
+    }
+    logits
 }
 
 /// `max |a - b| / max |b|`.
