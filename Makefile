@@ -7,7 +7,7 @@ NVRTC_LIB := $(KVPR_CACHE)/cuda-13.0/nvidia/cu13/lib
 KVPR := ./target/release/kvpr
 DEMO := target/demo
 
-.PHONY: demo test build model nvrtc lint bench fuzz bench-overflow study-overflow
+.PHONY: demo test build model nvrtc lint bench fuzz bench-overflow study-overflow bench-load
 build:
 	$(CARGO) build --release
 
@@ -75,3 +75,9 @@ study-overflow: build
 	$(KVPR) overflow $(OVERFLOW_ARGS) --requests 16 --input-len 64 --output-len 320 \
 	    --block-size 8,16,32 --kv-memory-fraction 0.3,0.5,0.75 --csv $(OVERFLOW)/study/telemetry.csv \
 	    --json $(OVERFLOW)/study/summary.json --plot $(OVERFLOW)/study
+
+# Loading a random checkpoint of a 1B shape stored in bf16 (written once into
+# target/bench-load): load time against a plain read of the same files, and
+# peak RSS against the checkpoint's size.
+bench-load: build
+	python3 scripts/bench-load.py --kvpr $(KVPR) --out target/bench-load

@@ -20,6 +20,11 @@
 #      compared token for token (run-cuda.json, run-cpu.json)
 #   g. kvpr overflow, Llama-2-7B shape, f16, every policy at 0.5 and 0.8 of the K/V memory
 #      beside the unpressured run (overflow.json/.csv, overflow/*.svg)
+#   j. loading a random 1B-shape bf16 checkpoint (written here by Python, in /tmp) on cuda:0
+#      in bf16: load rate against a plain read, peak RSS against the checkpoint (load/)
+#   i. every transformers fixture of tests/fixtures/hf (Llama, Llama-3.1/YaRN/linear
+#      RoPE, biases, Qwen2, Qwen3, Mistral's window) run on cuda:0 in f32 (must give
+#      transformers' tokens) and bf16 (agreement reported) (families.md)
 #   h. OUTDIR/summary.md, printed last.
 # A failing section does not stop the others; the script exits 1 if any
 # section failed or was skipped, 2 on bad usage.
@@ -57,6 +62,8 @@ B_BENCH=${BUDGET_BENCH:-200}
 B_PEER=${BUDGET_PEER:-100}
 B_RUN=${BUDGET_RUN:-20}              # per device (and the CPU profile they plan with)
 B_OVERFLOW=${BUDGET_OVERFLOW:-160}
+B_FAMILIES=${BUDGET_FAMILIES:-120}   # all fixtures, both dtypes
+B_LOAD=${BUDGET_LOAD:-150}           # writing the 2.5 GB checkpoint, then one load
 # Serving under KV overflow on the GPU: requests x input x output tokens, and
 # the shares of the workload's K/V that the cache holds (on an H200 this took
 # 116 s, 10 s of it loading the weights; bench/results/2026-11-26-h200-overflow.md).
@@ -421,6 +428,84 @@ section_run() {
   fi
 }
 
+# ------------------------------------------------------------ i. model families
+# The tiny checkpoints transformers wrote travel with the repository: each runs
+# on cuda:0 in f32 (transformers' tokens, exactly) and in bf16 (tokens that
+# agree, reported: bf16 rounding may flip a near tie).
+section_families() {
+  local dir="$ROOT/tests/fixtures/hf" md="$OUT/families.md" hw="" f
+  for f in "$OUT/hardware.json" "${CHECK_HARDWARE:-}"; do
+    if [[ -n $f && -f $f ]]; then
+      hw=$f
+      break
+    fi
+  done
+  if [[ ! -d $dir ]]; then
+    record families SKIPPED "no $dir"
+    return
+  fi
+  {
+    echo "| fixture | dtype | status | tokens agreeing with transformers |"
+    echo "|---|---|---|---:|"
+  } >"$md"
+  local bad=0 n=0 name dt prof
+  for f in "$dir"/*/expected.json; do
+    name=$(basename "$(dirname "$f")")
+    [[ $name == dynamic-rope ]] && continue # refused by name (see the README)
+    for dt in f32 bf16; do
+      prof="$ROOT/plans/hardware/cpu-reference.json"
+      if [[ $dt == bf16 ]]; then
+        [[ -n $hw ]] || continue
+        prof=$hw
+      fi
+      local js="$OUT/families-$name-$dt.json"
+      local prompt
+      prompt=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["prompt"])' "$f")
+      kvpr_step "families-$name-$dt" 20 run --model "$dir/$name" --device cuda:0 --dtype "$dt" \
+        --hardware "$prof" --prompt "$prompt" --max-new-tokens 16 --ignore-eos --summary-json "$js"
+      n=$((n + 1))
+      local agree="-"
+      if [[ $STATUS == ok ]]; then
+        agree=$("$PY" -c 'import json,sys
+e=json.load(open(sys.argv[1]))["tokens"]; g=json.load(open(sys.argv[2]))["tokens"][0]
+print(sum(a==b for a,b in zip(e,g)), "/", len(e), sep="")' "$f" "$js" 2>&1) || agree="unreadable"
+        if [[ $dt == f32 && $agree != 16/16 ]]; then STATUS=FAILED; fi
+      fi
+      [[ $STATUS == ok ]] || bad=$((bad + 1))
+      echo "| $name | $dt | $STATUS | $agree |" >>"$md"
+    done
+  done
+  if ((bad == 0)); then
+    record families ok "$n runs; f32 = transformers' tokens on every fixture (families.md)"
+  else
+    record families FAILED "$bad of $n runs not ok (families.md)"
+  fi
+}
+
+# ------------------------------------------------------------ j. loading
+# Loading for a 16-bit device: the targets are a load rate of at least 0.7 of
+# a plain read of the files and a peak RSS of at most 1.3x the checkpoint.
+section_load() {
+  local hw="" f
+  for f in "$OUT/hardware.json" "${CHECK_HARDWARE:-}"; do
+    if [[ -n $f && -f $f ]]; then
+      hw=$f
+      break
+    fi
+  done
+  if [[ -z $hw ]]; then
+    record load SKIPPED "needs a GPU profile (calibrate section or CHECK_HARDWARE) for the bf16 run's plan"
+    return
+  fi
+  py_step load "$B_LOAD" "$ROOT/scripts/bench-load.py" --kvpr "$KVPR" --out "$OUT/load" \
+    --cache "${TMPDIR:-/tmp}/kvpr-bench-load" --device cuda:0 --hardware "$hw"
+  if [[ $STATUS == ok ]]; then
+    record load ok "$(grep -m2 '^| load rate\|^| peak RSS' "$OUT/load.log" | tr '\n' ' ' | cut -c1-200)"
+  else
+    record load "$STATUS" "$(why "$OUT/load.log")"
+  fi
+}
+
 # ------------------------------------------------------------ g. overflow
 section_overflow() {
   local hw="$OUT/hardware.json"
@@ -465,9 +550,9 @@ section_headline() {
 }
 
 # Each section runs whatever happened before it; none can stop the script.
-for s in ${CHECK_SECTIONS:-identity selftest calibrate bench peer run overflow headline}; do
+for s in ${CHECK_SECTIONS:-identity selftest calibrate bench peer run overflow families load headline}; do
   if ! declare -F "section_$s" >/dev/null; then
-    echo "CHECK_SECTIONS: no section '$s' (identity selftest calibrate bench peer run overflow headline)" >&2
+    echo "CHECK_SECTIONS: no section '$s' (identity selftest calibrate bench peer run overflow families load headline)" >&2
     exit 2
   fi
   "section_$s" || record "$s" FAILED "internal error in section_$s (exit $?)"
