@@ -22,6 +22,11 @@ pub(crate) trait Device: Send + Sync {
 
     fn alloc(&self, len: usize) -> Result<BufInner>;
     fn upload(&self, data: &[f32]) -> Result<BufInner>;
+    /// [`Device::upload`] of a vector the caller gives up (the CPU backend
+    /// keeps it as it is instead of copying it).
+    fn upload_owned(&self, data: Vec<f32>) -> Result<BufInner> {
+        self.upload(&data)
+    }
     fn download(&self, buf: &BufInner, off: usize, len: usize) -> Result<Vec<f32>>;
     fn alloc_ids(&self, len: usize) -> Result<IdInner>;
     fn write_ids(&self, dst: &IdInner, off: usize, ids: &[u32]) -> Result<()>;

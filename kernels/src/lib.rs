@@ -385,6 +385,15 @@ impl Backend {
         })
     }
 
+    /// [`Backend::upload`] of a vector the caller gives up: the CPU backend
+    /// keeps it without a copy (loading a model holds one copy of a tensor,
+    /// not two).
+    pub fn upload_vec(&self, data: Vec<f32>) -> Result<DeviceBuf> {
+        let len = data.len();
+        let inner = self.dev.upload_owned(data)?;
+        Ok(DeviceBuf { len, inner })
+    }
+
     /// Elements `off..off+len` of `buf` as f32, after every stream has finished.
     pub fn download(&self, buf: &DeviceBuf, off: usize, len: usize) -> Result<Vec<f32>> {
         self.range("download", "buffer", off, len, buf.len)?;

@@ -797,3 +797,16 @@ fn sampling_stays_in_the_top_k_and_the_nucleus_and_draws_every_candidate() {
     assert_eq!(draw(4), draw(4));
     assert_ne!(draw(4), draw(5));
 }
+
+#[test]
+fn upload_vec_holds_what_upload_holds() {
+    let be = Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap();
+    let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let a = be.upload(&data).unwrap();
+    let b = be.upload_vec(data.clone()).unwrap();
+    assert_eq!(b.len(), data.len());
+    assert_eq!(
+        be.download(&a, 0, 1000).unwrap(),
+        be.download(&b, 0, 1000).unwrap()
+    );
+}

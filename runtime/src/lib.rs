@@ -9,6 +9,7 @@
 //! panics across its API on user input: every failure is a [`RuntimeError`]
 //! naming the file, tensor, layer or shape.
 
+mod checkpoint;
 mod error;
 mod executor;
 mod generate;

@@ -48,7 +48,7 @@ impl Model {
         let (mut src, mut config) = TensorSource::open(source)?;
         let tokenizer = src.tokenizer(&config)?;
         check_upload_memory(&config, backend)?;
-        let mut upload = |v: Vec<f32>| -> Result<DeviceBuf> { Ok(backend.upload(&v)?) };
+        let mut upload = |v: Vec<f32>| -> Result<DeviceBuf> { Ok(backend.upload_vec(v)?) };
         let (t, factors) = Layers::load(&mut src, &config, &mut upload, progress)?;
         config.apply_freq_factors(factors.as_deref())?;
         Self::assemble(config, tokenizer, t, backend)

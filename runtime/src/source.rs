@@ -8,11 +8,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType};
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use plans::{ArchKind, Family, GgufHeader, ModelSource, ModelSpec, RopeScaling};
 use rand::{Rng, SeedableRng};
 
+use crate::checkpoint::Checkpoint;
 use crate::{Result, RuntimeError, Tokenizer};
 
 /// How a checkpoint's Q/K projections pair the dimensions RoPE rotates.
@@ -117,7 +117,7 @@ pub(crate) enum Init {
 /// Where a model's tensors come from: a GGUF file, safetensors, or seeded random weights.
 enum WeightFormat {
     Gguf { header: GgufHeader, file: File },
-    Safetensors { files: MmapedSafetensors },
+    Safetensors { files: Checkpoint },
     Synthetic { seed: u64 },
 }
 
@@ -154,7 +154,7 @@ impl TensorSource {
             ModelSource::HfDir(dir) => {
                 let spec = ModelSpec::from_hf_config(&dir.join("config.json"))?;
                 let cfg = Config::new(spec, RopeStyle::Halves, dir)?;
-                let files = open_safetensors_dir(dir)?;
+                let files = Checkpoint::open(dir)?;
                 Ok((
                     TensorSource::new(path, WeightFormat::Safetensors { files }),
                     cfg,
@@ -184,7 +184,7 @@ impl TensorSource {
             WeightFormat::Gguf { header, .. } => gguf_name(name)
                 .map(|n| header.tensors.contains_key(&n))
                 .unwrap_or(false),
-            WeightFormat::Safetensors { files } => files.get(name).is_ok(),
+            WeightFormat::Safetensors { files } => files.contains(name),
             WeightFormat::Synthetic { .. } => false,
         }
     }
@@ -197,9 +197,7 @@ impl TensorSource {
     pub fn finish(&self) -> Result<()> {
         let names: Vec<String> = match &self.format {
             WeightFormat::Gguf { header, .. } => header.tensors.keys().cloned().collect(),
-            WeightFormat::Safetensors { files } => {
-                files.tensors().into_iter().map(|(n, _)| n).collect()
-            }
+            WeightFormat::Safetensors { files } => files.names().cloned().collect(),
             WeightFormat::Synthetic { .. } => Vec::new(),
         };
         let mut unused: Vec<String> = names
@@ -270,9 +268,18 @@ impl TensorSource {
                     })?
             }
             WeightFormat::Safetensors { files } => {
-                let t = files.load(name, &Device::Cpu).map_err(|_| missing())?;
+                // Converted straight from the mapped bytes (see `checkpoint`).
+                let (values, found) = files.read(name)?.ok_or_else(missing)?;
                 self.used.insert(name.to_string());
-                t
+                if found != shape {
+                    return Err(RuntimeError::Shape {
+                        path,
+                        name: name.to_string(),
+                        expected: shape.to_vec(),
+                        found,
+                    });
+                }
+                return Ok(values);
             }
         };
         let found = tensor.dims().to_vec();
@@ -317,78 +324,6 @@ fn candle_type(id: u32) -> Option<GgmlDType> {
         13 => GgmlDType::Q5K,
         14 => GgmlDType::Q6K,
         _ => return None,
-    })
-}
-
-/// Memory-maps a directory's safetensors: the files its
-/// `model.safetensors.index.json` names (a sharded checkpoint), else every
-/// `*.safetensors` file in it.
-fn open_safetensors_dir(dir: &Path) -> Result<MmapedSafetensors> {
-    let bad = |path: &Path, reason: String| RuntimeError::Safetensors {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let index = dir.join("model.safetensors.index.json");
-    let mut files: Vec<PathBuf> = if index.exists() {
-        let text = plans::read_text_limited(&index, plans::MAX_JSON_BYTES)?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(&index, e.to_string()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| bad(&index, "no weight_map object".into()))?;
-        let mut names: Vec<&str> = Vec::with_capacity(map.len());
-        for (tensor, file) in map {
-            let file = file
-                .as_str()
-                .filter(|f| !f.contains('/') && !f.contains('\\') && f.ends_with(".safetensors"))
-                .ok_or_else(|| {
-                    bad(
-                        &index,
-                        format!(
-                            "weight_map.{tensor}: not a .safetensors file name in this directory"
-                        ),
-                    )
-                })?;
-            names.push(file);
-        }
-        names.sort_unstable();
-        names.dedup();
-        names.into_iter().map(|f| dir.join(f)).collect()
-    } else {
-        let entries = std::fs::read_dir(dir).map_err(|source| RuntimeError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect()
-    };
-    files.sort();
-    if files.is_empty() {
-        return Err(bad(dir, "no *.safetensors file in the directory".into()));
-    }
-    for f in &files {
-        // A FIFO or a device would block or fail inside the mapping.
-        let meta = std::fs::metadata(f).map_err(|source| RuntimeError::Io {
-            path: f.clone(),
-            source,
-        })?;
-        if !meta.is_file() {
-            return Err(bad(f, "not a regular file".into()));
-        }
-    }
-    // SAFETY: the files are mapped read-only for the duration of the load;
-    // like every memory-mapped reader (transformers, candle), kvpr assumes
-    // no other process truncates or rewrites a checkpoint while it loads.
-    unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
-        let reason = e.to_string();
-        let file = files
-            .iter()
-            .find(|f| reason.contains(&*f.to_string_lossy()))
-            .unwrap_or(&files[0]);
-        bad(file, reason)
     })
 }
 

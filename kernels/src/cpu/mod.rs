@@ -325,6 +325,10 @@ impl Device for CpuBackend {
         Ok(BufInner::Cpu(CpuBuf::new(data.to_vec())))
     }
 
+    fn upload_owned(&self, data: Vec<f32>) -> Result<BufInner> {
+        Ok(BufInner::Cpu(CpuBuf::new(data)))
+    }
+
     fn download(&self, b: &BufInner, off: usize, len: usize) -> Result<Vec<f32>> {
         let b = buf("download", b)?;
         self.synchronize()?;

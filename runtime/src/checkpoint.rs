@@ -1,0 +1,231 @@
+//! A Hugging Face checkpoint's safetensors, memory-mapped and read one
+//! tensor at a time: the files a `model.safetensors.index.json` names (a
+//! sharded checkpoint), else every `*.safetensors` file of the directory.
+//!
+//! Each tensor is converted from the mapped bytes straight into f32 (one
+//! pass, no intermediate tensor), and once converted its pages are given
+//! back to the kernel, so the resident set while loading is the model the
+//! backend holds plus one tensor, not the model plus the whole mapped file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+use safetensors::tensor::{Dtype, SafeTensors};
+
+use crate::{Result, RuntimeError};
+
+/// One tensor's place: its file, dtype, shape and byte range in the map.
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: (usize, usize),
+}
+
+/// The mapped files of a checkpoint and where each tensor lies.
+pub(crate) struct Checkpoint {
+    files: Vec<(PathBuf, Mmap)>,
+    entries: HashMap<String, Entry>,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Safetensors {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Checkpoint {
+    /// Maps the directory's safetensors and reads their headers.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut entries = HashMap::new();
+        for (i, path) in shard_files(dir)?.into_iter().enumerate() {
+            let file = File::open(&path).map_err(|source| RuntimeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // A FIFO or a device would block or fail inside the mapping.
+            let meta = file.metadata().map_err(|source| RuntimeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if !meta.is_file() {
+                return Err(bad(&path, "not a regular file"));
+            }
+            // SAFETY: the map is read-only and private; like every
+            // memory-mapped reader (transformers, candle), kvpr assumes no
+            // other process truncates or rewrites a checkpoint while it loads.
+            let map = unsafe { Mmap::map(&file) }.map_err(|source| RuntimeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let (n, md) =
+                SafeTensors::read_metadata(&map).map_err(|e| bad(&path, e.to_string()))?;
+            let start = 8 + n;
+            for (name, info) in md.tensors() {
+                let (a, b) = info.data_offsets;
+                let range = (start + a, start + b);
+                if range.1 > map.len() || range.0 > range.1 {
+                    return Err(bad(&path, format!("tensor {name}: data outside the file")));
+                }
+                let entry = Entry {
+                    file: i,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range,
+                };
+                if entries.insert(name.clone(), entry).is_some() {
+                    return Err(bad(&path, format!("tensor {name} is in two files")));
+                }
+            }
+            files.push((path, map));
+        }
+        Ok(Checkpoint { files, entries })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Every tensor name in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.entries.keys()
+    }
+
+    /// Tensor `name` as f32 and its shape, or `None` when it is not there.
+    /// F32, F16 and BF16 are read; other dtypes are an error naming them.
+    pub fn read(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+        let Some(e) = self.entries.get(name) else {
+            return Ok(None);
+        };
+        let (path, map) = &self.files[e.file];
+        let bytes = &map[e.range.0..e.range.1];
+        // Fault the range in with one call instead of a page fault per 4 KiB
+        // (expensive in a VM); where the kernel lacks it, pages fault as usual.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise_range(Advice::PopulateRead, e.range.0, bytes.len());
+        #[cfg(not(target_os = "linux"))]
+        let _ = map.advise_range(Advice::WillNeed, e.range.0, bytes.len());
+        let esz = match e.dtype {
+            Dtype::F32 => 4,
+            _ => 2,
+        };
+        let mut values = huge_vec(bytes.len() / esz);
+        match e.dtype {
+            Dtype::F32 => values.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            Dtype::F16 => values.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            Dtype::BF16 => values.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            other => {
+                return Err(RuntimeError::Dtype {
+                    path: path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                    reason: "kvpr reads safetensors in F32, F16 and BF16".into(),
+                })
+            }
+        }
+        let n: usize = e.shape.iter().product();
+        if values.len() != n {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {name}: {} values for shape {:?}",
+                    values.len(),
+                    e.shape
+                ),
+            ));
+        }
+        // The values are copied out: hand the pages back (they are read
+        // again from the file if anything touches them).
+        // SAFETY: a private read-only file map: dropping its pages loses
+        // nothing, and no reference into the range outlives this function.
+        let _ = unsafe {
+            map.unchecked_advise_range(UncheckedAdvice::DontNeed, e.range.0, bytes.len())
+        };
+        Ok(Some((values, e.shape.clone())))
+    }
+}
+
+/// An empty vector with room for `n` values whose pages the kernel may back
+/// with huge pages (Linux, where transparent huge pages are on "madvise"):
+/// a model's worth of fresh memory faults in 2 MiB at a time, not 4 KiB,
+/// which in a VM is most of what loading costs.
+fn huge_vec(n: usize) -> Vec<f32> {
+    let v: Vec<f32> = Vec::with_capacity(n);
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let (start, len) = (v.as_ptr() as usize, n * std::mem::size_of::<f32>());
+        let first = start.next_multiple_of(HUGE);
+        let end = (start + len) & !(HUGE - 1);
+        if end > first {
+            // SAFETY: a hint on whole huge pages inside the vector's own
+            // allocation; it changes how the pages are backed, never their
+            // contents (the vector has written nothing yet).
+            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
+}
+
+/// The files of a checkpoint: those `model.safetensors.index.json` names, else
+/// every `*.safetensors` in the directory, sorted.
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    let mut files: Vec<PathBuf> = if index.exists() {
+        let text = plans::read_text_limited(&index, plans::MAX_JSON_BYTES)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(&index, e.to_string()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad(&index, "no weight_map object"))?;
+        let mut names: Vec<&str> = Vec::with_capacity(map.len());
+        for (tensor, file) in map {
+            let file = file
+                .as_str()
+                .filter(|f| !f.contains('/') && !f.contains('\\') && f.ends_with(".safetensors"))
+                .ok_or_else(|| {
+                    bad(
+                        &index,
+                        format!(
+                            "weight_map.{tensor}: not a .safetensors file name in this directory"
+                        ),
+                    )
+                })?;
+            names.push(file);
+        }
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        let entries = std::fs::read_dir(dir).map_err(|source| RuntimeError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect()
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(bad(dir, "no *.safetensors file in the directory"));
+    }
+    Ok(files)
+}
