@@ -3,6 +3,8 @@
 //! the fully resident greedy forward on the CPU backend (the oracle).
 #![allow(dead_code)]
 
+pub mod hf;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
