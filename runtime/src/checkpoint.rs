@@ -111,25 +111,7 @@ impl Checkpoint {
         let _ = map.advise_range(Advice::WillNeed, e.range.0, bytes.len());
         let esz = match e.dtype {
             Dtype::F32 => 4,
-            _ => 2,
-        };
-        let mut values = huge_vec(bytes.len() / esz);
-        match e.dtype {
-            Dtype::F32 => values.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            ),
-            Dtype::F16 => values.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-            ),
-            Dtype::BF16 => values.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-            ),
+            Dtype::F16 | Dtype::BF16 => 2,
             other => {
                 return Err(RuntimeError::Dtype {
                     path: path.clone(),
@@ -138,18 +120,20 @@ impl Checkpoint {
                     reason: "kvpr reads safetensors in F32, F16 and BF16".into(),
                 })
             }
-        }
+        };
         let n: usize = e.shape.iter().product();
-        if values.len() != n {
+        if n.checked_mul(esz) != Some(bytes.len()) {
             return Err(bad(
                 path,
                 format!(
-                    "tensor {name}: {} values for shape {:?}",
-                    values.len(),
+                    "tensor {name}: {} bytes of {:?} for shape {:?}",
+                    bytes.len(),
+                    e.dtype,
                     e.shape
                 ),
             ));
         }
+        let values = convert(bytes, n, e.dtype);
         // The values are copied out: hand the pages back (they are read
         // again from the file if anything touches them).
         // SAFETY: a private read-only file map: dropping its pages loses
@@ -159,6 +143,44 @@ impl Checkpoint {
         };
         Ok(Some((values, e.shape.clone())))
     }
+}
+
+/// `n` values of `dtype` (F32, F16 or BF16, little-endian) in `bytes` as
+/// f32, converted on every core: the first write to each page of a model's
+/// worth of fresh memory costs the kernel a fault and a zeroing, which is
+/// most of what loading costs on a CPU, and it runs in parallel too.
+fn convert(bytes: &[u8], n: usize, dtype: Dtype) -> Vec<f32> {
+    let esz = if dtype == Dtype::F32 { 4 } else { 2 };
+    if n == 0 {
+        return Vec::new();
+    }
+    let one = |b: &[u8]| -> f32 {
+        match dtype {
+            Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        }
+    };
+    let mut values = huge_vec(n);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(n / (1 << 20))
+        .max(1);
+    let per = n.div_ceil(threads).max(1);
+    let out = &mut values.spare_capacity_mut()[..n];
+    std::thread::scope(|s| {
+        for (o, b) in out.chunks_mut(per).zip(bytes.chunks(per * esz)) {
+            s.spawn(move || {
+                for (slot, v) in o.iter_mut().zip(b.chunks_exact(esz)) {
+                    slot.write(one(v));
+                }
+            });
+        }
+    });
+    // SAFETY: `bytes` holds exactly `n * esz` bytes (checked by the caller),
+    // so the chunks above wrote every one of the first `n` elements.
+    unsafe { values.set_len(n) };
+    values
 }
 
 /// An empty vector with room for `n` values whose pages the kernel may back
@@ -228,4 +250,47 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Err(bad(dir, "no *.safetensors file in the directory"));
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    /// Every stored dtype converts to the f32 candle gives, on one thread and
+    /// on several (a tensor past 2^21 values is split across the cores).
+    #[test]
+    fn tensors_convert_as_candle_converts_them_on_any_number_of_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = (3 << 20) + 7;
+        let data: Vec<f32> = (0..n)
+            .map(|i| ((i % 1000) as f32 - 500.0) * 0.013)
+            .collect();
+        let t = Tensor::from_vec(data, n, &Device::Cpu).unwrap();
+        let mut tensors = std::collections::HashMap::new();
+        for (name, dt) in [
+            ("a.f32", DType::F32),
+            ("a.f16", DType::F16),
+            ("a.bf16", DType::BF16),
+        ] {
+            tensors.insert(name.to_string(), t.to_dtype(dt).unwrap());
+        }
+        tensors.insert(
+            "small".into(),
+            Tensor::new(&[1.5f32, -2.0], &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        );
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        let ck = Checkpoint::open(dir.path()).unwrap();
+        for (name, want) in &tensors {
+            let (got, shape) = ck.read(name).unwrap().unwrap();
+            assert_eq!(shape, want.dims(), "{name}");
+            let want: Vec<f32> = want.to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+            assert_eq!(got, want, "{name}");
+        }
+        assert!(ck.read("missing").unwrap().is_none());
+        assert_eq!(ck.names().count(), 4);
+    }
 }
