@@ -388,19 +388,18 @@ fn rope_from_hf(
             ))
         }
     };
-    let original = |default: usize| -> Result<usize> {
+    // `None`: the key is required (llama3); else its default (yarn).
+    let original = |default: Option<usize>| -> Result<usize> {
+        let name = format!("{key}.original_max_position_embeddings");
         match obj.get("original_max_position_embeddings") {
-            None | Some(Value::Null) => Ok(default),
+            None | Some(Value::Null) => default
+                .ok_or_else(|| PlansError::invalid(path, name, "missing (llama3 RoPE needs it)")),
             Some(v) => v
                 .as_u64()
                 .filter(|&n| n > 0)
                 .map(|n| n as usize)
                 .ok_or_else(|| {
-                    PlansError::invalid(
-                        path,
-                        format!("{key}.original_max_position_embeddings"),
-                        format!("{v} is not a positive integer"),
-                    )
+                    PlansError::invalid(path, name, format!("{v} is not a positive integer"))
                 }),
         }
     };
@@ -423,17 +422,7 @@ fn rope_from_hf(
                 factor: positive("factor", need("factor")?)?,
                 low_freq_factor: low,
                 high_freq_factor: high,
-                original_max_position_embeddings: original(0).and_then(|o| {
-                    if o == 0 {
-                        Err(PlansError::invalid(
-                            path,
-                            format!("{key}.original_max_position_embeddings"),
-                            "missing (llama3 RoPE needs it)",
-                        ))
-                    } else {
-                        Ok(o)
-                    }
-                })?,
+                original_max_position_embeddings: original(None)?,
             })
         }
         "yarn" => {
@@ -443,7 +432,7 @@ fn rope_from_hf(
             let has_original = obj
                 .get("original_max_position_embeddings")
                 .is_some_and(|v| !v.is_null());
-            let orig = original(max_pos)?;
+            let orig = original(Some(max_pos))?;
             if has_original {
                 factor = max_pos as f64 / orig as f64;
             }

@@ -204,3 +204,32 @@ fn every_function_changing_key_is_implemented_or_refused_by_name() {
     )
     .unwrap();
 }
+
+#[test]
+fn llama3_needs_its_original_context_and_yarn_defaults_to_the_model_s() {
+    let e = spec_with(
+        "llama",
+        r#""rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("rope_scaling.original_max_position_embeddings") && e.contains("missing"),
+        "{e}"
+    );
+    let y = spec_with(
+        "llama",
+        r#""rope_scaling":{"rope_type":"yarn","factor":2.0}"#,
+    )
+    .unwrap();
+    match y.arch.rope_scaling {
+        Some(RopeScaling::Yarn {
+            original_max_position_embeddings,
+            factor,
+            ..
+        }) => {
+            assert_eq!((original_max_position_embeddings, factor), (64, 2.0));
+        }
+        other => panic!("{other:?}"),
+    }
+}

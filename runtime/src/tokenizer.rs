@@ -264,7 +264,6 @@ impl Tokenizer {
         };
         let mut eos = ids(&gen, "eos_token_id");
         eos.extend(ids(&cfg, "eos_token_id"));
-        eos.dedup();
         let mut seen = std::collections::HashSet::new();
         eos.retain(|e| seen.insert(*e));
         let bos = ids(&gen, "bos_token_id")

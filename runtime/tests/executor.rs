@@ -5,56 +5,15 @@
 
 mod common;
 
-use std::path::Path;
-
+use common::plan;
 use kernels::{Backend, BackendOptions, DeviceSpec};
+use plans::Schedule;
 use plans::StoreLayout;
-use plans::{Dtype, HardwareProfile, ModelSpec, Plan, PlanHardware, Schedule, Workload};
 use runtime::{GenerationReport, Generator, Model, ModelSource, Sampling};
-use scheduler::{make_plan, ForcedSplit, PlanRequest, ScheduleChoice, Solver};
+use scheduler::ForcedSplit;
 
 fn backend() -> Backend {
     Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap()
-}
-
-/// The A100 example profile with its GEMM curve relabelled f32 (the CPU
-/// backend's dtype); the numbers only shape the plan, the runtime just follows it.
-fn profile() -> HardwareProfile {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans/hardware/a100-pcie4.json");
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("\"f16\"", "\"f32\"");
-    HardwareProfile::parse(&p, &text).unwrap()
-}
-
-fn plan(
-    spec: &ModelSpec,
-    batch: usize,
-    prompt_len: usize,
-    gen_len: usize,
-    schedule: Schedule,
-    forced: Option<ForcedSplit>,
-) -> Plan {
-    let hw = profile();
-    let workload = Workload {
-        batch,
-        prompt_len,
-        gen_len,
-        dtype: Dtype::F32,
-        gpu_memory_budget: 1 << 40,
-        host_memory_budget: 1 << 40,
-    };
-    let req = PlanRequest {
-        schedule: ScheduleChoice::Fixed(schedule),
-        block_tokens: 1,
-        solver: Solver::Exhaustive,
-        forced,
-    };
-    let id = PlanHardware {
-        name: hw.name.clone(),
-        fingerprint: hw.fingerprint(),
-    };
-    make_plan(spec, &hw, id, &workload, &req).unwrap()
 }
 
 /// The splits every model is checked on: (schedule, recomputed share,

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::hf::{expected, fixtures, forced_plan, row_error, Expected};
+use common::hf::{expected, fixtures, forced_plan, Expected};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
@@ -99,7 +99,7 @@ fn assert_transformers(model: Model, e: &Expected, what: &str, tol: f32) {
         let what = format!("{what} ({schedule:?}, {fraction} recomputed)");
         assert_eq!(tokens, &e.tokens, "{what}: tokens");
         for (i, (got, want)) in logits.iter().zip(&e.logits).enumerate() {
-            let err = row_error(got, want);
+            let err = common::rel_diff(got, want);
             assert!(
                 err < tol,
                 "{what}: token {i}: logits off by {err} (relative)"
@@ -237,7 +237,7 @@ fn sixteen_bit_ggufs_hold_the_checkpoint_or_its_rounding() {
                             "{what} ({schedule:?}): tokens of the rounded weights"
                         );
                         for (i, (a, b)) in gl.iter().zip(wl).enumerate() {
-                            let err = row_error(a, b);
+                            let err = common::rel_diff(a, b);
                             assert!(err < 1e-4, "{what} ({schedule:?}): token {i}: {err}");
                         }
                     }
@@ -245,7 +245,7 @@ fn sixteen_bit_ggufs_hold_the_checkpoint_or_its_rounding() {
                     let worst = forced
                         .iter()
                         .zip(&e.logits)
-                        .map(|(a, b)| row_error(a, b))
+                        .map(|(a, b)| common::rel_diff(a, b))
                         .fold(0f32, f32::max);
                     let u = unit_roundoff(dtype);
                     eprintln!(
@@ -314,7 +314,7 @@ fn llama3_rope_as_a_rope_freqs_tensor_gives_transformers_tokens_and_logits() {
         g.tensors.retain(|t| t.name != "rope_freqs.weight");
         let p = write(&g, dir.path(), "no-freqs.gguf");
         let (tokens, logits) = generate_all(load(&p), &e, "no rope_freqs").swap_remove(0);
-        assert!(tokens != e.tokens || row_error(&logits[0], &e.logits[0]) > 1e-2);
+        assert!(tokens != e.tokens || common::rel_diff(&logits[0], &e.logits[0]) > 1e-2);
     }
 }
 
@@ -652,7 +652,7 @@ fn quantised_ggufs_load_generate_and_stay_within_their_precision() {
         let worst = got
             .iter()
             .zip(&ref_logits)
-            .map(|(a, b)| row_error(a, b))
+            .map(|(a, b)| common::rel_diff(a, b))
             .fold(0f32, f32::max);
         eprintln!(
             "{dtype:?}: weights off by {weights:?}, logits by {worst:.2e} (relative; nominal {nominal:.2e})"

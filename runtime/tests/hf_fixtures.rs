@@ -9,25 +9,10 @@
 
 mod common;
 
-use common::hf::{expected, fixtures, forced_plan, row_error};
+use common::hf::{expected, fixtures, forced_plan, runnable};
 use kernels::{Backend, BackendOptions, DeviceSpec};
 use plans::Schedule;
 use runtime::{Generator, Model, ModelSource, Sampling};
-
-/// Every fixture directory kvpr must run (all but the refused one).
-const RUN: &[&str] = &[
-    "llama-mha",
-    "llama-gqa-tied",
-    "llama3-rope",
-    "yarn-rope",
-    "yarn-rope-attn-factor",
-    "linear-rope",
-    "llama-attn-bias",
-    "llama-mlp-bias",
-    "qwen2",
-    "qwen3",
-    "mistral-window",
-];
 
 fn cpu() -> Backend {
     Backend::new(DeviceSpec::Cpu, BackendOptions::default()).unwrap()
@@ -35,7 +20,9 @@ fn cpu() -> Backend {
 
 #[test]
 fn every_fixture_gives_transformers_tokens_and_logits_with_and_without_recomputation() {
-    for name in RUN {
+    let names = runnable();
+    assert_eq!(names.len(), 11, "{names:?}");
+    for name in &names {
         let e = expected(name);
         let n = e.tokens.len();
         let source = ModelSource::HfDir(fixtures().join(name));
@@ -89,7 +76,7 @@ fn every_fixture_gives_transformers_tokens_and_logits_with_and_without_recomputa
             }
             assert_eq!(r.logits.len(), n, "{what}");
             for (i, (got, want)) in r.logits.iter().zip(&e.logits).enumerate() {
-                let err = row_error(got, want);
+                let err = common::rel_diff(got, want);
                 assert!(
                     err < 1e-4,
                     "{what}: token {i}: logits off by {err} (relative)"

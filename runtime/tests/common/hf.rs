@@ -4,14 +4,28 @@
 
 use std::path::{Path, PathBuf};
 
-use plans::{Dtype, HardwareProfile, Plan, PlanHardware, Schedule, Workload};
+use plans::{Plan, Schedule};
 use runtime::Model;
-use scheduler::{make_plan, ForcedSplit, PlanRequest, ScheduleChoice, Solver};
+use scheduler::ForcedSplit;
 use serde_json::Value;
 
 /// The fixtures' folder.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf")
+}
+
+/// Every fixture kvpr runs: each folder of [`fixtures`] but the one whose
+/// setting kvpr refuses (dynamic NTK RoPE), sorted.
+pub fn runnable() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("expected.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "dynamic-rope")
+        .collect();
+    names.sort();
+    names
 }
 
 /// transformers' greedy run of a fixture.
@@ -53,45 +67,13 @@ pub fn expected(name: &str) -> Expected {
 }
 
 /// A plan that forces `fraction` of every range's context to be recomputed
-/// from stored activations (the profile's numbers only shape a plan).
+/// from stored activations, none resident (the profile's numbers only
+/// shape a plan).
 pub fn forced_plan(model: &Model, p: usize, n: usize, schedule: Schedule, fraction: f64) -> Plan {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans/hardware/a100-pcie4.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("\"f16\"", "\"f32\"");
-    let hw = HardwareProfile::parse(&path, &text).unwrap();
-    let workload = Workload {
-        batch: 1,
-        prompt_len: p,
-        gen_len: n,
-        dtype: Dtype::F32,
-        gpu_memory_budget: 1 << 40,
-        host_memory_budget: 1 << 40,
+    let forced = ForcedSplit {
+        recompute_fraction: fraction,
+        resident_tokens: Some(0),
+        chunks: Some(if schedule == Schedule::Chunked { 2 } else { 1 }),
     };
-    let req = PlanRequest {
-        schedule: ScheduleChoice::Fixed(schedule),
-        block_tokens: 1,
-        solver: Solver::Exhaustive,
-        forced: Some(ForcedSplit {
-            recompute_fraction: fraction,
-            resident_tokens: Some(0),
-            chunks: Some(if schedule == Schedule::Chunked { 2 } else { 1 }),
-        }),
-    };
-    let id = PlanHardware {
-        name: hw.name.clone(),
-        fingerprint: hw.fingerprint(),
-    };
-    make_plan(model.spec(), &hw, id, &workload, &req).unwrap()
-}
-
-/// The largest difference of two logit rows relative to the reference
-/// row's largest magnitude.
-pub fn row_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    got.iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale
+    super::plan(model.spec(), 1, p, n, schedule, Some(forced))
 }

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use kernels::{Backend, BackendOptions, DeviceSpec};
-use plans::{Split, StoreLayout};
+use plans::Workload;
+use plans::{Dtype, HardwareProfile, ModelSpec, Plan, PlanHardware, Schedule, Split, StoreLayout};
 use runtime::{Executor, Model, Tokenizer, Weights};
+use scheduler::{make_plan, ForcedSplit, PlanRequest, ScheduleChoice, Solver};
 
 /// The CPU backend, unpaced.
 pub fn cpu() -> Backend {
@@ -514,4 +516,46 @@ pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, f32::max);
     let m = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
     d / m.max(1e-30)
+}
+
+/// The A100 example profile with its GEMM curve relabelled f32 (the CPU
+/// backend's dtype); the numbers only shape the plan, the runtime just follows it.
+pub fn profile() -> HardwareProfile {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans/hardware/a100-pcie4.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"f16\"", "\"f32\"");
+    HardwareProfile::parse(&p, &text).unwrap()
+}
+
+/// A plan for `spec` on [`profile`] with `schedule` (and `forced`, when
+/// given, imposing the split), block 1, exhaustive solver, budgets unbounded.
+pub fn plan(
+    spec: &ModelSpec,
+    batch: usize,
+    prompt_len: usize,
+    gen_len: usize,
+    schedule: Schedule,
+    forced: Option<ForcedSplit>,
+) -> Plan {
+    let hw = profile();
+    let workload = Workload {
+        batch,
+        prompt_len,
+        gen_len,
+        dtype: Dtype::F32,
+        gpu_memory_budget: 1 << 40,
+        host_memory_budget: 1 << 40,
+    };
+    let req = PlanRequest {
+        schedule: ScheduleChoice::Fixed(schedule),
+        block_tokens: 1,
+        solver: Solver::Exhaustive,
+        forced,
+    };
+    let id = PlanHardware {
+        name: hw.name.clone(),
+        fingerprint: hw.fingerprint(),
+    };
+    make_plan(spec, &hw, id, &workload, &req).unwrap()
 }
