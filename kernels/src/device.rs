@@ -6,8 +6,8 @@
 //! own variant and reports [`crate::KernelError::WrongBackend`] for the other.
 
 use crate::{
-    AttnShape, BufInner, Dtype, EventInner, FreqsInner, HostInner, IdInner, Result, RopeFreqs,
-    RopeShape, Rows, SampleArgs, Stream,
+    AttnShape, BufInner, Dtype, DynamicNtk, EventInner, FreqsInner, HostInner, IdInner, Result,
+    RopeFreqs, RopeShape, Rows, SampleArgs, Stream,
 };
 
 pub(crate) trait Device: Send + Sync {
@@ -113,7 +113,12 @@ pub(crate) trait Device: Send + Sync {
         dim: usize,
     ) -> Result<()>;
     /// A frequency table (checked: not empty, finite, factor > 0).
-    fn rope_freqs(&self, inv_freq: &[f32], attention_factor: f32) -> Result<FreqsInner>;
+    fn rope_freqs(
+        &self,
+        inv_freq: &[f32],
+        attention_factor: f32,
+        dynamic: Option<DynamicNtk>,
+    ) -> Result<FreqsInner>;
     /// RoPE with `freqs`, whose length is `r.head_dim / 2`.
     fn rope(
         &self,

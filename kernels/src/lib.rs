@@ -169,6 +169,7 @@ pub struct RopeShape {
 pub struct RopeFreqs {
     len: usize,
     attention_factor: f32,
+    dynamic: Option<DynamicNtk>,
     /// The backend that made it.
     spec: DeviceSpec,
     inner: FreqsInner,
@@ -193,6 +194,32 @@ impl RopeFreqs {
     pub fn attention_factor(&self) -> f32 {
         self.attention_factor
     }
+
+    /// The dynamic NTK scaling the table was made with, if any.
+    pub fn dynamic(&self) -> Option<DynamicNtk> {
+        self.dynamic
+    }
+}
+
+/// Dynamic NTK scaling (Hugging Face's `rope_type: "dynamic"`), as
+/// transformers applies it to one generation: the RoPE base grows with the
+/// length `L` of the forward call that made a key, and a cached key keeps
+/// the rotation it was made with. The prompt is one call (`L` = its length),
+/// each later token its own (`L = p + 1`); so a row at position `p` has
+/// `L = max(p + 1, min_len)` with `min_len` the prompt's length. While `L
+/// <= max_pos` nothing changes; beyond, the base is `theta * x^(d/(d-2))`
+/// with `x = factor * L / max_pos - (factor - 1)` and `d = head_dim`, i.e.
+/// pair `i` of the table turns by `inv_freq[i] * x^(-2i/(d-2))`. The exact
+/// rule is [`twin::rope_angle`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DynamicNtk {
+    /// `rope_scaling.factor` (at least 1).
+    pub factor: f32,
+    /// `max_position_embeddings`: the length up to which the base is `theta`.
+    pub max_pos: u32,
+    /// The length of the first call (the prompt's); rows before it turn as
+    /// if made by that call.
+    pub min_len: u32,
 }
 
 /// A strided block of elements: `rows` runs of `width` elements, `src_pitch`

@@ -4,8 +4,8 @@
 //! The ragged decode step's ops are in `ragged.rs`.
 
 use crate::{
-    check, AttnShape, Backend, DeviceBuf, IdBuf, KernelError, Result, RopeFreqs, RopeShape, Rows,
-    SampleArgs,
+    check, AttnShape, Backend, DeviceBuf, DynamicNtk, IdBuf, KernelError, Result, RopeFreqs,
+    RopeShape, Rows, SampleArgs,
 };
 
 impl Backend {
@@ -136,12 +136,51 @@ impl Backend {
     /// finite and `> 0`, and the table not empty. Synchronous; made once at
     /// load, read by every [`Backend::rope`] call.
     pub fn rope_freqs(&self, inv_freq: &[f32], attention_factor: f32) -> Result<RopeFreqs> {
+        self.make_rope_freqs(inv_freq, attention_factor, None)
+    }
+
+    /// [`Backend::rope_freqs`] with dynamic NTK scaling: each row turns by
+    /// the table rescaled for its position (see [`DynamicNtk`]). One table
+    /// per generation, since `dynamic.min_len` is its prompt's length. The
+    /// factor must be finite and `>= 1`, `max_pos >= 1`, and the table hold
+    /// at least 2 frequencies (`head_dim > 2`).
+    pub fn rope_freqs_dynamic(
+        &self,
+        inv_freq: &[f32],
+        attention_factor: f32,
+        dynamic: DynamicNtk,
+    ) -> Result<RopeFreqs> {
+        self.make_rope_freqs(inv_freq, attention_factor, Some(dynamic))
+    }
+
+    fn make_rope_freqs(
+        &self,
+        inv_freq: &[f32],
+        attention_factor: f32,
+        dynamic: Option<DynamicNtk>,
+    ) -> Result<RopeFreqs> {
         let shape = || {
             format!(
-                "{} inverse frequencies, attention factor {attention_factor}",
+                "{} inverse frequencies, attention factor {attention_factor}, dynamic {dynamic:?}",
                 inv_freq.len()
             )
         };
+        if let Some(d) = dynamic {
+            if !(d.factor.is_finite() && d.factor >= 1.0) {
+                return Err(self.shape(
+                    "rope_freqs",
+                    shape(),
+                    "the dynamic NTK factor must be finite and >= 1",
+                ));
+            }
+            if d.max_pos == 0 || inv_freq.len() < 2 {
+                return Err(self.shape(
+                    "rope_freqs",
+                    shape(),
+                    "dynamic NTK needs max_pos >= 1 and head_dim > 2",
+                ));
+            }
+        }
         if inv_freq.is_empty() {
             return Err(self.shape("rope_freqs", shape(), "the table is empty"));
         }
@@ -163,10 +202,11 @@ impl Backend {
                 "the attention factor must be finite and > 0",
             ));
         }
-        let inner = self.dev.rope_freqs(inv_freq, attention_factor)?;
+        let inner = self.dev.rope_freqs(inv_freq, attention_factor, dynamic)?;
         Ok(RopeFreqs {
             len: inv_freq.len(),
             attention_factor,
+            dynamic,
             spec: self.spec,
             inner,
         })

@@ -6,7 +6,8 @@
 //! dtype's rounding of its inputs.
 
 use crate::{
-    twin, AttnShape, Backend, DeviceBuf, Dtype, IdBuf, Result, RopeShape, Rows, SampleArgs, Stream,
+    twin, AttnShape, Backend, DeviceBuf, Dtype, DynamicNtk, IdBuf, Result, RopeShape, Rows,
+    SampleArgs, Stream,
 };
 
 /// A Llama-3.1-like inverse-frequency table (`rope_type: llama3`, factor 8,
@@ -357,12 +358,30 @@ fn rope(c: &mut Ctx) -> Result<()> {
         }
     }
     runs.extend(cases.map(|case| (case, false, true)));
-    for ((rows, heads, hd, extra, p0), interleaved, scaled) in runs {
+    // Dynamic NTK (factor 4 over a 2048-token original context, a prompt
+    // of 3000): rows before and after the prompt's end.
+    let ntk = DynamicNtk {
+        factor: 4.0,
+        max_pos: 2048,
+        min_len: 3000,
+    };
+    let dynamic_runs = [
+        ((4, 4, 64, 0, 2990u32), false),
+        ((3, 2, 128, 6, 9000), true),
+    ];
+    let runs = runs
+        .into_iter()
+        .map(|(case, il, scaled)| (case, il, scaled, None))
+        .chain(dynamic_runs.map(|(case, il)| (case, il, false, Some(ntk))));
+    for ((rows, heads, hd, extra, p0), interleaved, scaled, dynamic) in runs {
         let (inv_freq, factor) = match scaled {
             false => (twin::default_inv_freq(10_000.0, hd), 1.0),
             true => (llama3_like_inv_freq(500_000.0, hd), 1.2),
         };
-        let freqs = c.be.rope_freqs(&inv_freq, factor)?;
+        let freqs = match dynamic {
+            None => c.be.rope_freqs(&inv_freq, factor)?,
+            Some(d) => c.be.rope_freqs_dynamic(&inv_freq, factor, d)?,
+        };
         let r = RopeShape {
             rows,
             row_stride: heads * hd + extra,
@@ -375,9 +394,20 @@ fn rope(c: &mut Ctx) -> Result<()> {
         let (xb, mut want) = c.random(n, 1.0)?;
         let pb = c.ids(&pos)?;
         c.be.rope(&xb, 2, &pb, 0, &freqs, r)?;
-        twin::rope(&mut want[2..], &pos, &r, &inv_freq, factor);
+        twin::rope_with(
+            &mut want[2..],
+            &pos,
+            &r,
+            &inv_freq,
+            factor,
+            dynamic.as_ref(),
+        );
         let got = c.be.download(&xb, 0, n)?;
-        let table = if scaled { " llama3-like x1.2" } else { "" };
+        let table = match (scaled, dynamic) {
+            (true, _) => " llama3-like x1.2",
+            (false, Some(_)) => " dynamic NTK x4",
+            (false, None) => "",
+        };
         let shape =
             format!("rows={rows} heads={heads} hd={hd} pos~{p0} interleaved={interleaved}{table}");
         c.compare("rope", shape, &got, &want);

@@ -4,7 +4,7 @@
 //! CUDA kernels in `kernels/cuda/` (layouts, tie rules, the sampling rule),
 //! so a mismatch points at one op on one device.
 
-use crate::{AttnShape, RopeShape, Rows, SampleArgs};
+use crate::{AttnShape, DynamicNtk, RopeShape, Rows, SampleArgs};
 
 /// `out[m, n] = x[m, k] . w[n, k]^T`.
 pub fn gemm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
@@ -47,12 +47,54 @@ pub fn default_inv_freq(theta: f64, head_dim: usize) -> Vec<f32> {
 /// attention_factor`, `s = (f32)sin(a) * attention_factor` (in f32), then
 /// `x0' = x0*c - x1*s`, `x1' = x0*s + x1*c` in f32.
 pub fn rope(x: &mut [f32], pos: &[u32], r: &RopeShape, inv_freq: &[f32], attention_factor: f32) {
+    rope_with(x, pos, r, inv_freq, attention_factor, None)
+}
+
+/// The ratio `x` of [`DynamicNtk`] for a row at position `p`: 1 while
+/// `max(p + 1, min_len) <= max_pos`, else `factor * L / max_pos - (factor - 1)`,
+/// in f64.
+pub fn dynamic_ratio(p: u32, d: &DynamicNtk) -> f64 {
+    let len = (p as f64 + 1.0).max(d.min_len as f64);
+    let max_pos = d.max_pos as f64;
+    if len <= max_pos {
+        return 1.0;
+    }
+    let f = d.factor as f64;
+    f * len / max_pos - (f - 1.0)
+}
+
+/// The angle pair `f` of a row at position `p` turns by, in f64: `p *
+/// inv_freq[f]`, times `x^(-2f/(d-2))` under dynamic NTK (`x` from
+/// [`dynamic_ratio`], `d = 2 * inv_freq.len()`; skipped when `x == 1`).
+pub fn rope_angle(p: u32, f: usize, inv_freq: &[f32], dynamic: Option<&DynamicNtk>) -> f64 {
+    let mut inv = inv_freq[f] as f64;
+    if let Some(d) = dynamic {
+        let x = dynamic_ratio(p, d);
+        if x != 1.0 {
+            let dim = 2.0 * inv_freq.len() as f64;
+            inv *= x.powf(-2.0 * f as f64 / (dim - 2.0));
+        }
+    }
+    p as f64 * inv
+}
+
+/// [`rope`] with dynamic NTK scaling (see [`DynamicNtk`]): each row's
+/// angles from [`rope_angle`].
+pub fn rope_with(
+    x: &mut [f32],
+    pos: &[u32],
+    r: &RopeShape,
+    inv_freq: &[f32],
+    attention_factor: f32,
+    dynamic: Option<&DynamicNtk>,
+) {
     let hd = r.head_dim;
+    let inv_freq = &inv_freq[..inv_freq.len().min(hd / 2)];
     for (i, &p) in pos.iter().enumerate().take(r.rows) {
         for h in 0..r.n_heads {
             let base = i * r.row_stride + h * hd;
-            for (f, &inv) in inv_freq.iter().enumerate().take(hd / 2) {
-                let ang = p as f64 * inv as f64;
+            for f in 0..inv_freq.len() {
+                let ang = rope_angle(p, f, inv_freq, dynamic);
                 let c = ang.cos() as f32 * attention_factor;
                 let s = ang.sin() as f32 * attention_factor;
                 let (a, b) = if r.interleaved {

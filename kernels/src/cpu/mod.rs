@@ -50,8 +50,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 
 use crate::device::Device;
 use crate::{
-    check, twin, AttnShape, BackendOptions, BufInner, Dtype, EventInner, FreqsInner, HostInner,
-    IdInner, KernelError, Result, RopeFreqs, RopeShape, Rows, SampleArgs, Stream,
+    check, twin, AttnShape, BackendOptions, BufInner, Dtype, DynamicNtk, EventInner, FreqsInner,
+    HostInner, IdInner, KernelError, Result, RopeFreqs, RopeShape, Rows, SampleArgs, Stream,
 };
 
 /// A CPU buffer (used for both device and host buffers).
@@ -555,8 +555,13 @@ impl Device for CpuBackend {
         Ok(())
     }
 
-    fn rope_freqs(&self, inv_freq: &[f32], attention_factor: f32) -> Result<FreqsInner> {
-        let table = ops::RopeTable::new(inv_freq, attention_factor);
+    fn rope_freqs(
+        &self,
+        inv_freq: &[f32],
+        attention_factor: f32,
+        dynamic: Option<DynamicNtk>,
+    ) -> Result<FreqsInner> {
+        let table = ops::RopeTable::new(inv_freq, attention_factor, dynamic);
         Ok(FreqsInner::Cpu(CpuFreqs(Mutex::new(table))))
     }
 

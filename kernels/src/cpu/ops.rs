@@ -6,7 +6,7 @@ use std::ops::Range;
 use candle_core::cpu::kernels::VecOps;
 use rayon::prelude::*;
 
-use crate::AttnShape;
+use crate::{twin, AttnShape, DynamicNtk};
 
 /// `out[m, n] = x[m, k] . w[n, k]^T`, on the slices in place (no copy of `w`).
 pub(super) fn gemm(x: &[f32], w: &[f32], out: &mut [f32], m: usize, n: usize, k: usize) {
@@ -100,7 +100,7 @@ pub(super) fn add_bias(x: &mut [f32], bias: &[f32], dim: usize) {
 }
 
 /// The CPU side of a [`crate::RopeFreqs`]: the inverse frequencies and
-/// attention factor, and `(cos, sin)` of `pos * inv_freq[i]` times the
+/// attention factor, and `(cos, sin)` of [`twin::rope_angle`] times the
 /// factor for positions `0..len`, grown on demand. Angles are computed in
 /// f64 once per position, so a RoPE call is a table read instead of
 /// `rows * head_dim / 2` trigonometric evaluations; the values are exactly
@@ -108,15 +108,17 @@ pub(super) fn add_bias(x: &mut [f32], bias: &[f32], dim: usize) {
 pub(super) struct RopeTable {
     inv_freq: Vec<f32>,
     factor: f32,
+    dynamic: Option<DynamicNtk>,
     /// `[position][frequency]`.
     cos_sin: Vec<(f32, f32)>,
 }
 
 impl RopeTable {
-    pub(super) fn new(inv_freq: &[f32], factor: f32) -> RopeTable {
+    pub(super) fn new(inv_freq: &[f32], factor: f32, dynamic: Option<DynamicNtk>) -> RopeTable {
         RopeTable {
             inv_freq: inv_freq.to_vec(),
             factor,
+            dynamic,
             cos_sin: Vec::new(),
         }
     }
@@ -131,8 +133,8 @@ impl RopeTable {
         }
         self.cos_sin.reserve((need - have) * half);
         for pos in have..need {
-            for &f in &self.inv_freq {
-                let a = pos as f64 * f as f64;
+            for f in 0..half {
+                let a = twin::rope_angle(pos as u32, f, &self.inv_freq, self.dynamic.as_ref());
                 let (c, s) = (a.cos() as f32, a.sin() as f32);
                 self.cos_sin.push((c * self.factor, s * self.factor));
             }

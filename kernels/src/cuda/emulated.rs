@@ -351,10 +351,46 @@ fn rope_matches_its_twin_in_both_conventions_and_with_scaled_tables() {
                 let (mut xb, mut pb) = (encode(d, &x), ids_bytes(&pos));
                 let mut fb: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
                 let (xa, pa, fa) = (addr(&mut xb), addr(&mut pb), addr(&mut fb));
-                ops::rope(&l, xa, pa, fa, factor, r).unwrap();
+                ops::rope(&l, xa, pa, fa, factor, None, r).unwrap();
                 let what = format!("rope hd={hd} x{factor} interleaved={interleaved}");
                 assert_close(&decode(d, &xb), &want, d, &what);
             }
+        }
+    }
+}
+
+/// Dynamic NTK: the kernel's per-row rescaling, rows before and after the
+/// prompt's end and within `max_pos`, against the twin.
+#[test]
+fn rope_with_dynamic_ntk_matches_its_twin() {
+    use crate::DynamicNtk;
+    for d in DTYPES {
+        let Some(l) = EmuLauncher::new(d) else { return };
+        let hd = 64;
+        let inv_freq = twin::default_inv_freq(1e4, hd);
+        let ntk = DynamicNtk {
+            factor: 4.0,
+            max_pos: 4096,
+            min_len: 5000,
+        };
+        for interleaved in [false, true] {
+            let r = RopeShape {
+                rows: 4,
+                row_stride: 3 * hd,
+                n_heads: 3,
+                head_dim: hd,
+                interleaved,
+            };
+            let pos = [7u32, 4999, 5000, 131_071];
+            let x = random(4 * r.row_stride, 1.0, 8, d);
+            let mut want = x.clone();
+            twin::rope_with(&mut want, &pos, &r, &inv_freq, 1.0, Some(&ntk));
+            let (mut xb, mut pb) = (encode(d, &x), ids_bytes(&pos));
+            let mut fb: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
+            let (xa, pa, fa) = (addr(&mut xb), addr(&mut pb), addr(&mut fb));
+            ops::rope(&l, xa, pa, fa, 1.0, Some(ntk), r).unwrap();
+            let what = format!("rope dynamic NTK interleaved={interleaved}");
+            assert_close(&decode(d, &xb), &want, d, &what);
         }
     }
 }

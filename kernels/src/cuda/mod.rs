@@ -54,8 +54,8 @@ use cudarc::driver::{
 
 use crate::device::Device;
 use crate::{
-    AttnShape, BackendOptions, BufInner, Dtype, EventInner, FreqsInner, HostInner, IdInner,
-    KernelError, Result, RopeFreqs, RopeShape, Rows, SampleArgs, Stream,
+    AttnShape, BackendOptions, BufInner, Dtype, DynamicNtk, EventInner, FreqsInner, HostInner,
+    IdInner, KernelError, Result, RopeFreqs, RopeShape, Rows, SampleArgs, Stream,
 };
 
 /// A device buffer: a raw allocation of `len` elements of `esz` bytes.
@@ -723,7 +723,12 @@ impl Device for CudaBackend {
         ops::add_bias(self, x.at(x_off), b.ptr, rows, dim)
     }
 
-    fn rope_freqs(&self, inv_freq: &[f32], _attention_factor: f32) -> Result<FreqsInner> {
+    fn rope_freqs(
+        &self,
+        inv_freq: &[f32],
+        _attention_factor: f32,
+        _dynamic: Option<DynamicNtk>,
+    ) -> Result<FreqsInner> {
         let buf = self.raw_alloc(inv_freq.len(), 4)?;
         let bytes: Vec<u8> = inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
         self.bind()?;
@@ -748,7 +753,15 @@ impl Device for CudaBackend {
             return Err(wrong(&self.short, "rope", "frequency table"));
         };
         let factor = freqs.attention_factor;
-        ops::rope(self, x.at(x_off), p.at(pos_off), f.ptr, factor, r)
+        ops::rope(
+            self,
+            x.at(x_off),
+            p.at(pos_off),
+            f.ptr,
+            factor,
+            freqs.dynamic,
+            r,
+        )
     }
 
     fn attention(

@@ -7,7 +7,9 @@
 //! the CPU emulator that runs the same CUDA C (`emulated.rs`). So the tests
 //! exercise this code, not a copy of it.
 
-use crate::{check, AttnShape, Dtype, KernelError, Result, RopeShape, Rows, SampleArgs};
+use crate::{
+    check, AttnShape, Dtype, DynamicNtk, KernelError, Result, RopeShape, Rows, SampleArgs,
+};
 
 /// Keys per flash-decoding split.
 pub(crate) const SPLIT_LEN: usize = 256;
@@ -117,15 +119,21 @@ pub(crate) fn add_bias(
 }
 
 /// RoPE by the `r.head_dim / 2` f32 inverse frequencies at `inv_freq`,
-/// cos and sin scaled by `attention_factor`.
+/// cos and sin scaled by `attention_factor`, rescaled per row by `dynamic`.
 pub(crate) fn rope(
     l: &impl Launcher,
     x: u64,
     pos: u64,
     inv_freq: u64,
     attention_factor: f32,
+    dynamic: Option<DynamicNtk>,
     r: RopeShape,
 ) -> Result<()> {
+    let d = dynamic.unwrap_or(DynamicNtk {
+        factor: 0.0,
+        max_pos: 0,
+        min_len: 0,
+    });
     let op = "rope";
     let args = [
         Arg::Ptr(x),
@@ -137,6 +145,9 @@ pub(crate) fn rope(
         int(l, op, r.n_heads)?,
         int(l, op, r.head_dim)?,
         Arg::I32(r.interleaved as i32),
+        Arg::F32(d.factor),
+        int(l, op, d.max_pos as usize)?,
+        int(l, op, d.min_len as usize)?,
     ];
     l.launch(op, (r.rows, 1, 1), 128, &args)
 }

@@ -131,6 +131,94 @@ fn rope_tables_keep_their_own_caches_and_refuse_absurd_positions() {
     assert!(e.contains("position"), "{e}");
 }
 
+/// Dynamic NTK: the frequencies of a row are transformers' for the base of
+/// its length (`theta * x^(d/(d-2))`, written out here the way
+/// `_compute_dynamic_ntk_parameters` does), rows up to `max_pos` keep the
+/// plain table, rows before the prompt's end take the prompt's base, and
+/// the CPU backend (a cos/sin cache per table) matches the twin.
+#[test]
+fn dynamic_ntk_rope_turns_each_row_by_the_base_of_its_length() {
+    let (theta, hd) = (10_000.0f64, 16);
+    let inv = twin::default_inv_freq(theta, hd);
+    let d = DynamicNtk {
+        factor: 3.0,
+        max_pos: 12,
+        min_len: 17,
+    };
+    let hf_inv = |len: f64| -> Vec<f64> {
+        let len = len.max(12.0);
+        let base = theta * (3.0 * len / 12.0 - 2.0).powf(hd as f64 / (hd as f64 - 2.0));
+        (0..hd / 2)
+            .map(|i| 1.0 / base.powf(2.0 * i as f64 / hd as f64))
+            .collect()
+    };
+    for (p, len) in [(0u32, 17.0), (16, 17.0), (17, 18.0), (40, 41.0)] {
+        for (f, want) in hf_inv(len).iter().enumerate() {
+            let got = twin::rope_angle(p, f, &inv, Some(&d)) / p.max(1) as f64;
+            let want = if p == 0 { 0.0 } else { *want };
+            assert!(
+                (got - want).abs() <= 1e-7 * want.abs(),
+                "p {p} pair {f}: {got} vs transformers' {want}"
+            );
+        }
+    }
+    // A prompt within max_pos: rows up to max_pos turn as plain RoPE.
+    let short = DynamicNtk { min_len: 5, ..d };
+    for p in [0u32, 4, 11] {
+        for f in 0..hd / 2 {
+            assert_eq!(
+                twin::rope_angle(p, f, &inv, Some(&short)),
+                twin::rope_angle(p, f, &inv, None)
+            );
+        }
+    }
+    assert_ne!(
+        twin::rope_angle(12, 3, &inv, Some(&short)),
+        twin::rope_angle(12, 3, &inv, None)
+    );
+
+    let be = cpu();
+    let freqs = be.rope_freqs_dynamic(&inv, 1.0, d).unwrap();
+    assert_eq!(freqs.dynamic(), Some(d));
+    let mut rng = Rng::new(33);
+    for interleaved in [false, true] {
+        let r = rope_shape(5, 3, hd, 2, interleaved);
+        let x = rng.vec(5 * r.row_stride);
+        // Out of order, with a repeat, so the cache is built past and reused.
+        let pos = [40u32, 3, 17, 16, 40];
+        let xb = be.upload(&x).unwrap();
+        be.rope(&xb, 0, &ids(&be, &pos), 0, &freqs, r).unwrap();
+        let mut want = x.clone();
+        twin::rope_with(&mut want, &pos, &r, &inv, 1.0, Some(&d));
+        assert_close(
+            &be.download(&xb, 0, x.len()).unwrap(),
+            &want,
+            1e-6,
+            "dynamic",
+        );
+        let mut plain = x.clone();
+        twin::rope(&mut plain, &pos, &r, &inv, 1.0);
+        assert!(plain != want, "dynamic NTK changed nothing");
+    }
+    // Bad scalings are typed errors.
+    for (bad, why) in [
+        (DynamicNtk { factor: 0.5, ..d }, ">= 1"),
+        (
+            DynamicNtk {
+                factor: f32::NAN,
+                ..d
+            },
+            ">= 1",
+        ),
+        (DynamicNtk { max_pos: 0, ..d }, "max_pos"),
+    ] {
+        let e = be.rope_freqs_dynamic(&inv, 1.0, bad).err().unwrap();
+        assert!(e.to_string().contains(why), "{why}: {e}");
+    }
+    let e = be.rope_freqs_dynamic(&[1.0], 1.0, d).err().unwrap();
+    assert!(e.to_string().contains("head_dim > 2"), "{e}");
+}
+
 #[test]
 fn rope_freqs_refuses_bad_tables_with_typed_errors() {
     let be = cpu();
