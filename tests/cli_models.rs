@@ -80,16 +80,15 @@ fn run_two_tokens(dir: &Path, model: &str) -> std::process::Output {
 #[test]
 fn kvpr_run_gives_transformers_tokens_for_every_family() {
     let dir = tempfile::tempdir().unwrap();
-    // Every fixture folder but the one whose setting kvpr refuses.
+    // Every fixture folder.
     let mut names: Vec<String> = std::fs::read_dir(fixture(""))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("expected.json").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "dynamic-rope")
         .collect();
     names.sort();
-    assert_eq!(names.len(), 11, "{names:?}");
+    assert_eq!(names.len(), 12, "{names:?}");
     for name in &names {
         let name = name.as_str();
         let e = expected(name);
@@ -173,11 +172,6 @@ fn function_changing_keys_kvpr_does_not_implement_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let set = |key: &'static str, value: Value| move |v: &mut Value| v[key] = value;
     let cases: Vec<(&str, Edit, &[&str])> = vec![
-        (
-            "dynamic-rope",
-            Box::new(|_: &mut Value| {}),
-            &["rope_parameters.rope_type", "\"dynamic\"", "yarn"],
-        ),
         (
             "llama-mha",
             Box::new(|v: &mut Value| v["rope_parameters"]["rope_type"] = "longrope".into()),

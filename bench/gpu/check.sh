@@ -451,7 +451,6 @@ section_families() {
   local bad=0 n=0 name dt prof
   for f in "$dir"/*/expected.json; do
     name=$(basename "$(dirname "$f")")
-    [[ $name == dynamic-rope ]] && continue # refused by name (see the README)
     for dt in f32 bf16; do
       prof="$ROOT/plans/hardware/cpu-reference.json"
       if [[ $dt == bf16 ]]; then

@@ -66,6 +66,15 @@ pub enum RopeScaling {
         attention_factor: f64,
         truncate: bool,
     },
+    /// Dynamic NTK (`rope_type: "dynamic"`): the base grows with the
+    /// length of the forward call that made a key, beyond
+    /// `original_max_position_embeddings` (the config's
+    /// `max_position_embeddings`); see `kernels::DynamicNtk`. The context
+    /// kvpr runs such a model to is `factor` times the original.
+    Dynamic {
+        factor: f64,
+        original_max_position_embeddings: usize,
+    },
     /// A GGUF's `rope_freqs.weight` tensor: one divisor per frequency
     /// (llama.cpp stores Llama-3.1's scaling this way); the runtime reads the
     /// tensor and divides.
@@ -126,6 +135,9 @@ impl Arch {
                 parts.push(format!("llama3 RoPE x{factor}"))
             }
             Some(RopeScaling::Yarn { factor, .. }) => parts.push(format!("YaRN RoPE x{factor}")),
+            Some(RopeScaling::Dynamic { factor, .. }) => {
+                parts.push(format!("dynamic NTK RoPE x{factor}"))
+            }
             Some(RopeScaling::FreqFactors) => parts.push("RoPE frequency factors".into()),
             None => {}
         }
@@ -445,7 +457,10 @@ fn rope_from_hf(
             };
             let attention_factor = match f("attention_factor") {
                 Some(a) => positive("attention_factor", a)?,
-                None => match (f("mscale").filter(|m| *m != 0.0), f("mscale_all_dim").filter(|m| *m != 0.0)) {
+                None => match (
+                    f("mscale").filter(|m| *m != 0.0),
+                    f("mscale_all_dim").filter(|m| *m != 0.0),
+                ) {
                     (Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
                     _ => mscale(factor, 1.0),
                 },
@@ -460,19 +475,25 @@ fn rope_from_hf(
             })
         }
         "dynamic" => {
-            return Err(unsupported(
-                path,
-                &format!("{key}.rope_type"),
-                "\"dynamic\"",
-                "dynamic NTK scaling re-derives the RoPE base from each call's length, so a cached key keeps the rotation of the call that made it; kvpr implements default, linear, llama3 and yarn",
-            ))
+            let factor = positive("factor", need("factor")?)?;
+            if factor < 1.0 {
+                return Err(PlansError::invalid(
+                    path,
+                    format!("{key}.factor"),
+                    format!("{factor} is below 1: dynamic NTK only ever extends the context"),
+                ));
+            }
+            Some(RopeScaling::Dynamic {
+                factor,
+                original_max_position_embeddings: max_pos,
+            })
         }
         other => {
             return Err(unsupported(
                 path,
                 &format!("{key}.rope_type"),
                 format!("{other:?}"),
-                "kvpr implements RoPE types default, linear, llama3 and yarn",
+                "kvpr implements RoPE types default, linear, dynamic, llama3 and yarn",
             ))
         }
     })
@@ -490,7 +511,10 @@ impl RopeScaling {
             .map(|i| 1.0 / theta.powf((2 * i) as f64 / dim))
             .collect();
         let (freqs, factor): (Vec<f64>, f64) = match scaling {
-            None | Some(RopeScaling::FreqFactors) => (base, 1.0),
+            // Dynamic NTK rescales per row at run time (kernels::DynamicNtk).
+            None | Some(RopeScaling::FreqFactors) | Some(RopeScaling::Dynamic { .. }) => {
+                (base, 1.0)
+            }
             Some(RopeScaling::Linear { factor }) => {
                 (base.iter().map(|f| f / factor).collect(), 1.0)
             }

@@ -146,13 +146,49 @@ fn yarn_follows_transformers_defaults() {
     assert!((yarn[7] / (plain[7] / 4.0) - 1.0).abs() < 1e-6);
 }
 
+/// Dynamic NTK: the table is the plain one (the kernel rescales per row),
+/// the context is `factor` times `max_position_embeddings`, and a factor
+/// below 1 (which would shrink the base) is refused by name.
+#[test]
+fn dynamic_ntk_resolves_and_extends_the_context() {
+    for key in ["rope_scaling", "rope_parameters"] {
+        let s = spec_with(
+            "llama",
+            &format!(r#""{key}":{{"rope_type":"dynamic","factor":2.5}}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            s.arch.rope_scaling,
+            Some(RopeScaling::Dynamic {
+                factor: 2.5,
+                original_max_position_embeddings: 64
+            })
+        );
+        assert_eq!(s.max_context, 160);
+        assert!(s.arch.describe().contains("dynamic NTK RoPE x2.5"));
+        let (plain, _) = RopeScaling::inv_freq(None, 1e4, 16);
+        assert_eq!(
+            RopeScaling::inv_freq(s.arch.rope_scaling.as_ref(), 1e4, 16),
+            (plain, 1.0)
+        );
+        let back: ModelSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+    let e = spec_with("llama", r#""rope_scaling":{"type":"dynamic","factor":0.5}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rope_scaling.factor") && e.contains("below 1"),
+        "{e}"
+    );
+    let e = spec_with("llama", r#""rope_scaling":{"type":"dynamic"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope_scaling.factor"), "{e}");
+}
+
 #[test]
 fn every_function_changing_key_is_implemented_or_refused_by_name() {
-    refused(
-        "llama",
-        r#""rope_scaling":{"rope_type":"dynamic","factor":2.0}"#,
-        "rope_scaling.rope_type",
-    );
     refused(
         "llama",
         r#""rope_scaling":{"rope_type":"longrope","factor":2.0}"#,

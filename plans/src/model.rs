@@ -298,6 +298,14 @@ impl ModelSpec {
             Family::Llama => arch::from_hf(&cfg, path, kind, max_context, n_layers)?,
             Family::Opt => (Arch::default(), 0.0),
         };
+        // Dynamic NTK has no hard limit in transformers; kvpr runs such a
+        // model to the context its scaling was made for.
+        let max_context = match arch.rope_scaling {
+            Some(arch::RopeScaling::Dynamic { factor, .. }) => {
+                ((max_context as f64 * factor).floor() as usize).max(max_context)
+            }
+            _ => max_context,
+        };
         let spec = ModelSpec {
             name,
             family,

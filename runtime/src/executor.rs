@@ -48,7 +48,7 @@
 //! `dense`, `head`; writeback: `writeback`) and reads them once the step has
 //! finished (see `trace.rs`). An untraced step records nothing extra.
 
-use kernels::{AttnShape, Backend, DeviceBuf, Event, IdBuf, Rows, SampleArgs, Stream};
+use kernels::{AttnShape, Backend, DeviceBuf, Event, IdBuf, RopeFreqs, Rows, SampleArgs, Stream};
 use plans::{TraceOpKind, TraceStep};
 
 use crate::layer::{project, Proj};
@@ -118,6 +118,9 @@ pub struct Executor<'a> {
     traced: Option<TraceStep>,
     /// The step issued last, until [`Executor::finish_step`].
     issued: Option<Issued>,
+    /// This generation's RoPE table where it is not the model's (dynamic
+    /// NTK: made for the prompt's length at prefill).
+    prompt_rope: Option<RopeFreqs>,
 }
 
 /// A step on its way: what it moved, and the events around it.
@@ -204,7 +207,13 @@ impl<'a> Executor<'a> {
             trace: None,
             traced: None,
             issued: None,
+            prompt_rope: None,
         })
+    }
+
+    /// The RoPE table every Q and K of this generation turns by.
+    fn rope(&self) -> &RopeFreqs {
+        self.prompt_rope.as_ref().unwrap_or(&self.model.rope)
     }
 
     /// Runs the prompts (`[batch, p]` ids) at positions `0..p`, fills the host
@@ -224,6 +233,7 @@ impl<'a> Executor<'a> {
                 ),
             });
         }
+        self.prompt_rope = m.prompt_rope(be, p)?;
         // Prefill is not the measured loop: its activations are allocated here.
         let act = Activations::new(be, s, rows)?;
         let Activations {
@@ -248,10 +258,11 @@ impl<'a> Executor<'a> {
             let (ks, vs) = (&self.k_stage[0], &self.v_stage[0]);
             be.rmsnorm(hidden, &l.input_layernorm, xn, rows, h, eps)
                 .at(li)?;
-            project(be, m, li, Proj::Q, (xn, 0), (q, 0), rows, Some((&pos, 0)))?;
+            let rot = Some((&pos, 0, self.rope()));
+            project(be, m, li, Proj::Q, (xn, 0), (q, 0), rows, rot)?;
             for bi in 0..b {
                 let (xo, ko) = (bi * p * h, bi * cap * kvd);
-                project(be, m, li, Proj::K, (xn, xo), (ks, ko), p, Some((&pos, 0)))?;
+                project(be, m, li, Proj::K, (xn, xo), (ks, ko), p, rot)?;
                 project(be, m, li, Proj::V, (xn, xo), (vs, ko), p, None)?;
             }
             let shape = self.attn_shape(b, p, 0, cap);
@@ -538,7 +549,7 @@ impl<'a> Executor<'a> {
                 let (nx, nk, nv) = (&self.new_x[li], &self.new_k[li], &self.new_v[li]);
                 be.rmsnorm(&self.act.hidden, &l.input_layernorm, nx, b, h, eps)
                     .at(li)?;
-                let pos = Some((&self.pos, 0));
+                let pos = Some((&self.pos, 0, self.rope()));
                 project(be, m, li, Proj::Q, (nx, 0), (&self.act.q, 0), b, pos)?;
                 project(be, m, li, Proj::K, (nx, 0), (nk, 0), b, pos)?;
                 project(be, m, li, Proj::V, (nx, 0), (nv, 0), b, None)?;
@@ -660,7 +671,7 @@ impl<'a> Executor<'a> {
             let (n, row0) = (c1 - c0, b * (c0 - g));
             let (rows_n, xo, ko) = (b * n, row0 * h, row0 * kvd);
             // This chunk's positions sit at its rows, after the token positions.
-            let pos = Some((&self.pos, b + row0));
+            let pos = Some((&self.pos, b + row0, self.rope()));
             project(be, m, li, Proj::K, (xs, xo), (kt, ko), rows_n, pos)?;
             project(be, m, li, Proj::V, (xs, xo), (vt, ko), rows_n, None)?;
             let rows = Rows {
@@ -772,6 +783,7 @@ impl<'a> Executor<'a> {
                 reason: format!("{p} positions, capacity {}", self.cap),
             });
         }
+        self.prompt_rope = self.model.prompt_rope(self.backend, p)?;
         for li in 0..self.model.layers.len() {
             self.store.mark_written(Stored::X, li, 0, p);
             self.store.mark_written(Stored::Kv, li, 0, p);

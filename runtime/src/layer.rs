@@ -6,7 +6,7 @@
 //! RoPE at absolute positions. The output projection and the MLP, with their
 //! biases, are [`output`] and [`mlp`].
 
-use kernels::{Backend, DeviceBuf, IdBuf, RopeShape};
+use kernels::{Backend, DeviceBuf, IdBuf, RopeFreqs, RopeShape};
 
 use crate::model::Model;
 use crate::{AtLayer, Result, RuntimeError};
@@ -22,11 +22,16 @@ pub(crate) enum Proj {
 /// A place in a device buffer: the buffer and an element offset.
 pub(crate) type At<'b> = (&'b DeviceBuf, usize);
 
+/// Where the rows' positions are (ids buffer and offset) and the RoPE table
+/// they turn by: [`Model::rope`], or a generation's
+/// [`Model::prompt_rope`].
+pub(crate) type Rot<'b> = (&'b IdBuf, usize, &'b RopeFreqs);
+
 /// Layer `li`'s projection `which` of `rows` rows of the attention input
 /// `x` (`[rows, h]` from its offset) into `out` (`[rows, width]` from its
 /// offset, `width` = `q_dim` or `kv_dim`): `x . W^T`, `+ bias`, per-head
 /// RMSNorm (Qwen3's q/k norm), then RoPE with row `i` at position
-/// `pos[pos_off + i]` (Q and K; V takes no positions).
+/// `pos[pos_off + i]` by `pos`'s table (Q and K; V takes no positions).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn project(
     be: &Backend,
@@ -36,7 +41,7 @@ pub(crate) fn project(
     x: At<'_>,
     out: At<'_>,
     rows: usize,
-    pos: Option<(&IdBuf, usize)>,
+    pos: Option<Rot<'_>>,
 ) -> Result<()> {
     let s = m.spec();
     let a = &m.layers[li].self_attn;
@@ -60,7 +65,7 @@ pub(crate) fn project(
     if which == Proj::V {
         return Ok(());
     }
-    let (pos, pos_off) = pos.ok_or_else(|| RuntimeError::Request {
+    let (pos, pos_off, rope) = pos.ok_or_else(|| RuntimeError::Request {
         what: "project".into(),
         reason: "Q and K need positions for RoPE".into(),
     })?;
@@ -71,7 +76,7 @@ pub(crate) fn project(
         head_dim: d,
         interleaved: m.config.rope.interleaved(),
     };
-    be.rope(buf, off, pos, pos_off, &m.rope, shape).at(li)
+    be.rope(buf, off, pos, pos_off, rope, shape).at(li)
 }
 
 /// `hidden += o(att) + o_bias` over `rows` rows of layer `li`, with `tmp`

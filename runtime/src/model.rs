@@ -3,7 +3,8 @@
 //! RoPE table both the forward and recomputation rotate with. The layer's
 //! projections are in `layer`, the forward that follows a plan in `executor`.
 
-use kernels::{Backend, DeviceBuf, RopeFreqs};
+use kernels::{Backend, DeviceBuf, DynamicNtk, RopeFreqs};
+use plans::RopeScaling;
 
 use crate::source::{Config, TensorSource};
 use crate::tokenizer::Tokenizer;
@@ -27,7 +28,9 @@ pub struct Model {
     pub norm: DeviceBuf,
     /// `None` when tied to `embed_tokens`.
     pub lm_head: Option<DeviceBuf>,
-    /// RoPE's inverse frequencies and attention factor on the device.
+    /// RoPE's inverse frequencies and attention factor on the device. Under
+    /// dynamic NTK scaling a generation turns by [`Model::prompt_rope`]'s
+    /// table instead; this one treats every token as its own call.
     pub rope: RopeFreqs,
 }
 
@@ -105,7 +108,14 @@ impl Model {
         t: Layers<DeviceBuf>,
         backend: &Backend,
     ) -> Result<Self> {
-        let rope = backend.rope_freqs(&config.rope_inv_freq, config.rope_attention_factor)?;
+        let rope = match Self::dynamic_ntk(&config, 0) {
+            None => backend.rope_freqs(&config.rope_inv_freq, config.rope_attention_factor)?,
+            Some(d) => backend.rope_freqs_dynamic(
+                &config.rope_inv_freq,
+                config.rope_attention_factor,
+                d,
+            )?,
+        };
         Ok(Model {
             config,
             tokenizer,
@@ -115,6 +125,37 @@ impl Model {
             lm_head: t.lm_head,
             rope,
         })
+    }
+
+    fn dynamic_ntk(config: &Config, prompt_len: usize) -> Option<DynamicNtk> {
+        match config.spec.arch.rope_scaling {
+            Some(RopeScaling::Dynamic {
+                factor,
+                original_max_position_embeddings,
+            }) => Some(DynamicNtk {
+                factor: factor as f32,
+                max_pos: original_max_position_embeddings.min(u32::MAX as usize) as u32,
+                min_len: prompt_len.min(u32::MAX as usize) as u32,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The RoPE table of a generation whose prompts have `prompt_len`
+    /// tokens, where it differs from [`Model::rope`]: under dynamic NTK
+    /// scaling the prompt is one call, so its keys turn by the base of its
+    /// length (transformers' rule; see `kernels::DynamicNtk`). `None`: use
+    /// [`Model::rope`].
+    pub fn prompt_rope(&self, be: &Backend, prompt_len: usize) -> Result<Option<RopeFreqs>> {
+        let Some(d) = Self::dynamic_ntk(&self.config, prompt_len) else {
+            return Ok(None);
+        };
+        let c = &self.config;
+        Ok(Some(be.rope_freqs_dynamic(
+            &c.rope_inv_freq,
+            c.rope_attention_factor,
+            d,
+        )?))
     }
 
     /// The output projection (the embeddings when tied).

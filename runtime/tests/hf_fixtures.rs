@@ -3,9 +3,9 @@
 //! one per family and setting kvpr implements: kvpr gives transformers'
 //! greedy tokens and its logits (f32) for each, with every K/V transferred
 //! and under plans that recompute half (and all) of every range from stored
-//! activations, so recomputation is held to the forward's function too. The
-//! one fixture whose setting kvpr refuses (dynamic NTK RoPE) must be refused
-//! by name.
+//! activations, so recomputation is held to the forward's function too.
+//! Dynamic NTK RoPE, whose rotation depends on the prompt's length, runs
+//! in `kvpr run` and is refused by name by the paged engine.
 
 mod common;
 
@@ -21,7 +21,7 @@ fn cpu() -> Backend {
 #[test]
 fn every_fixture_gives_transformers_tokens_and_logits_with_and_without_recomputation() {
     let names = runnable();
-    assert_eq!(names.len(), 11, "{names:?}");
+    assert_eq!(names.len(), 12, "{names:?}");
     for name in &names {
         let e = expected(name);
         let n = e.tokens.len();
@@ -86,14 +86,37 @@ fn every_fixture_gives_transformers_tokens_and_logits_with_and_without_recomputa
     }
 }
 
+/// The dynamic-NTK fixture's prompt (17) is past its
+/// max_position_embeddings (12), so the scaling is exercised from the
+/// prefill on; kvpr runs it to factor x 12 = 36 positions. The paged
+/// engine, which serves requests of different prompt lengths with one
+/// table, refuses it by name.
 #[test]
-fn dynamic_ntk_rope_is_refused_by_name() {
+fn dynamic_ntk_runs_past_max_position_and_the_paged_engine_refuses_it() {
+    let be = cpu();
     let source = ModelSource::HfDir(fixtures().join("dynamic-rope"));
-    let err = format!("{:#}", Model::load(&source, &cpu()).err().expect("refused"));
+    let model = Model::load(&source, &be).unwrap();
+    assert!(expected("dynamic-rope").prompt_ids.len() > 12);
+    assert_eq!(model.spec().max_context, 36);
+    assert!(model.prompt_rope(&be, 17).unwrap().is_some());
+    let cfg = runtime::PagedConfig {
+        block_size: 4,
+        capacity_blocks: 16,
+        max_batch: 2,
+        keep_activations: true,
+        request_tokens: vec![20, 20],
+    };
+    let err = runtime::PagedEngine::new(&be, &model, cfg)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(
-        err.contains("rope_parameters.rope_type") && err.contains("dynamic"),
+        err.contains("dynamic NTK") && err.contains("kvpr run"),
         "{err}"
     );
+    // A model without it has no per-prompt table.
+    let plain = Model::load(&ModelSource::HfDir(fixtures().join("llama-mha")), &be).unwrap();
+    assert!(plain.prompt_rope(&be, 17).unwrap().is_none());
 }
 
 #[test]

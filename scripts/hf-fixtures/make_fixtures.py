@@ -153,7 +153,7 @@ FIXTURES = [
          "is divided by 2, i.e. positions are halved), head_dim 16, bf16, tied.",
          head_dim=16, tied=True, rope={"rope_type": "linear", "factor": 2.0}),
     spec("dynamic-rope", 8, "DYNAMIC_WHAT", head_dim=16, tied=True, max_pos=12,
-         rope={"rope_type": "dynamic", "factor": 2.0}),
+         rope={"rope_type": "dynamic", "factor": 3.0}),
     spec("llama-attn-bias", 10, "Llama GQA with attention_bias true: q_proj, k_proj, v_proj AND "
          "o_proj all carry non-zero biases (the q/k biases are added before RoPE), bf16, tied.", tied=True,
          attention_bias=True),
@@ -176,7 +176,7 @@ FIXTURES = [
 ]
 
 DYNAMIC_WHAT = (
-    "Llama with dynamic NTK RoPE (factor 2, max_position_embeddings 12, theta 10000, head_dim 16). "
+    "Llama with dynamic NTK RoPE (factor 3, max_position_embeddings 12, theta 10000, head_dim 16). "
     "transformers recomputes inv_freq once per forward call from seq_len = max(position_ids)+1 of "
     "THAT call, only when seq_len exceeds the largest seq_len seen so far (initially "
     "max_position_embeddings; no change while seq_len <= max_position_embeddings): base' = theta * (factor*seq_len/max_pos - (factor-1))^(dim/(dim-2)), "

@@ -174,7 +174,7 @@ impl PagedEngine<'_> {
             (xs, 0),
             (kt, 0),
             r,
-            Some((&self.ramp, 0)),
+            Some((&self.ramp, 0, &m.rope)),
         )?;
         project(be, m, li, Proj::V, (xs, 0), (vt, 0), r, None)?;
         self.store_rows(li, seq, kt, vt, 0, r)
@@ -283,7 +283,7 @@ impl PagedEngine<'_> {
             return Ok(());
         }
         let (xs, t) = (&self.x_stage[p], &self.recomputed);
-        let pos = Some((&self.step, rec.pos));
+        let pos = Some((&self.step, rec.pos, &m.rope));
         project(be, m, li, Proj::K, (xs, 0), (t, 0), r, pos)?;
         be.scatter_rows(t, 0, &self.k_gather[p], &self.step, rec.dst, r, kvd)
             .at(li)?;

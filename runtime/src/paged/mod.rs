@@ -174,6 +174,17 @@ impl<'a> PagedEngine<'a> {
     /// Allocates the device pools, the host store and the step buffers.
     pub fn new(be: &'a Backend, model: &'a Model, cfg: PagedConfig) -> Result<Self> {
         let s = model.spec();
+        if let Some(plans::RopeScaling::Dynamic { .. }) = s.arch.rope_scaling {
+            // Each request's keys turn by the base of its own prompt's
+            // length; the engine has one table for every request.
+            return Err(bad(
+                "paged cache",
+                format!(
+                    "{} uses dynamic NTK RoPE, whose rotation depends on each request's prompt length; serve it with `kvpr run` (one prompt length per batch)",
+                    s.name
+                ),
+            ));
+        }
         let (h, kvd, nl) = (s.hidden_size, s.kv_dim(), s.n_layers);
         let bs = cfg.block_size;
         if bs == 0 || cfg.capacity_blocks == 0 || cfg.max_batch == 0 {
@@ -359,7 +370,7 @@ impl<'a> PagedEngine<'a> {
         for (li, l) in m.layers.iter().enumerate() {
             be.rmsnorm(hidden, &l.input_layernorm, xn, p, h, eps)
                 .at(li)?;
-            let pos = Some((&self.ramp, 0));
+            let pos = Some((&self.ramp, 0, &m.rope));
             project(be, m, li, Proj::Q, (xn, 0), (q, 0), p, pos)?;
             project(be, m, li, Proj::K, (xn, 0), (&kt, 0), p, pos)?;
             project(be, m, li, Proj::V, (xn, 0), (&vt, 0), p, None)?;
@@ -549,7 +560,7 @@ impl<'a> PagedEngine<'a> {
             let xn = &self.xn[li % self.xn.len()];
             be.rmsnorm(&self.act.hidden, &l.input_layernorm, xn, b, h, eps)
                 .at(li)?;
-            let pos = Some((&self.step, pos_off));
+            let pos = Some((&self.step, pos_off, &m.rope));
             project(be, m, li, Proj::Q, (xn, 0), (&self.act.q, 0), b, pos)?;
             project(be, m, li, Proj::K, (xn, 0), (&self.k_new, 0), b, pos)?;
             project(be, m, li, Proj::V, (xn, 0), (&self.v_new, 0), b, None)?;

@@ -14,15 +14,13 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf")
 }
 
-/// Every fixture kvpr runs: each folder of [`fixtures`] but the one whose
-/// setting kvpr refuses (dynamic NTK RoPE), sorted.
+/// Every fixture: each folder of [`fixtures`] with an `expected.json`, sorted.
 pub fn runnable() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(fixtures())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("expected.json").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "dynamic-rope")
         .collect();
     names.sort();
     names

@@ -420,6 +420,9 @@ pub fn gguf_of(w: &Weights, arch: &str, dtype: GgmlDType) -> Gguf {
         Some(plans::RopeScaling::FreqFactors) => {
             panic!("weights read from a GGUF with rope_freqs: write the factors yourself")
         }
+        Some(plans::RopeScaling::Dynamic { .. }) => {
+            panic!("GGUF has no dynamic NTK RoPE (llama.cpp converts none)")
+        }
     }
     if let Some(win) = s.arch.sliding_window {
         metadata.push((k("attention.sliding_window"), Value::U32(win as u32)));
