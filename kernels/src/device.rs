@@ -27,6 +27,10 @@ pub(crate) trait Device: Send + Sync {
     fn upload_owned(&self, data: Vec<f32>) -> Result<BufInner> {
         self.upload(&data)
     }
+    /// A buffer of `bytes.len() / src.bytes()` values stored as `src`
+    /// (whole values, checked by `Backend`), converted to the device's
+    /// dtype.
+    fn upload_stored(&self, bytes: &[u8], src: Dtype) -> Result<BufInner>;
     fn download(&self, buf: &BufInner, off: usize, len: usize) -> Result<Vec<f32>>;
     fn alloc_ids(&self, len: usize) -> Result<IdInner>;
     fn write_ids(&self, dst: &IdInner, off: usize, ids: &[u32]) -> Result<()>;

@@ -32,6 +32,7 @@ mod error;
 mod ops;
 mod ragged;
 pub mod selftest;
+pub mod stored;
 pub mod twin;
 
 #[cfg(test)]
@@ -419,6 +420,27 @@ impl Backend {
         let len = data.len();
         let inner = self.dev.upload_owned(data)?;
         Ok(DeviceBuf { len, inner })
+    }
+
+    /// A buffer of the values `bytes` holds as `dtype` (little-endian, as a
+    /// checkpoint stores them), converted to what this backend keeps in one
+    /// pass: f32 on the CPU; on CUDA the bytes are copied as they are when
+    /// they are already the compute dtype (no host copy), else converted a
+    /// bounded chunk at a time. `bytes` must hold whole values.
+    pub fn upload_stored(&self, bytes: &[u8], dtype: Dtype) -> Result<DeviceBuf> {
+        if !bytes.len().is_multiple_of(dtype.bytes()) {
+            return Err(KernelError::Shape {
+                op: "upload_stored",
+                device: self.name(),
+                shape: format!("{} bytes of {dtype:?}", bytes.len()),
+                reason: format!("not a whole number of {}-byte values", dtype.bytes()),
+            });
+        }
+        let inner = self.dev.upload_stored(bytes, dtype)?;
+        Ok(DeviceBuf {
+            len: bytes.len() / dtype.bytes(),
+            inner,
+        })
     }
 
     /// Elements `off..off+len` of `buf` as f32, after every stream has finished.

@@ -2,10 +2,12 @@
 //! tensor at a time: the files a `model.safetensors.index.json` names (a
 //! sharded checkpoint), else every `*.safetensors` file of the directory.
 //!
-//! Each tensor is converted from the mapped bytes straight into f32 (one
-//! pass, no intermediate tensor), and once converted its pages are given
-//! back to the kernel, so the resident set while loading is the model the
-//! backend holds plus one tensor, not the model plus the whole mapped file.
+//! Each tensor is handed over as its mapped bytes, for the backend to take
+//! in one pass (`kernels::Backend::upload_stored`: converted to f32 on the
+//! CPU, copied as they are to a device of the same dtype), and its pages are
+//! then given back to the kernel, so the resident set while loading is the
+//! model the backend holds plus one tensor, not the model plus the whole
+//! mapped file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -95,23 +97,26 @@ impl Checkpoint {
         self.entries.keys()
     }
 
-    /// Tensor `name` as f32 and its shape, or `None` when it is not there.
-    /// F32, F16 and BF16 are read; other dtypes are an error naming them.
-    pub fn read(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+    /// Calls `f` with tensor `name`'s stored bytes (its pages faulted in
+    /// with one call), their dtype and the tensor's shape, then hands the
+    /// pages back to the kernel (they are read again from the file if
+    /// anything touches them), so loading holds one tensor of the file at a
+    /// time. `None` when the tensor is not there. F32, F16 and BF16 are
+    /// read; other dtypes are an error naming them.
+    pub fn with_tensor<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&[u8], kernels::Dtype, &[usize]) -> Result<R>,
+    ) -> Result<Option<R>> {
         let Some(e) = self.entries.get(name) else {
             return Ok(None);
         };
         let (path, map) = &self.files[e.file];
         let bytes = &map[e.range.0..e.range.1];
-        // Fault the range in with one call instead of a page fault per 4 KiB
-        // (expensive in a VM); where the kernel lacks it, pages fault as usual.
-        #[cfg(target_os = "linux")]
-        let _ = map.advise_range(Advice::PopulateRead, e.range.0, bytes.len());
-        #[cfg(not(target_os = "linux"))]
-        let _ = map.advise_range(Advice::WillNeed, e.range.0, bytes.len());
-        let esz = match e.dtype {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
+        let dtype = match e.dtype {
+            Dtype::F32 => kernels::Dtype::F32,
+            Dtype::F16 => kernels::Dtype::F16,
+            Dtype::BF16 => kernels::Dtype::Bf16,
             other => {
                 return Err(RuntimeError::Dtype {
                     path: path.clone(),
@@ -122,7 +127,7 @@ impl Checkpoint {
             }
         };
         let n: usize = e.shape.iter().product();
-        if n.checked_mul(esz) != Some(bytes.len()) {
+        if n.checked_mul(dtype.bytes()) != Some(bytes.len()) {
             return Err(bad(
                 path,
                 format!(
@@ -133,76 +138,28 @@ impl Checkpoint {
                 ),
             ));
         }
-        let values = convert(bytes, n, e.dtype);
-        // The values are copied out: hand the pages back (they are read
-        // again from the file if anything touches them).
+        // Fault the range in with one call instead of a page fault per 4 KiB
+        // (expensive in a VM); where the kernel lacks it, pages fault as usual.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise_range(Advice::PopulateRead, e.range.0, bytes.len());
+        #[cfg(not(target_os = "linux"))]
+        let _ = map.advise_range(Advice::WillNeed, e.range.0, bytes.len());
+        let out = f(bytes, dtype, &e.shape);
         // SAFETY: a private read-only file map: dropping its pages loses
-        // nothing, and no reference into the range outlives this function.
+        // nothing, and `f`, which had the only reference into the range,
+        // has returned.
         let _ = unsafe {
             map.unchecked_advise_range(UncheckedAdvice::DontNeed, e.range.0, bytes.len())
         };
-        Ok(Some((values, e.shape.clone())))
+        out.map(Some)
     }
-}
 
-/// `n` values of `dtype` (F32, F16 or BF16, little-endian) in `bytes` as
-/// f32, converted on every core: the first write to each page of a model's
-/// worth of fresh memory costs the kernel a fault and a zeroing, which is
-/// most of what loading costs on a CPU, and it runs in parallel too.
-fn convert(bytes: &[u8], n: usize, dtype: Dtype) -> Vec<f32> {
-    let esz = if dtype == Dtype::F32 { 4 } else { 2 };
-    if n == 0 {
-        return Vec::new();
+    /// Tensor `name` as f32 and its shape, or `None` when it is not there.
+    pub fn read(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+        self.with_tensor(name, |bytes, dtype, shape| {
+            Ok((kernels::stored::to_f32(bytes, dtype), shape.to_vec()))
+        })
     }
-    let one = |b: &[u8]| -> f32 {
-        match dtype {
-            Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-            _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-        }
-    };
-    let mut values = huge_vec(n);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(n / (1 << 20))
-        .max(1);
-    let per = n.div_ceil(threads).max(1);
-    let out = &mut values.spare_capacity_mut()[..n];
-    std::thread::scope(|s| {
-        for (o, b) in out.chunks_mut(per).zip(bytes.chunks(per * esz)) {
-            s.spawn(move || {
-                for (slot, v) in o.iter_mut().zip(b.chunks_exact(esz)) {
-                    slot.write(one(v));
-                }
-            });
-        }
-    });
-    // SAFETY: `bytes` holds exactly `n * esz` bytes (checked by the caller),
-    // so the chunks above wrote every one of the first `n` elements.
-    unsafe { values.set_len(n) };
-    values
-}
-
-/// An empty vector with room for `n` values whose pages the kernel may back
-/// with huge pages (Linux, where transparent huge pages are on "madvise"):
-/// a model's worth of fresh memory faults in 2 MiB at a time, not 4 KiB,
-/// which in a VM is most of what loading costs.
-fn huge_vec(n: usize) -> Vec<f32> {
-    let v: Vec<f32> = Vec::with_capacity(n);
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let (start, len) = (v.as_ptr() as usize, n * std::mem::size_of::<f32>());
-        let first = start.next_multiple_of(HUGE);
-        let end = (start + len) & !(HUGE - 1);
-        if end > first {
-            // SAFETY: a hint on whole huge pages inside the vector's own
-            // allocation; it changes how the pages are backed, never their
-            // contents (the vector has written nothing yet).
-            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
-        }
-    }
-    v
 }
 
 /// The files of a checkpoint: those `model.safetensors.index.json` names, else

@@ -6,7 +6,7 @@
 use kernels::{Backend, DeviceBuf, DynamicNtk, RopeFreqs};
 use plans::RopeScaling;
 
-use crate::source::{Config, TensorSource};
+use crate::source::{Config, Tensor, TensorSource};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, Layers, Weights};
 use crate::ModelSource;
@@ -36,7 +36,10 @@ pub struct Model {
 
 impl Model {
     /// Loads weights and tokenizer from `source`, uploading each tensor as it
-    /// is read (no whole-model f32 copy on the way to a 16-bit device).
+    /// is read: a safetensors tensor goes from its mapped bytes to the
+    /// backend in one pass (`Backend::upload_stored`: on a device of the
+    /// checkpoint's dtype, with no host copy at all), so no f32 copy of the
+    /// model, or even of a tensor, is made on the way to a 16-bit device.
     pub fn load(source: &ModelSource, backend: &Backend) -> Result<Self> {
         Self::load_with_progress(source, backend, |_, _| {})
     }
@@ -51,7 +54,12 @@ impl Model {
         let (mut src, mut config) = TensorSource::open(source)?;
         let tokenizer = src.tokenizer(&config)?;
         check_upload_memory(&config, backend)?;
-        let mut upload = |v: Vec<f32>| -> Result<DeviceBuf> { Ok(backend.upload_vec(v)?) };
+        let mut upload = |t: Tensor<'_>| -> Result<DeviceBuf> {
+            Ok(match t {
+                Tensor::F32(v) => backend.upload_vec(v)?,
+                Tensor::Stored { bytes, dtype } => backend.upload_stored(bytes, dtype)?,
+            })
+        };
         let (t, factors) = Layers::load(&mut src, &config, &mut upload, progress)?;
         config.apply_freq_factors(factors.as_deref())?;
         Self::assemble(config, tokenizer, t, backend)

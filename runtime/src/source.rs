@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::checkpoint::Checkpoint;
 use crate::{Result, RuntimeError, Tokenizer};
+use kernels::Dtype;
 
 /// How a checkpoint's Q/K projections pair the dimensions RoPE rotates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +105,28 @@ impl Config {
 
 /// The name of a GGUF's RoPE frequency factors (no Hugging Face twin).
 pub(crate) const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// A tensor as a source hands it over.
+pub(crate) enum Tensor<'a> {
+    /// Row-major f32 values (dequantised GGUF, synthetic weights).
+    F32(Vec<f32>),
+    /// A checkpoint's stored little-endian values, straight from the mapped
+    /// file, for `kernels::Backend::upload_stored`.
+    Stored { bytes: &'a [u8], dtype: Dtype },
+}
+
+impl Tensor<'_> {
+    /// The values as f32.
+    pub(crate) fn into_f32(self) -> Vec<f32> {
+        match self {
+            Tensor::F32(v) => v,
+            Tensor::Stored { bytes, dtype } => kernels::stored::to_f32(bytes, dtype),
+        }
+    }
+}
+
+/// How a loaded tensor becomes a `T` (f32 on the host, an upload on a backend).
+pub(crate) type Sink<'s, T> = dyn FnMut(Tensor<'_>) -> Result<T> + 's;
 
 /// How synthetic weights are drawn.
 #[derive(Clone, Copy, Debug)]
@@ -225,6 +248,39 @@ impl TensorSource {
                 Ok(Tokenizer::bytes(cfg.spec.vocab_size, self.path.clone()))
             }
         }
+    }
+
+    /// The tensor `name`, checked against `shape`, through `sink`: a
+    /// safetensors tensor as its stored bytes (the sink takes them in one
+    /// pass; see [`Tensor`]), anything else as f32.
+    pub fn load<T>(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+        sink: &mut Sink<'_, T>,
+    ) -> Result<T> {
+        let WeightFormat::Safetensors { files } = &self.format else {
+            return sink(Tensor::F32(self.get(name, shape, init)?));
+        };
+        let path = &self.path;
+        let t = files.with_tensor(name, |bytes, dtype, found| {
+            if found != shape {
+                return Err(RuntimeError::Shape {
+                    path: path.clone(),
+                    name: name.to_string(),
+                    expected: shape.to_vec(),
+                    found: found.to_vec(),
+                });
+            }
+            sink(Tensor::Stored { bytes, dtype })
+        })?;
+        let t = t.ok_or_else(|| RuntimeError::MissingTensor {
+            path: path.clone(),
+            name: name.to_string(),
+        })?;
+        self.used.insert(name.to_string());
+        Ok(t)
     }
 
     /// The tensor `name` as row-major f32, checked against `shape`.
@@ -409,6 +465,37 @@ const SYNTHETIC_BLOCK: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
+    /// A 16-bit safetensors checkpoint reaches the sink as its stored bytes
+    /// in the checkpoint's dtype, for every tensor: nothing converts it to
+    /// f32 on the way to a device of that dtype (`Backend::upload_stored`
+    /// then copies those bytes as they are).
+    #[test]
+    fn safetensors_tensors_reach_the_sink_as_their_stored_bytes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf");
+        for (name, want) in [("qwen2", Dtype::Bf16), ("llama-mlp-bias", Dtype::F16)] {
+            let (mut src, config) =
+                TensorSource::open(&ModelSource::HfDir(dir.join(name))).unwrap();
+            let mut seen = Vec::new();
+            let mut sink = |t: Tensor<'_>| -> Result<Vec<f32>> {
+                match &t {
+                    Tensor::Stored { bytes, dtype } => seen.push((*dtype, bytes.len())),
+                    Tensor::F32(v) => panic!("{name}: a tensor of {} came as f32", v.len()),
+                }
+                Ok(t.into_f32())
+            };
+            let (layers, _) =
+                crate::weights::Layers::load(&mut src, &config, &mut sink, |_, _| {}).unwrap();
+            assert!(
+                seen.len() > 10 && seen.iter().all(|(d, _)| *d == want),
+                "{name}: {seen:?}"
+            );
+            // The embedding's bytes are 2 per value.
+            let s = &config.spec;
+            assert_eq!(seen[0].1, 2 * s.vocab_size * s.hidden_size, "{name}");
+            assert_eq!(layers.embed_tokens.len(), s.vocab_size * s.hidden_size);
+        }
+    }
+
     use super::*;
 
     #[test]

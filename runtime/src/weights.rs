@@ -10,12 +10,9 @@
 //! tensor the architecture does not use is an error
 //! ([`TensorSource::finish`]), and one it needs is an error when missing.
 
-use crate::source::{Config, Init, TensorSource};
+use crate::source::{Config, Init, Sink, TensorSource};
 use crate::ModelSource;
 use crate::Result;
-
-/// How a loaded tensor becomes a `T` (identity on the host, an upload on a backend).
-pub(crate) type Sink<'s, T> = dyn FnMut(Vec<f32>) -> Result<T> + 's;
 
 /// One layer's attention: projections, optional biases and q/k norms.
 #[derive(Clone, Debug)]
@@ -51,7 +48,7 @@ fn optional<T>(
     if !on {
         return Ok(None);
     }
-    Ok(Some(sink(src.get(name, shape, init)?)?))
+    Ok(Some(src.load(name, shape, init, sink)?))
 }
 
 impl<T> Attention<T> {
@@ -69,7 +66,7 @@ impl<T> Attention<T> {
         // depth so synthetic activations stay O(1) through all layers.
         let std_out = Init::Std(1.0 / ((q * 2 * s.n_layers) as f32).sqrt());
         let mut get = |name: &str, shape: &[usize], init: Init| -> Result<T> {
-            sink(src.get(&format!("{prefix}.{name}"), shape, init)?)
+            src.load(&format!("{prefix}.{name}"), shape, init, sink)
         };
         let (q_proj, k_proj) = (
             get("q_proj.weight", &[q, h], std_in(h))?,
@@ -125,9 +122,9 @@ impl<T> Mlp<T> {
         let name = |n: &str| format!("{prefix}.{n}");
         let bias = Init::Std(0.1);
         Ok(Mlp {
-            gate_proj: sink(src.get(&name("gate_proj.weight"), &[f, h], std_in)?)?,
-            up_proj: sink(src.get(&name("up_proj.weight"), &[f, h], std_in)?)?,
-            down_proj: sink(src.get(&name("down_proj.weight"), &[h, f], std_out)?)?,
+            gate_proj: src.load(&name("gate_proj.weight"), &[f, h], std_in, sink)?,
+            up_proj: src.load(&name("up_proj.weight"), &[f, h], std_in, sink)?,
+            down_proj: src.load(&name("down_proj.weight"), &[h, f], std_out, sink)?,
             gate_bias: optional(src, sink, on, &name("gate_proj.bias"), &[f], bias)?,
             up_bias: optional(src, sink, on, &name("up_proj.bias"), &[f], bias)?,
             down_bias: optional(src, sink, on, &name("down_proj.bias"), &[h], bias)?,
@@ -155,18 +152,23 @@ impl<T> Block<T> {
     ) -> Result<Self> {
         let p = format!("model.layers.{layer}");
         let h = cfg.spec.hidden_size;
-        let input_layernorm =
-            sink(src.get(&format!("{p}.input_layernorm.weight"), &[h], Init::Ones)?)?;
+        let input_layernorm = src.load(
+            &format!("{p}.input_layernorm.weight"),
+            &[h],
+            Init::Ones,
+            sink,
+        )?;
         let self_attn = Attention::load(src, &format!("{p}.self_attn"), cfg, sink)?;
-        let post = src.get(
+        let post = src.load(
             &format!("{p}.post_attention_layernorm.weight"),
             &[h],
             Init::Ones,
+            sink,
         )?;
         Ok(Block {
             input_layernorm,
             self_attn,
-            post_attention_layernorm: sink(post)?,
+            post_attention_layernorm: post,
             mlp: Mlp::load(src, &format!("{p}.mlp"), cfg, sink)?,
         })
     }
@@ -197,17 +199,17 @@ impl<T> Layers<T> {
     ) -> Result<(Self, Option<Vec<f32>>)> {
         let s = &config.spec;
         let (h, v, nl) = (s.hidden_size, s.vocab_size, s.n_layers);
-        let embed_tokens = sink(src.get("model.embed_tokens.weight", &[v, h], Init::Std(1.0))?)?;
+        let embed_tokens = src.load("model.embed_tokens.weight", &[v, h], Init::Std(1.0), sink)?;
         let mut layers = Vec::with_capacity(nl);
         for i in 0..nl {
             layers.push(Block::load(src, i, config, sink)?);
             progress(i + 1, nl);
         }
-        let norm = sink(src.get("model.norm.weight", &[h], Init::Ones)?)?;
+        let norm = src.load("model.norm.weight", &[h], Init::Ones, sink)?;
         let has_head = !s.tie_embeddings || src.contains("lm_head.weight");
         let lm_head = if has_head {
             let std = Init::Std(1.0 / (h as f32).sqrt());
-            Some(sink(src.get("lm_head.weight", &[v, h], std)?)?)
+            Some(src.load("lm_head.weight", &[v, h], std, sink)?)
         } else {
             None
         };
@@ -267,7 +269,7 @@ impl Weights {
             s.total_params().saturating_mul(4),
             "use a smaller model",
         )?;
-        let (t, factors) = Layers::load(src, &config, &mut Ok, |_, _| {})?;
+        let (t, factors) = Layers::load(src, &config, &mut |t| Ok(t.into_f32()), |_, _| {})?;
         config.apply_freq_factors(factors.as_deref())?;
         Ok(Weights {
             config,

@@ -329,6 +329,10 @@ impl Device for CpuBackend {
         Ok(BufInner::Cpu(CpuBuf::new(data)))
     }
 
+    fn upload_stored(&self, bytes: &[u8], src: Dtype) -> Result<BufInner> {
+        self.upload_owned(crate::stored::to_f32(bytes, src))
+    }
+
     fn download(&self, b: &BufInner, off: usize, len: usize) -> Result<Vec<f32>> {
         let b = buf("download", b)?;
         self.synchronize()?;

@@ -490,6 +490,25 @@ impl Device for CudaBackend {
         Ok(BufInner::Cuda(buf))
     }
 
+    fn upload_stored(&self, bytes: &[u8], src: Dtype) -> Result<BufInner> {
+        let n = bytes.len() / src.bytes();
+        let buf = self.raw_alloc(n, self.dtype.bytes())?;
+        self.bind()?;
+        crate::stored::staged(
+            self.dtype,
+            src,
+            bytes,
+            crate::stored::STAGE_CHUNK,
+            |off, piece| {
+                // SAFETY: `staged` hands out pieces that tile the `n` values of
+                // the destination dtype `buf` holds; the copy is synchronous.
+                unsafe { cudarc::driver::result::memcpy_htod_sync(buf.ptr + off as u64, piece) }
+                    .map_err(|e| self.err("cuMemcpyHtoD (stored weights)", e))
+            },
+        )?;
+        Ok(BufInner::Cuda(buf))
+    }
+
     fn download(&self, b: &BufInner, off: usize, len: usize) -> Result<Vec<f32>> {
         let buf = self.buf("download", b)?;
         self.synchronize()?;
@@ -945,30 +964,9 @@ impl ops::Launcher for CudaBackend {
 /// Values per parallel piece of host-side conversions and fills.
 const HOST_CHUNK: usize = 1 << 20;
 
-/// f32 values to the bytes of `dtype`, on every core for large inputs (a
-/// 7B-parameter model is uploaded through here).
+/// f32 values to the bytes of `dtype`, on every core for large inputs.
 fn encode(dtype: Dtype, data: &[f32]) -> Vec<u8> {
-    use rayon::prelude::*;
-    let esz = dtype.bytes();
-    let mut out = vec![0u8; data.len() * esz];
-    let one = |o: &mut [u8], d: &[f32]| match dtype {
-        Dtype::F32 => o
-            .chunks_exact_mut(4)
-            .zip(d)
-            .for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
-        Dtype::F16 => o
-            .chunks_exact_mut(2)
-            .zip(d)
-            .for_each(|(o, &v)| o.copy_from_slice(&half::f16::from_f32(v).to_le_bytes())),
-        Dtype::Bf16 => o
-            .chunks_exact_mut(2)
-            .zip(d)
-            .for_each(|(o, &v)| o.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes())),
-    };
-    out.par_chunks_mut(HOST_CHUNK * esz)
-        .zip(data.par_chunks(HOST_CHUNK))
-        .for_each(|(o, d)| one(o, d));
-    out
+    crate::stored::encode(dtype, data)
 }
 
 /// Zeroes `bytes` bytes at `ptr`, on every core for large buffers (a host
@@ -992,20 +990,7 @@ unsafe fn zero_host(ptr: *mut u8, bytes: usize) {
 
 /// Bytes of `dtype` back to f32 values.
 fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
-    match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::Bf16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-    }
+    crate::stored::to_f32(bytes, dtype)
 }
 
 #[cfg(test)]
