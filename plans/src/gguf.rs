@@ -157,7 +157,8 @@ impl GgufHeader {
             path: path.to_path_buf(),
             reason,
         };
-        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        // Non-blocking: a FIFO is refused below instead of waited on.
+        let file = crate::io::open_input(path).map_err(|e| bad(e.to_string()))?;
         let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
         if !meta.is_file() {
             return Err(bad("not a regular file".into()));

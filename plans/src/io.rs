@@ -2,7 +2,7 @@
 //! whose errors carry file, line, column and field; writes are atomic.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::de::DeserializeOwned;
@@ -21,7 +21,7 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
+    let file = open_input(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err(PlansError::Input {
@@ -45,6 +45,20 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
         return Err(too_big());
     }
     Ok(bytes)
+}
+
+/// Opens `path` for reading without blocking: opening a FIFO for reading
+/// waits for a writer, so it is opened non-blocking (no effect on a regular
+/// file) and the caller refuses whatever is not a regular file.
+pub fn open_input(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK);
+    }
+    o.open(path)
 }
 
 /// [`read_limited`], as UTF-8 text.
@@ -183,8 +197,20 @@ fn inspect_output(path: &Path) -> Result<Option<std::fs::Permissions>> {
         path: path.to_path_buf(),
         reason,
     };
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(refuse(
+            "ends with /, so it names a folder; give the path of a file".into(),
+        ));
+    }
     let existing = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_file() => Some(m.permissions()),
+        Ok(m) if m.file_type().is_file() => {
+            if let Some(flag) = immutable(path) {
+                return Err(refuse(format!(
+                    "is {flag} (chattr), so it cannot be replaced; give another path"
+                )));
+            }
+            Some(m.permissions())
+        }
         Ok(m) => {
             return Err(refuse(format!(
                 "exists and is not a regular file ({}); kvpr replaces only regular files, \
@@ -238,11 +264,144 @@ fn split_target(path: &Path) -> Result<(&Path, String)> {
 
 const TEMP_TAG: &str = ".kvpr-tmp.";
 
-/// `.{name}.kvpr-tmp.{pid}.{n}`: hidden, recognisable, unique in this process.
+/// The longest file name the usual file systems take, in bytes.
+const NAME_MAX: usize = 255;
+
+/// What a temporary file's name starts with: `.{name}.kvpr-tmp.`, the name
+/// cut (at a character boundary) so the whole temporary name, pid and
+/// counter included, fits in [`NAME_MAX`] bytes whatever the target's length.
+fn temp_prefix(name: &str) -> String {
+    // `.` + name + tag + pid (at most 10 digits) + `.` + counter (at most 20).
+    let room = NAME_MAX - 1 - TEMP_TAG.len() - 10 - 1 - 20;
+    let mut cut = name.len().min(room);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}{TEMP_TAG}", &name[..cut])
+}
+
+/// `.{name}.kvpr-tmp.{pid}.{n}`: hidden, recognisable, unique in this
+/// process, and never longer than a name the target's folder takes.
 fn temp_name(name: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!(".{name}{TEMP_TAG}{}.{n}", std::process::id())
+    format!("{}{}.{n}", temp_prefix(name), std::process::id())
+}
+
+/// Whether an existing file is immutable or append-only (Linux `chattr +i`
+/// / `+a`): such a file cannot be replaced, even by its owner.
+fn immutable(path: &Path) -> Option<&'static str> {
+    #[cfg(target_os = "linux")]
+    {
+        const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+        const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+        const FS_APPEND_FL: libc::c_long = 0x20;
+        use std::os::fd::AsRawFd;
+        let file = open_input(path).ok()?;
+        let mut flags: libc::c_long = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one `long` through the pointer, which
+        // points at `flags`; the descriptor is open for the call's duration.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) };
+        if rc == 0 && flags & FS_IMMUTABLE_FL != 0 {
+            return Some("immutable");
+        }
+        if rc == 0 && flags & FS_APPEND_FL != 0 {
+            return Some("append-only");
+        }
+    }
+    let _ = path;
+    None
+}
+
+/// A path's canonical form and, where it exists, its device and inode.
+type Located = (PathBuf, Option<(u64, u64)>);
+
+/// Where a path leads: its canonical path (the folder's, resolved through
+/// symlinks and `..`, joined with the name; for a path that does not exist
+/// yet, the nearest existing folder's joined with the rest) and, where it
+/// exists, its device and inode.
+fn locate(path: &Path) -> Located {
+    #[cfg(unix)]
+    let id = std::fs::metadata(path).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    });
+    #[cfg(not(unix))]
+    let id = None;
+    if let Ok(c) = std::fs::canonicalize(path) {
+        return (c, id);
+    }
+    // Not there yet: resolve the longest existing ancestor.
+    let mut rest = Vec::new();
+    let mut at = path;
+    while let Some(n) = at.file_name() {
+        rest.push(n.to_os_string());
+        at = match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if let Ok(mut c) = std::fs::canonicalize(at) {
+            for n in rest.iter().rev() {
+                c.push(n);
+            }
+            return (c, id);
+        }
+    }
+    (path.to_path_buf(), id)
+}
+
+/// Checks a command's outputs before any work: each one [`check_output_path`]
+/// passes, and none names one of the command's `inputs` (the same file by
+/// path, symlink, `..` or hard link; or a file inside an input folder, such
+/// as a model directory) or another output. Each entry is `(flag, path)`,
+/// and the error names both flags.
+pub fn check_outputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
+    let clash = |flag: &str, path: &Path, reason: String| {
+        PlansError::Output {
+        path: path.to_path_buf(),
+        reason: format!("{flag}: {reason}; kvpr never writes over what it reads or writes twice, so give another path"),
+    }
+    };
+    let ins: Vec<_> = inputs
+        .iter()
+        .map(|(f, p)| {
+            (
+                *f,
+                locate(p),
+                std::fs::metadata(p).is_ok_and(|m| m.is_dir()),
+            )
+        })
+        .collect();
+    let mut seen: Vec<(&str, Located)> = Vec::new();
+    for &(flag, path) in outputs {
+        check_output_path(path).map_err(|e| match e {
+            PlansError::Output { path, reason } => PlansError::Output {
+                path,
+                reason: format!("{flag}: {reason}"),
+            },
+            e => e,
+        })?;
+        let (canon, id) = locate(path);
+        for (iflag, (icanon, iid), is_dir) in &ins {
+            if *icanon == canon || (id.is_some() && id == *iid) {
+                return Err(clash(flag, path, format!("is the file {iflag} reads")));
+            }
+            if *is_dir && canon.parent() == Some(icanon.as_path()) {
+                return Err(clash(
+                    flag,
+                    path,
+                    format!("is inside the folder {iflag} reads"),
+                ));
+            }
+        }
+        for (oflag, (ocanon, oid)) in &seen {
+            if *ocanon == canon || (id.is_some() && id == *oid) {
+                return Err(clash(flag, path, format!("is the file {oflag} writes too")));
+            }
+        }
+        seen.push((flag, (canon, id)));
+    }
+    Ok(())
 }
 
 /// Removes the temporary files of `name` left by processes that no longer run.
@@ -251,7 +410,7 @@ fn remove_stale_temps(dir: &Path, name: &str) {
     if !Path::new("/proc/self").exists() {
         return;
     }
-    let prefix = format!(".{name}{TEMP_TAG}");
+    let prefix = temp_prefix(name);
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -454,5 +613,112 @@ mod tests {
             assert!(!stale.exists());
         }
         assert!(other.exists(), "another target's temp file is left alone");
+    }
+
+    /// A FIFO as an input is refused at once instead of blocking the read
+    /// for a writer that never comes.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_input_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("hw.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_limited(&fifo, 1024).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    /// Outputs that name an input (directly, through a symlink, through
+    /// `..`, by a hard link, or inside an input folder) or another output
+    /// are refused naming both flags, and nothing is written.
+    #[test]
+    fn outputs_never_name_an_input_or_another_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let model = d.join("m.gguf");
+        std::fs::write(&model, b"weights").unwrap();
+        let folder = d.join("model-dir");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("config.json"), b"{}").unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&model, d.join("link.gguf")).unwrap();
+        std::fs::hard_link(&model, d.join("hard.gguf")).unwrap();
+        let inputs = [
+            ("--model", model.as_path()),
+            ("--model-dir", folder.as_path()),
+        ];
+        let refused = |out: &Path, want: &str| {
+            let e = check_outputs(&[("--summary-json", out)], &inputs)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--summary-json") && e.contains(want),
+                "{}: {e}",
+                out.display()
+            );
+        };
+        refused(&model, "the file --model reads");
+        refused(&d.join("sub/../m.gguf"), "the file --model reads");
+        refused(&d.join("hard.gguf"), "the file --model reads");
+        refused(
+            &folder.join("config.json"),
+            "inside the folder --model-dir reads",
+        );
+        refused(
+            &folder.join("new.json"),
+            "inside the folder --model-dir reads",
+        );
+        #[cfg(unix)]
+        refused(&d.join("link.gguf"), "symbolic link");
+        assert_eq!(std::fs::read(&model).unwrap(), b"weights");
+        // Two outputs, one file (not there yet, one of them by `..`).
+        let (a, b) = (d.join("x.out"), d.join("sub/../x.out"));
+        let e = check_outputs(&[("--csv", a.as_path()), ("--json", b.as_path())], &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--json") && e.contains("--csv writes too"),
+            "{e}"
+        );
+        check_outputs(
+            &[("--csv", a.as_path()), ("--json", &d.join("y.out"))],
+            &inputs,
+        )
+        .unwrap();
+        assert!(!a.exists(), "the check writes nothing");
+    }
+
+    /// A trailing slash, a missing folder and a name too long for its
+    /// temporary file are refused before anything is written; a name of 250
+    /// bytes is written (its temporary name is cut to fit).
+    #[test]
+    fn output_paths_are_checked_whole_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let slash = PathBuf::from(format!("{}/new.out/", d.display()));
+        let e = check_outputs(&[("--trace", slash.as_path())], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--trace") && e.contains("ends with /"), "{e}");
+        let e = check_outputs(&[("--plan-out", &d.join("nodir/p.json"))], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--plan-out") && e.contains("does not exist"),
+            "{e}"
+        );
+        let long = d.join("a".repeat(250));
+        check_outputs(&[("--out", long.as_path())], &[]).unwrap();
+        write_atomic(&long, b"ok").unwrap();
+        assert_eq!(std::fs::read(&long).unwrap(), b"ok");
+        let leftovers: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(TEMP_TAG))
+            .collect();
+        assert!(leftovers.is_empty());
+        assert!(temp_name(&"é".repeat(200)).len() <= NAME_MAX);
     }
 }

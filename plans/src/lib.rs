@@ -37,8 +37,8 @@ pub use hardware::{
     LinkCurves, Scalar, Source, GBPS_RANGE, HARDWARE_SCHEMA, LAUNCH_US_RANGE, TFLOPS_RANGE,
 };
 pub use io::{
-    check_output_path, fingerprint, load_json, read_limited, read_text_limited, write_atomic,
-    MAX_JSON_BYTES,
+    check_output_path, check_outputs, fingerprint, load_json, open_input, read_limited,
+    read_text_limited, write_atomic, MAX_JSON_BYTES,
 };
 pub use layout::{Coverage, Split, StoreLayout};
 pub use model::{Family, ModelSpec, MAX_CONTEXT, PRESETS};

@@ -22,6 +22,9 @@ use crate::{PlansError, Result, MAX_CONTEXT};
 const MAX_TRACE_BYTES: u64 = 64 << 20;
 /// The most requests in one workload.
 pub const MAX_REQUESTS: usize = 1 << 20;
+/// The latest arrival a trace may give, in seconds (a day): a replay sleeps
+/// until each arrival, so a far-future one would never end.
+pub const MAX_ARRIVAL_S: f64 = 86_400.0;
 
 /// One request.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +114,8 @@ impl Requests {
             message,
         };
         let mut requests = Vec::new();
+        // `\r\n` and a lone `\r` end a line as `\n` does.
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             if raw.trim().is_empty() {
@@ -124,18 +129,27 @@ impl Requests {
                     format!("more than {MAX_REQUESTS} requests"),
                 ));
             }
+            let strip = |msg: String| {
+                msg.rfind(" at line ")
+                    .map_or(msg.clone(), |k| msg[..k].to_string())
+            };
             let de = &mut serde_json::Deserializer::from_str(raw);
-            let l: Line = serde_path_to_error::deserialize(de).map_err(|e| {
+            let l: Line = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
                 let field = e.path().to_string();
                 let inner = e.into_inner();
-                let msg = inner.to_string();
-                let msg = msg
-                    .rfind(" at line ")
-                    .map_or(msg.clone(), |k| msg[..k].to_string());
-                at(line, inner.column(), &field, msg)
+                at(line, inner.column(), &field, strip(inner.to_string()))
             })?;
-            if !(l.arrival_s.is_finite() && l.arrival_s >= 0.0) {
-                let m = format!("{} is not a time in seconds >= 0", l.arrival_s);
+            // Exactly one object per line: `{...} xyz` and `{...} {...}` are
+            // refused, not read as one request.
+            de.end().map_err(|e| {
+                let m = format!("{}: one JSON object per line", strip(e.to_string()));
+                at(line, e.column(), ".", m)
+            })?;
+            if !(l.arrival_s.is_finite() && (0.0..=MAX_ARRIVAL_S).contains(&l.arrival_s)) {
+                let m = format!(
+                    "{} is not a time in seconds in 0..={MAX_ARRIVAL_S}",
+                    l.arrival_s
+                );
                 return Err(at(line, 1, "arrival_s", m));
             }
             let input_len = match (&l.input_len, &l.prompt) {
@@ -280,6 +294,34 @@ mod tests {
         }
         let e = parse("\n\n").unwrap_err().to_string();
         assert!(e.contains("no request"), "{e}");
+    }
+
+    /// Issue 19, finding 5: one object per line (trailing text or a second
+    /// object on a line is an error naming the line), CR and CRLF line
+    /// endings count as line ends, and an arrival past a day is refused
+    /// (a replay would sleep until it).
+    #[test]
+    fn one_object_per_line_any_line_ending_and_bounded_arrivals() {
+        let good = "{\"arrival_s\": 0, \"input_len\": 8, \"output_len\": 4}";
+        for bad in [format!("{good} xyz"), format!("{good} {good}")] {
+            let e = parse(&format!("{good}\n{bad}\n")).unwrap_err().to_string();
+            assert!(
+                e.starts_with("t.jsonl:2:") && e.contains("one JSON object per line"),
+                "{bad}: {e}"
+            );
+        }
+        for end in ["\r", "\r\n", "\n"] {
+            let r = parse(&[good, good, good].join(end)).unwrap();
+            assert_eq!(r.requests.len(), 3, "{end:?}");
+        }
+        let e = parse(&format!("{good}\r{good} x\r"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.jsonl:2:"), "{e}");
+        let far = "{\"arrival_s\": 1e308, \"input_len\": 8, \"output_len\": 4}";
+        let e = parse(far).unwrap_err().to_string();
+        assert!(e.contains("arrival_s") && e.contains("86400"), "{e}");
+        parse("{\"arrival_s\": 86400, \"input_len\": 8, \"output_len\": 4}").unwrap();
     }
 
     #[test]

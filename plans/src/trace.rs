@@ -113,10 +113,8 @@ pub struct Trace {
 
 impl Trace {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlansError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // A run's trace is a few steps of a few hundred ops each.
+        let text = crate::io::read_text_limited(path, crate::io::MAX_JSON_BYTES)?;
         let trace: Trace = parse_json(path, &text, TRACE_SCHEMA)?;
         trace.validate(path)?;
         Ok(trace)

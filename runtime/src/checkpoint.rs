@@ -10,7 +10,6 @@
 //! mapped file.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
@@ -45,7 +44,7 @@ impl Checkpoint {
         let mut files = Vec::new();
         let mut entries = HashMap::new();
         for (i, path) in shard_files(dir)?.into_iter().enumerate() {
-            let file = File::open(&path).map_err(|source| RuntimeError::Io {
+            let file = plans::open_input(&path).map_err(|source| RuntimeError::Io {
                 path: path.clone(),
                 source,
             })?;

@@ -116,13 +116,17 @@ fn request(name: &str, block_tokens: usize) -> anyhow::Result<PlanRequest> {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    for (flag, p) in [
-        ("--csv", &args.csv),
-        ("--json", &args.json),
-        ("--plot", &args.plot),
-    ] {
-        super::check_output(flag, p.as_deref())?;
-    }
+    super::check_io(
+        &[
+            ("--csv", args.csv.as_deref()),
+            ("--json", args.json.as_deref()),
+            ("--plot", args.plot.as_deref()),
+        ],
+        &[
+            ("--model", Some(Path::new(&args.model))),
+            ("--hardware", Some(args.hardware.as_path())),
+        ],
+    )?;
     if args.batch == 0 || args.steps == 0 || args.context_len.is_empty() {
         bail!("--batch, --steps and --context-len need at least 1");
     }

@@ -1,7 +1,7 @@
 //! `kvpr calibrate`: measure this machine through a backend and write a
 //! hardware profile (`kvpr.hardware/v1`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use kernels::{BackendOptions, DeviceSpec};
@@ -38,7 +38,10 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 }
 
 pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
-    super::check_output("--out", args.out.as_deref())?;
+    super::check_io(
+        &[("--out", args.out.as_deref())],
+        &[("--model", args.model.as_deref().map(Path::new))],
+    )?;
     let model = args
         .model
         .as_deref()

@@ -61,13 +61,69 @@ pub fn parse_size(flag: &str, s: &str) -> anyhow::Result<u64> {
     plans::parse_bytes(s).map_err(|e| anyhow!("{flag}: {e}"))
 }
 
-/// Checks an output flag's path before any long work: a file that can be
-/// written (not a device, FIFO, folder or symlink) in a folder that exists.
-pub fn check_output(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
-    if let Some(p) = path {
-        plans::check_output_path(p).with_context(|| flag.to_string())?;
-    }
+/// Checks a command's output flags before any work, in one place: each is
+/// a file that can be written (not a device, FIFO, folder, symlink or
+/// immutable file, no trailing slash, in a folder that exists), and none
+/// names one of the command's inputs or another output (see
+/// [`plans::check_outputs`]). `--model` values that are presets name no
+/// file.
+pub fn check_io(
+    outputs: &[(&str, Option<&Path>)],
+    inputs: &[(&str, Option<&Path>)],
+) -> anyhow::Result<()> {
+    let given = |v: &[(&str, Option<&Path>)]| -> Vec<(String, std::path::PathBuf)> {
+        v.iter()
+            .filter_map(|(f, p)| p.map(|p| (f.to_string(), p.to_path_buf())))
+            .filter(|(_, p)| !p.to_string_lossy().starts_with("preset:"))
+            .collect()
+    };
+    let (outs, ins) = (given(outputs), given(inputs));
+    let o: Vec<(&str, &Path)> = outs
+        .iter()
+        .map(|(f, p)| (f.as_str(), p.as_path()))
+        .collect();
+    let i: Vec<(&str, &Path)> = ins.iter().map(|(f, p)| (f.as_str(), p.as_path())).collect();
+    plans::check_outputs(&o, &i)?;
     Ok(())
+}
+
+/// An output folder flag (`overflow --plot DIR`): a folder, or a name whose
+/// parent folder exists (kvpr creates it), checked before any work; the
+/// files kvpr writes in it are `files`, returned as paths for [`check_io`].
+pub fn output_dir_files(
+    flag: &str,
+    dir: Option<&Path>,
+    files: &[&str],
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let Some(dir) = dir else {
+        return Ok(Vec::new());
+    };
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("{flag} {}: exists and is not a folder", dir.display()),
+        Err(_) => {
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if parent.exists() && !parent.is_dir() {
+                bail!(
+                    "{flag} {}: {} is not a folder",
+                    dir.display(),
+                    parent.display()
+                );
+            }
+            if !parent.is_dir() {
+                bail!(
+                    "{flag} {}: folder {} does not exist; create it first",
+                    dir.display(),
+                    parent.display()
+                );
+            }
+            return Ok(Vec::new());
+        }
+    }
+    Ok(files.iter().map(|f| dir.join(f)).collect())
 }
 
 /// Parses `--device`, `--dtype` and `--link-gbps` and opens the backend.

@@ -10,7 +10,7 @@
 //! K/V needs, so a fraction of 1 is no pressure and 0.3 holds 30% of it;
 //! `--device-memory` names a real size instead.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use plans::{HardwareProfile, Requests, Schedule, Workload};
@@ -369,18 +369,22 @@ pub fn offload_share(
 }
 
 pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
-    for (flag, p) in [
-        ("--csv", &args.csv),
-        ("--json", &args.json),
-        ("--outputs", &args.outputs),
-    ] {
-        super::check_output(flag, p.as_deref())?;
-    }
-    if let Some(dir) = &args.plot {
-        if dir.exists() && !dir.is_dir() {
-            bail!("--plot {}: not a folder", dir.display());
-        }
-    }
+    let plots =
+        super::output_dir_files("--plot", args.plot.as_deref(), &super::overflow_plot::FILES)?;
+    let mut outputs = vec![
+        ("--csv", args.csv.as_deref()),
+        ("--json", args.json.as_deref()),
+        ("--outputs", args.outputs.as_deref()),
+    ];
+    outputs.extend(plots.iter().map(|p| ("--plot", Some(p.as_path()))));
+    super::check_io(
+        &outputs,
+        &[
+            ("--model", Some(Path::new(&args.model))),
+            ("--hardware", Some(args.hardware.as_path())),
+            ("--trace", args.trace.as_deref()),
+        ],
+    )?;
     let policies = policies(&args.policy)?;
     if let Some(&b) = args.block_size.iter().find(|&&b| b == 0) {
         bail!("--block-size: {b} is not a block size (at least 1 token)");

@@ -12,6 +12,9 @@ use super::overflow::Outcome;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
+/// The files `--plot DIR` gets.
+pub(super) const FILES: [&str; 2] = ["timeseries.svg", "overhead.svg"];
+
 /// Writes `timeseries.svg` and `overhead.svg` into `dir` (created if missing).
 pub fn write(dir: &Path, model: &str, outcomes: &[Outcome]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -57,7 +60,7 @@ pub fn write(dir: &Path, model: &str, outcomes: &[Outcome]) -> anyhow::Result<()
         )?;
         Ok(())
     })?;
-    plans::write_atomic(&dir.join("timeseries.svg"), series.as_bytes())?;
+    plans::write_atomic(&dir.join(FILES[0]), series.as_bytes())?;
     let overhead = svg((1000, 1000), |root| {
         let parts = root.split_evenly((3, 1));
         let mut names: Vec<String> = outcomes.iter().map(|o| o.result.policy.clone()).collect();
@@ -106,7 +109,7 @@ pub fn write(dir: &Path, model: &str, outcomes: &[Outcome]) -> anyhow::Result<()
         )?;
         Ok(())
     })?;
-    plans::write_atomic(&dir.join("overhead.svg"), overhead.as_bytes())?;
+    plans::write_atomic(&dir.join(FILES[1]), overhead.as_bytes())?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `kvpr plan`: model + hardware profile + workload -> plan file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use plans::{DeviceKind, Dtype, ModelSpec, Plan, Workload};
@@ -57,7 +57,13 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         (None, false) => Some(PathBuf::from("plan.json")),
         (None, true) => None,
     };
-    super::check_output("--out", out.as_deref())?;
+    super::check_io(
+        &[("--out", out.as_deref())],
+        &[
+            ("--model", Some(Path::new(&args.model))),
+            ("--hardware", Some(args.hardware.as_path())),
+        ],
+    )?;
     let model = ModelSpec::resolve(&args.model).context("reading --model")?;
     let (hw, hw_id) = super::load_profile(&args.hardware)?;
     let (schedule, solver) = (

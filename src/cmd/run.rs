@@ -2,7 +2,7 @@
 //! `--plan`, or made on the fly from `--hardware` for exactly these prompts).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use plans::{Field, Plan, Workload};
@@ -100,8 +100,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens: must be at least 1");
     }
-    super::check_output("--plan-out", args.plan_out.as_deref())?;
-    super::check_output("--trace", args.trace.as_deref())?;
+    super::check_io(
+        &[
+            ("--plan-out", args.plan_out.as_deref()),
+            ("--trace", args.trace.as_deref()),
+            ("--summary-json", args.summary_json.as_deref()),
+        ],
+        &[
+            ("--model", Some(Path::new(&args.model))),
+            ("--plan", args.plan.as_deref()),
+            ("--hardware", args.hardware.as_deref()),
+            ("--prompts-file", args.prompts_file.as_deref()),
+        ],
+    )?;
     let trace_steps = match &args.trace {
         Some(_) => super::trace::parse_steps(&args.trace_steps, args.max_new_tokens)?,
         None => Vec::new(),
@@ -399,11 +410,15 @@ fn sampling(args: &RunArgs) -> anyhow::Result<Sampling> {
     Ok(s)
 }
 
+/// The largest `--prompts-file` read: far beyond the context of any model
+/// kvpr runs, and small enough to hold in memory.
+const MAX_PROMPTS_FILE: u64 = 256 << 20;
+
 /// The prompts from --prompt and --prompts-file, in that order.
 fn prompts(args: &RunArgs) -> anyhow::Result<Vec<String>> {
     let mut out = args.prompt.clone();
     if let Some(path) = &args.prompts_file {
-        let text = std::fs::read_to_string(path)
+        let text = plans::read_text_limited(path, MAX_PROMPTS_FILE)
             .with_context(|| format!("reading --prompts-file {}", path.display()))?;
         out.extend(
             text.lines()

@@ -36,7 +36,7 @@ const MODELS: [&str; 4] = ["tiny-mha", "tiny-gqa", "llama-2-7b-tiny", "tiny-vari
 
 /// Runs the checks; `Ok(false)` when any failed.
 pub fn run(args: &SelftestArgs) -> anyhow::Result<bool> {
-    super::check_output("--out", args.out.as_deref())?;
+    super::check_io(&[("--out", args.out.as_deref())], &[])?;
     let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), None)?;
     eprintln!("selftest on {}", be.name());
     let mut rows: Vec<Vec<String>> = Vec::new();

@@ -35,7 +35,14 @@ pub struct SimulateArgs {
 }
 
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
-    super::check_output("--svg", args.svg.as_deref())?;
+    super::check_io(
+        &[("--svg", args.svg.as_deref())],
+        &[
+            ("--plan", Some(args.plan.as_path())),
+            ("--hardware", Some(args.hardware.as_path())),
+            ("--trace", args.trace.as_deref()),
+        ],
+    )?;
     let plan = Plan::load(&args.plan).context("reading --plan")?;
     let (hw, hw_id) = super::load_profile(&args.hardware)?;
     if hw_id.fingerprint != plan.hardware.fingerprint {
