@@ -23,6 +23,10 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
+fn strs(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
 /// Runs `args` in `dir`, which must fail with exit 2 naming `needles` and
 /// change no file there.
 fn refused(dir: &Path, args: &[&str], needles: &[&str]) {
@@ -46,24 +50,7 @@ fn inputs() -> tempfile::TempDir {
         b"{\"arrival_s\": 0, \"input_len\": 8, \"output_len\": 4}\n",
     )
     .unwrap();
-    let o = kvpr(
-        &[
-            "plan",
-            "--model",
-            "preset:tiny-mha",
-            "--hardware",
-            "hw.json",
-            "--batch",
-            "1",
-            "--prompt-len",
-            "4",
-            "--gen-len",
-            "4",
-            "--out",
-            "plan.json",
-        ],
-        d,
-    );
+    let o = tiny_plan(d, "hw.json", "plan.json");
     assert!(o.status.success(), "{}", stderr(&o));
     dir
 }
@@ -75,10 +62,7 @@ fn an_output_naming_an_input_or_another_output_is_refused() {
     let dir = inputs();
     let d = dir.path();
     let run = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = ["run", "--model", "m.gguf", "--hardware", "hw.json"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut a = strs(&["run", "--model", "m.gguf", "--hardware", "hw.json"]);
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
@@ -111,7 +95,7 @@ fn an_output_naming_an_input_or_another_output_is_refused() {
             vec!["--summary-json", "--trace writes too"],
         ),
         (
-            [
+            strs(&[
                 "plan",
                 "--model",
                 "preset:tiny-mha",
@@ -125,14 +109,11 @@ fn an_output_naming_an_input_or_another_output_is_refused() {
                 "4",
                 "--out",
                 "hw.json",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            ]),
             vec!["--out", "--hardware"],
         ),
         (
-            [
+            strs(&[
                 "overflow",
                 "--model",
                 "preset:tiny-mha",
@@ -142,14 +123,11 @@ fn an_output_naming_an_input_or_another_output_is_refused() {
                 "x",
                 "--json",
                 "x",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            ]),
             vec!["--json", "--csv writes too"],
         ),
         (
-            [
+            strs(&[
                 "overflow",
                 "--model",
                 "preset:tiny-mha",
@@ -159,14 +137,11 @@ fn an_output_naming_an_input_or_another_output_is_refused() {
                 "trace.jsonl",
                 "--outputs",
                 "trace.jsonl",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            ]),
             vec!["--outputs", "--trace"],
         ),
         (
-            [
+            strs(&[
                 "simulate",
                 "--plan",
                 "plan.json",
@@ -176,14 +151,11 @@ fn an_output_naming_an_input_or_another_output_is_refused() {
                 "4",
                 "--svg",
                 "plan.json",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            ]),
             vec!["--svg", "--plan"],
         ),
         (
-            [
+            strs(&[
                 "bench",
                 "--model",
                 "preset:tiny-mha",
@@ -191,10 +163,7 @@ fn an_output_naming_an_input_or_another_output_is_refused() {
                 "hw.json",
                 "--csv",
                 "hw.json",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            ]),
             vec!["--csv", "--hardware"],
         ),
     ];

@@ -13,28 +13,6 @@ fn cpu_profile() -> String {
     profile("cpu-reference.json").display().to_string()
 }
 
-/// `kvpr plan` of a tiny preset on the CPU profile, writing `out` in `dir`.
-fn tiny_plan(dir: &Path, out: &str) -> std::process::Output {
-    kvpr(
-        &[
-            "plan",
-            "--model",
-            "preset:tiny-mha",
-            "--hardware",
-            &cpu_profile(),
-            "--batch",
-            "1",
-            "--prompt-len",
-            "4",
-            "--gen-len",
-            "4",
-            "--out",
-            out,
-        ],
-        dir,
-    )
-}
-
 #[cfg(unix)]
 #[test]
 fn output_paths_that_are_not_regular_files_are_refused_and_left_alone() {
@@ -52,7 +30,7 @@ fn output_paths_that_are_not_regular_files_are_refused_and_left_alone() {
             eprintln!("skipping the FIFO case: mkfifo is not available");
             continue;
         }
-        let o = tiny_plan(d, out);
+        let o = tiny_plan(d, &cpu_profile(), out);
         assert_fails(&o, &["--out", out, "exists and is not a regular file"]);
     }
     // Nothing was replaced.
@@ -68,7 +46,7 @@ fn output_paths_that_are_not_regular_files_are_refused_and_left_alone() {
     );
 
     // simulate --svg goes through the same check, before simulating.
-    assert!(tiny_plan(d, "p.json").status.success());
+    assert!(tiny_plan(d, &cpu_profile(), "p.json").status.success());
     let o = kvpr(
         &[
             "simulate",
@@ -154,7 +132,7 @@ fn run_max_new_tokens_zero_names_its_own_flag() {
 fn bad_numbers_in_a_plan_file_are_named_as_the_file_field_not_a_flag() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(tiny_plan(d, "p.json").status.success());
+    assert!(tiny_plan(d, &cpu_profile(), "p.json").status.success());
     let good: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("p.json")).unwrap()).unwrap();
     for (field, value, flag) in [

@@ -69,3 +69,26 @@ pub fn paced_profile(dir: &std::path::Path, gbps: f64) -> String {
     std::fs::write(&path, v.to_string()).unwrap();
     path.display().to_string()
 }
+
+/// `kvpr plan` of a tiny preset (batch 1, 4 + 4 tokens) on `hardware`,
+/// writing `out`, run in `dir`.
+pub fn tiny_plan(dir: &Path, hardware: &str, out: &str) -> Output {
+    kvpr(
+        &[
+            "plan",
+            "--model",
+            "preset:tiny-mha",
+            "--hardware",
+            hardware,
+            "--batch",
+            "1",
+            "--prompt-len",
+            "4",
+            "--gen-len",
+            "4",
+            "--out",
+            out,
+        ],
+        dir,
+    )
+}
