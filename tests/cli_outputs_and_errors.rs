@@ -6,7 +6,6 @@
 mod common;
 use common::*;
 
-use std::path::Path;
 use std::process::Command;
 
 fn cpu_profile() -> String {
