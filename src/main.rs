@@ -11,7 +11,7 @@ mod serve;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -43,13 +43,31 @@ enum Command {
     Selftest(cmd::selftest::SelftestArgs),
 }
 
+/// The CLI, with every flag that takes a value taking a negative number as
+/// one: `--steps -1` reaches the flag's parser, whose error names the flag,
+/// instead of clap's "unexpected argument '-1'".
+fn command() -> clap::Command {
+    Cli::command().mut_subcommands(|sc| {
+        sc.mut_args(|a| {
+            if a.get_action().takes_values() {
+                a.allow_negative_numbers(true)
+            } else {
+                a
+            }
+        })
+    })
+}
+
 fn main() -> ExitCode {
     // Errors are printed as messages: keep libraries (candle) from capturing a
     // backtrace into them when RUST_BACKTRACE is set. Panics still get theirs.
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match &cli.command {
         Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Plan(args) => cmd::plan::run(args),

@@ -47,6 +47,11 @@ impl Sampling {
         seed: 0,
     };
 
+    /// The temperatures that sample (0 is greedy): below the range the
+    /// draw is the argmax anyway and `1 / t` overflows; above it, the
+    /// distribution is uniform to within f32.
+    pub const TEMPERATURE_RANGE: (f32, f32) = (1e-3, 1e3);
+
     /// Whether this picks the largest logit (no randomness).
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
@@ -72,10 +77,11 @@ impl Sampling {
             })
         };
         let t = self.temperature;
-        if !(t.is_finite() && t >= 0.0) {
+        let (lo, hi) = Self::TEMPERATURE_RANGE;
+        if !(t == 0.0 || (lo..=hi).contains(&t)) {
             return bad(
                 "temperature",
-                format!("{t} is not a finite number >= 0 (0 means greedy)"),
+                format!("{t} is not 0 (greedy) or in {lo}..={hi}"),
             );
         }
         if self.top_k == Some(0) {
@@ -202,7 +208,6 @@ impl Generator {
     /// Encodes the prompts, checking they can run together: what `generate`
     /// will run (so a plan can be made for exactly that prompt length).
     pub fn encode_prompts(&self, prompts: &[String]) -> Result<Vec<Vec<u32>>> {
-        let spec = self.model.spec();
         if prompts.is_empty() {
             return Err(RuntimeError::Request {
                 what: "prompts".into(),
@@ -211,22 +216,11 @@ impl Generator {
         }
         let mut out = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.iter().enumerate() {
-            let mut ids = self.model.tokenizer.encode(p)?;
+            let mut ids = self.model.encode_prompt(i, p)?;
             if ids.is_empty() {
                 return Err(RuntimeError::Prompt {
                     index: i,
                     reason: "the prompt is empty (no tokens)".into(),
-                });
-            }
-            if ids.len() > spec.max_context {
-                return Err(RuntimeError::Prompt {
-                    index: i,
-                    reason: format!(
-                        "{} tokens is longer than {}'s context of {} tokens; shorten the prompt",
-                        ids.len(),
-                        spec.name,
-                        spec.max_context
-                    ),
                 });
             }
             if let Some(first) = out.first().map(|v: &Vec<u32>| v.len()) {
@@ -523,9 +517,16 @@ mod tests {
     #[test]
     fn bad_knobs_name_their_field() {
         let e = |s: Sampling| s.validate().unwrap_err().to_string();
-        for t in [-0.5, f32::NAN, f32::INFINITY] {
-            assert!(e(sampling(t, None, None)).starts_with("temperature:"));
+        // Issue 19: 1e-45 reached the sampler as an infinite 1/t.
+        for t in [-0.5, f32::NAN, f32::INFINITY, 1e-45, 1e-4, 1e4] {
+            let m = e(sampling(t, None, None));
+            assert!(
+                m.starts_with("temperature:") && m.contains("0.001..=1000"),
+                "{m}"
+            );
         }
+        sampling(1e-3, None, None).validate().unwrap();
+        sampling(1e3, None, None).validate().unwrap();
         assert!(e(sampling(1.0, Some(0), None)).starts_with("top_k:"));
         for p in [0.0, -0.1, 1.5, f32::NAN] {
             assert!(e(sampling(1.0, None, Some(p))).starts_with("top_p:"));

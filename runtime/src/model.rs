@@ -10,7 +10,12 @@ use crate::source::{Config, Tensor, TensorSource};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, Layers, Weights};
 use crate::ModelSource;
-use crate::Result;
+use crate::{Result, RuntimeError};
+
+/// The most bytes of prompt text a token may stand for on average: far more
+/// than any tokenizer's (English BPE averages about 4), so a prompt longer
+/// than this many bytes per token of context is refused untokenized.
+pub const MAX_PROMPT_BYTES_PER_TOKEN: usize = 64;
 
 /// One layer's attention on the device.
 pub type Attention = weights::Attention<DeviceBuf>;
@@ -164,6 +169,34 @@ impl Model {
             c.rope_attention_factor,
             d,
         )?))
+    }
+
+    /// Prompt `index`'s token ids, refused (naming the index) when it cannot
+    /// fit the model's context: by its length in bytes before it is
+    /// tokenized (no tokenizer averages more than
+    /// [`MAX_PROMPT_BYTES_PER_TOKEN`] bytes a token, so a longer text cannot be
+    /// few enough tokens), then by its token count.
+    pub fn encode_prompt(&self, index: usize, text: &str) -> Result<Vec<u32>> {
+        let spec = self.spec();
+        let too_long = |what: String| RuntimeError::Prompt {
+            index,
+            reason: format!(
+                "{what} is longer than {}'s context of {} tokens; shorten the prompt",
+                spec.name, spec.max_context
+            ),
+        };
+        let max_bytes = spec.max_context.saturating_mul(MAX_PROMPT_BYTES_PER_TOKEN);
+        if text.len() > max_bytes {
+            return Err(too_long(format!(
+                "{} bytes (more than {MAX_PROMPT_BYTES_PER_TOKEN} a token)",
+                text.len()
+            )));
+        }
+        let ids = self.tokenizer.encode(text)?;
+        if ids.len() > spec.max_context {
+            return Err(too_long(format!("{} tokens", ids.len())));
+        }
+        Ok(ids)
     }
 
     /// The output projection (the embeddings when tied).

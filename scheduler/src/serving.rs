@@ -151,6 +151,9 @@ pub struct Serving {
     /// In order of admission (the last is the most recently admitted).
     running: Vec<usize>,
     free: usize,
+    /// Requests finished, so [`Serving::done`] is O(1): a dry run of a
+    /// million requests must not scan them all every iteration.
+    finished: usize,
     pub stats: ServingStats,
 }
 
@@ -247,13 +250,14 @@ impl Serving {
             preempted: VecDeque::new(),
             running: Vec::new(),
             free: cfg.capacity_blocks,
+            finished: 0,
             stats: ServingStats::default(),
         })
     }
 
     /// Whether every request has finished.
     pub fn done(&self) -> bool {
-        self.reqs.iter().all(|r| r.state == State::Finished)
+        self.finished == self.reqs.len()
     }
 
     /// Device blocks in use.
@@ -304,6 +308,7 @@ impl Serving {
             r.generated += 1;
             if r.generated == r.output_len {
                 r.state = State::Finished;
+                self.finished += 1;
                 self.free += r.device_blocks;
                 r.device_blocks = 0;
                 r.host_blocks = 0;

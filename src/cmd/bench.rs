@@ -27,10 +27,10 @@ pub struct BenchArgs {
     /// Hardware profile (from `kvpr calibrate`) the plans and the floors use.
     #[arg(long)]
     pub hardware: PathBuf,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::num::count::<1, { plans::MAX_BATCH }>)]
     pub batch: usize,
     /// Context lengths, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "4096,8192,16384")]
+    #[arg(long, value_delimiter = ',', default_value = "4096,8192,16384", value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub context_len: Vec<usize>,
     /// Schedules, comma-separated: transfer, paper, chunked, recompute-all.
     #[arg(
@@ -40,10 +40,10 @@ pub struct BenchArgs {
     )]
     pub schedules: Vec<String>,
     /// Timed decode steps per configuration.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::num::count::<1, { super::num::MAX_STEPS }>)]
     pub steps: usize,
     /// Untimed steps first.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::num::count::<0, { super::num::MAX_STEPS }>)]
     pub warmup: usize,
     /// cpu, or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -55,7 +55,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub link_gbps: Option<f64>,
     /// Split granularity in tokens.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub block_tokens: usize,
     /// Write every row as CSV.
     #[arg(long)]
@@ -156,6 +156,27 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
         spec.max_context = longest + 1;
     }
+    // Before any planning: every schedule keeps the K/V of the longest
+    // context on the host at least (`transfer` moves all of it).
+    let kv_floor = [
+        longest,
+        args.batch,
+        2 * spec.kv_dim(),
+        spec.n_layers,
+        be.dtype().bytes(),
+    ]
+    .iter()
+    .try_fold(1u64, |acc, &f| acc.checked_mul(f as u64))
+    .unwrap_or(u64::MAX);
+    runtime::check_memory(
+        &format!(
+            "--context-len {} with --batch {}: the host K/V store",
+            longest - args.warmup - args.steps,
+            args.batch
+        ),
+        kv_floor,
+        "bench shorter contexts or a smaller batch",
+    )?;
     let bar = fmt::progress_bar((args.context_len.len() * requests.len()) as u64);
     let mut rows: Vec<Row> = Vec::new();
     let mut tables = String::new();

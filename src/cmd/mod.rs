@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod num;
 pub mod overflow;
 mod overflow_plot;
 pub mod plan;

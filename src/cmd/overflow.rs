@@ -33,14 +33,14 @@ pub struct OverflowArgs {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub policy: Vec<String>,
     /// Tokens per K/V block, comma-separated for several runs.
-    #[arg(long, value_delimiter = ',', default_value = "16")]
+    #[arg(long, value_delimiter = ',', default_value = "16", value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub block_size: Vec<usize>,
     /// Share of the device memory left after the weights given to the K/V
     /// cache, comma-separated for several runs.
     #[arg(long, value_delimiter = ',', default_value = "0.3")]
     pub kv_memory_fraction: Vec<f64>,
     /// The cache's capacity in blocks (instead of --kv-memory-fraction).
-    #[arg(long, conflicts_with = "kv_memory_fraction")]
+    #[arg(long, conflicts_with = "kv_memory_fraction", value_parser = super::num::count::<1, { super::num::MAX_BLOCKS }>)]
     pub kv_blocks: Option<usize>,
     /// Device memory (e.g. 24GiB); default: the weights plus the whole workload's K/V.
     #[arg(long)]
@@ -50,11 +50,11 @@ pub struct OverflowArgs {
     pub workload: String,
     /// Instead of --workload: this many requests, all arriving at once, with
     /// --input-len and --output-len tokens.
-    #[arg(long, conflicts_with = "trace", requires_all = ["input_len", "output_len"])]
+    #[arg(long, conflicts_with = "trace", requires_all = ["input_len", "output_len"], value_parser = super::num::count::<1, { plans::MAX_REQUESTS }>)]
     pub requests: Option<usize>,
-    #[arg(long, requires = "requests")]
+    #[arg(long, requires = "requests", value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub input_len: Option<usize>,
-    #[arg(long, requires = "requests")]
+    #[arg(long, requires = "requests", value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub output_len: Option<usize>,
     /// A JSONL trace: one request per line, `arrival_s`, `input_len` (or `prompt`), `output_len`.
     #[arg(long)]
@@ -69,10 +69,10 @@ pub struct OverflowArgs {
     pub offload_share: String,
     /// Run every configuration this many times (interleaved) and report each
     /// one's median total time.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::num::count::<1, { super::num::MAX_REPEAT }>)]
     pub repeat: usize,
     /// The most requests decoding together.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::num::count::<1, { plans::MAX_BATCH }>)]
     pub max_batch: usize,
     /// cpu, or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -206,8 +206,7 @@ fn requests(model: &Model, mut reqs: Requests) -> anyhow::Result<(Requests, Vec<
     for r in &mut reqs.requests {
         let ids = match &r.prompt {
             Some(text) => model
-                .tokenizer
-                .encode(text)
+                .encode_prompt(r.id, text)
                 .with_context(|| format!("tokenizing request {}'s prompt", r.id))?,
             None => (0..r.input_len)
                 .map(|t| ((r.id * 7919 + t * 104_729 + 11) % vocab) as u32)

@@ -16,20 +16,20 @@ pub struct PlanArgs {
     /// Hardware profile (`kvpr.hardware/v1`), e.g. from `kvpr calibrate` or plans/hardware/.
     #[arg(long)]
     pub hardware: PathBuf,
-    #[arg(long)]
+    #[arg(long, value_parser = super::num::count::<1, { plans::MAX_BATCH }>)]
     pub batch: usize,
     /// Longest prompt in tokens (every sequence of the batch): the plan covers
     /// contexts 1 ..= prompt-len + gen-len - 1, so it serves any shorter prompt too.
-    #[arg(long)]
+    #[arg(long, value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub prompt_len: usize,
     /// Tokens to generate (after the longest prompt).
-    #[arg(long)]
+    #[arg(long, value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub gen_len: usize,
     /// auto picks the fastest of transfer, paper and chunked.
     #[arg(long, default_value = "auto")]
     pub schedule: String,
     /// Split points are multiples of this many tokens.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub block_tokens: usize,
     /// Device memory for K/V (resident prefix + staging), weights not counted.
     #[arg(long, default_value = "4GiB")]

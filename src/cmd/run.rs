@@ -30,7 +30,7 @@ pub struct RunArgs {
     /// A file with one prompt per line (added to --prompt).
     #[arg(long)]
     pub prompts_file: Option<PathBuf>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub max_new_tokens: usize,
     /// Keep generating past the model's end-of-sequence ids (from
     /// generation_config.json / config.json / GGUF) instead of stopping there.
@@ -134,9 +134,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     );
     let ids: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| model.tokenizer.encode(p))
+        .enumerate()
+        .map(|(i, p)| model.encode_prompt(i, p))
         .collect::<Result<_, _>>()
         .context("tokenizing the prompts")?;
+    // Before any planning: a plan for contexts the model cannot hold is
+    // work thrown away.
+    let spec = model.spec();
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+    if longest.saturating_add(args.max_new_tokens) >= spec.max_context {
+        bail!(
+            "--max-new-tokens {}: {longest} prompt tokens + {} new tokens exceed {}'s context of {} tokens",
+            args.max_new_tokens,
+            args.max_new_tokens,
+            spec.name,
+            spec.max_context
+        );
+    }
     if ids.iter().any(|v| v.len() != ids[0].len()) {
         return ragged(args, &model, &backend, &prompts, &ids, sampling);
     }

@@ -39,6 +39,7 @@ use crate::executor::{attn_shape, head, Activations};
 use crate::layer::{project, Proj};
 
 mod evict;
+use crate::memory::bytes_of;
 use crate::model::Model;
 use crate::{AtLayer, Result, RuntimeError};
 
@@ -202,14 +203,26 @@ impl<'a> PagedEngine<'a> {
             host_tokens += t.div_ceil(bs) * bs;
         }
         let esz = be.dtype().bytes() as u64;
-        let per_token_host = (2 * kvd + if cfg.keep_activations { h } else { 0 }) as u64;
-        let host_bytes = host_tokens as u64 * per_token_host * nl as u64 * esz;
+        let per_token_host = 2 * kvd + if cfg.keep_activations { h } else { 0 };
+        let host_bytes = bytes_of(&[host_tokens, per_token_host, nl, esz as usize]);
         crate::check_memory(
             "the serving host store (every request's K/V, and X when kept)",
             host_bytes,
             "serve fewer or shorter requests",
         )?;
-        let pool_tokens = cfg.capacity_blocks * bs;
+        // Block ids are u32; sizes past usize are refused, not wrapped.
+        let pool_tokens = u32::try_from(cfg.capacity_blocks)
+            .ok()
+            .and_then(|_| cfg.capacity_blocks.checked_mul(bs))
+            .ok_or_else(|| {
+                bad(
+                    "paged cache",
+                    format!(
+                        "{} blocks of {bs} tokens is more than any device holds",
+                        cfg.capacity_blocks
+                    ),
+                )
+            })?;
         // Whole offloaded prefixes of a full batch, or one swap-in's.
         let stage_tokens = match cfg.keep_activations {
             true => cfg.max_batch * max_tokens,
@@ -217,8 +230,12 @@ impl<'a> PagedEngine<'a> {
         };
         if !be.is_cuda() {
             let per_batch = cfg.max_batch * max_tokens;
-            let buffers = 4 * per_batch * kvd + stage_tokens * (kvd + 2 * h);
-            let dev = (pool_tokens * 2 * kvd * nl + buffers) as u64 * esz;
+            let buffers = bytes_of(&[4, per_batch, kvd, esz as usize]).saturating_add(bytes_of(&[
+                stage_tokens,
+                kvd + 2 * h,
+                esz as usize,
+            ]));
+            let dev = bytes_of(&[pool_tokens, 2 * kvd, nl, esz as usize]).saturating_add(buffers);
             crate::check_memory(
                 "the paged K/V cache",
                 dev,

@@ -1,0 +1,181 @@
+//! Issue 19, findings 2, 3, 5 and 6: every number a user gives is bounded
+//! and named by its flag, and the cheap checks run before planning or any
+//! slow loop. Each case used to wrap, hang, abort or exit 0 with a wrong
+//! result; each must now exit 2 naming the flag.
+
+mod common;
+use common::*;
+
+/// A folder with the CPU profile as `hw.json`.
+fn folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(profile("cpu-reference.json"), dir.path().join("hw.json")).unwrap();
+    dir
+}
+
+const U64_MAX: &str = "18446744073709551615";
+
+#[test]
+fn numbers_past_their_range_or_negative_are_refused_naming_the_flag() {
+    let dir = folder();
+    let d = dir.path();
+    let tiny = ["--model", "preset:tiny-mha", "--hardware", "hw.json"];
+    let with = |cmd: &str, extra: &[&str]| -> Vec<String> {
+        let mut a = vec![cmd.to_string()];
+        a.extend(tiny.iter().chain(extra).map(|s| s.to_string()));
+        a
+    };
+    let plan = [
+        "--batch",
+        "1",
+        "--prompt-len",
+        "4",
+        "--gen-len",
+        "4",
+        "--json",
+    ];
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        // Wrapped to 0 timed steps and printed a table of zeros.
+        (
+            with("bench", &["--steps", U64_MAX, "--warmup", "1"]),
+            "--steps",
+        ),
+        (with("bench", &["--steps", "-1"]), "--steps"),
+        (with("bench", &["--warmup", "-3"]), "--warmup"),
+        // Wrote a plan that `simulate` then refused.
+        (
+            with(
+                "plan",
+                &["--batch", "65537", "--prompt-len", "4", "--gen-len", "4"],
+            ),
+            "--batch",
+        ),
+        (
+            with("plan", &[&plan[..], &["--block-tokens", "0"]].concat()),
+            "--block-tokens",
+        ),
+        // The product wrapped and 16 GiB were allocated.
+        (with("overflow", &["--kv-blocks", U64_MAX]), "--kv-blocks"),
+        // Never ended.
+        (with("overflow", &["--repeat", U64_MAX]), "--repeat"),
+        (
+            with(
+                "overflow",
+                &[
+                    "--requests",
+                    "2000000",
+                    "--input-len",
+                    "8",
+                    "--output-len",
+                    "4",
+                ],
+            ),
+            "--requests",
+        ),
+        (
+            with("run", &["--prompt", "hi", "--max-new-tokens", "-1"]),
+            "--max-new-tokens",
+        ),
+        // Reached the sampler as an infinite 1/t.
+        (
+            with("run", &["--prompt", "hi", "--temperature", "1e-45"]),
+            "--temperature",
+        ),
+    ];
+    for (args, flag) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = kvpr(&args, d);
+        assert_fails(&o, &[flag]);
+        let err = stderr(&o);
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+        assert!(stdout(&o).is_empty(), "{args:?} printed a result");
+    }
+}
+
+/// Checked before planning: a generation longer than the model's context
+/// (10M tokens were planned before the 512-token model refused them), a
+/// prompt too long in bytes to fit (a 50 MB line was tokenized first), and
+/// a benchmark whose K/V no machine holds (planned before the memory check).
+#[test]
+fn cheap_checks_come_before_planning() {
+    let dir = folder();
+    let d = dir.path();
+    let o = kvpr(
+        &[
+            "run",
+            "--model",
+            "preset:tiny-mha",
+            "--hardware",
+            "hw.json",
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "10000000",
+        ],
+        d,
+    );
+    assert_fails(&o, &["--max-new-tokens 10000000", "context of 512 tokens"]);
+    assert!(!stderr(&o).contains("plan:"), "{}", stderr(&o));
+
+    std::fs::write(d.join("big.txt"), "a".repeat(1 << 20)).unwrap();
+    let o = kvpr(
+        &[
+            "run",
+            "--model",
+            "preset:tiny-mha",
+            "--hardware",
+            "hw.json",
+            "--prompts-file",
+            "big.txt",
+            "--max-new-tokens",
+            "2",
+        ],
+        d,
+    );
+    assert_fails(&o, &["prompt 0", "1048576 bytes", "context of 512 tokens"]);
+
+    let o = kvpr(
+        &[
+            "bench",
+            "--model",
+            "preset:tiny-mha",
+            "--hardware",
+            "hw.json",
+            "--context-len",
+            "16000000",
+            "--batch",
+            "65536",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        d,
+    );
+    assert_fails(&o, &["--context-len 16000000 with --batch 65536", "needs"]);
+}
+
+/// A trace arrival a replay would sleep until forever is refused by name.
+#[test]
+fn a_far_future_arrival_is_refused() {
+    let dir = folder();
+    let d = dir.path();
+    std::fs::write(
+        d.join("t.jsonl"),
+        "{\"arrival_s\": 1e308, \"input_len\": 8, \"output_len\": 4}\n",
+    )
+    .unwrap();
+    let o = kvpr(
+        &[
+            "overflow",
+            "--model",
+            "preset:tiny-mha",
+            "--hardware",
+            "hw.json",
+            "--trace",
+            "t.jsonl",
+        ],
+        d,
+    );
+    assert_fails(&o, &["t.jsonl:1:", "arrival_s", "86400"]);
+}
