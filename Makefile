@@ -36,9 +36,11 @@ demo: build model
 	bash scripts/compare-schedules.sh $(KVPR) $(DEMO)/schedules -- --model preset:llama-2-7b-tiny --hardware $(DEMO)/cpu-paced.json --link-gbps 0.5 --prompt "$$(printf 'kvpr %.0s' $$(seq 1 300))" --max-new-tokens 24
 
 # The whole suite. The real-model tests need the model, the kernel compile
-# test needs NVRTC: fetch both first.
+# test needs NVRTC: fetch both first. KVPR_REQUIRE_MODEL=1 makes a missing
+# model, NVRTC or C++ compiler fail the tests that need them instead of
+# skipping them.
 test: model nvrtc
-	LD_LIBRARY_PATH=$(NVRTC_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} KVPR_MODEL=$(MODEL) $(CARGO) test --workspace
+	LD_LIBRARY_PATH=$(NVRTC_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} KVPR_MODEL=$(MODEL) KVPR_REQUIRE_MODEL=1 $(CARGO) test --workspace
 
 # The mutation property tests over profiles, plans, GGUF headers and tokenizers,
 # at 100,000 cases each (`make test` runs 2,000).

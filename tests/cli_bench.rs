@@ -5,10 +5,11 @@ mod common;
 use common::{assert_fails, kvpr, paced_profile, profile, stderr, stdout};
 
 /// Issue 11: on an MHA preset over a slow paced link, where recomputing
-/// from activations moves fewer bytes, `chunked` is not slower than
-/// `transfer` in the same run; the table, CSV, JSON and plot are written.
+/// from activations moves fewer bytes, `chunked` moves fewer bytes than
+/// `transfer` and is predicted faster (its measured time is reported, not
+/// asserted: issue 19); the table, CSV, JSON and plot are written.
 #[test]
-fn bench_on_a_paced_link_shows_chunked_not_slower_than_transfer() {
+fn bench_on_a_paced_link_moves_fewer_bytes_with_chunked() {
     let d = tempfile::tempdir().unwrap();
     let hw = paced_profile(d.path(), 0.1);
     let o = kvpr(
@@ -54,10 +55,11 @@ fn bench_on_a_paced_link_shows_chunked_not_slower_than_transfer() {
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 2, "{csv}");
-    let ms = |name: &str| -> f64 {
+    let col = |name: &str, i: usize| -> f64 {
         let r = rows.iter().find(|r| r[4] == name).unwrap();
-        r[5].parse().unwrap()
+        r[i].parse().unwrap()
     };
+    let (ms, predicted) = (|n: &str| col(n, 5), |n: &str| col(n, 6));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.path().join("b.json")).unwrap()).unwrap();
     let bytes = |name: &str| -> u64 {
@@ -67,12 +69,15 @@ fn bench_on_a_paced_link_shows_chunked_not_slower_than_transfer() {
     };
     // The plan really recomputes: fewer bytes cross the link.
     assert!(bytes("chunked") < bytes("transfer"), "{json}");
+    // The plan predicts the saving; what a loaded 2-core machine measures
+    // is reported, not asserted (issue 19: no timing in tests).
     assert!(
-        ms("chunked") <= ms("transfer"),
-        "chunked {} ms is slower than transfer {} ms:\n{out}",
-        ms("chunked"),
-        ms("transfer")
+        predicted("chunked") < predicted("transfer"),
+        "chunked is predicted at {} ms, transfer at {} ms:\n{out}",
+        predicted("chunked"),
+        predicted("transfer")
     );
+    assert!(ms("chunked") > 0.0 && ms("transfer") > 0.0, "{out}");
     let svg = std::fs::read_to_string(d.path().join("b.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("chunked"), "no plot");
 }

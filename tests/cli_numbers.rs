@@ -179,3 +179,31 @@ fn a_far_future_arrival_is_refused() {
     );
     assert_fails(&o, &["t.jsonl:1:", "arrival_s", "86400"]);
 }
+
+/// Finding 6: where no share of the device would do, overflow names the
+/// flags that can help instead of "a fraction of at least 1.333", which
+/// --kv-memory-fraction itself rejects.
+#[test]
+fn overflow_never_suggests_a_share_above_one() {
+    let dir = folder();
+    let o = kvpr(
+        &[
+            "overflow",
+            "--model",
+            "preset:tiny-mha",
+            "--hardware",
+            "hw.json",
+            "--device-memory",
+            "540KiB",
+            "--kv-memory-fraction",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert_fails(&o, &["--device-memory or --kv-blocks 5"]);
+    assert!(
+        !stderr(&o).contains("a fraction of at least"),
+        "{}",
+        stderr(&o)
+    );
+}

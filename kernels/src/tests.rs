@@ -480,10 +480,10 @@ fn paced_copy_takes_its_time_on_the_stream_clock() {
     let b = be.record(Stream::Copy).unwrap();
     be.synchronize().unwrap();
     let us = be.elapsed_us(&a, &b).unwrap();
-    // At least bytes / rate by construction; "not wildly more" catches a
-    // window counted twice or a stream that idles.
+    // At least bytes / rate by construction: a lower bound, which a loaded
+    // machine only lengthens (issue 19: no upper bound on time in a test).
     assert!(
-        us >= 0.999 * want_us && us < 1.5 * want_us,
+        us >= 0.999 * want_us,
         "1 MiB at 0.01 GB/s took {us} us on the stream clock, want {want_us}"
     );
 }
@@ -519,25 +519,33 @@ fn paced_directions_overlap_on_the_stream_clock() {
     );
 }
 
-/// The paced copy lands its data at the end of its window: read through a
-/// path that does not wait (`host_read`), the destination still holds the
-/// old data; after the copy's event, the new.
+/// The paced copy takes its whole window on the stream clock, and
+/// `host_read` waits for copies in flight (the contract both backends keep;
+/// issue 19: the CPU backend read the old data): what it reads is the
+/// copy's.
 #[test]
-fn paced_copy_lands_at_the_end_of_its_window() {
+fn paced_copy_takes_its_window_and_host_read_waits_for_it() {
     let be = paced(LINK_GBPS_MIN);
     let n = 1 << 18; // 1 MiB: about a second at 1 MB/s
     let dev = be.upload(&vec![7.0; n]).unwrap();
     let host = be.alloc_host(n).unwrap();
+    let start = be.record(Stream::Writeback).unwrap();
     be.copy_d2h(Stream::Writeback, &dev, 0, &host, 0, n)
         .unwrap();
     let done = be.record(Stream::Writeback).unwrap();
-    let early = be.host_read(&host, 0, n).unwrap();
-    assert!(
-        early.iter().all(|&v| v == 0.0),
-        "the copy's data arrived before its window ended"
-    );
-    be.wait(Stream::Compute, &done).unwrap();
     assert!(be.host_read(&host, 0, n).unwrap().iter().all(|&v| v == 7.0));
+    // A lower bound on the stream clock: load only lengthens it.
+    let window_us = (4 * n) as f64 / (LINK_GBPS_MIN * 1e3);
+    let us = be.elapsed_us(&start, &done).unwrap();
+    assert!(
+        us >= 0.99 * window_us,
+        "{us} us for a {window_us} us window"
+    );
+    // host_write waits too: it lands after a copy from the same buffer.
+    let back = be.alloc(n).unwrap();
+    be.copy_h2d(Stream::Copy, &host, 0, &back, 0, n).unwrap();
+    be.host_write(&host, 0, &vec![1.0; n]).unwrap();
+    assert!(be.download(&back, 0, n).unwrap().iter().all(|&v| v == 7.0));
 }
 
 /// Runs `f` on a thread and gives its result, or fails the test if it has

