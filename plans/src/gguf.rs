@@ -16,6 +16,11 @@ use std::path::{Path, PathBuf};
 const MAGIC: [u8; 4] = *b"GGUF";
 /// Arrays of arrays deeper than this are refused (no real file nests at all).
 pub const MAX_DEPTH: usize = 4;
+/// The most memory a header's metadata may take once read (values and the
+/// text of strings): a real file's tokenizer arrays take tens of MB, and
+/// one value in memory is larger than in the file (a u8 element becomes a
+/// 32-byte value), so a bound by the file's size alone is not enough.
+pub const MAX_METADATA_MEMORY: u64 = 1 << 30;
 /// GGUF's own limit on tensor dimensions.
 pub const MAX_DIMS: u32 = 4;
 /// The alignment of the tensor data when `general.alignment` is absent.
@@ -175,6 +180,7 @@ impl GgufHeader {
             pos: 0,
             len: file_len,
             wide: true,
+            memory: MAX_METADATA_MEMORY,
         };
         Self::read_from(&mut r, file_len).map_err(|reason| GgufError {
             path: path.to_path_buf(),
@@ -319,6 +325,8 @@ struct Reader<R> {
     len: u64,
     /// Counts and lengths are `u64` (versions 2, 3) or `u32` (version 1).
     wide: bool,
+    /// Memory the metadata read so far may still take.
+    memory: u64,
 }
 
 impl<R: Read> Reader<R> {
@@ -347,6 +355,21 @@ impl<R: Read> Reader<R> {
             ));
         }
         Ok(())
+    }
+
+    /// Takes `count` items of `size` bytes each from the memory budget, or
+    /// refuses them before anything is allocated.
+    fn charge(&mut self, count: u64, size: u64, what: &str) -> Result<(), String> {
+        match count.checked_mul(size).filter(|&b| b <= self.memory) {
+            Some(b) => {
+                self.memory -= b;
+                Ok(())
+            }
+            None => Err(format!(
+                "{what}: {count} items would take more than the {} of memory kvpr gives a header's metadata",
+                crate::human_bytes(MAX_METADATA_MEMORY)
+            )),
+        }
     }
 
     fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<(), String> {
@@ -387,6 +410,7 @@ impl<R: Read> Reader<R> {
     fn string(&mut self, what: &str) -> Result<String, String> {
         let n = self.size(what)?;
         self.bounded(n, 1, &format!("{what}: length"))?;
+        self.charge(n, 1, what)?;
         let mut buf = vec![0u8; n as usize];
         self.fill(&mut buf, what)?;
         String::from_utf8(buf).map_err(|_| format!("{what} is not UTF-8"))
@@ -416,6 +440,7 @@ impl<R: Read> Reader<R> {
                 let elem = self.u32(&what())?;
                 let n = self.size(&what())?;
                 self.bounded(n, min_value_bytes(elem, self.len_bytes())?, &what())?;
+                self.charge(n, std::mem::size_of::<GgufValue>() as u64, &what())?;
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     items.push(self.value(elem, depth + 1, key)?);

@@ -375,6 +375,35 @@ fn a_200_byte_file_claiming_a_2_pow_60_element_array_fails_fast() {
     assert!(largest < 1 << 20, "allocated {largest} bytes at once");
 }
 
+/// Issue 19, finding 2: an array of 140M u8 in a sparse 140 MB file fits the
+/// file, but not memory once each element is a value (32 bytes: 4.5 GB);
+/// it is refused by the metadata's memory budget before any allocation.
+#[test]
+fn an_array_that_fits_the_file_but_not_memory_is_refused_before_allocating() {
+    let n: u64 = 140_000_000;
+    let mut w = Writer::default();
+    w.bytes.extend(b"GGUF");
+    w.u32(3);
+    w.u64(0);
+    w.u64(1);
+    w.str("tokenizer.ggml.token_type");
+    w.u32(9);
+    w.u32(0);
+    w.u64(n);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("sparse.gguf");
+    std::fs::write(&p, &w.bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(w.bytes.len() as u64 + n).unwrap();
+    drop(f);
+    let (e, largest) = largest_allocation(|| {
+        runtime::Weights::load(&runtime::ModelSource::Gguf(p.clone())).unwrap_err()
+    });
+    let e = e.to_string();
+    assert!(e.contains("sparse.gguf") && e.contains("of memory"), "{e}");
+    assert!(largest < 1 << 20, "allocated {largest} bytes at once");
+}
+
 /// A `tokenizer.json` of the small vocabulary, as the tokenizers crate writes it.
 fn small_tokenizer_json(dir: &Path) -> Vec<u8> {
     let (tokens, merges) = small_vocab();
