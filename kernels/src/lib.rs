@@ -171,8 +171,8 @@ pub struct RopeFreqs {
     len: usize,
     attention_factor: f32,
     dynamic: Option<DynamicNtk>,
-    /// The backend that made it.
-    spec: DeviceSpec,
+    /// What the [`Backend`] that made it computes on.
+    owner: Owner,
     inner: FreqsInner,
 }
 
@@ -270,11 +270,45 @@ pub struct Backend {
     dev: Box<dyn Device>,
 }
 
+/// What a buffer or table was made for: a device and the dtype of its
+/// elements. Every buffer carries its backend's, and every op checks it, so
+/// a buffer of another device, or of the same device in another dtype
+/// (whose elements may be another size), is an error, never a stray access.
+/// (Like candle's `same_device`: the CPU backends, all f32 host memory,
+/// share one.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    spec: DeviceSpec,
+    dtype: Dtype,
+}
+
 /// Device memory: `len` elements of the backend's compute dtype.
 pub struct DeviceBuf {
     len: usize,
+    /// What the [`Backend`] that made it computes on.
+    owner: Owner,
     inner: BufInner,
 }
+
+/// A buffer an op checks: its length and the backend that made it.
+pub(crate) trait Owned {
+    fn len(&self) -> usize;
+    fn owner(&self) -> Owner;
+}
+
+macro_rules! owned {
+    ($($t:ty),*) => {$(
+        impl Owned for $t {
+            fn len(&self) -> usize {
+                self.len
+            }
+            fn owner(&self) -> Owner {
+                self.owner
+            }
+        }
+    )*};
+}
+owned!(DeviceBuf, IdBuf, HostBuf);
 
 pub(crate) enum BufInner {
     Cpu(cpu::CpuBuf),
@@ -295,6 +329,7 @@ impl BufInner {
 /// Device memory for `u32` token ids and positions.
 pub struct IdBuf {
     len: usize,
+    owner: Owner,
     inner: IdInner,
 }
 
@@ -307,6 +342,7 @@ pub(crate) enum IdInner {
 pub struct HostBuf {
     len: usize,
     pinned: bool,
+    owner: Owner,
     inner: HostInner,
 }
 
@@ -401,7 +437,11 @@ impl Backend {
     /// A zeroed device buffer of `len` elements.
     pub fn alloc(&self, len: usize) -> Result<DeviceBuf> {
         let inner = self.dev.alloc(len)?;
-        Ok(DeviceBuf { len, inner })
+        Ok(DeviceBuf {
+            len,
+            owner: self.owner(),
+            inner,
+        })
     }
 
     /// A device buffer holding `data` (converted to the compute dtype); synchronous.
@@ -409,6 +449,7 @@ impl Backend {
         let inner = self.dev.upload(data)?;
         Ok(DeviceBuf {
             len: data.len(),
+            owner: self.owner(),
             inner,
         })
     }
@@ -419,7 +460,11 @@ impl Backend {
     pub fn upload_vec(&self, data: Vec<f32>) -> Result<DeviceBuf> {
         let len = data.len();
         let inner = self.dev.upload_owned(data)?;
-        Ok(DeviceBuf { len, inner })
+        Ok(DeviceBuf {
+            len,
+            owner: self.owner(),
+            inner,
+        })
     }
 
     /// A buffer of the values `bytes` holds as `dtype` (little-endian, as a
@@ -439,26 +484,31 @@ impl Backend {
         let inner = self.dev.upload_stored(bytes, dtype)?;
         Ok(DeviceBuf {
             len: bytes.len() / dtype.bytes(),
+            owner: self.owner(),
             inner,
         })
     }
 
     /// Elements `off..off+len` of `buf` as f32, after every stream has finished.
     pub fn download(&self, buf: &DeviceBuf, off: usize, len: usize) -> Result<Vec<f32>> {
-        self.range("download", "buffer", off, len, buf.len)?;
+        self.range("download", "buffer", off, len, buf)?;
         self.dev.download(&buf.inner, off, len)
     }
 
     /// A zeroed id buffer of `len` ids.
     pub fn alloc_ids(&self, len: usize) -> Result<IdBuf> {
         let inner = self.dev.alloc_ids(len)?;
-        Ok(IdBuf { len, inner })
+        Ok(IdBuf {
+            len,
+            owner: self.owner(),
+            inner,
+        })
     }
 
     /// Writes `ids` at `off`, in order on the compute stream (the host's
     /// slice may be reused as soon as this returns).
     pub fn write_ids(&self, dst: &IdBuf, off: usize, ids: &[u32]) -> Result<()> {
-        self.range("write_ids", "id buffer", off, ids.len(), dst.len)?;
+        self.range("write_ids", "id buffer", off, ids.len(), dst)?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -468,32 +518,42 @@ impl Backend {
     /// Ids `off..off+len`, once the compute stream has produced them: the
     /// one point where the host waits for the device in a decode step.
     pub fn read_ids(&self, src: &IdBuf, off: usize, len: usize) -> Result<Vec<u32>> {
-        self.range("read_ids", "id buffer", off, len, src.len)?;
+        self.range("read_ids", "id buffer", off, len, src)?;
         self.dev.read_ids(&src.inner, off, len)
     }
 
     /// A zeroed host buffer of `len` elements (pinned on CUDA).
     pub fn alloc_host(&self, len: usize) -> Result<HostBuf> {
         let (inner, pinned) = self.dev.alloc_host(len, true)?;
-        Ok(HostBuf { len, pinned, inner })
+        Ok(HostBuf {
+            len,
+            pinned,
+            owner: self.owner(),
+            inner,
+        })
     }
 
     /// A zeroed pageable (not page-locked) host buffer, for measuring the
     /// pageable link. On the CPU backend this is the same as [`Backend::alloc_host`].
     pub fn alloc_host_pageable(&self, len: usize) -> Result<HostBuf> {
         let (inner, pinned) = self.dev.alloc_host(len, false)?;
-        Ok(HostBuf { len, pinned, inner })
+        Ok(HostBuf {
+            len,
+            pinned,
+            owner: self.owner(),
+            inner,
+        })
     }
 
     /// Writes `data` at `off`; waits for in-flight copies that touch those elements.
     pub fn host_write(&self, dst: &HostBuf, off: usize, data: &[f32]) -> Result<()> {
-        self.range("host_write", "host buffer", off, data.len(), dst.len)?;
+        self.range("host_write", "host buffer", off, data.len(), dst)?;
         self.dev.host_write(&dst.inner, off, data)
     }
 
     /// Reads elements `off..off+len`; waits for in-flight copies that touch them.
     pub fn host_read(&self, src: &HostBuf, off: usize, len: usize) -> Result<Vec<f32>> {
-        self.range("host_read", "host buffer", off, len, src.len)?;
+        self.range("host_read", "host buffer", off, len, src)?;
         self.dev.host_read(&src.inner, off, len)
     }
 
@@ -521,14 +581,14 @@ impl Backend {
         dst_off: usize,
         rows: Rows,
     ) -> Result<()> {
-        self.rows("copy_h2d", "source", src_off, rows, rows.src_pitch, src.len)?;
+        self.rows("copy_h2d", "source", src_off, rows, rows.src_pitch, src)?;
         self.rows(
             "copy_h2d",
             "destination",
             dst_off,
             rows,
             rows.dst_pitch,
-            dst.len,
+            dst,
         )?;
         if rows.elements() == 0 {
             return Ok(());
@@ -561,14 +621,14 @@ impl Backend {
         dst_off: usize,
         rows: Rows,
     ) -> Result<()> {
-        self.rows("copy_d2h", "source", src_off, rows, rows.src_pitch, src.len)?;
+        self.rows("copy_d2h", "source", src_off, rows, rows.src_pitch, src)?;
         self.rows(
             "copy_d2h",
             "destination",
             dst_off,
             rows,
             rows.dst_pitch,
-            dst.len,
+            dst,
         )?;
         if rows.elements() == 0 {
             return Ok(());
@@ -588,8 +648,8 @@ impl Backend {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        self.range("copy_d2d", "source", src_off, len, src.len)?;
-        self.range("copy_d2d", "destination", dst_off, len, dst.len)?;
+        self.range("copy_d2d", "source", src_off, len, src)?;
+        self.range("copy_d2d", "destination", dst_off, len, dst)?;
         if len == 0 {
             return Ok(());
         }
@@ -627,15 +687,38 @@ impl Backend {
         self.dev.inject_panic(stream, message)
     }
 
+    /// Checks that `buf` is this backend's and holds `off..off + len`.
     fn range(
         &self,
         op: &'static str,
         what: &'static str,
         off: usize,
         len: usize,
-        buf_len: usize,
+        buf: &impl Owned,
     ) -> Result<()> {
-        check::range(op, &self.dev.short_name(), what, off, len, buf_len)
+        self.owns(op, what, buf.owner())?;
+        check::range(op, &self.dev.short_name(), what, off, len, buf.len())
+    }
+
+    /// The device and dtype this backend's buffers are made for.
+    pub(crate) fn owner(&self) -> Owner {
+        Owner {
+            spec: self.spec,
+            dtype: self.dtype(),
+        }
+    }
+
+    /// A buffer or table made for another device or dtype is an error
+    /// naming it.
+    fn owns(&self, op: &'static str, what: &'static str, owner: Owner) -> Result<()> {
+        if owner != self.owner() {
+            return Err(KernelError::WrongBackend {
+                op,
+                device: self.dev.short_name(),
+                what,
+            });
+        }
+        Ok(())
     }
 
     fn rows(
@@ -645,9 +728,10 @@ impl Backend {
         off: usize,
         r: Rows,
         pitch: usize,
-        buf_len: usize,
+        buf: &impl Owned,
     ) -> Result<()> {
-        check::rows(op, &self.dev.short_name(), what, off, r, pitch, buf_len)
+        self.owns(op, what, buf.owner())?;
+        check::rows(op, &self.dev.short_name(), what, off, r, pitch, buf.len())
     }
 
     fn shape(&self, op: &'static str, shape: String, reason: &str) -> KernelError {

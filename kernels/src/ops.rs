@@ -4,8 +4,8 @@
 //! The ragged decode step's ops are in `ragged.rs`.
 
 use crate::{
-    check, AttnShape, Backend, DeviceBuf, DynamicNtk, IdBuf, KernelError, Result, RopeFreqs,
-    RopeShape, Rows, SampleArgs,
+    check, AttnShape, Backend, DeviceBuf, DynamicNtk, IdBuf, Result, RopeFreqs, RopeShape, Rows,
+    SampleArgs,
 };
 
 impl Backend {
@@ -26,9 +26,9 @@ impl Backend {
     ) -> Result<()> {
         let d = self.name();
         let op = "gemm";
-        self.range(op, "x", x_off, check::mul(op, &d, &[m, k])?, x.len)?;
-        self.range(op, "w", w_off, check::mul(op, &d, &[n, k])?, w.len)?;
-        self.range(op, "out", out_off, check::mul(op, &d, &[m, n])?, out.len)?;
+        self.range(op, "x", x_off, check::mul(op, &d, &[m, k])?, x)?;
+        self.range(op, "w", w_off, check::mul(op, &d, &[n, k])?, w)?;
+        self.range(op, "out", out_off, check::mul(op, &d, &[m, n])?, out)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -71,9 +71,9 @@ impl Backend {
     ) -> Result<()> {
         let op = "rmsnorm";
         let len = check::mul(op, &self.name(), &[rows, dim])?;
-        self.range(op, "x", x_off, len, x.len)?;
-        self.range(op, "weight", 0, dim, weight.len)?;
-        self.range(op, "out", out_off, len, out.len)?;
+        self.range(op, "x", x_off, len, x)?;
+        self.range(op, "weight", 0, dim, weight)?;
+        self.range(op, "out", out_off, len, out)?;
         if len == 0 {
             return Ok(());
         }
@@ -115,8 +115,8 @@ impl Backend {
     ) -> Result<()> {
         let op = "add_bias";
         let len = check::mul(op, &self.name(), &[rows, dim])?;
-        self.range(op, "x", x_off, len, x.len)?;
-        self.range(op, "bias", 0, dim, bias.len)?;
+        self.range(op, "x", x_off, len, x)?;
+        self.range(op, "bias", 0, dim, bias)?;
         if len == 0 {
             return Ok(());
         }
@@ -207,7 +207,7 @@ impl Backend {
             len: inv_freq.len(),
             attention_factor,
             dynamic,
-            spec: self.spec,
+            owner: self.owner(),
             inner,
         })
     }
@@ -226,15 +226,9 @@ impl Backend {
         r: RopeShape,
     ) -> Result<()> {
         let span = check::rope(&self.name(), &r, freqs.len)?;
-        if freqs.spec != self.spec {
-            return Err(KernelError::WrongBackend {
-                op: "rope",
-                device: self.dev.short_name(),
-                what: "frequency table",
-            });
-        }
-        self.range("rope", "x", x_off, span, x.len)?;
-        self.range("rope", "positions", pos_off, r.rows, pos.len)?;
+        self.owns("rope", "frequency table", freqs.owner)?;
+        self.range("rope", "x", x_off, span, x)?;
+        self.range("rope", "positions", pos_off, r.rows, pos)?;
         if span == 0 {
             return Ok(());
         }
@@ -255,10 +249,10 @@ impl Backend {
     ) -> Result<()> {
         let op = "attention";
         let (q_len, kv_len) = check::attention(&self.name(), &a)?;
-        self.range(op, "q", 0, q_len, q.len)?;
-        self.range(op, "k", 0, kv_len, k.len)?;
-        self.range(op, "v", 0, kv_len, v.len)?;
-        self.range(op, "out", 0, q_len, out.len)?;
+        self.range(op, "q", 0, q_len, q)?;
+        self.range(op, "k", 0, kv_len, k)?;
+        self.range(op, "v", 0, kv_len, v)?;
+        self.range(op, "out", 0, q_len, out)?;
         if q_len == 0 {
             return Ok(());
         }
@@ -277,9 +271,9 @@ impl Backend {
         out: &DeviceBuf,
         len: usize,
     ) -> Result<()> {
-        self.range("silu_gate", "gate", 0, len, gate.len)?;
-        self.range("silu_gate", "up", 0, len, up.len)?;
-        self.range("silu_gate", "out", 0, len, out.len)?;
+        self.range("silu_gate", "gate", 0, len, gate)?;
+        self.range("silu_gate", "up", 0, len, up)?;
+        self.range("silu_gate", "out", 0, len, out)?;
         if len == 0 {
             return Ok(());
         }
@@ -288,9 +282,9 @@ impl Backend {
 
     /// `out = a + b` over `len` elements. `out` may alias `a` (or `b`).
     pub fn add(&self, a: &DeviceBuf, b: &DeviceBuf, out: &DeviceBuf, len: usize) -> Result<()> {
-        self.range("add", "a", 0, len, a.len)?;
-        self.range("add", "b", 0, len, b.len)?;
-        self.range("add", "out", 0, len, out.len)?;
+        self.range("add", "a", 0, len, a)?;
+        self.range("add", "b", 0, len, b)?;
+        self.range("add", "out", 0, len, out)?;
         if len == 0 {
             return Ok(());
         }
@@ -308,15 +302,8 @@ impl Backend {
         dst_off: usize,
         rows: Rows,
     ) -> Result<()> {
-        self.rows("scatter", "source", src_off, rows, rows.src_pitch, src.len)?;
-        self.rows(
-            "scatter",
-            "destination",
-            dst_off,
-            rows,
-            rows.dst_pitch,
-            dst.len,
-        )?;
+        self.rows("scatter", "source", src_off, rows, rows.src_pitch, src)?;
+        self.rows("scatter", "destination", dst_off, rows, rows.dst_pitch, dst)?;
         if rows.elements() == 0 {
             return Ok(());
         }
@@ -355,8 +342,9 @@ impl Backend {
         dim: usize,
     ) -> Result<()> {
         let len = check::mul("embedding", &self.name(), &[rows, dim])?;
-        self.range("embedding", "ids", ids_off, rows, ids.len)?;
-        self.range("embedding", "out", out_off, len, out.len)?;
+        self.owns("embedding", "table", table.owner)?;
+        self.range("embedding", "ids", ids_off, rows, ids)?;
+        self.range("embedding", "out", out_off, len, out)?;
         if len == 0 {
             return Ok(());
         }
@@ -427,8 +415,8 @@ impl Backend {
         out_off: usize,
     ) -> Result<()> {
         let len = check::mul(op, &self.name(), &[rows, cols])?;
-        self.range(op, "x", 0, len, x.len)?;
-        self.range(op, "out", out_off, rows, out.len)?;
+        self.range(op, "x", 0, len, x)?;
+        self.range(op, "out", out_off, rows, out)?;
         if cols == 0 || cols > u32::MAX as usize {
             return Err(self.shape(
                 op,

@@ -32,11 +32,11 @@ impl Backend {
     ) -> Result<()> {
         let op = "attention_ragged";
         let (q_len, kv_len) = check::attention_ragged(&self.name(), &a)?;
-        self.range(op, "q", 0, q_len, q.len)?;
-        self.range(op, "k", 0, kv_len, k.len)?;
-        self.range(op, "v", 0, kv_len, v.len)?;
-        self.range(op, "out", 0, q_len, out.len)?;
-        self.range(op, "lens", lens_off, a.batch, lens.len)?;
+        self.range(op, "q", 0, q_len, q)?;
+        self.range(op, "k", 0, kv_len, k)?;
+        self.range(op, "v", 0, kv_len, v)?;
+        self.range(op, "out", 0, q_len, out)?;
+        self.range(op, "lens", lens_off, a.batch, lens)?;
         if q_len == 0 {
             return Ok(());
         }
@@ -68,8 +68,8 @@ impl Backend {
     ) -> Result<()> {
         let op = "scatter_rows";
         let len = check::mul(op, &self.name(), &[rows, width])?;
-        self.range(op, "source", src_off, len, src.len)?;
-        self.range(op, "indices", idx_off, rows, idx.len)?;
+        self.range(op, "source", src_off, len, src)?;
+        self.range(op, "indices", idx_off, rows, idx)?;
         if len == 0 {
             return Ok(());
         }

@@ -16,6 +16,7 @@ use std::time::Instant;
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
+use kernels::Backend;
 use runtime::{Model, ModelSource, Tokenizer, Weights};
 
 const STEPS: usize = 16;
@@ -43,9 +44,13 @@ fn candle_logits(m: &mut ModelWeights, ids: &[u32], pos: usize) -> Vec<f32> {
 /// same tokens, and checks every step's logits (within `1e-4` relative) and
 /// greedy token. Returns the tokens, the worst difference, and our and
 /// candle's decode ms/token.
-fn compare(model: &Model, theirs: &mut ModelWeights, prompt: &[u32]) -> (Vec<u32>, f32, f64, f64) {
-    let be = common::cpu();
-    let (ours, us) = common::resident_greedy(&be, model, prompt, STEPS);
+fn compare(
+    be: &Backend,
+    model: &Model,
+    theirs: &mut ModelWeights,
+    prompt: &[u32],
+) -> (Vec<u32>, f32, f64, f64) {
+    let (ours, us) = common::resident_greedy(be, model, prompt, STEPS);
     let (mut worst, mut t_theirs, mut tokens) = (0f32, 0f64, vec![]);
     let mut b = candle_logits(theirs, prompt, 0);
     for (step, a) in ours.iter().enumerate() {
@@ -82,7 +87,7 @@ fn synthetic_mha_matches_candle_transformers() {
     let g = Weights::load(&ModelSource::Gguf(path.clone())).unwrap();
     let model = common::model_of(&g, &be);
     let mut theirs = load_candle(&path);
-    let (_, worst, ..) = compare(&model, &mut theirs, &[1, 7, 42, 99, 3]);
+    let (_, worst, ..) = compare(&be, &model, &mut theirs, &[1, 7, 42, 99, 3]);
     eprintln!("synthetic: worst relative logit difference {worst:.2e}");
 }
 
@@ -99,7 +104,7 @@ fn smollm2_matches_candle_transformers() {
     let mut theirs = load_candle(&path);
     let be = common::cpu();
     let model = Model::load(&src, &be).unwrap();
-    let (tokens, worst, t_ours, t_theirs) = compare(&model, &mut theirs, &prompt);
+    let (tokens, worst, t_ours, t_theirs) = compare(&be, &model, &mut theirs, &prompt);
     drop(model);
     let text = tk.decode(&tokens).unwrap();
     eprintln!("greedy continuation: {text:?}; worst relative logit difference {worst:.2e}");

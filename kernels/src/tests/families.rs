@@ -269,10 +269,13 @@ fn rope_refuses_a_table_of_the_wrong_length_or_backend() {
     let f = be.rope_freqs(&[0.5; 7], 1.0).unwrap();
     let none = RopeShape { rows: 0, ..r };
     assert!(be.rope(&x, 0, &pos, 0, &f, none).is_err());
-    // A table made by another backend (here: one claiming to be cuda:1).
+    // A table made by another backend.
     let mut f = be.rope_freqs(&[0.5; 8], 1.0).unwrap();
     be.rope(&x, 0, &pos, 0, &f, r).unwrap();
-    f.spec = DeviceSpec::Cuda(1);
+    f.owner = Owner {
+        spec: DeviceSpec::Cuda(1),
+        dtype: Dtype::F16,
+    };
     let e = be.rope(&x, 0, &pos, 0, &f, r).unwrap_err();
     assert!(
         matches!(
@@ -648,4 +651,83 @@ fn selftest_checks_the_new_ops_and_variants() {
     assert!(has("attention_ragged", "window=280"));
     let bad: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
     assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// Issue 19, finding 7: every buffer carries the device and dtype it was
+/// made for, and every op refuses another's (a host buffer of an f16 CUDA
+/// backend used by an f32 one would be addressed with the wrong element
+/// size). Here `b`'s buffers are marked as an f16 CUDA backend's: each op of
+/// `a` is handed one in turn. Two CPU backends share their buffers, as
+/// candle's CPU devices do.
+#[test]
+fn buffers_of_another_backend_are_refused_by_every_op() {
+    let (a, b) = (cpu(), cpu());
+    let other = Owner {
+        spec: DeviceSpec::Cuda(0),
+        dtype: Dtype::F16,
+    };
+    let wrong = |e: KernelError, what: &str| {
+        assert!(matches!(e, KernelError::WrongBackend { .. }), "{what}: {e}");
+    };
+    let (x, mut y) = (a.alloc(64).unwrap(), b.alloc(64).unwrap());
+    let (ia, mut ib) = (ids(&a, &[0, 1]), ids(&b, &[0, 1]));
+    let (ha, mut hb) = (a.alloc_host(64).unwrap(), b.alloc_host(64).unwrap());
+    // Another CPU backend's buffers are this one's too.
+    a.add(&x, &y, &x, 8).unwrap();
+    (y.owner, ib.owner, hb.owner) = (other, other, other);
+    wrong(a.gemm(&x, 0, &y, 0, &x, 0, 2, 2, 2).unwrap_err(), "gemm w");
+    wrong(a.rmsnorm(&y, &x, &x, 2, 8, 1e-5).unwrap_err(), "rmsnorm x");
+    wrong(a.add(&x, &y, &x, 8).unwrap_err(), "add");
+    wrong(a.silu_gate(&x, &x, &y, 8).unwrap_err(), "silu_gate out");
+    wrong(a.add_bias(&x, 0, &y, 2, 8).unwrap_err(), "add_bias");
+    wrong(
+        a.gather_rows(&y, &ia, 0, &x, 0, 2, 8).unwrap_err(),
+        "embedding table",
+    );
+    wrong(
+        a.gather_rows(&x, &ib, 0, &x, 0, 2, 8).unwrap_err(),
+        "embedding ids",
+    );
+    wrong(a.argmax(&x, 2, 8, &ib, 0).unwrap_err(), "argmax out");
+    wrong(a.download(&y, 0, 4).unwrap_err(), "download");
+    wrong(a.write_ids(&ib, 0, &[1]).unwrap_err(), "write_ids");
+    wrong(a.host_read(&hb, 0, 4).unwrap_err(), "host_read");
+    wrong(a.host_write(&hb, 0, &[1.0]).unwrap_err(), "host_write");
+    wrong(
+        a.copy_d2d(Stream::Compute, &x, 0, &y, 0, 4).unwrap_err(),
+        "copy_d2d",
+    );
+    let r = Rows {
+        rows: 1,
+        width: 4,
+        src_pitch: 4,
+        dst_pitch: 4,
+    };
+    wrong(
+        a.copy_h2d_rows(Stream::Copy, &hb, 0, &x, 0, r).unwrap_err(),
+        "copy_h2d",
+    );
+    wrong(
+        a.copy_d2h_rows(Stream::Writeback, &x, 0, &hb, 0, r)
+            .unwrap_err(),
+        "copy_d2h",
+    );
+    let shape = AttnShape {
+        batch: 1,
+        q_len: 1,
+        q_pos0: 0,
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: 8,
+        kv_capacity: 1,
+        scale: 1.0,
+        window: 0,
+    };
+    wrong(
+        a.attention(&x, &y, &x, &x, shape).unwrap_err(),
+        "attention k",
+    );
+    // Each backend's own buffers still work.
+    a.copy_h2d_rows(Stream::Copy, &ha, 0, &x, 0, r).unwrap();
+    a.synchronize().unwrap();
 }
