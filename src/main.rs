@@ -89,3 +89,89 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `kvpr SUBCOMMAND ...` in README.md and docs/: the subcommand and
+    /// the flags it names, lines ending in `\` joined, up to what ends a
+    /// command in prose or a shell line.
+    fn doc_commands() -> Vec<(String, String, Vec<String>)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("README.md")];
+        for e in std::fs::read_dir(root.join("docs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md") {
+                files.push(p);
+            }
+        }
+        let subs: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        let mut out = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap().replace("\\\n", " ");
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            for line in text.lines() {
+                let mut rest = line;
+                while let Some(i) = rest.find("kvpr ") {
+                    let after = &rest[i + 5..];
+                    rest = after;
+                    let sub: String = after
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase())
+                        .collect();
+                    if !subs.contains(&sub) {
+                        continue;
+                    }
+                    let end = after
+                        .find(['`', '|', ';', '&', '>', '#', '<', ')'])
+                        .unwrap_or(after.len());
+                    let flags = after[..end]
+                        .split_whitespace()
+                        .filter(|t| t.starts_with("--"))
+                        .map(|t| {
+                            let t = t.split('=').next().unwrap_or(t);
+                            t.trim_end_matches([',', '.', ':', '"', '\'']).to_string()
+                        })
+                        .collect();
+                    out.push((name.clone(), sub, flags));
+                }
+            }
+        }
+        out
+    }
+
+    /// Issue 19, finding 13: the docs name no flag a command does not have.
+    #[test]
+    fn every_flag_the_docs_name_exists() {
+        let cmds = doc_commands();
+        assert!(
+            cmds.len() > 30,
+            "found only {} commands in the docs",
+            cmds.len()
+        );
+        let cli = command();
+        let mut bad = Vec::new();
+        for (file, sub, flags) in &cmds {
+            let sc = cli.find_subcommand(sub).unwrap();
+            let known: Vec<String> = sc
+                .get_arguments()
+                .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+                .chain(["--help".to_string(), "--version".to_string()])
+                .collect();
+            for f in flags {
+                if !known.contains(f) {
+                    bad.push(format!("{file}: kvpr {sub} {f}"));
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "flags the docs name that do not exist:\n{}",
+            bad.join("\n")
+        );
+    }
+}
