@@ -193,7 +193,24 @@ pub(crate) struct CudaBackend {
     /// This dtype's kernels by name (without the dtype suffix).
     funcs: HashMap<&'static str, CudaFunction>,
     scratch: Mutex<Scratch>,
+    /// `write_ids`' page-locked staging and the event of its last copy.
+    ids_stage: Mutex<IdsStage>,
 }
+
+/// Page-locked memory ids are copied from, so their host-to-device copy is
+/// truly asynchronous and the caller's slice can be reused at once. A slot
+/// is written again only once its last copy has finished; a write finds a
+/// finished slot or adds one, so the host never waits for the device here
+/// (up to [`IDS_STAGE_SLOTS`] copies in flight, then it waits for the oldest).
+#[derive(Default)]
+struct IdsStage {
+    slots: Vec<(PinnedHostSlice<u8>, Option<CudaEvent>)>,
+    /// The slot written last (the next search starts after it).
+    last: usize,
+}
+
+/// The most `write_ids` copies in flight at once.
+const IDS_STAGE_SLOTS: usize = 64;
 
 fn cuda_err(device: &str, call: &'static str, e: impl std::fmt::Display) -> KernelError {
     KernelError::Cuda {
@@ -279,6 +296,7 @@ impl CudaBackend {
             blas,
             funcs,
             scratch: Mutex::new(Scratch::default()),
+            ids_stage: Mutex::new(IdsStage::default()),
         })
     }
 
@@ -409,6 +427,14 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// A page-locked staging slot for `write_ids` of at least `bytes`.
+    fn ids_slot(&self, bytes: usize) -> Result<PinnedHostSlice<u8>> {
+        // SAFETY: flags 0 = plain page-locked memory; every byte a copy reads
+        // is written by `write_ids` first.
+        unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes.max(4096), 0) }
+            .map_err(|e| self.err("cuMemHostAlloc (ids staging)", e))
+    }
+
     fn record_raw(&self, s: &CudaStream) -> Result<CudaEvent> {
         s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(|e| self.err("cuEventRecord", e))
@@ -526,19 +552,59 @@ impl Device for CudaBackend {
     fn write_ids(&self, dst: &IdInner, off: usize, ids: &[u32]) -> Result<()> {
         let d = self.ids("write_ids", dst)?;
         self.bind()?;
-        // SAFETY: `Backend` checked the range. From pageable memory the driver
-        // stages the bytes before this returns, so `ids` may be reused at once;
-        // the copy is ordered on the compute stream with the ops that read it.
+        let bytes = std::mem::size_of_val(ids);
+        let mut stage = self.ids_stage.lock().unwrap_or_else(|e| e.into_inner());
+        let n = stage.slots.len();
+        // A slot whose last copy has finished (or never ran), oldest first.
+        let free = (1..=n).map(|k| (stage.last + k) % n).find(|&i| {
+            stage.slots[i]
+                .1
+                .as_ref()
+                .is_none_or(|ev| ev.try_is_complete().unwrap_or(false))
+        });
+        let i = match free {
+            Some(i) if stage.slots[i].0.len() >= bytes => i,
+            Some(i) => {
+                stage.slots[i] = (self.ids_slot(bytes)?, None);
+                i
+            }
+            None if n < IDS_STAGE_SLOTS => {
+                stage.slots.push((self.ids_slot(bytes)?, None));
+                n
+            }
+            None => {
+                // Every slot is in flight: wait for the oldest.
+                let i = (stage.last + 1) % n;
+                if let Some(ev) = stage.slots[i].1.take() {
+                    ev.synchronize()
+                        .map_err(|e| self.err("cuEventSynchronize (ids staging)", e))?;
+                }
+                if stage.slots[i].0.len() < bytes {
+                    stage.slots[i].0 = self.ids_slot(bytes)?;
+                }
+                i
+            }
+        };
+        stage.last = i;
+        let buf = &mut stage.slots[i].0;
+        let p = buf
+            .as_mut_ptr()
+            .map_err(|e| self.err("cuEventSynchronize (ids staging)", e))?;
+        // SAFETY: the slot holds at least `bytes` bytes and no copy reads it
+        // any more (its event completed, or was waited for, above); `ids` is
+        // `bytes` long.
+        unsafe { std::ptr::copy_nonoverlapping(ids.as_ptr() as *const u8, p, bytes) };
+        // SAFETY: `Backend` checked the range. The source is page-locked, so
+        // the copy is asynchronous, ordered on the compute stream with the ops
+        // that read the ids; the staging is not written again before the event
+        // recorded after it completes, and `ids` itself is not read by it.
         unsafe {
-            sys::cuMemcpyHtoDAsync_v2(
-                d.at(off),
-                ids.as_ptr() as *const _,
-                std::mem::size_of_val(ids),
-                self.compute.cu_stream(),
-            )
-            .result()
+            sys::cuMemcpyHtoDAsync_v2(d.at(off), p as *const _, bytes, self.compute.cu_stream())
+                .result()
         }
-        .map_err(|e| self.err("cuMemcpyHtoDAsync (ids)", e))
+        .map_err(|e| self.err("cuMemcpyHtoDAsync (ids)", e))?;
+        stage.slots[i].1 = Some(self.record_raw(&self.compute)?);
+        Ok(())
     }
 
     fn read_ids(&self, src: &IdInner, off: usize, len: usize) -> Result<Vec<u32>> {
@@ -934,9 +1000,14 @@ impl ops::Launcher for CudaBackend {
             shared_mem_bytes: 0,
         };
         // SAFETY: `ops` passes the arguments of the kernel's signature in its
-        // contract (`kernels/cuda/README.md`), every address was range-checked
-        // by `Backend` for the extent the kernel touches, and the grid is
-        // within CUDA's limits.
+        // contract (`kernels/cuda/README.md`), and the grid is within CUDA's
+        // limits. Every buffer was checked by `Backend` (its device and dtype,
+        // and the extent the kernel touches). The values inside index
+        // buffers are not (they live on the device): the kernels bound them
+        // themselves, and the emulator tests each with values out of range:
+        // an embedding or gather id past the table writes zeros (or, for the
+        // skip marker, nothing), a scatter destination past `dst_rows` is
+        // skipped, and a ragged length past `kv_capacity` is capped to it.
         unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(|e| KernelError::Cuda {
