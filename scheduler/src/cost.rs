@@ -47,7 +47,8 @@ pub struct StepCost {
     pub t_x: f64,
     /// Transferred K/V over the link, one layer, s: `tl(b*(s-g-l)*2*h_kv*p)`.
     pub t_kv: f64,
-    /// Recomputing one chunk, s: `2 * gemm(b*l/c rows, h_kv, h) + e * b*(l/c)*h_kv*p*2 / mem_bw + (3 + e - 1) * launch`
+    /// Recomputing one chunk, s: `2 * max(gemm(b*l/c rows, h_kv, h), h_kv*h*p / mem_bw) + e * b*(l/c)*h_kv*p*2 / mem_bw + (3 + e - 1) * launch`
+    /// (each GEMM reads its weights, W_k or W_v, whatever its rows)
     /// (0 if `l = 0`), where `e` is the number of elementwise passes over the recomputed K/V
     /// rows (RoPE on K, plus the K and V biases, plus the k-norm, where the model has them).
     pub r: f64,
@@ -77,8 +78,10 @@ pub struct StepCost {
 /// --model` measures the model's own shapes, so the projections' and the
 /// head's throughput at small `m` is read, not guessed); otherwise from
 /// `fallback` (the curve nearest `(h, h)`) scaled by FLOPs,
-/// `n*k/(h*h) * fallback(m)`, and at least the weights' read time
-/// `n*k*p / mem_bw`.
+/// `n*k/(h*h) * fallback(m)`. Either way at least the weights' read time
+/// `n*k*p / mem_bw`: a GEMM reads its whole weight matrix whatever `m`, and
+/// a profile measured only at large `m` (a datasheet's one point) would
+/// otherwise price a decode step's projections at a hundredth of that.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_at(
     hw: &HardwareProfile,
@@ -103,11 +106,12 @@ pub(crate) fn gemm_at(
         v.dedup_by_key(|pt| pt.0);
         v
     };
-    if let Some(curve) = RowsCurve::new(&exact, n, k) {
-        return curve.seconds(m);
-    }
     let (nk, hh) = (n as f64 * k as f64, h as f64 * h as f64);
-    (nk / hh * fallback.seconds(m)).max(nk * p / mem_bw)
+    let floor = nk * p / mem_bw;
+    if let Some(curve) = RowsCurve::new(&exact, n, k) {
+        return curve.seconds(m).max(floor);
+    }
+    (nk / hh * fallback.seconds(m)).max(floor)
 }
 
 /// The cost model of one model on one profile for one workload, built once.
@@ -211,8 +215,16 @@ impl CostModel {
                 }
             },
         };
+        let p_bytes = workload.dtype.bytes() as f64;
+        let mem_bw_rec = hw.attention_gbps.value * 1e9;
+        // Each recomputed chunk's GEMMs read W_k and W_v whatever its rows.
         let rec_gemm = RowsCurve::new(&hw.gemm.rows_curve(dtype, h_kv as u64, h as u64), h_kv, h)
-            .ok_or_else(no_points)?;
+            .ok_or_else(no_points)?
+            .with_floor(if mem_bw_rec > 0.0 {
+                h_kv as f64 * h as f64 * p_bytes / mem_bw_rec
+            } else {
+                0.0
+            });
         let dense_gemm = RowsCurve::new(&hw.gemm.rows_curve(dtype, h as u64, h as u64), h, h)
             .ok_or_else(no_points)?;
         let peak_tflops = hw
@@ -353,7 +365,7 @@ impl CostModel {
         let rows = b * per_chunk;
         let e = self.rec_passes;
         let passes = e * rows * h_kv * p * 2.0 / self.mem_bw;
-        let r = 2.0 * self.rec_gemm.seconds(rows) + passes + (2.0 + e) * self.launch;
+        let r = 2.0 * self.rec_gemm.seconds_from_zero(rows) + passes + (2.0 + e) * self.launch;
         (t_x, t_kv, r)
     }
 

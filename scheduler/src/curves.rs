@@ -14,6 +14,8 @@ pub(crate) struct RowsCurve {
     pts: Vec<(f64, f64)>,
     /// Seconds per row beyond the last point: `2 * n * k / (tflops_last * 1e12)`.
     tail_s_per_row: f64,
+    /// The least a GEMM of any rows takes, s (its weights' read time; 0: none).
+    floor: f64,
 }
 
 impl RowsCurve {
@@ -35,14 +37,19 @@ impl RowsCurve {
         Some(RowsCurve {
             pts,
             tail_s_per_row: flops_per_row / (last_tflops * 1e12),
+            floor: 0.0,
         })
     }
 
-    /// Seconds for a GEMM of `m` rows (`m` may be fractional; 0 or less costs 0).
-    pub(crate) fn seconds(&self, m: f64) -> f64 {
-        if m <= 0.0 {
-            return 0.0;
-        }
+    /// The same curve, never below `floor` seconds for any rows: a GEMM reads
+    /// its whole weight matrix however few rows it multiplies.
+    pub(crate) fn with_floor(mut self, floor: f64) -> Self {
+        self.floor = floor.max(0.0);
+        self
+    }
+
+    /// The measured curve alone (no floor).
+    fn measured(&self, m: f64) -> f64 {
         let (m0, t0) = self.pts[0];
         if m <= m0 {
             return t0 * m / m0;
@@ -60,9 +67,45 @@ impl RowsCurve {
         }
     }
 
-    /// The measured row counts, where the time's slope may change.
+    /// The rows where the measured curve reaches the floor (0: no floor).
+    fn floor_rows(&self) -> f64 {
+        if self.floor <= 0.0 {
+            return 0.0;
+        }
+        let mut prev = (0.0, 0.0);
+        for &(m, t) in &self.pts {
+            if t >= self.floor {
+                let (ma, ta) = prev;
+                return ma + (self.floor - ta) * (m - ma) / (t - ta);
+            }
+            prev = (m, t);
+        }
+        let (ml, tl) = prev;
+        ml + (self.floor - tl) / self.tail_s_per_row
+    }
+
+    /// [`RowsCurve::seconds`] extended linearly to `m = 0`: the floor
+    /// there too (the LP's linear extension, like a chunk's launches).
+    pub(crate) fn seconds_from_zero(&self, m: f64) -> f64 {
+        self.measured(m.max(0.0)).max(self.floor)
+    }
+
+    /// Seconds for a GEMM of `m` rows (`m` may be fractional; 0 or less costs 0).
+    pub(crate) fn seconds(&self, m: f64) -> f64 {
+        if m <= 0.0 {
+            return 0.0;
+        }
+        self.measured(m).max(self.floor)
+    }
+
+    /// The measured row counts and where the floor ends, where the time's
+    /// slope may change.
     pub(crate) fn breakpoints(&self) -> impl Iterator<Item = f64> + '_ {
-        self.pts.iter().map(|p| p.0)
+        let floor = self.floor_rows();
+        self.pts
+            .iter()
+            .map(|p| p.0)
+            .chain((floor > 0.0).then_some(floor))
     }
 }
 

@@ -505,3 +505,44 @@ fn a_sliding_window_bounds_what_a_step_moves_and_costs() {
         full.summary.predicted_decode_step_us
     );
 }
+
+/// Issue 19, finding 11: every GEMM costs at least its weights' read time.
+/// The A100 datasheet profile has one GEMM point, at m = 16384; through
+/// it, Llama-2-7B's 4096 x 4096 projections at batch 1 cost 0.17 µs, where
+/// reading the 32 MiB of f16 weights at 1935 GB/s takes 17 µs. The dense
+/// step and each recomputed chunk (W_k and W_v) are now floored at that.
+#[test]
+fn every_gemm_costs_at_least_its_weight_reads() {
+    let hw = shipped("a100-pcie4");
+    let m = preset("llama-2-7b");
+    let bw = hw.attention_gbps.value * 1e9;
+    let w = workload(&m, 1, 4096, 8, Dtype::F16, 0);
+    let cost = CostModel::new(&m, &hw, &w).unwrap();
+    let step = cost.step(4096, 0, 0, 1, Schedule::Transfer);
+    // Every projection and MLP matrix of a layer, read once.
+    let weights = m.layer_params() as f64 * 2.0 / bw;
+    assert!(
+        step.t_dense >= weights,
+        "t_dense {} µs < the layer's weight reads {} µs",
+        step.t_dense * 1e6,
+        weights * 1e6
+    );
+    // One recomputed chunk of one row still reads W_k and W_v.
+    let rec = cost.step(4096, 0, 1, 1, Schedule::Chunked);
+    let kv_weights = 2.0 * (m.kv_dim() * m.hidden_size) as f64 * 2.0 / bw;
+    assert!(
+        rec.r >= kv_weights,
+        "r {} µs < {} µs",
+        rec.r * 1e6,
+        kv_weights * 1e6
+    );
+    // The floor ends where the measured curve passes it: a large chunk is
+    // priced by its FLOPs as before.
+    let big = cost.step(4096, 0, 4096, 1, Schedule::Chunked);
+    let flops = 2.0 * 2.0 * 4096.0 * (m.kv_dim() * m.hidden_size) as f64 / 312e12;
+    assert!(
+        big.r >= flops && big.r < 1.5 * flops + 1e-4,
+        "r {} s",
+        big.r
+    );
+}
