@@ -19,20 +19,29 @@
 //! - `period P = max(kv_ready, compute_busy)`.
 //!
 //! **Why a step is about the sum over layers of `max(I/O, compute)`**: the
-//! runtime issues layer `i+1`'s copies when layer `i`'s K/V are ready, so layer
-//! `i+1`'s transfers overlap layer `i`'s attention and MLP. Starting the copies
-//! of layer `i+1` at the time `K_i` layer `i` became ready, its K/V are ready at
-//! `K_{i+1} = K_i + P`: the copies take `kv_ready`, and its recomputation cannot
-//! start before layer `i`'s attention and MLP (`t_attn + t_dense` after `K_i`)
-//! are done, which is the `compute_busy` term. The first layer's copies start at
-//! time 0 with the compute stream idle, so it costs `kv_ready`, not `P`, and the
-//! last layer's attention and MLP follow its K/V:
+//! runtime issues layer `i+1`'s copies right after layer `i`'s, as soon as the
+//! staging buffer they land in is free, i.e. once the attention of layer
+//! `i-1` (the last reader of that buffer: there are two) is done. So the copy
+//! stream does not wait for layer `i`'s recomputation: its tail `r` overlaps
+//! the next layer's copies. In steady state a layer every `P` seconds, with
+//! `P` the longest of the pipeline's three loops:
 //!
-//! `step = kv_ready + (L-1) * P + t_attn + t_dense`.
+//! - the copy stream's work per layer, `t_x + t_kv`;
+//! - the compute stream's, `compute_busy = c*r + t_attn + t_dense`;
+//! - the staging loop: layer `i+2`'s copies start after layer `i`'s K/V are
+//!   ready (`kv_ready` after its copies started) and its attention ran, two
+//!   periods after layer `i`'s copies started: `2P >= kv_ready + t_attn`.
 //!
-//! (`L*P + t_attn + t_dense` overcounts the first layer by `P - kv_ready` when
-//! compute-bound; the form above is what the two-stream simulator, `sim`, gives
-//! exactly, for every chunk count.)
+//! The first layer's copies start at time 0, its K/V are ready at `kv_ready`,
+//! each later layer's `P` after, and the last layer's attention, MLP and the
+//! head follow its K/V:
+//!
+//! `step = kv_ready + (L-1) * P + t_attn + t_dense + t_head`,
+//!
+//! with `t_head` the final norm and output projection after the last layer.
+//! (An earlier model let each layer's copies wait for the previous layer's
+//! recomputation, adding its tail `r` to every period: on an H200 it
+//! over-predicted `recompute-all` by 19%.)
 
 use plans::{BandwidthCurve, Dtype, HardwareProfile, ModelSpec, Schedule, Workload};
 
@@ -63,7 +72,10 @@ pub struct StepCost {
     pub kv_ready: f64,
     /// The compute stream's work for one layer, s: `c*r + t_attn + t_dense`.
     pub compute_busy: f64,
-    /// Per-layer period in the pipeline, s: `max(kv_ready, compute_busy)`.
+    /// Per-layer period in the pipeline, s: `max(t_x + t_kv, compute_busy,
+    /// (kv_ready + t_attn) / 2)`: the copy stream's work, the compute
+    /// stream's, and the loop through the two staging buffers (a layer's
+    /// copies wait for the attention of the layer two before).
     pub period: f64,
     /// A whole decode step, s: `kv_ready + (L-1)*period + t_attn + t_dense + t_head`.
     pub step: f64,
@@ -429,7 +441,9 @@ impl CostModel {
         let kv_ready = (t_x + t_kv).max(t_x / c + c * r).max(t_x + r);
         let t_attn = self.t_attn(s);
         let compute_busy = c * r + t_attn + self.t_dense;
-        let period = kv_ready.max(compute_busy);
+        let period = (t_x + t_kv)
+            .max(compute_busy)
+            .max((kv_ready + t_attn) / 2.0);
         let step =
             kv_ready + (self.n_layers as f64 - 1.0) * period + t_attn + self.t_dense + self.t_head;
         StepCost {

@@ -95,11 +95,19 @@ pub fn simulate(
 
     let n_layers = cm.n_layers();
     let mut ops = Vec::with_capacity(n_layers * (2 * c + 3));
-    let (mut copy_free, mut compute_free, mut kv_ready_prev) = (0.0f64, 0.0f64, 0.0f64);
+    let (mut copy_free, mut compute_free) = (0.0f64, 0.0f64);
+    // When each layer's attention ended: a layer's copies land in the staging
+    // buffer of the layer two before, so they wait for its attention.
+    let mut attn_end: Vec<f64> = Vec::with_capacity(n_layers);
     let (mut copy_busy, mut compute_busy) = (0.0, 0.0);
     for layer in 0..n_layers {
-        // Copy stream: activation chunks, then K/V; issued when the previous layer's K/V are ready.
-        let mut t = copy_free.max(kv_ready_prev);
+        // Copy stream: activation chunks, then K/V; issued right after the
+        // previous layer's, once the staging buffer is free (the attention of
+        // the layer two before has read it), as the executor issues them.
+        let mut t = match layer.checked_sub(2) {
+            Some(i) => copy_free.max(attn_end[i]),
+            None => copy_free,
+        };
         let mut arrived = Vec::with_capacity(c);
         if l > 0 {
             for chunk in 0..c {
@@ -142,6 +150,7 @@ pub fn simulate(
             start,
             t_attn,
         );
+        attn_end.push(compute_free);
         compute_free = push(
             &mut ops,
             StreamKind::Compute,
@@ -151,7 +160,6 @@ pub fn simulate(
             t_dense,
         );
         compute_busy += t_attn + t_dense;
-        kv_ready_prev = kv_ready;
     }
     let t_head = cost.t_head * 1e6;
     push(

@@ -6,7 +6,8 @@
 //! points mapped to `l`). On each such interval the step time
 //! `kv_ready + (L-1)*P + t_attn + t_dense` is a maximum of linear functions, so
 //! minimising it is an LP: minimise `K + (L-1)*P` subject to `K >=` each
-//! `kv_ready` term, `P >= K`, `P >= compute_busy`, `l` in the interval. The step
+//! `kv_ready` term, `P >= t_x + t_kv`, `P >= compute_busy`, `2P >= K +
+//! t_attn` (see `cost.rs`), `l` in the interval. The step
 //! time is convex on the interval, so the best block-aligned `l` there is one of
 //! the aligned neighbours of the LP's `l*` (or an aligned end of the interval);
 //! among equal costs the smallest such `l` is found by bisection. The best over
@@ -284,7 +285,8 @@ impl CostModel {
         let (x1, kv1, r1) = self.raw_terms(n, hi, c);
         let (x0, kv0, r0) = (x0 * us, kv0 * us, r0 * us);
         let (dx, dkv, dr) = (x1 * us - x0, kv1 * us - kv0, r1 * us - r0);
-        let fixed = (self.t_attn(s as f64) + self.t_dense()) * us;
+        let attn = self.t_attn(s as f64) * us;
+        let fixed = attn + self.t_dense() * us;
         let layers_after_first = self.n_layers().saturating_sub(1) as f64;
         // microlp asserts on non-finite numbers; huge ones overflow inside it.
         let coefficients = [x0, kv0, r0, dx, dkv, dr, fixed];
@@ -308,8 +310,9 @@ impl CostModel {
             .with(constraint!(k >= (dx + dkv) * u + (x0 + kv0)))
             .with(constraint!(k >= (dx / c + c * dr) * u + (x0 / c + c * r0)))
             .with(constraint!(k >= (dx + dr) * u + (x0 + r0)))
-            .with(constraint!(p >= k))
+            .with(constraint!(p >= (dx + dkv) * u + (x0 + kv0)))
             .with(constraint!(p >= (c * dr) * u + (c * r0 + fixed)))
+            .with(constraint!(2.0 * p >= k + attn))
             .solve()
             .map_err(|e| e.to_string())?;
         let u_star = solution.value(u).clamp(0.0, 1.0);

@@ -56,8 +56,14 @@ fn gqa_recomputes_nothing_and_says_why() {
     );
 }
 
+/// On an A100 (PCIe 4) Llama-2-7B at batch 8 is link-bound: recomputing a
+/// token's K/V from its activations costs less compute than the copy stream
+/// saves, so the plan recomputes (all of the context here: the copy stream's
+/// work per layer falls with every recomputed token while the compute
+/// stream stays under it, as the H200 measured: recompute-all was its
+/// fastest schedule).
 #[test]
-fn mha_recomputes_part_of_the_context_on_a100() {
+fn mha_recomputes_on_a100() {
     let hw = shipped("a100-pcie4");
     // Llama-2-7B through a whole plan at its maximum context.
     let m = preset("llama-2-7b");
@@ -71,10 +77,7 @@ fn mha_recomputes_part_of_the_context_on_a100() {
     )
     .unwrap();
     let st = *plan.step_for(4096).unwrap();
-    assert!(
-        st.recompute_tokens > 0 && st.recompute_tokens < 4096,
-        "{st:?}"
-    );
+    assert!(st.recompute_tokens > 0, "{st:?}");
     assert!(plan.summary.speedup_vs_transfer > 1.0 && plan.summary.recompute_saves_bytes);
     plan.validate(Path::new("plan.json")).unwrap();
     // OPT-6.7B's trained context is 2048, so ask the cost model at 4096 directly.
@@ -82,7 +85,7 @@ fn mha_recomputes_part_of_the_context_on_a100() {
     let cm = CostModel::new(&m, &hw, &workload(&m, 8, 4096, 1, Dtype::F16, 0)).unwrap();
     for sch in [Schedule::Paper, Schedule::Chunked] {
         let sp = cm.best_split(4096, 0, sch, 16, Solver::Lp).unwrap();
-        assert!(sp.recompute > 0 && sp.recompute < 4096, "{sp:?}");
+        assert!(sp.recompute > 0, "{sp:?}");
     }
 }
 
@@ -255,7 +258,9 @@ fn forced_splits_are_block_aligned() {
 
 /// With the paper schedule, no resident prefix, constant bandwidth `B` and
 /// throughput `F`, no launch cost and a huge memory bandwidth, the best share
-/// balances `t_rec` against `t_kv`: `l/s -> r/(1+r)`, `r = p*F/(2*h*B)`.
+/// balances the copy stream's work against the recomputation, which runs
+/// beside the next layer's copies: `t_x + t_kv = t_rec`, so with `h = h_kv`,
+/// `l/s -> 2r/(2+r)` (at most 1), `r = p*F/(2*h*B)`.
 #[test]
 fn recompute_share_follows_the_rate_ratio() {
     let m = preset("llama-2-7b");
@@ -273,7 +278,7 @@ fn recompute_share_follows_the_rate_ratio() {
         let cm = CostModel::new(&m, &hw, &workload(&m, 1, s, 1, Dtype::F16, 0)).unwrap();
         let sp = cm.best_split(s, 0, Schedule::Paper, 1, Solver::Lp).unwrap();
         let share = sp.recompute as f64 / s as f64;
-        let want = r / (1.0 + r);
+        let want = (2.0 * r / (2.0 + r)).min(1.0);
         assert!(
             (share / want - 1.0).abs() < 0.03,
             "r = {r}: share {share}, want {want}"
@@ -545,4 +550,59 @@ fn every_gemm_costs_at_least_its_weight_reads() {
         "r {} s",
         big.r
     );
+}
+
+/// Issue 19, finding 11: the cost model predicts what an H200 measured
+/// (`bench/results/2026-11-25-h200/`: its calibrated profile and `kvpr
+/// bench` of Llama-2-7B, f16, batch 8, contexts 4096 and 8192, 4 steps after
+/// 1 warm-up) within 5%, for the schedules whose split does not depend on
+/// the planner: `transfer` (nothing recomputed) and `recompute-all` (all of
+/// it, 4 chunks). (`paper` and `chunked` ran the splits the planner of the
+/// day chose, which bench.csv does not record; `bench/gpu/check.sh`
+/// measures them again.) Before the copy stream was modelled as the
+/// executor issues it, `recompute-all` was predicted 19% slow
+/// (measured/predicted 0.84): each layer's recomputation tail was priced
+/// as if the next layer's copies waited for it.
+#[test]
+fn the_model_predicts_the_h200_bench_within_5_percent() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results/2026-11-25-h200");
+    let hw = plans::HardwareProfile::load(&dir.join("hardware.json")).unwrap();
+    let csv = std::fs::read_to_string(dir.join("bench.csv")).unwrap();
+    let mut rows = 0;
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (context, schedule): (usize, &str) = (f[3].parse().unwrap(), f[4]);
+        if !matches!(schedule, "transfer" | "recompute-all") {
+            continue;
+        }
+        let measured_ms: f64 = f[5].parse().unwrap();
+        let (steps, warmup) = (4, 1);
+        let mut m = preset("llama-2-7b");
+        m.max_context = m.max_context.max(context + steps + warmup + 2);
+        let mut w = workload(&m, 8, context, steps + warmup + 1, Dtype::F16, 0);
+        w.gpu_memory_budget = crate::staging_bytes(&m, &w);
+        let req = match schedule {
+            "recompute-all" => crate::PlanRequest {
+                schedule: ScheduleChoice::Fixed(Schedule::Chunked),
+                block_tokens: 16,
+                solver: Solver::Lp,
+                forced: Some(crate::ForcedSplit {
+                    recompute_fraction: 1.0,
+                    resident_tokens: Some(0),
+                    chunks: Some(4),
+                }),
+            },
+            s => request(ScheduleChoice::Fixed(s.parse().unwrap()), 16, Solver::Lp),
+        };
+        let plan = make_plan(&m, &hw, hw_id(&hw), &w, &req).unwrap();
+        let predicted_ms = plan.predicted_step_us(context).unwrap() / 1e3;
+        let ratio = measured_ms / predicted_ms;
+        eprintln!("{schedule} at {context}: measured {measured_ms} ms, predicted {predicted_ms:.2} ms ({ratio:.3})");
+        assert!(
+            (ratio - 1.0).abs() < 0.05,
+            "{schedule} at {context}: measured {measured_ms} ms, predicted {predicted_ms:.2} ms ({ratio:.3})"
+        );
+        rows += 1;
+    }
+    assert_eq!(rows, 4);
 }
