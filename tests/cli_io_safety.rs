@@ -296,6 +296,18 @@ fn a_fifo_as_an_input_is_refused_not_waited_on() {
             "--context-len",
             "4",
         ],
+        // A run's trace (was read with no size cap).
+        vec![
+            "simulate",
+            "--plan",
+            "plan.json",
+            "--hardware",
+            "hw.json",
+            "--context-len",
+            "4",
+            "--trace",
+            "fifo.json",
+        ],
         vec![
             "run",
             "--model",

@@ -42,6 +42,8 @@ fn numbers_past_their_range_or_negative_are_refused_naming_the_flag() {
         ),
         (with("bench", &["--steps", "-1"]), "--steps"),
         (with("bench", &["--warmup", "-3"]), "--warmup"),
+        // Dumped a raw LP "Infeasible".
+        (with("bench", &["--batch", "4294967297"]), "--batch"),
         // Wrote a plan that `simulate` then refused.
         (
             with(
