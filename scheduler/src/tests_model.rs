@@ -418,7 +418,14 @@ fn a_long_workload_is_covered_from_context_1() {
     )
     .unwrap();
     assert_eq!(plan.covered(), Some((1, 4351)));
-    assert!(plan.steps.len() <= 272);
+    // 272 is the number of ranges solved, which any plan stays within; the
+    // merging of ranges with the same split is what keeps it well under
+    // (issue 19: `<= 272` held whatever the code did).
+    assert!(
+        plan.steps.len() <= 272 / 2,
+        "{} steps: ranges were not merged",
+        plan.steps.len()
+    );
     let m = preset("smollm2-135m");
     for resident in [0, 1 << 20] {
         let w = workload(&m, 1, 2048, 64, Dtype::F16, resident);
