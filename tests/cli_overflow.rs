@@ -139,21 +139,19 @@ fn smollm2_serves_under_every_policy_with_the_unpressured_outputs() {
 }
 
 /// Issue 12 on a multi-head preset, where recomputing from activations moves
-/// fewer bytes: requests of different lengths arriving over time (a trace),
-/// on a paced link, at two block sizes; `partial` and `offload` really
-/// recompute.
+/// fewer bytes: a trace of requests of different lengths, on a paced link,
+/// at two block sizes; `partial` and `offload` really recompute. They all
+/// arrive at once, so the cache is under pressure whatever the machine's
+/// speed (issue 19: with arrivals spread over real time the test passed
+/// even when nothing was evicted).
 #[test]
 fn an_mha_trace_of_ragged_requests_keeps_its_outputs_at_every_block_size() {
     let d = tempfile::tempdir().unwrap();
     let hw = paced_profile(d.path(), 0.2);
     let mut trace = String::new();
-    for (i, (input, output)) in [(60, 20), (12, 30), (90, 12), (33, 25), (70, 18), (5, 28)]
-        .iter()
-        .enumerate()
-    {
+    for (input, output) in [(60, 20), (12, 30), (90, 12), (33, 25), (70, 18), (5, 28)] {
         trace.push_str(&format!(
-            "{{\"arrival_s\": {}, \"input_len\": {input}, \"output_len\": {output}}}\n",
-            i as f64 * 0.01
+            "{{\"arrival_s\": 0, \"input_len\": {input}, \"output_len\": {output}}}\n"
         ));
     }
     std::fs::write(d.path().join("trace.jsonl"), trace).unwrap();
@@ -183,13 +181,11 @@ fn an_mha_trace_of_ragged_requests_keeps_its_outputs_at_every_block_size() {
     );
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let doc = json(&d.path().join("s.json"));
-    // Arrivals are real time: how much pressure there is depends on the
-    // machine's speed, the outputs do not.
-    assert_runs_match(&doc, 8, false);
-    // Where a run evicted anything, partial and offload recomputed half of it.
+    assert_runs_match(&doc, 8, true);
+    // Every run evicted, and partial and offload recomputed from activations.
     for r in doc["runs"].as_array().unwrap() {
-        let evicted = r["evicted_tokens"].as_u64().unwrap() > 0;
-        if evicted && (r["policy"] == "partial" || r["policy"] == "offload") {
+        assert!(r["evicted_tokens"].as_u64().unwrap() > 0, "{r}");
+        if r["policy"] == "partial" || r["policy"] == "offload" {
             assert!(
                 r["counters"]["tokens_recomputed"].as_u64().unwrap() > 0,
                 "{r}"
