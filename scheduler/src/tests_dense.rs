@@ -2,7 +2,7 @@
 //! model's own shapes when it has them, and from the curve nearest `(h, h)`
 //! otherwise (profiles written before `calibrate --model` measured them).
 
-use plans::{Dtype, GemmPoint};
+use plans::{Dtype, GemmPoint, ModelSpec};
 
 use crate::cost::CostModel;
 use crate::testutil::{model, profile, workload};
@@ -103,10 +103,22 @@ fn the_output_head_is_part_of_the_step() {
         MEM_GBPS,
         LAUNCH_US,
     );
-    let w = workload(&m, 1, 64, 8, Dtype::F32, 0);
-    let c = CostModel::new(&m, &hw, &w)
-        .unwrap()
-        .step(64, 0, 0, 1, plans::Schedule::Transfer);
-    let layers = c.kv_ready + (m.n_layers as f64 - 1.0) * c.period + c.t_attn + c.t_dense;
-    assert!((c.step - (layers + c.t_head)).abs() < 1e-15);
+    // Two models that differ only in the vocabulary: their steps differ by
+    // exactly the difference of their heads, which is not zero (issue 19:
+    // the test restated the step's formula).
+    let step = |m: &ModelSpec| {
+        let w = workload(m, 1, 64, 8, Dtype::F32, 0);
+        CostModel::new(m, &hw, &w)
+            .unwrap()
+            .step(64, 0, 0, 1, plans::Schedule::Transfer)
+    };
+    let mut big = m.clone();
+    big.vocab_size *= 8;
+    let (a, b) = (step(&m), step(&big));
+    assert!(b.t_head > a.t_head, "{} vs {}", b.t_head, a.t_head);
+    let d = (b.step - a.step) - (b.t_head - a.t_head);
+    assert!(
+        d.abs() < 1e-12 * b.step,
+        "steps differ by more than their heads: {d}"
+    );
 }
