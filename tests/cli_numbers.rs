@@ -209,3 +209,33 @@ fn overflow_never_suggests_a_share_above_one() {
         stderr(&o)
     );
 }
+
+/// Finding 9: `--device-memory` takes off what the weights really take on
+/// the device (a tied embedding once, the norms too), not a formula that
+/// counted the embedding twice for a tied model.
+#[test]
+fn device_memory_counts_the_weights_as_allocated() {
+    let dir = folder();
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama-gqa-tied");
+    let s = plans::ModelSpec::from_hf_config(&model.join("config.json")).unwrap();
+    assert!(s.tie_embeddings && s.arch.is_plain());
+    let (l, h, v) = (s.n_layers as u64, s.hidden_size as u64, s.vocab_size as u64);
+    let params = l * (s.layer_params() + 2 * h) + v * h + h;
+    let old = l * s.layer_params() + 2 * v * h;
+    assert_ne!(params, old);
+    let o = kvpr(
+        &[
+            "overflow",
+            "--model",
+            model.to_str().unwrap(),
+            "--hardware",
+            "hw.json",
+            "--device-memory",
+            "1KiB",
+        ],
+        dir.path(),
+    );
+    let want = format!("the weights alone take {}", plans::human_bytes(4 * params));
+    assert_fails(&o, &["--device-memory", &want]);
+}

@@ -268,6 +268,8 @@ pub struct SampleArgs {
 pub struct Backend {
     spec: DeviceSpec,
     dev: Box<dyn Device>,
+    /// Device bytes allocated so far (buffers and id buffers; cumulative).
+    allocated: std::sync::atomic::AtomicU64,
 }
 
 /// What a buffer or table was made for: a device and the dtype of its
@@ -407,7 +409,11 @@ impl Backend {
             DeviceSpec::Cpu => Box::new(cpu::CpuBackend::new(opts)?),
             DeviceSpec::Cuda(ordinal) => Box::new(cuda::CudaBackend::new(ordinal, opts)?),
         };
-        Ok(Backend { spec, dev })
+        Ok(Backend {
+            spec,
+            dev,
+            allocated: Default::default(),
+        })
     }
 
     /// The device this backend was built for.
@@ -437,6 +443,7 @@ impl Backend {
     /// A zeroed device buffer of `len` elements.
     pub fn alloc(&self, len: usize) -> Result<DeviceBuf> {
         let inner = self.dev.alloc(len)?;
+        self.count(len, self.dtype().bytes());
         Ok(DeviceBuf {
             len,
             owner: self.owner(),
@@ -447,6 +454,7 @@ impl Backend {
     /// A device buffer holding `data` (converted to the compute dtype); synchronous.
     pub fn upload(&self, data: &[f32]) -> Result<DeviceBuf> {
         let inner = self.dev.upload(data)?;
+        self.count(data.len(), self.dtype().bytes());
         Ok(DeviceBuf {
             len: data.len(),
             owner: self.owner(),
@@ -460,6 +468,7 @@ impl Backend {
     pub fn upload_vec(&self, data: Vec<f32>) -> Result<DeviceBuf> {
         let len = data.len();
         let inner = self.dev.upload_owned(data)?;
+        self.count(len, self.dtype().bytes());
         Ok(DeviceBuf {
             len,
             owner: self.owner(),
@@ -482,6 +491,7 @@ impl Backend {
             });
         }
         let inner = self.dev.upload_stored(bytes, dtype)?;
+        self.count(bytes.len() / dtype.bytes(), self.dtype().bytes());
         Ok(DeviceBuf {
             len: bytes.len() / dtype.bytes(),
             owner: self.owner(),
@@ -498,6 +508,7 @@ impl Backend {
     /// A zeroed id buffer of `len` ids.
     pub fn alloc_ids(&self, len: usize) -> Result<IdBuf> {
         let inner = self.dev.alloc_ids(len)?;
+        self.count(len, 4);
         Ok(IdBuf {
             len,
             owner: self.owner(),
@@ -698,6 +709,19 @@ impl Backend {
     ) -> Result<()> {
         self.owns(op, what, buf.owner())?;
         check::range(op, &self.dev.short_name(), what, off, len, buf.len())
+    }
+
+    fn count(&self, len: usize, esz: usize) {
+        let bytes = (len as u64).saturating_mul(esz as u64);
+        self.allocated
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Device bytes allocated through this backend so far: every buffer and
+    /// id buffer, cumulative (a freed buffer is not subtracted), so the
+    /// difference across a call is what the call allocated.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The device and dtype this backend's buffers are made for.

@@ -15,6 +15,7 @@
 //! default: the scheduler needs no model files and compiles no tensor library).
 
 mod arch;
+mod bytes;
 mod error;
 #[cfg(feature = "gguf")]
 pub mod gguf;
@@ -29,6 +30,7 @@ mod trace;
 mod workload;
 
 pub use arch::{Arch, ArchKind, RopeScaling};
+pub use bytes::ExecutorBytes;
 pub use error::{PlansError, Result};
 #[cfg(feature = "gguf")]
 pub use gguf::{GgufError, GgufHeader, GgufTensorInfo, GgufValue};

@@ -918,13 +918,9 @@ fn check_memory_for(
     .iter()
     .fold(0u64, |a, b| a.saturating_add(*b));
     if !backend.is_cuda() {
-        let device = [
-            bytes_of(&[2, batch, capacity, 2 * kvd + h, p]), // k/v/x staging
-            bytes_of(&[batch, capacity, 2 * kvd, p]),        // k/v tmp
-            bytes_of(&[nl, batch, res_cap, 2 * kvd, p]),     // resident K/V
-            bytes_of(&[batch, s.vocab_size + 2 * s.intermediate_size, p]),
-        ];
-        needed = device.iter().fold(needed, |a, b| a.saturating_add(*b));
+        // What `Executor::new` allocates on the device, host memory here.
+        let device = plans::ExecutorBytes::new(s, batch, capacity, res_cap, p).total();
+        needed = needed.saturating_add(device);
     }
     crate::check_memory(
         &format!("a batch of {batch} up to context {capacity}"),

@@ -172,20 +172,18 @@ pub struct CostModel {
     pub(crate) profile: String,
 }
 
-/// Device memory for the staging buffers, bytes: 2 layers in flight, each with
-/// room for a whole context of K/V and activations,
-/// `2 * (b*S*2*h_kv*p + b*S*h*p)` with `S = workload.max_context_len()`.
+/// Device memory the executor needs besides the resident prefix (and the
+/// weights), bytes: the staging buffers of 2 layers in flight, each with room
+/// for a whole context of K/V and activations, `2 * (b*S*2*h_kv*p + b*S*h*p)`,
+/// the recomputed K/V before they are scattered, `b*S*2*h_kv*p`, and the
+/// step's own buffers (new token, activations, logits, ids), with `S =
+/// workload.max_context_len() + 1`: `plans::ExecutorBytes`, the one account
+/// the executor's allocations are held to.
 pub fn staging_bytes(model: &ModelSpec, workload: &Workload) -> u64 {
-    let (b, s, p) = (
-        workload.batch as u64,
-        workload.max_context_len() as u64,
-        workload.dtype.bytes() as u64,
-    );
-    let (h, h_kv) = (model.hidden_size as u64, model.kv_dim() as u64);
-    let per_token = (2 * h_kv * p).saturating_add(h * p);
-    b.saturating_mul(s)
-        .saturating_mul(per_token)
-        .saturating_mul(2)
+    // The executor runs up to `max_context_len() + 1` positions.
+    let capacity = workload.max_context_len().saturating_add(1);
+    let b = plans::ExecutorBytes::new(model, workload.batch, capacity, 0, workload.dtype.bytes());
+    b.total().saturating_sub(b.resident)
 }
 
 /// Elementwise passes over recomputed K/V rows after their two GEMMs: RoPE

@@ -409,7 +409,11 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     eprintln!("loading {} on {}...", args.model, be.name());
     let loading = std::time::Instant::now();
+    let before = be.allocated_bytes();
     let model = super::load_model(&source, &be)?;
+    // What the weights take on the device, as allocated (tied embeddings
+    // once, norms and biases included).
+    let weights = be.allocated_bytes() - before;
     eprintln!("loaded in {:.1} s", loading.elapsed().as_secs_f64());
     let spec = model.spec().clone();
     let (reqs, prompts) = requests(&model, given)?;
@@ -423,9 +427,6 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let left = match device_memory {
         None => kv_need,
         Some(m) => {
-            let weights = (spec.n_layers as u64 * spec.layer_params()
-                + 2 * (spec.vocab_size * spec.hidden_size) as u64)
-                * esz as u64;
             if m <= weights {
                 bail!(
                     "--device-memory {}: the weights alone take {}",
