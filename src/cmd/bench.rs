@@ -303,7 +303,9 @@ fn measure(
     }
     let k = args.steps as f64;
     let (measured_ms, bytes) = (us / k / 1e3, bytes / args.steps as u64);
-    let link_ms = hw.link.h2d_pinned.seconds(bytes as f64) * 1e3;
+    // At the rate the run's link was paced to, where it was (issue 19: the
+    // profile's rate was used whatever --link-gbps said).
+    let link_ms = super::link_seconds(hw, args.link_gbps, bytes as f64, 0.0) * 1e3;
     Ok(Row {
         model: model.spec().name.clone(),
         dtype: be.dtype().name().to_string(),

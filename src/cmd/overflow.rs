@@ -268,14 +268,7 @@ fn one_sequence(
 /// profile's curves.
 pub fn link_floor(hw: &HardwareProfile, paced_gbps: Option<f64>, c: &PagedCounters) -> f64 {
     let (to_device, to_host) = (c.bytes_in as f64, (c.bytes_out + c.bytes_x_out) as f64);
-    match paced_gbps {
-        Some(g) => to_device.max(to_host) / (g * 1e9),
-        None => hw
-            .link
-            .h2d_pinned
-            .seconds(to_device)
-            .max(hw.link.d2h_pinned.seconds(to_host)),
-    }
+    super::link_seconds(hw, paced_gbps, to_device, to_host)
 }
 
 /// `partial`: the share of a resumed context worth recomputing from
