@@ -5,6 +5,15 @@
 
 use crate::ModelSpec;
 
+/// `a * b * ...` in bytes, saturating: a product past `u64` is "more than any
+/// machine has", which a memory check refuses just the same.
+pub fn bytes_of(factors: &[usize]) -> u64 {
+    factors
+        .iter()
+        .try_fold(1u64, |acc, &f| acc.checked_mul(f as u64))
+        .unwrap_or(u64::MAX)
+}
+
 /// What `runtime::Executor::new` allocates on the device for `batch`
 /// sequences up to `capacity` positions with `resident` resident positions,
 /// in elements of `p` bytes (ids: 4 bytes). Every buffer holds at least one
@@ -35,13 +44,7 @@ impl ExecutorBytes {
         let (h, kvd, nl) = (model.hidden_size, model.kv_dim(), model.n_layers);
         let (qd, f, v) = (model.q_dim(), model.intermediate_size, model.vocab_size);
         // Elements of one buffer, as allocated (at least one), in bytes.
-        let buf = |dims: &[usize], esz: usize| -> u64 {
-            dims.iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
-                .unwrap_or(u64::MAX)
-                .max(1)
-                .saturating_mul(esz as u64)
-        };
+        let buf = |dims: &[usize], esz: usize| bytes_of(dims).max(1).saturating_mul(esz as u64);
         let times = |n: usize, b: u64| b.saturating_mul(n as u64);
         let kv_stage = buf(&[batch, capacity, kvd], p);
         let x_stage = buf(&[batch, capacity, h], p);

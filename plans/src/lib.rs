@@ -30,7 +30,7 @@ mod trace;
 mod workload;
 
 pub use arch::{Arch, ArchKind, RopeScaling};
-pub use bytes::ExecutorBytes;
+pub use bytes::{bytes_of, ExecutorBytes};
 pub use error::{PlansError, Result};
 #[cfg(feature = "gguf")]
 pub use gguf::{GgufError, GgufHeader, GgufTensorInfo, GgufValue};

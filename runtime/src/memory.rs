@@ -38,14 +38,7 @@ pub fn check_memory(what: &str, needed: u64, hint: &str) -> Result<()> {
     }
 }
 
-/// `a * b * ...` in bytes, saturating: a product past `u64` is "more than any
-/// machine has", which the check above refuses just the same.
-pub(crate) fn bytes_of(factors: &[usize]) -> u64 {
-    factors
-        .iter()
-        .try_fold(1u64, |acc, &f| acc.checked_mul(f as u64))
-        .unwrap_or(u64::MAX)
-}
+pub(crate) use plans::bytes_of;
 
 #[cfg(test)]
 mod tests {

@@ -174,16 +174,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     // Before any planning: every schedule keeps the K/V of the longest
     // context on the host at least (`transfer` moves all of it).
-    let kv_floor = [
+    let kv_floor = plans::bytes_of(&[
         longest,
         args.batch,
         2 * spec.kv_dim(),
         spec.n_layers,
         be.dtype().bytes(),
-    ]
-    .iter()
-    .try_fold(1u64, |acc, &f| acc.checked_mul(f as u64))
-    .unwrap_or(u64::MAX);
+    ]);
     runtime::check_memory(
         &format!(
             "--context-len {} with --batch {}: the host K/V store",
