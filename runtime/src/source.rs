@@ -323,19 +323,9 @@ impl TensorSource {
                         reason: e.to_string(),
                     })?
             }
-            WeightFormat::Safetensors { files } => {
-                // Converted straight from the mapped bytes (see `checkpoint`).
-                let (values, found) = files.read(name)?.ok_or_else(missing)?;
-                self.used.insert(name.to_string());
-                if found != shape {
-                    return Err(RuntimeError::Shape {
-                        path,
-                        name: name.to_string(),
-                        expected: shape.to_vec(),
-                        found,
-                    });
-                }
-                return Ok(values);
+            WeightFormat::Safetensors { .. } => {
+                // The stored bytes, through the one safetensors path.
+                return self.load(name, shape, init, &mut |t| Ok(t.into_f32()));
             }
         };
         let found = tensor.dims().to_vec();
