@@ -93,18 +93,13 @@ pub fn check_io(
     outputs: &[(&str, Option<&Path>)],
     inputs: &[(&str, Option<&Path>)],
 ) -> anyhow::Result<()> {
-    let given = |v: &[(&str, Option<&Path>)]| -> Vec<(String, std::path::PathBuf)> {
+    fn given<'a>(v: &[(&'a str, Option<&'a Path>)]) -> Vec<(&'a str, &'a Path)> {
         v.iter()
-            .filter_map(|(f, p)| p.map(|p| (f.to_string(), p.to_path_buf())))
+            .filter_map(|&(f, p)| Some((f, p?)))
             .filter(|(_, p)| !p.to_string_lossy().starts_with("preset:"))
             .collect()
-    };
-    let (outs, ins) = (given(outputs), given(inputs));
-    let o: Vec<(&str, &Path)> = outs
-        .iter()
-        .map(|(f, p)| (f.as_str(), p.as_path()))
-        .collect();
-    let i: Vec<(&str, &Path)> = ins.iter().map(|(f, p)| (f.as_str(), p.as_path())).collect();
+    }
+    let (o, i) = (given(outputs), given(inputs));
     plans::check_outputs(&o, &i)?;
     Ok(())
 }
