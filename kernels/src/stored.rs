@@ -77,10 +77,9 @@ pub(crate) fn staged(
     if dst == src {
         return copy(0, bytes);
     }
-    let (se, de) = (src.bytes(), dst.bytes());
-    for (i, piece) in bytes.chunks(chunk.max(1) * se).enumerate() {
-        let values = to_f32(piece, src);
-        copy(i * chunk.max(1) * de, &encode(dst, &values))?;
+    let (chunk, se, de) = (chunk.max(1), src.bytes(), dst.bytes());
+    for (i, piece) in bytes.chunks(chunk * se).enumerate() {
+        copy(i * chunk * de, &encode(dst, &to_f32(piece, src)))?;
     }
     Ok(())
 }
