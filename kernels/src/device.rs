@@ -19,6 +19,11 @@ pub(crate) trait Device: Send + Sync {
     fn link_gbps(&self) -> Option<f64> {
         None
     }
+    /// Device memory free now, in bytes, where the device has memory of its
+    /// own (`None`: the device is host memory).
+    fn free_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 
     fn alloc(&self, len: usize) -> Result<BufInner>;
     fn upload(&self, data: &[f32]) -> Result<BufInner>;

@@ -270,6 +270,8 @@ pub struct Backend {
     dev: Box<dyn Device>,
     /// Device bytes allocated so far (buffers and id buffers; cumulative).
     allocated: std::sync::atomic::AtomicU64,
+    /// Kernels launched so far (cumulative).
+    launches: std::sync::atomic::AtomicU64,
 }
 
 /// What a buffer or table was made for: a device and the dtype of its
@@ -413,6 +415,7 @@ impl Backend {
             spec,
             dev,
             allocated: Default::default(),
+            launches: Default::default(),
         })
     }
 
@@ -433,6 +436,12 @@ impl Backend {
     /// The compute dtype of device buffers.
     pub fn dtype(&self) -> Dtype {
         self.dev.dtype()
+    }
+
+    /// Device memory free now, in bytes (`cuMemGetInfo`), or `None` where
+    /// the device is host memory (the CPU backend: check the host's instead).
+    pub fn free_memory(&self) -> Result<Option<u64>> {
+        self.dev.free_memory()
     }
 
     /// The link pacing of the CPU backend, GB/s (None: unpaced, or CUDA).
@@ -722,6 +731,20 @@ impl Backend {
     /// difference across a call is what the call allocated.
     pub fn allocated_bytes(&self) -> u64 {
         self.allocated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Kernels launched through this backend so far, cumulative: one per
+    /// compute op that does work (an empty op launches nothing). What the
+    /// cost model prices per launch is held to this count.
+    pub fn launches(&self) -> u64 {
+        self.launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The device, for an op about to launch its kernel: counted.
+    pub(crate) fn kernel(&self) -> &dyn Device {
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &*self.dev
     }
 
     /// The device and dtype this backend's buffers are made for.

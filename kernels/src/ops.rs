@@ -32,7 +32,7 @@ impl Backend {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        self.dev.gemm(
+        self.kernel().gemm(
             &x.inner, x_off, &w.inner, w_off, &out.inner, out_off, m, n, k,
         )
     }
@@ -89,7 +89,7 @@ impl Backend {
         if weight.inner.same(&out.inner) {
             return Err(self.shape(op, shape(), "out must not alias the weights"));
         }
-        self.dev.rmsnorm(
+        self.kernel().rmsnorm(
             &x.inner,
             x_off,
             &weight.inner,
@@ -127,7 +127,8 @@ impl Backend {
                 "the bias must be another buffer than x",
             ));
         }
-        self.dev.add_bias(&x.inner, x_off, &bias.inner, rows, dim)
+        self.kernel()
+            .add_bias(&x.inner, x_off, &bias.inner, rows, dim)
     }
 
     /// A RoPE frequency table on this backend's device: `inv_freq` (one per
@@ -232,7 +233,7 @@ impl Backend {
         if span == 0 {
             return Ok(());
         }
-        self.dev
+        self.kernel()
             .rope(&x.inner, x_off, &pos.inner, pos_off, freqs, r)
     }
 
@@ -259,7 +260,7 @@ impl Backend {
         if out.inner.same(&k.inner) || out.inner.same(&v.inner) {
             return Err(self.shape(op, format!("{a:?}"), "out must not alias k or v"));
         }
-        self.dev
+        self.kernel()
             .attention(&q.inner, &k.inner, &v.inner, &out.inner, a, None)
     }
 
@@ -277,7 +278,8 @@ impl Backend {
         if len == 0 {
             return Ok(());
         }
-        self.dev.silu_gate(&gate.inner, &up.inner, &out.inner, len)
+        self.kernel()
+            .silu_gate(&gate.inner, &up.inner, &out.inner, len)
     }
 
     /// `out = a + b` over `len` elements. `out` may alias `a` (or `b`).
@@ -288,7 +290,7 @@ impl Backend {
         if len == 0 {
             return Ok(());
         }
-        self.dev.add(&a.inner, &b.inner, &out.inner, len)
+        self.kernel().add(&a.inner, &b.inner, &out.inner, len)
     }
 
     /// A strided copy on the compute stream, as a kernel: `rows` runs of
@@ -307,7 +309,7 @@ impl Backend {
         if rows.elements() == 0 {
             return Ok(());
         }
-        self.dev
+        self.kernel()
             .scatter(&src.inner, src_off, &dst.inner, dst_off, rows)
     }
 
@@ -355,7 +357,7 @@ impl Backend {
                 "the table holds no row",
             ));
         }
-        self.dev.embedding(
+        self.kernel().embedding(
             &table.inner,
             &ids.inner,
             ids_off,
@@ -377,7 +379,8 @@ impl Backend {
         out_off: usize,
     ) -> Result<()> {
         self.rows_of("argmax", x, rows, cols, out, out_off)?;
-        self.dev.argmax(&x.inner, rows, cols, &out.inner, out_off)
+        self.kernel()
+            .argmax(&x.inner, rows, cols, &out.inner, out_off)
     }
 
     /// One draw per row of `x` (`[rows, cols]` logits) into `out[out_off..]`;
@@ -401,7 +404,7 @@ impl Backend {
                 "inv_temperature must be finite and > 0, top_p in (0, 1]",
             ));
         }
-        self.dev
+        self.kernel()
             .sample(&x.inner, rows, cols, &out.inner, out_off, s)
     }
 

@@ -44,7 +44,7 @@ impl Backend {
             return Err(self.shape(op, format!("{a:?}"), "out must not alias k or v"));
         }
         let lens = Some((&lens.inner, lens_off));
-        self.dev
+        self.kernel()
             .attention(&q.inner, &k.inner, &v.inner, &out.inner, a, lens)
     }
 
@@ -80,7 +80,7 @@ impl Backend {
                 "src and dst must be different buffers",
             ));
         }
-        self.dev.scatter_rows(
+        self.kernel().scatter_rows(
             &src.inner, src_off, &dst.inner, &idx.inner, idx_off, rows, width,
         )
     }

@@ -494,6 +494,14 @@ impl Device for CudaBackend {
         self.device.clone()
     }
 
+    fn free_memory(&self) -> Result<Option<u64>> {
+        let (free, _total) = self
+            .ctx
+            .mem_get_info()
+            .map_err(|e| self.err("cuMemGetInfo", e))?;
+        Ok(Some(free as u64))
+    }
+
     fn short_name(&self) -> String {
         self.short.clone()
     }
