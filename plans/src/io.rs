@@ -374,13 +374,9 @@ pub fn check_outputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Res
         .collect();
     let mut seen: Vec<(&str, Located)> = Vec::new();
     for &(flag, path) in outputs {
-        check_output_path(path).map_err(|e| match e {
-            PlansError::Output { path, reason } => PlansError::Output {
-                path,
-                reason: format!("{flag}: {reason}"),
-            },
-            e => e,
-        })?;
+        // The clashes first: an output inside an input folder is refused
+        // before its folder is probed, so kvpr never makes even a probe
+        // file among what it reads.
         let (canon, id) = locate(path);
         for (iflag, (icanon, iid), is_dir) in &ins {
             if *icanon == canon || (id.is_some() && id == *iid) {
@@ -399,6 +395,13 @@ pub fn check_outputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Res
                 return Err(clash(flag, path, format!("is the file {oflag} writes too")));
             }
         }
+        check_output_path(path).map_err(|e| match e {
+            PlansError::Output { path, reason } => PlansError::Output {
+                path,
+                reason: format!("{flag}: {reason}"),
+            },
+            e => e,
+        })?;
         seen.push((flag, (canon, id)));
     }
     Ok(())
@@ -671,7 +674,13 @@ mod tests {
             "inside the folder --model-dir reads",
         );
         #[cfg(unix)]
-        refused(&d.join("link.gguf"), "symbolic link");
+        {
+            refused(&d.join("link.gguf"), "the file --model reads");
+            // A link to anything else is refused as a link.
+            std::fs::write(d.join("other.txt"), b"x").unwrap();
+            std::os::unix::fs::symlink(d.join("other.txt"), d.join("link.txt")).unwrap();
+            refused(&d.join("link.txt"), "symbolic link");
+        }
         assert_eq!(std::fs::read(&model).unwrap(), b"weights");
         // Two outputs, one file (not there yet, one of them by `..`).
         let (a, b) = (d.join("x.out"), d.join("sub/../x.out"));
