@@ -26,7 +26,7 @@ demo: build model
 	@echo "== 1. calibrate the CPU backend (quick) at SmolLM2's shapes"
 	$(KVPR) calibrate --quick --model $(MODEL) --out $(DEMO)/cpu.json
 	@echo "== 2. plan SmolLM2 for a long context on this machine"
-	$(KVPR) plan --model $(MODEL) --hardware $(DEMO)/cpu.json --batch 4 --prompt-len 2048 --gen-len 64 --gpu-memory-budget 96MiB --out $(DEMO)/smollm2-plan.json
+	$(KVPR) plan --model $(MODEL) --hardware $(DEMO)/cpu.json --batch 4 --prompt-len 2048 --gen-len 64 --gpu-memory-budget 192MiB --out $(DEMO)/smollm2-plan.json
 	@echo "== 3. generate with the KV cache in host memory (plan made on the fly for this prompt)"
 	$(KVPR) run --model $(MODEL) --hardware $(DEMO)/cpu.json --prompt "The capital of France is" --max-new-tokens 40 --plan-out $(DEMO)/run-plan.json
 	@echo "== 4. where recomputation pays: a multi-head model (random weights) on a link paced to 0.5 GB/s"

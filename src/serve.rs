@@ -65,6 +65,9 @@ pub struct RunResult {
     pub preempt_resume_s: f64,
     /// Allocating the paged cache and the host store (not in `total_s`), s.
     pub setup_s: f64,
+    /// Device bytes the paged engine allocated for its life (its pool and
+    /// step buffers; a prefill's own buffers come and go).
+    pub engine_bytes: u64,
     /// Prefilling fresh requests (host clock, includes the first token), s.
     pub prefill_s: f64,
     /// Decode steps, s.
@@ -109,6 +112,22 @@ pub fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
+/// The paged engine `serve` builds for `cfg`: a step batch of at most
+/// `max_running` rows, and no more rows than there are requests.
+pub fn engine_config(requests: &Requests, cfg: &RunConfig) -> PagedConfig {
+    PagedConfig {
+        block_size: cfg.block_size,
+        capacity_blocks: cfg.capacity_blocks,
+        max_batch: cfg.max_running.min(requests.requests.len()).max(1),
+        keep_activations: cfg.policy.keeps_activations(),
+        request_tokens: requests
+            .requests
+            .iter()
+            .map(|r| r.input_len + r.output_len)
+            .collect(),
+    }
+}
+
 /// Something that reads the GPU's utilisation (NVML), or nothing.
 pub type Monitor<'m> = &'m dyn Fn() -> Option<u32>;
 
@@ -135,20 +154,11 @@ pub fn serve(
         },
     };
     let mut sched = Serving::new(requests, sc)?;
-    let keep_x = matches!(cfg.policy, Policy::Partial | Policy::Offload);
-    let pc = PagedConfig {
-        block_size: cfg.block_size,
-        capacity_blocks: cfg.capacity_blocks,
-        max_batch: cfg.max_running,
-        keep_activations: keep_x,
-        request_tokens: requests
-            .requests
-            .iter()
-            .map(|r| r.input_len + r.output_len)
-            .collect(),
-    };
+    let pc = engine_config(requests, cfg);
     let setup = Instant::now();
+    let before = be.allocated_bytes();
     let mut eng = PagedEngine::new(be, model, pc).context("allocating the paged cache")?;
+    let engine_bytes = be.allocated_bytes() - before;
     be.synchronize()?;
     let setup_s = setup.elapsed().as_secs_f64();
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); n];
@@ -310,6 +320,7 @@ pub fn serve(
         total_s,
         preempt_resume_s,
         setup_s,
+        engine_bytes,
         prefill_s,
         decode_s,
         tokens: produced_total,

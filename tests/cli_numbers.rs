@@ -15,6 +15,19 @@ fn folder() -> tempfile::TempDir {
 
 const U64_MAX: &str = "18446744073709551615";
 
+/// `kvpr overflow` on the tiny preset with the CPU profile, and `extra`.
+fn overflow_tiny(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "overflow",
+        "--model",
+        "preset:tiny-mha",
+        "--hardware",
+        "hw.json",
+    ];
+    args.extend_from_slice(extra);
+    kvpr(&args, dir)
+}
+
 #[test]
 fn numbers_past_their_range_or_negative_are_refused_naming_the_flag() {
     let dir = folder();
@@ -167,18 +180,7 @@ fn a_far_future_arrival_is_refused() {
         "{\"arrival_s\": 1e308, \"input_len\": 8, \"output_len\": 4}\n",
     )
     .unwrap();
-    let o = kvpr(
-        &[
-            "overflow",
-            "--model",
-            "preset:tiny-mha",
-            "--hardware",
-            "hw.json",
-            "--trace",
-            "t.jsonl",
-        ],
-        d,
-    );
+    let o = overflow_tiny(d, &["--trace", "t.jsonl"]);
     assert_fails(&o, &["t.jsonl:1:", "arrival_s", "86400"]);
 }
 
@@ -188,19 +190,18 @@ fn a_far_future_arrival_is_refused() {
 #[test]
 fn overflow_never_suggests_a_share_above_one() {
     let dir = folder();
-    let o = kvpr(
+    let o = overflow_tiny(
+        dir.path(),
         &[
-            "overflow",
-            "--model",
-            "preset:tiny-mha",
-            "--hardware",
-            "hw.json",
+            "--policy",
+            "recompute",
+            // The weights (515 KiB), the engine's buffers (899 KiB) and one
+            // block of pool (the longest request needs 5).
             "--device-memory",
-            "540KiB",
+            "1440KiB",
             "--kv-memory-fraction",
             "1",
         ],
-        dir.path(),
     );
     assert_fails(&o, &["--device-memory or --kv-blocks 5"]);
     assert!(
@@ -238,4 +239,49 @@ fn device_memory_counts_the_weights_as_allocated() {
     );
     let want = format!("the weights alone take {}", plans::human_bytes(4 * params));
     assert_fails(&o, &["--device-memory", &want]);
+}
+
+/// Finding 9: `--kv-memory-fraction` is a share of the device memory left
+/// after the weights and the engine's buffers besides its pool (gathered
+/// K/V, staged `X`, a prefill's own buffers), so at a share of 1 the weights
+/// and the whole engine fit `--device-memory`. Before, the pool alone took
+/// all of it, and the buffers came on top. Too little memory for the
+/// buffers is refused, naming them.
+#[test]
+fn the_whole_serving_engine_fits_device_memory() {
+    let dir = folder();
+    let m: u64 = 3 << 20;
+    for policy in ["swap", "offload"] {
+        let o = overflow_tiny(
+            dir.path(),
+            &[
+                "--policy",
+                policy,
+                "--device-memory",
+                "3MiB",
+                "--kv-memory-fraction",
+                "1",
+                "--json",
+                "s.json",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).unwrap())
+                .unwrap();
+        let weights = v["weights_bytes"].as_u64().unwrap();
+        let run = &v["runs"][0];
+        let engine = run["engine_bytes"].as_u64().unwrap();
+        let blocks = run["capacity_blocks"].as_u64().unwrap();
+        assert!(weights > 0 && engine > 0 && blocks > 0, "{v}");
+        assert!(
+            weights + engine <= m,
+            "{policy}: {weights} + {engine} > {m}"
+        );
+    }
+    let o = overflow_tiny(dir.path(), &["--device-memory", "1MiB"]);
+    assert_fails(
+        &o,
+        &["--device-memory 1.00 MiB", "the serving engine's buffers"],
+    );
 }

@@ -192,13 +192,11 @@ impl StoreLayout {
     /// Host bytes for every layer of `model`, `batch` sequences at `dtype`:
     /// `L*b*p*(|X|*h + |KV|*2*h_kv)` (saturating).
     pub fn host_bytes(&self, model: &ModelSpec, batch: usize, dtype: Dtype) -> u64 {
-        let per_layer_row = (self.x.len() as u64)
-            .saturating_mul(model.hidden_size as u64)
-            .saturating_add((self.kv.len() as u64).saturating_mul(2 * model.kv_dim() as u64));
-        per_layer_row
-            .saturating_mul(model.n_layers as u64)
-            .saturating_mul(batch as u64)
-            .saturating_mul(dtype.bytes() as u64)
+        model.store_bytes(
+            self.x.len().saturating_mul(batch),
+            self.kv.len().saturating_mul(batch),
+            dtype.bytes(),
+        )
     }
 }
 

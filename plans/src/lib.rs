@@ -30,7 +30,9 @@ mod trace;
 mod workload;
 
 pub use arch::{Arch, ArchKind, RopeScaling};
-pub use bytes::{bytes_of, ExecutorBytes};
+pub use bytes::{
+    blocks_for, bytes_of, prefill_group, ExecutorBytes, PagedBytes, PagedShape, PREFILL_ROWS,
+};
 pub use error::{PlansError, Result};
 #[cfg(feature = "gguf")]
 pub use gguf::{GgufError, GgufHeader, GgufTensorInfo, GgufValue};

@@ -169,6 +169,47 @@ impl ModelSpec {
         v
     }
 
+    /// Kernel launches of one decode layer besides attention and
+    /// recomputation, as the executor issues them: the input norm; Q, K and
+    /// V (a GEMM each, then the biases, the per-head q/k norms and RoPE on Q
+    /// and K where the model has them); the new token's K and V scattered
+    /// into place; the output projection (and its bias) and the residual
+    /// add; the post-attention norm; the MLP's GEMMs (and biases), the gate
+    /// and the residual add. Plain Llama: 16.
+    pub fn layer_launches(&self) -> usize {
+        let a = &self.arch;
+        let on = |yes: bool, n: usize| if yes { n } else { 0 };
+        let mlp = match self.family {
+            Family::Llama => 3,
+            Family::Opt => 2,
+        };
+        let attention_in = 1 + 3 + on(a.qkv_bias, 3) + on(a.qk_norm, 2) + 2 + 2;
+        let attention_out = 1 + on(a.o_bias, 1) + 1;
+        attention_in + attention_out + 1 + mlp + on(a.mlp_bias, mlp) + 1 + 1
+    }
+
+    /// Elementwise passes over the rows of recomputed K/V after their two
+    /// GEMMs, each reading and writing `h_kv` values a row: RoPE on K, and
+    /// the K and V biases and the k-norm where the model has them. Plain
+    /// Llama: 1.
+    pub fn recompute_passes(&self) -> usize {
+        let a = &self.arch;
+        1 + if a.qkv_bias { 2 } else { 0 } + if a.qk_norm { 1 } else { 0 }
+    }
+
+    /// Kernel launches of recomputing one chunk of K/V: the two GEMMs, one
+    /// per [`ModelSpec::recompute_passes`], and the two scatters of K and V
+    /// into the rows attention reads. Plain Llama: 5.
+    pub fn recompute_launches(&self) -> usize {
+        2 + self.recompute_passes() + 2
+    }
+
+    /// Kernel launches of a decode step outside the layers: the embedding,
+    /// the final norm, the head's GEMM and the argmax.
+    pub fn step_launches(&self) -> usize {
+        4
+    }
+
     /// The output head's GEMM, `(vocab, h)`, run once per decode step after the last layer.
     pub fn head_gemm(&self) -> (usize, usize) {
         (self.vocab_size, self.hidden_size)

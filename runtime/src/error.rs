@@ -73,12 +73,14 @@ pub enum RuntimeError {
     },
     /// The run needs more memory than the machine has available.
     #[error(
-        "{what} needs {} of memory, but this machine has {} available; {hint}",
+        "{what} needs {} of memory, but {on} has {} available; {hint}",
         plans::human_bytes(*needed),
         plans::human_bytes(*available)
     )]
     OutOfMemory {
         what: String,
+        /// Whose memory: "this machine", or the device's name.
+        on: String,
         needed: u64,
         available: u64,
         hint: String,

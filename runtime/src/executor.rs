@@ -233,12 +233,6 @@ impl<'a> Executor<'a> {
                 ),
             });
         }
-        self.prompt_rope = m.prompt_rope(be, p)?;
-        // Prefill is not the measured loop: its activations are allocated here.
-        let act = Activations::new(be, s, rows)?;
-        let Activations {
-            hidden, xn, q, att, ..
-        } = &act;
         let vocab = s.vocab_size;
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(RuntimeError::Request {
@@ -246,50 +240,78 @@ impl<'a> Executor<'a> {
                 reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
             });
         }
-        let ids = be.alloc_ids(rows)?;
-        be.write_ids(&ids, 0, tokens)?;
-        be.embedding(&m.embed_tokens, &ids, 0, hidden, rows, h)?;
+        self.prompt_rope = m.prompt_rope(be, p)?;
+        // Prefill is not the measured loop: its activations are allocated
+        // here and freed when it ends, for one group of whole prompts at a
+        // time (`plans::prefill_group`), so they stay bounded at any batch.
+        let bytes = plans::ExecutorBytes::new(s, b, cap, 0, p, be.dtype().bytes()).prefill;
+        crate::check_device_memory(
+            be,
+            &format!("prefilling {b} prompts of {p} tokens"),
+            bytes,
+            "run fewer prompts at once or shorter ones",
+        )?;
+        let g = plans::prefill_group(b, p);
+        let act = Activations::new(be, s, g * p)?;
+        let Activations {
+            hidden, xn, q, att, ..
+        } = &act;
+        let ids = be.alloc_ids(g * p)?;
         // Row `r` is at position `r % p`; the first `p` rows list `0..p`.
-        let all_pos: Vec<u32> = (0..rows).map(|r| (r % p) as u32).collect();
-        let pos = be.alloc_ids(rows)?;
+        let all_pos: Vec<u32> = (0..g * p).map(|r| (r % p) as u32).collect();
+        let pos = be.alloc_ids(g * p)?;
         be.write_ids(&pos, 0, &all_pos)?;
         let eps = s.norm_eps as f32;
-        for (li, l) in m.layers.iter().enumerate() {
-            let (ks, vs) = (&self.k_stage[0], &self.v_stage[0]);
-            be.rmsnorm(hidden, &l.input_layernorm, xn, rows, h, eps)
-                .at(li)?;
-            let rot = Some((&pos, 0, self.rope()));
-            project(be, m, li, Proj::Q, (xn, 0), (q, 0), rows, rot)?;
-            for bi in 0..b {
-                let (xo, ko) = (bi * p * h, bi * cap * kvd);
-                project(be, m, li, Proj::K, (xn, xo), (ks, ko), p, rot)?;
-                project(be, m, li, Proj::V, (xn, xo), (vs, ko), p, None)?;
+        for b0 in (0..b).step_by(g) {
+            // Sequences `b0..b0 + n`, `rows` rows.
+            let n = g.min(b - b0);
+            let rows = n * p;
+            be.write_ids(&ids, 0, &tokens[b0 * p..(b0 + n) * p])?;
+            be.embedding(&m.embed_tokens, &ids, 0, hidden, rows, h)?;
+            for (li, l) in m.layers.iter().enumerate() {
+                let (ks, vs) = (&self.k_stage[0], &self.v_stage[0]);
+                be.rmsnorm(hidden, &l.input_layernorm, xn, rows, h, eps)
+                    .at(li)?;
+                let rot = Some((&pos, 0, self.rope()));
+                project(be, m, li, Proj::Q, (xn, 0), (q, 0), rows, rot)?;
+                for bi in 0..n {
+                    let (xo, ko) = (bi * p * h, bi * cap * kvd);
+                    project(be, m, li, Proj::K, (xn, xo), (ks, ko), p, rot)?;
+                    project(be, m, li, Proj::V, (xn, xo), (vs, ko), p, None)?;
+                }
+                let shape = self.attn_shape(n, p, 0, cap);
+                be.attention(q, ks, vs, att, shape).at(li)?;
+                self.write_back_prefill(li, xn, p, b0..b0 + n)?;
+                act.finish_layer(be, m, li, rows)?;
             }
-            let shape = self.attn_shape(b, p, 0, cap);
-            be.attention(q, ks, vs, att, shape).at(li)?;
-            self.write_back_prefill(li, xn, p)?;
-            act.finish_layer(be, m, li, rows)?;
+            // The head reads each sequence's last position.
+            let last = Rows {
+                rows: n,
+                width: h,
+                src_pitch: p * h,
+                dst_pitch: h,
+            };
+            be.scatter(hidden, (p - 1) * h, &self.act.hidden, b0 * h, last)?;
         }
-        // The head on each sequence's last position.
-        let last = Rows {
-            rows: b,
-            width: h,
-            src_pitch: p * h,
-            dst_pitch: h,
-        };
-        be.scatter(hidden, (p - 1) * h, &self.act.hidden, 0, last)?;
         self.head()
     }
 
-    /// Stores prefill's `X` and K/V of layer `li` (positions `0..p`) on the
-    /// host where the plan reads them, and in the resident area.
-    fn write_back_prefill(&mut self, li: usize, xn: &DeviceBuf, p: usize) -> Result<()> {
+    /// Stores prefill's `X` and K/V of layer `li` (positions `0..p`) of
+    /// sequences `seqs` (rows `0..` of `xn` and of the staging buffers) on
+    /// the host where the plan reads them, and in the resident area.
+    fn write_back_prefill(
+        &mut self,
+        li: usize,
+        xn: &DeviceBuf,
+        p: usize,
+        seqs: std::ops::Range<usize>,
+    ) -> Result<()> {
         let be = self.backend;
         let s = self.model.spec();
         let (h, kvd, cap, rc) = (s.hidden_size, s.kv_dim(), self.cap, self.res_cap);
         let ev = be.record(Stream::Compute).at(li)?;
         be.wait(Stream::Writeback, &ev).at(li)?;
-        let b = self.batch;
+        let (b, b0) = (seqs.len(), seqs.start);
         // One strided copy per stored span and kind (one per kind when the
         // plan stores a single range): every sequence's rows at once.
         for (a, e, slot) in self.store.layout.x.spans_within(0, p) {
@@ -299,7 +321,7 @@ impl<'a> Executor<'a> {
                 src_pitch: p * h,
                 dst_pitch: self.store.pitch(Stored::X),
             };
-            let dst = self.store.offset(Stored::X, 0, slot);
+            let dst = self.store.offset(Stored::X, b0, slot);
             be.copy_d2h_rows(Stream::Writeback, xn, a * h, &self.store.x[li], dst, rows)
                 .at(li)?;
         }
@@ -310,7 +332,7 @@ impl<'a> Executor<'a> {
                 src_pitch: cap * kvd,
                 dst_pitch: self.store.pitch(Stored::Kv),
             };
-            let dst = self.store.offset(Stored::Kv, 0, slot);
+            let dst = self.store.offset(Stored::Kv, b0, slot);
             for (stage, store) in [
                 (&self.k_stage[0], &self.store.k[li]),
                 (&self.v_stage[0], &self.store.v[li]),
@@ -327,9 +349,10 @@ impl<'a> Executor<'a> {
                 src_pitch: cap * kvd,
                 dst_pitch: rc * kvd,
             };
-            be.scatter(&self.k_stage[0], 0, &self.k_res[li], 0, rows)
+            let dst = b0 * rc * kvd;
+            be.scatter(&self.k_stage[0], 0, &self.k_res[li], dst, rows)
                 .at(li)?;
-            be.scatter(&self.v_stage[0], 0, &self.v_res[li], 0, rows)
+            be.scatter(&self.v_stage[0], 0, &self.v_res[li], dst, rows)
                 .at(li)?;
         }
         self.store.mark_written(Stored::X, li, 0, p);
@@ -451,7 +474,7 @@ impl<'a> Executor<'a> {
                     Some(li),
                     TraceOpKind::XCopy,
                 )?;
-                self.bytes_x += x_bytes(b, e - a, h, esz);
+                self.bytes_x += s.x_layer_bytes(b * (e - a), esz);
             }
         }
         self.chunk_ready[buf] = chunks;
@@ -470,7 +493,7 @@ impl<'a> Executor<'a> {
                 .at(li)?;
             be.copy_h2d_rows(Stream::Copy, &self.store.v[li], src, vs, t0 * kvd, rows)
                 .at(li)?;
-            self.bytes_kv += kv_bytes(b, sp.s - t0, kvd, esz);
+            self.bytes_kv += s.kv_layer_bytes(b * (sp.s - t0), esz);
             close(
                 be,
                 &mut self.trace,
@@ -830,17 +853,6 @@ pub(crate) fn attn_shape(
     }
 }
 
-/// Bytes of `X` moved for `l` recomputed positions of `b` sequences, at `esz`
-/// bytes per element (the backend's dtype: 4 for f32, 2 for f16 and bf16).
-pub(crate) fn x_bytes(b: usize, l: usize, h: usize, esz: usize) -> u64 {
-    (b as u64) * (l as u64) * (h as u64) * (esz as u64)
-}
-
-/// Bytes of K and V moved for `n` transferred positions of `b` sequences.
-pub(crate) fn kv_bytes(b: usize, n: usize, kv_dim: usize, esz: usize) -> u64 {
-    2 * (b as u64) * (n as u64) * (kv_dim as u64) * (esz as u64)
-}
-
 /// The activations of a pass through the layers over up to `rows` rows: the
 /// residual stream, a normalised input, Q, the attention output, a scratch of
 /// the hidden size, and the MLP's gate and up. Prefill allocates its own;
@@ -898,8 +910,9 @@ pub(crate) fn head(
 }
 
 /// Refuses a run whose buffers the machine cannot hold, before allocating
-/// them: the host store and, on the CPU backend (whose device is host memory),
-/// the staging, resident and scratch buffers [`Executor::new`] allocates.
+/// them: the host store in host memory, and what [`Executor::new`] allocates
+/// on the device (`plans::ExecutorBytes`) in the device's free memory (host
+/// memory too, on the CPU backend).
 fn check_memory_for(
     backend: &Backend,
     s: &plans::ModelSpec,
@@ -908,48 +921,21 @@ fn check_memory_for(
     capacity: usize,
     res_cap: usize,
 ) -> Result<()> {
-    use crate::memory::bytes_of;
-    let (h, kvd, nl) = (s.hidden_size, s.kv_dim(), s.n_layers);
-    let p = backend.dtype().bytes();
-    let mut needed = [
-        bytes_of(&[nl, batch, layout.x.len(), h, p]),
-        bytes_of(&[nl, batch, layout.kv.len(), 2 * kvd, p]),
-    ]
-    .iter()
-    .fold(0u64, |a, b| a.saturating_add(*b));
-    if !backend.is_cuda() {
-        // What `Executor::new` allocates on the device, host memory here.
-        let device = plans::ExecutorBytes::new(s, batch, capacity, res_cap, p).total();
-        needed = needed.saturating_add(device);
-    }
-    crate::check_memory(
-        &format!("a batch of {batch} up to context {capacity}"),
-        needed,
-        "run fewer prompts at once or generate fewer tokens",
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The bytes a step moves follow the backend's dtype: half for f16 and
-    /// bf16 of what f32 moves (the finding: 4 bytes were hard-coded).
-    #[test]
-    fn byte_accounting_follows_the_dtype() {
-        use plans::Dtype;
-        let (b, l, h, n, kvd) = (8, 1000, 4096, 3000, 4096);
-        let f32b = Dtype::F32.bytes();
-        for d in [Dtype::F16, Dtype::Bf16] {
-            let e = d.bytes();
-            assert_eq!(e, 2, "{d:?}");
-            assert_eq!(x_bytes(b, l, h, e), 8 * 1000 * 4096 * 2);
-            assert_eq!(kv_bytes(b, n, kvd, e), 2 * 8 * 3000 * 4096 * 2);
-            assert_eq!(2 * x_bytes(b, l, h, e), x_bytes(b, l, h, f32b));
-            assert_eq!(2 * kv_bytes(b, n, kvd, e), kv_bytes(b, n, kvd, f32b));
-        }
-        // Llama-2-7B at batch 8, context 16384, f16: 68.7 GB of K/V per step
-        // over its 32 layers, past 32 bits; the accounting is 64-bit throughout.
-        assert_eq!(kv_bytes(8, 16_384, 4096, 2) * 32, 68_719_476_736);
+    let host = layout.host_bytes(s, batch, backend.dtype());
+    // The prompt is not known yet: `prefill` checks its own buffers.
+    let device =
+        plans::ExecutorBytes::new(s, batch, capacity, res_cap, 0, backend.dtype().bytes()).run();
+    let what = format!("a batch of {batch} up to context {capacity}");
+    let hint = "run fewer prompts at once or generate fewer tokens";
+    if backend.is_cuda() {
+        crate::check_memory(&format!("{what} (the host store)"), host, hint)?;
+        crate::check_device_memory(
+            backend,
+            &format!("{what} (staging, resident K/V and scratch)"),
+            device,
+            hint,
+        )
+    } else {
+        crate::check_memory(&what, host.saturating_add(device), hint)
     }
 }

@@ -28,7 +28,7 @@ pub(crate) use error::AtLayer;
 pub use error::{Result, RuntimeError};
 pub use executor::{Executor, StepStats};
 pub use generate::{GenerationReport, Generator, Sampling, StepReport};
-pub use memory::{available_memory, check_memory};
+pub use memory::{available_memory, check_device_memory, check_memory};
 pub use model::{Attention, Block, Mlp, Model};
 pub use paged::{PagedConfig, PagedCounters, PagedEngine};
 pub use plans::ModelSource;

@@ -30,6 +30,7 @@ pub fn check_memory(what: &str, needed: u64, hint: &str) -> Result<()> {
     match available_memory() {
         Some(available) if needed > available => Err(RuntimeError::OutOfMemory {
             what: what.to_string(),
+            on: "this machine".into(),
             needed,
             available,
             hint: hint.to_string(),
@@ -38,7 +39,27 @@ pub fn check_memory(what: &str, needed: u64, hint: &str) -> Result<()> {
     }
 }
 
-pub(crate) use plans::bytes_of;
+/// Refuses `needed` bytes of device buffers for `what` where `backend`'s
+/// device has less free: a GPU's free memory (`cuMemGetInfo`), or, on the
+/// CPU backend, whose device buffers are host memory, the machine's.
+pub fn check_device_memory(
+    backend: &kernels::Backend,
+    what: &str,
+    needed: u64,
+    hint: &str,
+) -> Result<()> {
+    match backend.free_memory()? {
+        Some(free) if needed > free => Err(RuntimeError::OutOfMemory {
+            what: what.to_string(),
+            on: backend.name(),
+            needed,
+            available: free,
+            hint: hint.to_string(),
+        }),
+        Some(_) => Ok(()),
+        None => check_memory(what, needed, hint),
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -65,7 +86,7 @@ mod tests {
             "{e}"
         );
         assert!(check_memory("nothing", 0, "").is_ok());
-        assert_eq!(bytes_of(&[usize::MAX, usize::MAX]), u64::MAX);
-        assert_eq!(bytes_of(&[3, 4]), 12);
+        assert_eq!(plans::bytes_of(&[usize::MAX, usize::MAX]), u64::MAX);
+        assert_eq!(plans::bytes_of(&[3, 4]), 12);
     }
 }

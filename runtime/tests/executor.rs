@@ -245,3 +245,50 @@ fn bad_requests_are_clear_errors() {
     let b = g.generate(&["abc".into()], 5, s, |_, _| {}).unwrap();
     assert_eq!(a.tokens, b.tokens);
 }
+
+/// Prefill runs whole prompts in groups of at most `plans::PREFILL_ROWS`
+/// rows (issue 19: its activations were `batch x prompt` rows at once, and
+/// outside the GPU budget). Nine prompts of 470 tokens make two groups (8
+/// and 1); each sequence's tokens and final logits are those of its prompt
+/// alone, resident and under a plan that stores and recomputes, so every
+/// group's K/V, `X` and resident rows land at its own sequences.
+#[test]
+fn prefill_in_groups_matches_each_prompt_alone() {
+    let src = ModelSource::Preset {
+        name: "tiny-mha".into(),
+        seed: 5,
+    };
+    let be = backend();
+    let model = Model::load(&src, &be).unwrap();
+    let spec = model.spec().clone();
+    let prompts: Vec<String> = (0..9)
+        .map(|i| {
+            let text = format!("prompt {i}: the quick brown fox {} ", "x".repeat(i));
+            text.repeat(40)[..470].to_string()
+        })
+        .collect();
+    let p = 470;
+    assert!(plans::prefill_group(prompts.len(), p) < prompts.len());
+    let n = 3;
+    let forced = ForcedSplit {
+        recompute_fraction: 0.5,
+        resident_tokens: Some(16),
+        chunks: Some(1),
+    };
+    let mut g = Generator::new(model, be, None);
+    for plan_for in [None, Some(forced)] {
+        let mk = |b: usize| plan_for.map(|f| plan(&spec, b, p, n, Schedule::Paper, Some(f)));
+        let (model, be) = (g.model, g.backend);
+        g = Generator::new(model, be, mk(prompts.len()));
+        let all = generate(&mut g, &prompts, n);
+        let v = spec.vocab_size;
+        for (i, prompt) in prompts.iter().enumerate() {
+            let (model, be) = (g.model, g.backend);
+            g = Generator::new(model, be, mk(1));
+            let alone = generate(&mut g, std::slice::from_ref(prompt), n);
+            assert_eq!(all.tokens[i], alone.tokens[0], "prompt {i}, {plan_for:?}");
+            let d = common::rel_diff(&all.final_logits[i * v..(i + 1) * v], &alone.final_logits);
+            assert!(d < 1e-5, "prompt {i}, {plan_for:?}: {d}");
+        }
+    }
+}

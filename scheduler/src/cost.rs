@@ -8,9 +8,10 @@
 //!
 //! - `t_x = c * tl(b * (l/c) * h * p)`: the activation chunks over the link;
 //! - `t_kv = tl(b * (s-g-l) * 2 * h_kv * p)`: the transferred K/V;
-//! - `r`: recomputing one chunk (two GEMMs of `b*l/c` rows, RoPE on K, 3 launches;
-//!   plus, where the model has them, the K and V bias adds and the k-norm, each
-//!   one more pass over the rows and one more launch);
+//! - `r`: recomputing one chunk (two GEMMs of `b*l/c` rows, RoPE on K and the
+//!   scatters of K and V into place, 5 launches; plus, where the model has
+//!   them, the K and V bias adds and the k-norm, each one more pass over the
+//!   rows and one more launch);
 //! - `kv_ready = max(t_x + t_kv, t_x/c + c*r, t_x + r)`: the layer's K/V are all
 //!   on the GPU (chunk `i` of `X` lands at `(i+1) * t_x/c`, recomputation of
 //!   chunk `i` starts when it has landed and the previous chunk is done; the
@@ -56,17 +57,21 @@ pub struct StepCost {
     pub t_x: f64,
     /// Transferred K/V over the link, one layer, s: `tl(b*(s-g-l)*2*h_kv*p)`.
     pub t_kv: f64,
-    /// Recomputing one chunk, s: `2 * max(gemm(b*l/c rows, h_kv, h), h_kv*h*p / mem_bw) + e * b*(l/c)*h_kv*p*2 / mem_bw + (3 + e - 1) * launch`
+    /// Recomputing one chunk, s: `2 * max(gemm(b*l/c rows, h_kv, h), h_kv*h*p / mem_bw) + e * b*(l/c)*h_kv*p*2 / mem_bw + (4 + e) * launch`
     /// (each GEMM reads its weights, W_k or W_v, whatever its rows)
     /// (0 if `l = 0`), where `e` is the number of elementwise passes over the recomputed K/V
-    /// rows (RoPE on K, plus the K and V biases, plus the k-norm, where the model has them).
+    /// rows (RoPE on K, plus the K and V biases and the k-norm where the model has them:
+    /// `ModelSpec::recompute_passes`) and the 2 more launches scatter K and V into place.
     pub r: f64,
     /// Decode attention of one layer, s: `b*(s+1)*2*h_kv*p / mem_bw + launch`.
     pub t_attn: f64,
-    /// The layer's dense part (projections and MLP), s: `sum_i gemm_i(b) + 8 * launch`
-    /// over the layer's GEMMs `(n_i, k_i)` (see [`CostModel::gemm_at`]).
+    /// The layer's dense part (projections and MLP), s: `sum_i gemm_i(b) + n * launch`
+    /// over the layer's GEMMs `(n_i, k_i)` (see [`CostModel::gemm_at`]), with `n` the
+    /// launches the layer issues besides attention (`ModelSpec::layer_launches`, 16 for
+    /// plain Llama).
     pub t_dense: f64,
-    /// The output head after the last layer, s: `gemm(b rows, vocab, h) + 2 * launch`.
+    /// The output head and the rest of the step outside the layers, s: `gemm(b rows,
+    /// vocab, h) + 4 * launch` (the embedding, the final norm, the head's GEMM, the argmax).
     pub t_head: f64,
     /// One layer, from the start of its copies until all its K/V are on the GPU, s.
     pub kv_ready: f64,
@@ -151,6 +156,8 @@ pub struct CostModel {
     mem_bw: f64,
     /// One kernel launch, s.
     launch: f64,
+    /// The launches each part issues.
+    launches: Launches,
     /// Elementwise passes over recomputed K/V rows, each reading and writing
     /// `h_kv` values a row: RoPE on K (1), the K and V biases (2), the
     /// k-norm (1); see [`elementwise_passes`].
@@ -177,22 +184,58 @@ pub struct CostModel {
 /// for a whole context of K/V and activations, `2 * (b*S*2*h_kv*p + b*S*h*p)`,
 /// the recomputed K/V before they are scattered, `b*S*2*h_kv*p`, and the
 /// step's own buffers (new token, activations, logits, ids), with `S =
-/// workload.max_context_len() + 1`: `plans::ExecutorBytes`, the one account
-/// the executor's allocations are held to.
+/// workload.max_context_len() + 1`, and the prefill's own activations over
+/// `b * prompt_len` rows, held while the resident prefix fills:
+/// `plans::ExecutorBytes`, the one account the executor's allocations are
+/// held to.
 pub fn staging_bytes(model: &ModelSpec, workload: &Workload) -> u64 {
     // The executor runs up to `max_context_len() + 1` positions.
     let capacity = workload.max_context_len().saturating_add(1);
-    let b = plans::ExecutorBytes::new(model, workload.batch, capacity, 0, workload.dtype.bytes());
+    let b = plans::ExecutorBytes::new(
+        model,
+        workload.batch,
+        capacity,
+        0,
+        workload.prompt_len,
+        workload.dtype.bytes(),
+    );
     b.total().saturating_sub(b.resident)
 }
 
-/// Elementwise passes over recomputed K/V rows after their two GEMMs: RoPE
-/// on K, then what the architecture adds (a bias on K and one on V, the
-/// per-head k-norm); each reads and writes `h_kv` values a row and costs a
-/// launch. Plain Llama: 1.
+/// The kernel launches the cost model prices, per part, as the executor
+/// issues them (a test counts them on the CPU backend).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Launches {
+    /// A layer's dense part: [`ModelSpec::layer_launches`].
+    layer: f64,
+    /// A layer's attention.
+    attention: f64,
+    /// One recomputed chunk: [`ModelSpec::recompute_launches`].
+    recompute: f64,
+    /// The step outside the layers: [`ModelSpec::step_launches`].
+    step: f64,
+}
+
+impl Launches {
+    fn of(model: &ModelSpec) -> Self {
+        Launches {
+            layer: model.layer_launches() as f64,
+            attention: 1.0,
+            recompute: model.recompute_launches() as f64,
+            step: model.step_launches() as f64,
+        }
+    }
+}
+
+/// Elementwise passes over recomputed K/V rows after their two GEMMs
+/// ([`ModelSpec::recompute_passes`]): each reads and writes `h_kv` values a
+/// row at the profile's attention bandwidth and costs a launch. Plain Llama:
+/// 1 (RoPE on K). The scatters of K and V into place are priced as launches
+/// only: on the H200 pricing their bytes at the attention bandwidth put
+/// `recompute-all` 23% slow against the bench (a device copy runs nearer the
+/// memory's copy bandwidth).
 pub fn elementwise_passes(model: &ModelSpec) -> f64 {
-    let a = &model.arch;
-    1.0 + if a.qkv_bias { 2.0 } else { 0.0 } + if a.qk_norm { 1.0 } else { 0.0 }
+    model.recompute_passes() as f64
 }
 
 impl CostModel {
@@ -259,13 +302,13 @@ impl CostModel {
         let layer_params = model.layer_params() as f64;
         let hf = h as f64;
         let gemm = |(n, k): (usize, usize)| gemm_at(hw, dtype, n, k, b, &dense_gemm, h, p, mem_bw);
-        let t_dense = model.layer_gemms().into_iter().map(gemm).sum::<f64>() + 8.0 * launch;
-        let t_head = gemm(model.head_gemm()) + 2.0 * launch;
+        let launches = Launches::of(model);
+        let t_dense =
+            model.layer_gemms().into_iter().map(gemm).sum::<f64>() + launches.layer * launch;
+        let t_head = gemm(model.head_gemm()) + launches.step * launch;
 
         let staging = staging_bytes(model, workload);
-        let resident_bytes_per_token = (model.n_layers as u64)
-            .saturating_mul(workload.batch as u64)
-            .saturating_mul((2 * h_kv * workload.dtype.bytes()) as u64);
+        let resident_bytes_per_token = model.kv_bytes(workload.batch, workload.dtype.bytes());
         let budget = workload.gpu_memory_budget;
         if budget < staging {
             return Err(SchedError::GpuBudget {
@@ -289,6 +332,7 @@ impl CostModel {
             rec_gemm,
             mem_bw,
             launch,
+            launches,
             rec_passes: elementwise_passes(model),
             window: model.arch.sliding_window,
             peak_flops: peak_tflops * 1e12,
@@ -324,6 +368,15 @@ impl CostModel {
     }
 
     /// Staging buffers, bytes (see [`staging_bytes`]).
+    /// The kernel launches one decode step issues with `chunks` recomputed
+    /// chunks per layer (0: nothing recomputed), as priced: per layer the
+    /// dense part's, attention's and each chunk's, then the step's own.
+    pub fn launches(&self, chunks: usize) -> usize {
+        let l = &self.launches;
+        let layer = l.layer + l.attention + chunks as f64 * l.recompute;
+        (self.n_layers as f64 * layer + l.step) as usize
+    }
+
     pub fn staging_bytes(&self) -> u64 {
         self.staging_bytes
     }
@@ -356,7 +409,8 @@ impl CostModel {
 
     /// Decode attention of one layer at context `s`, s: `b*(s+1)*2*h_kv*p / mem_bw + launch`.
     pub(crate) fn t_attn(&self, s: f64) -> f64 {
-        self.batch * (s + 1.0) * 2.0 * self.h_kv * self.p / self.mem_bw + self.launch
+        self.batch * (s + 1.0) * 2.0 * self.h_kv * self.p / self.mem_bw
+            + self.launches.attention * self.launch
     }
 
     /// The layer's dense part, s (see [`StepCost::t_dense`]).
@@ -375,7 +429,9 @@ impl CostModel {
         let rows = b * per_chunk;
         let e = self.rec_passes;
         let passes = e * rows * h_kv * p * 2.0 / self.mem_bw;
-        let r = 2.0 * self.rec_gemm.seconds_from_zero(rows) + passes + (2.0 + e) * self.launch;
+        let r = 2.0 * self.rec_gemm.seconds_from_zero(rows)
+            + passes
+            + self.launches.recompute * self.launch;
         (t_x, t_kv, r)
     }
 

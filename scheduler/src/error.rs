@@ -35,13 +35,27 @@ pub enum SchedError {
     /// The GPU budget does not even hold the staging buffers of the layers in flight.
     #[error(
         "the GPU memory budget of {budget} is too small for batch {batch} at context {context}: \
-         staging needs {staging}; raise the budget or lower the batch"
+         the executor's buffers besides resident K/V (staging, recomputed K/V, the step's and \
+         prefill's activations) need {staging}; raise the budget or lower the batch"
     )]
     GpuBudget {
         budget: String,
         batch: usize,
         context: usize,
         staging: String,
+    },
+
+    /// A paged cache too small for the longest request under a policy.
+    #[error(
+        "{capacity} blocks of {block_size} tokens cannot hold the longest request under {policy}; \
+         the smallest capacity that works is {least} blocks ({} tokens)",
+        least.saturating_mul(*block_size)
+    )]
+    Capacity {
+        capacity: usize,
+        block_size: usize,
+        policy: &'static str,
+        least: usize,
     },
 
     /// The stored activations and K/V do not fit the host budget.
@@ -97,6 +111,7 @@ impl SchedError {
             SchedError::HostBudget { .. } => Some(Field::HostMemoryBudget),
             SchedError::Forced(_) => Some(Field::Schedule),
             SchedError::Profile { .. }
+            | SchedError::Capacity { .. }
             | SchedError::NotCovered { .. }
             | SchedError::Solver { .. } => None,
         }

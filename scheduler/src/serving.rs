@@ -51,6 +51,12 @@ impl Policy {
             Policy::Offload => "offload",
         }
     }
+
+    /// Whether the policy recomputes K/V from activations, so every token's
+    /// `X` is kept on the host (and staged on the device).
+    pub fn keeps_activations(self) -> bool {
+        matches!(self, Policy::Partial | Policy::Offload)
+    }
 }
 
 impl std::str::FromStr for Policy {
@@ -168,10 +174,7 @@ pub struct ServingStats {
     pub peak_blocks_used: usize,
 }
 
-/// Blocks for `tokens` tokens.
-pub fn blocks_for(tokens: usize, block_size: usize) -> usize {
-    tokens.div_ceil(block_size.max(1))
-}
+use plans::blocks_for;
 
 /// The fewest device blocks with which `requests` can all be served under
 /// `policy`: the longest request's context must fit alone (for `offload`, its
@@ -189,6 +192,27 @@ pub fn min_capacity(requests: &Requests, block_size: usize, policy: Policy) -> u
         })
         .max()
         .unwrap_or(1)
+}
+
+/// Refuses a capacity of `capacity` blocks too small for the longest of
+/// `requests` under `policy`, naming the smallest that works: the one rule
+/// the scheduler and every capacity flag use.
+pub fn check_capacity(
+    requests: &Requests,
+    block_size: usize,
+    capacity: usize,
+    policy: Policy,
+) -> Result<(), SchedError> {
+    let least = min_capacity(requests, block_size, policy);
+    match capacity < least {
+        true => Err(SchedError::Capacity {
+            capacity,
+            block_size,
+            policy: policy.name(),
+            least,
+        }),
+        false => Ok(()),
+    }
 }
 
 impl Serving {
@@ -215,16 +239,7 @@ impl Serving {
                 r.id
             )));
         }
-        let need = min_capacity(requests, cfg.block_size, cfg.policy);
-        if cfg.capacity_blocks < need {
-            return Err(bad(format!(
-                "{} blocks of {} tokens cannot hold the longest request under {}; the smallest capacity that works is {need} blocks ({} tokens)",
-                cfg.capacity_blocks,
-                cfg.block_size,
-                cfg.policy.name(),
-                need * cfg.block_size
-            )));
-        }
+        check_capacity(requests, cfg.block_size, cfg.capacity_blocks, cfg.policy)?;
         let reqs: Vec<Req> = requests
             .requests
             .iter()

@@ -131,7 +131,7 @@ pub fn workload(
         gpu_memory_budget: 0,
         host_memory_budget: u64::MAX,
     };
-    let per_token = (model.n_layers * batch * 2 * model.kv_dim() * dtype.bytes()) as u64;
+    let per_token = model.kv_bytes(batch, dtype.bytes());
     w.gpu_memory_budget = staging_bytes(model, &w) + resident as u64 * per_token;
     w
 }

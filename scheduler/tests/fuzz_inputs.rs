@@ -138,8 +138,9 @@ fn workload() -> Workload {
         prompt_len: 40,
         gen_len: 24,
         dtype: Dtype::F32,
-        // The executor's own buffers (267 KiB) and a short resident prefix.
-        gpu_memory_budget: 272 << 10,
+        // The executor's own buffers (475 KiB, prefill's activations
+        // included) and a short resident prefix.
+        gpu_memory_budget: 480 << 10,
         host_memory_budget: 1 << 30,
     }
 }

@@ -5,17 +5,18 @@
 //! each request's output (JSONL) and plots.
 //!
 //! The cache's capacity is a fraction of the device memory left after the
-//! weights (`--kv-memory-fraction`), or a block count (`--kv-blocks`). By
-//! default the memory left after the weights is what the whole workload's
-//! K/V needs, so a fraction of 1 is no pressure and 0.3 holds 30% of it;
-//! `--device-memory` names a real size instead.
+//! weights and the engine's step buffers (`--kv-memory-fraction`), or a
+//! block count (`--kv-blocks`). By default that memory is what the whole
+//! workload's K/V needs, so a fraction of 1 is no pressure and 0.3 holds 30%
+//! of it; `--device-memory` names a real size instead, which the weights and
+//! the whole engine then fit.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use plans::{HardwareProfile, Requests, Schedule, Workload};
 use runtime::{Model, ModelSource, PagedCounters};
-use scheduler::{min_capacity, CostModel, Policy, Serving, ServingConfig, Solver};
+use scheduler::{CostModel, Policy, Serving, ServingConfig, Solver};
 
 use crate::fmt;
 use crate::serve::{self, RunConfig, RunResult};
@@ -35,14 +36,16 @@ pub struct OverflowArgs {
     /// Tokens per K/V block, comma-separated for several runs.
     #[arg(long, value_delimiter = ',', default_value = "16", value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub block_size: Vec<usize>,
-    /// Share of the device memory left after the weights given to the K/V
-    /// cache, comma-separated for several runs.
+    /// Share of the device memory left after the weights and the engine's
+    /// step buffers given to the K/V cache, comma-separated for several runs.
     #[arg(long, value_delimiter = ',', default_value = "0.3")]
     pub kv_memory_fraction: Vec<f64>,
     /// The cache's capacity in blocks (instead of --kv-memory-fraction).
     #[arg(long, conflicts_with = "kv_memory_fraction", value_parser = super::num::count::<1, { super::num::MAX_BLOCKS }>)]
     pub kv_blocks: Option<usize>,
-    /// Device memory (e.g. 24GiB); default: the weights plus the whole workload's K/V.
+    /// Device memory (e.g. 24GiB) the weights and the whole engine must fit;
+    /// default: the weights, the engine's step buffers and the whole
+    /// workload's K/V.
     #[arg(long)]
     pub device_memory: Option<String>,
     /// Requests: `ci` (8 x 48 in x 24 out) or `poster` (32 x 1500 in x 1024 out).
@@ -232,12 +235,6 @@ fn requests(model: &Model, mut reqs: Requests) -> anyhow::Result<(Requests, Vec<
     Ok((reqs, prompts))
 }
 
-/// Bytes of K and V of `tokens` tokens over all layers (a block's, with
-/// `tokens` the block size).
-pub fn kv_bytes(spec: &plans::ModelSpec, tokens: usize, esz: usize) -> u64 {
-    (tokens * 2 * spec.kv_dim() * spec.n_layers * esz) as u64
-}
-
 /// The cost model for one sequence of `reqs`' mean shape, and that mean
 /// context `s` (prompt plus half the output).
 fn one_sequence(
@@ -360,6 +357,99 @@ pub fn offload_share(
     Ok(split.recompute as f64 / off as f64)
 }
 
+/// The cache's capacity in blocks for one configuration (block size, share
+/// of memory or `--kv-blocks`, policy), checked against the longest request
+/// and, where `--device-memory` is given, against that memory less the
+/// weights (bytes, as allocated).
+///
+/// A share is of the memory left after the weights and what the engine
+/// allocates besides its pool (`plans::PagedBytes`: the step's gathered K/V,
+/// staged activations, a prefill's own buffers), so the weights and the
+/// whole engine fit in `--device-memory`. Without `--device-memory` it is a
+/// share of the whole workload's K/V.
+fn capacity(
+    args: &OverflowArgs,
+    spec: &plans::ModelSpec,
+    reqs: &Requests,
+    (bs, fraction, policy): (usize, Option<f64>, Policy),
+    esz: usize,
+    (weights, device_memory): (u64, Option<u64>),
+) -> anyhow::Result<usize> {
+    let run = RunConfig {
+        policy,
+        block_size: bs,
+        capacity_blocks: 0,
+        max_running: args.max_batch,
+        partial_share: 0.0,
+        offload_share: 0.0,
+    };
+    let shape = serve::engine_config(reqs, &run).shape();
+    let fixed = plans::PagedBytes::new(spec, &shape, 0, esz).fixed();
+    let per_block = plans::PagedBytes::per_block(spec, bs, esz).max(1);
+    let h = plans::human_bytes;
+    let engine = || {
+        format!(
+            "the serving engine's buffers besides its pool at --block-size {bs}, --max-batch {} under {} ({})",
+            shape.max_batch,
+            policy.name(),
+            h(fixed)
+        )
+    };
+    // The memory the share is of.
+    let left = match device_memory {
+        None => reqs
+            .requests
+            .iter()
+            .map(|r| spec.kv_bytes(r.input_len + r.output_len, esz))
+            .fold(0u64, u64::saturating_add),
+        Some(m) => match m.checked_sub(weights.saturating_add(fixed)) {
+            Some(left) if left > 0 => left,
+            _ => bail!(
+                "--device-memory {}: the weights ({}) and {} take it all",
+                h(m),
+                h(weights),
+                engine()
+            ),
+        },
+    };
+    let (capacity, flag) = match (args.kv_blocks, fraction) {
+        (Some(n), _) => (n, format!("--kv-blocks {n}")),
+        (None, Some(f)) => (
+            (f * left as f64 / per_block as f64) as usize,
+            format!("--kv-memory-fraction {f}"),
+        ),
+        (None, None) => unreachable!("fractions are given when blocks are not"),
+    };
+    if let Err(e) = scheduler::check_capacity(reqs, bs, capacity, policy) {
+        let least = scheduler::min_capacity(reqs, bs, policy);
+        let need_f = least as f64 * per_block as f64 / left as f64;
+        let advice = match args.kv_blocks {
+            // A share above 1 is no advice: name the flags that can.
+            None if need_f > 1.0 => format!(
+                "; more than this device's memory holds after the weights and the engine's buffers: give --device-memory or --kv-blocks {least}"
+            ),
+            None => format!(", a fraction of at least {need_f:.3}"),
+            Some(_) => String::new(),
+        };
+        bail!("{flag}: {e}{advice}");
+    }
+    if let Some(m) = device_memory {
+        let need =
+            weights.saturating_add(plans::PagedBytes::new(spec, &shape, capacity, esz).total());
+        if need > m {
+            bail!(
+                "{flag}: the weights ({}) and {capacity} blocks of {bs} tokens ({}) with {} need {}, more than --device-memory {}",
+                h(weights),
+                h(capacity as u64 * per_block),
+                engine(),
+                h(need),
+                h(m)
+            );
+        }
+    }
+    Ok(capacity)
+}
+
 pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let plots =
         super::output_dir_files("--plot", args.plot.as_deref(), &super::overflow_plot::FILES)?;
@@ -411,25 +501,13 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let spec = model.spec().clone();
     let (reqs, prompts) = requests(&model, given)?;
     let esz = be.dtype().bytes();
-    // The memory the fractions are shares of.
-    let kv_need: u64 = reqs
-        .requests
-        .iter()
-        .map(|r| kv_bytes(&spec, r.input_len + r.output_len, esz))
-        .sum();
-    let left = match device_memory {
-        None => kv_need,
-        Some(m) => {
-            if m <= weights {
-                bail!(
-                    "--device-memory {}: the weights alone take {}",
-                    plans::human_bytes(m),
-                    plans::human_bytes(weights)
-                );
-            }
-            m - weights
-        }
-    };
+    if let Some(m) = device_memory.filter(|&m| m <= weights) {
+        bail!(
+            "--device-memory {}: the weights alone take {}",
+            plans::human_bytes(m),
+            plans::human_bytes(weights)
+        );
+    }
     // A share given on the command line, or `None` for the cost model's.
     let share_flag = |flag: &str, v: &str| -> anyhow::Result<Option<f64>> {
         match v {
@@ -456,35 +534,9 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let mut configs = Vec::new();
     for &bs in &args.block_size {
         for &fraction in &fractions {
-            let capacity = match (args.kv_blocks, fraction) {
-                (Some(n), _) => n,
-                (None, Some(f)) => (f * left as f64 / kv_bytes(&spec, bs, esz) as f64) as usize,
-                (None, None) => unreachable!("fractions are given when blocks are not"),
-            };
             for &policy in &policies {
-                let least = min_capacity(&reqs, bs, policy);
-                if capacity < least {
-                    let flag = match fraction {
-                        Some(f) => {
-                            format!("--kv-memory-fraction {f}: {capacity} blocks of {bs} tokens",)
-                        }
-                        None => format!("--kv-blocks {capacity}: blocks of {bs} tokens"),
-                    };
-                    let need_f = least as f64 * kv_bytes(&spec, bs, esz) as f64 / left as f64;
-                    bail!(
-                        "{flag} cannot hold the longest request under {}; the smallest capacity that works is {least} blocks ({} tokens{})",
-                        policy.name(),
-                        least * bs,
-                        match args.kv_blocks {
-                            // A share above 1 is no advice: name the flags that can.
-                            None if need_f > 1.0 => format!(
-                                "; more than this device's memory holds after the weights: give --device-memory or --kv-blocks {least}"
-                            ),
-                            None => format!(", a fraction of at least {:.3}", need_f),
-                            Some(_) => String::new(),
-                        }
-                    );
-                }
+                let memory = (weights, device_memory);
+                let capacity = capacity(args, &spec, &reqs, (bs, fraction, policy), esz, memory)?;
                 configs.push(Config {
                     bs,
                     fraction,
@@ -627,7 +679,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         "{}",
         summary(&spec.name, &be.name(), &reqs, shares, &baselines, &outcomes)
     );
-    write_outputs(args, &model, &baselines, &outcomes)?;
+    write_outputs(args, (&model, weights), &baselines, &outcomes)?;
     if outcomes.iter().all(|o| o.outputs.same()) {
         return Ok(());
     }
@@ -720,7 +772,7 @@ fn summary(
 
 fn write_outputs(
     args: &OverflowArgs,
-    model: &Model,
+    (model, weights): (&Model, u64),
     baselines: &[(usize, RunResult)],
     outcomes: &[Outcome],
 ) -> anyhow::Result<()> {
@@ -781,6 +833,7 @@ fn write_outputs(
             .collect();
         let doc = serde_json::json!({
             "model": model.spec().name,
+            "weights_bytes": weights,
             "unpressured": baselines.iter().map(|(bs, r)| serde_json::json!({"block_size": bs, "total_s": r.total_s})).collect::<Vec<_>>(),
             "runs": runs,
         });

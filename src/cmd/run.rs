@@ -294,21 +294,36 @@ fn ragged(
             .collect(),
     };
     let block = args.block_tokens.max(1);
-    let full: usize = ids.iter().map(|v| (v.len() + n).div_ceil(block)).sum();
-    let per_block = super::overflow::kv_bytes(spec, block, be.dtype().bytes());
+    let full: usize = ids
+        .iter()
+        .map(|v| plans::blocks_for(v.len() + n, block))
+        .sum();
+    let esz = be.dtype().bytes();
+    let per_block = plans::PagedBytes::per_block(spec, block, esz);
     let (capacity, policy) = match &args.gpu_memory_budget {
         None => (full, scheduler::Policy::Swap),
         Some(b) => {
+            // The budget holds the whole engine: its pool and its buffers.
+            let policy = scheduler::Policy::Offload;
             let bytes = super::parse_size("--gpu-memory-budget", b)?;
-            let cap = (bytes / per_block.max(1)) as usize;
-            let least = scheduler::min_capacity(&requests, block, scheduler::Policy::Offload);
-            if cap < least {
+            let probe = crate::serve::RunConfig {
+                policy,
+                block_size: block,
+                capacity_blocks: 0,
+                max_running: ids.len(),
+                partial_share: 0.0,
+                offload_share: 0.0,
+            };
+            let shape = crate::serve::engine_config(&requests, &probe).shape();
+            let cap = plans::PagedBytes::blocks_within(spec, &shape, esz, bytes);
+            if let Err(e) = scheduler::check_capacity(&requests, block, cap, policy) {
+                let least = scheduler::min_capacity(&requests, block, policy);
                 bail!(
-                    "--gpu-memory-budget {b}: {cap} blocks of {block} tokens cannot hold the longest prompt; the smallest budget that works is {}",
-                    plans::human_bytes(least as u64 * per_block)
+                    "--gpu-memory-budget {b}: {e}; the smallest budget that works is {} (the pool of {least} blocks and the engine's other buffers)",
+                    plans::human_bytes(plans::PagedBytes::new(spec, &shape, least, esz).total())
                 );
             }
-            (cap.min(full), scheduler::Policy::Offload)
+            (cap.min(full), policy)
         }
     };
     let share = match (&args.hardware, policy) {

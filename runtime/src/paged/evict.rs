@@ -4,7 +4,7 @@
 
 use kernels::{DeviceBuf, Event, Stream};
 
-use super::{bad, kv_bytes, At, PagedEngine, Recompute, Seq};
+use super::{bad, At, PagedEngine, Recompute, Seq};
 use crate::layer::{project, Proj};
 use crate::{AtLayer, Result};
 
@@ -40,7 +40,10 @@ impl PagedEngine<'_> {
                 }
                 t += run;
             }
-            bytes += kv_bytes(t1.saturating_sub(t0), kvd, be);
+            bytes += self
+                .model
+                .spec()
+                .kv_layer_bytes(t1.saturating_sub(t0), be.dtype().bytes());
         }
         Ok(bytes)
     }
@@ -50,8 +53,7 @@ impl PagedEngine<'_> {
     /// recomputed from `X` on resume), then every device block is freed.
     pub fn swap_out(&mut self, id: usize, keep_from: usize) -> Result<()> {
         let seq = self.seq(id)?.clone();
-        let bs = self.cfg.block_size;
-        let from = (keep_from / bs * bs).min(seq.cached);
+        let from = self.leading(id, keep_from, seq.cached)?;
         if from > 0 && !self.cfg.keep_activations {
             return Err(bad(
                 "swap out",
@@ -81,6 +83,23 @@ impl PagedEngine<'_> {
         Ok(())
     }
 
+    /// The leading `tokens` of a context of `cached` (the context at most)
+    /// that `partial` recomputes, as the scheduler decided them: whole
+    /// blocks, or the whole context. The engine takes the scheduler's count
+    /// as it is, so the blocks it copies out are the blocks the scheduler
+    /// counted (it used to round down again, copying out a partial last
+    /// block the scheduler had kept).
+    fn leading(&self, id: usize, tokens: usize, cached: usize) -> Result<usize> {
+        let (t, bs) = (tokens.min(cached), self.cfg.block_size);
+        match t == cached || t % bs == 0 {
+            true => Ok(t),
+            false => Err(bad(
+                "partial recompute",
+                format!("request {id}: {t} leading tokens of {cached} is not a whole number of {bs}-token blocks"),
+            )),
+        }
+    }
+
     /// Preemption by dropping: frees the request's blocks and forgets its K/V.
     pub fn drop_kv(&mut self, id: usize) -> Result<()> {
         // Earlier work on the blocks finishes before anyone reuses them: all
@@ -100,13 +119,7 @@ impl PagedEngine<'_> {
             return Err(bad("swap in", format!("request {id} was not swapped out")));
         }
         let bs = self.cfg.block_size;
-        let r = recompute.max(seq.swapped_from).min(seq.cached);
-        let r = if r < seq.cached {
-            r.div_ceil(bs) * bs
-        } else {
-            r
-        }
-        .min(seq.cached);
+        let r = self.leading(id, recompute.max(seq.swapped_from), seq.cached)?;
         if r > 0 && !self.cfg.keep_activations {
             return Err(bad(
                 "swap in",
@@ -114,7 +127,7 @@ impl PagedEngine<'_> {
             ));
         }
         seq.blocks.clear();
-        for _ in 0..seq.cached.div_ceil(bs) {
+        for _ in 0..plans::blocks_for(seq.cached, bs) {
             let b = self.take_block(id)?;
             seq.blocks.push(b);
         }
@@ -231,7 +244,7 @@ impl PagedEngine<'_> {
         if let Some(ev) = self.stage_free[p].take() {
             be.wait(Stream::Copy, &ev).at(li)?;
         }
-        let esz = be.dtype().bytes() as u64;
+        let esz = be.dtype().bytes();
         let mut x_row = 0;
         for &(i, l) in offloaded {
             let seq = seqs[i];
@@ -247,7 +260,7 @@ impl PagedEngine<'_> {
                     n,
                 )
                 .at(li)?;
-                self.counters.bytes_in += n as u64 * esz;
+                self.counters.bytes_in += s.x_layer_bytes(l, esz);
                 x_row += l;
             }
             if o > l {
@@ -258,7 +271,7 @@ impl PagedEngine<'_> {
                 ] {
                     be.copy_h2d(Stream::Copy, store, src, buf, dst, n).at(li)?;
                 }
-                self.counters.bytes_in += kv_bytes(o - l, kvd, be);
+                self.counters.bytes_in += s.kv_layer_bytes(o - l, esz);
             }
         }
         self.stage_ready[p] = Some(be.record(Stream::Copy).at(li)?);

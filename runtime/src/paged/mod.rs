@@ -39,7 +39,6 @@ use crate::executor::{attn_shape, head, Activations};
 use crate::layer::{project, Proj};
 
 mod evict;
-use crate::memory::bytes_of;
 use crate::model::Model;
 use crate::{AtLayer, Result, RuntimeError};
 
@@ -56,6 +55,18 @@ pub struct PagedConfig {
     pub keep_activations: bool,
     /// The most tokens each request will hold (prompt plus output), by request id.
     pub request_tokens: Vec<usize>,
+}
+
+impl PagedConfig {
+    /// What the engine's step buffers are sized by (`plans::PagedBytes`).
+    pub fn shape(&self) -> plans::PagedShape {
+        plans::PagedShape {
+            block_size: self.block_size,
+            max_batch: self.max_batch,
+            keep_activations: self.keep_activations,
+            longest: self.request_tokens.iter().copied().max().unwrap_or(1),
+        }
+    }
 }
 
 /// Bytes and tokens the engine has moved or computed, cumulative.
@@ -194,20 +205,19 @@ impl<'a> PagedEngine<'a> {
                 "block size, capacity and batch must be at least 1".into(),
             ));
         }
-        let longest = cfg.request_tokens.iter().copied().max().unwrap_or(1);
-        let max_tokens = longest.div_ceil(bs).max(1) * bs;
+        let shape = cfg.shape();
+        let max_tokens = shape.max_tokens();
         let mut base = Vec::with_capacity(cfg.request_tokens.len());
         let mut host_tokens = 0usize;
         for &t in &cfg.request_tokens {
             base.push(host_tokens);
-            host_tokens += t.div_ceil(bs) * bs;
+            host_tokens = host_tokens.saturating_add(plans::blocks_for(t, bs) * bs);
         }
-        let esz = be.dtype().bytes() as u64;
-        let per_token_host = 2 * kvd + if cfg.keep_activations { h } else { 0 };
-        let host_bytes = bytes_of(&[host_tokens, per_token_host, nl, esz as usize]);
+        let esz = be.dtype().bytes();
+        let x_tokens = if cfg.keep_activations { host_tokens } else { 0 };
         crate::check_memory(
             "the serving host store (every request's K/V, and X when kept)",
-            host_bytes,
+            s.store_bytes(x_tokens, host_tokens, esz),
             "serve fewer or shorter requests",
         )?;
         // Block ids are u32; sizes past usize are refused, not wrapped.
@@ -223,25 +233,16 @@ impl<'a> PagedEngine<'a> {
                     ),
                 )
             })?;
-        // Whole offloaded prefixes of a full batch, or one swap-in's.
-        let stage_tokens = match cfg.keep_activations {
-            true => cfg.max_batch * max_tokens,
-            false => 0,
-        };
-        if !be.is_cuda() {
-            let per_batch = cfg.max_batch * max_tokens;
-            let buffers = bytes_of(&[4, per_batch, kvd, esz as usize]).saturating_add(bytes_of(&[
-                stage_tokens,
-                kvd + 2 * h,
-                esz as usize,
-            ]));
-            let dev = bytes_of(&[pool_tokens, 2 * kvd, nl, esz as usize]).saturating_add(buffers);
-            crate::check_memory(
-                "the paged K/V cache",
-                dev,
-                "use a smaller capacity or block count",
-            )?;
-        }
+        let stage_tokens = shape.stage_tokens();
+        crate::check_device_memory(
+            be,
+            &format!(
+                "the paged K/V cache ({} blocks of {bs} tokens) and its step buffers",
+                cfg.capacity_blocks
+            ),
+            plans::PagedBytes::new(s, &shape, cfg.capacity_blocks, esz).total(),
+            "use a smaller capacity, block size or batch",
+        )?;
         let a = |n: usize| be.alloc(n.max(1));
         let per_layer =
             |n: usize| -> Result<Vec<DeviceBuf>> { (0..nl).map(|_| Ok(a(n)?)).collect() };
@@ -252,7 +253,6 @@ impl<'a> PagedEngine<'a> {
         let free = (0..cfg.capacity_blocks as u32).rev().collect();
         let ramp = be.alloc_ids(max_tokens)?;
         be.write_ids(&ramp, 0, &(0..max_tokens as u32).collect::<Vec<_>>())?;
-        let max_blocks = max_tokens / bs;
         Ok(PagedEngine {
             be,
             model,
@@ -268,8 +268,8 @@ impl<'a> PagedEngine<'a> {
             },
             free,
             seqs: HashMap::new(),
-            step: be.alloc_ids(4 * b + 2 * b * max_blocks + 2 * stage_tokens)?,
-            step_host: Vec::with_capacity(4 * b + 2 * b * max_blocks + 2 * stage_tokens),
+            step: be.alloc_ids(shape.step_ids())?,
+            step_host: Vec::with_capacity(shape.step_ids()),
             ramp,
             act: Activations::new(be, s, b)?,
             xn: if cfg.keep_activations {
@@ -370,7 +370,7 @@ impl<'a> PagedEngine<'a> {
             swapped: false,
             swapped_from: 0,
         };
-        for _ in 0..p.div_ceil(bs) {
+        for _ in 0..plans::blocks_for(p, bs) {
             let b = self.take_block(id)?;
             seq.blocks.push(b);
         }
@@ -658,8 +658,4 @@ impl<'a> PagedEngine<'a> {
         self.counters.tokens_decoded += b as u64;
         Ok(next)
     }
-}
-
-fn kv_bytes(tokens: usize, kvd: usize, be: &Backend) -> u64 {
-    2 * (tokens * kvd) as u64 * be.dtype().bytes() as u64
 }
