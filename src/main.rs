@@ -7,7 +7,6 @@
 
 mod cmd;
 mod fmt;
-mod serve;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,7 @@
 //! The crate graph keeps the pipeline's direction: `plans` is the contract
 //! every stage shares, `kernels` moves and computes numbers, `scheduler` and
-//! `profiler` build on those, `runtime` does what a plan decided. No stage
+//! `profiler` build on those, `runtime` does what a plan decided, `serving`
+//! runs many requests on the runtime's paged engine. No stage
 //! crate depends (normally or in its tests) on a later stage; only the root
 //! package `kvpr` sees them all.
 
@@ -14,6 +15,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("scheduler", &["plans"]),
     ("profiler", &["plans", "kernels"]),
     ("runtime", &["plans", "kernels", "scheduler"]),
+    ("serving", &["plans", "kernels", "scheduler", "runtime"]),
 ];
 
 fn workspace_deps() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {

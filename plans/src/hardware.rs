@@ -228,6 +228,22 @@ impl GemmCurve {
 }
 
 impl HardwareProfile {
+    /// Seconds the link takes for `to_device` bytes one way and `to_host`
+    /// the other (the slower direction; they run at once): at `paced_gbps`
+    /// where the run paced its link (`--link-gbps`), else at the profile's
+    /// curves. The one rule for "the link time of the bytes moved" (`bench`'s
+    /// link utilisation, `overflow`'s link floor).
+    pub fn link_seconds(&self, paced_gbps: Option<f64>, to_device: f64, to_host: f64) -> f64 {
+        match paced_gbps {
+            Some(g) => to_device.max(to_host) / (g * 1e9),
+            None => self
+                .link
+                .h2d_pinned
+                .seconds(to_device)
+                .max(self.link.d2h_pinned.seconds(to_host)),
+        }
+    }
+
     /// Loads and validates a profile; errors name file, line, column and field.
     pub fn load(path: &Path) -> Result<Self> {
         let p: HardwareProfile = load_json(path, HARDWARE_SCHEMA)?;
@@ -329,6 +345,26 @@ impl HardwareProfile {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The link time of moved bytes is at the paced rate where the run was
+    /// paced (`bench` used the profile's rate whatever `--link-gbps` said),
+    /// and at the profile's curves otherwise; the slower direction counts.
+    #[test]
+    fn link_time_follows_the_paced_rate_or_the_profile() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hardware/cpu-reference.json");
+        let hw = HardwareProfile::load(&path).unwrap();
+        let (down, up) = (4e9, 1e9);
+        assert_eq!(hw.link_seconds(Some(2.0), down, up), 2.0);
+        assert_eq!(hw.link_seconds(Some(0.5), up, down), 8.0);
+        let profile = hw
+            .link
+            .h2d_pinned
+            .seconds(down)
+            .max(hw.link.d2h_pinned.seconds(up));
+        assert_eq!(hw.link_seconds(None, down, up), profile);
+        assert_ne!(hw.link_seconds(None, down, up), 2.0);
+    }
 
     pub(crate) fn tiny_profile() -> HardwareProfile {
         HardwareProfile {

@@ -302,7 +302,7 @@ fn measure(
     let (measured_ms, bytes) = (us / k / 1e3, bytes / args.steps as u64);
     // At the rate the run's link was paced to, where it was (issue 19: the
     // profile's rate was used whatever --link-gbps said).
-    let link_ms = super::link_seconds(hw, args.link_gbps, bytes as f64, 0.0) * 1e3;
+    let link_ms = hw.link_seconds(args.link_gbps, bytes as f64, 0.0) * 1e3;
     Ok(Row {
         model: model.spec().name.clone(),
         dtype: be.dtype().name().to_string(),

@@ -28,27 +28,6 @@ pub fn load_profile(path: &Path) -> anyhow::Result<(HardwareProfile, PlanHardwar
     Ok((hw, id))
 }
 
-/// Seconds the link takes for `to_device` bytes one way and `to_host` the
-/// other (the slower direction; they run at once): at `paced_gbps` where the
-/// run paced its link (`--link-gbps`), else at the profile's curves. The one
-/// rule for "the link time of the bytes moved" (`bench`'s link utilisation,
-/// `overflow`'s link floor).
-pub fn link_seconds(
-    hw: &HardwareProfile,
-    paced_gbps: Option<f64>,
-    to_device: f64,
-    to_host: f64,
-) -> f64 {
-    match paced_gbps {
-        Some(g) => to_device.max(to_host) / (g * 1e9),
-        None => hw
-            .link
-            .h2d_pinned
-            .seconds(to_device)
-            .max(hw.link.d2h_pinned.seconds(to_host)),
-    }
-}
-
 /// `--schedule auto|transfer|paper|chunked`.
 pub fn parse_schedule(s: &str) -> anyhow::Result<ScheduleChoice> {
     match s {
@@ -185,6 +164,16 @@ pub fn name_field(e: SchedError, given: impl Fn(Field) -> Option<String>) -> any
     }
 }
 
+/// A recomputed share priced on `--hardware` that could not be: a
+/// scheduler error names its field as `kvpr plan` would.
+pub fn pricing_error(e: serving::ServingError) -> anyhow::Error {
+    let e = match e {
+        serving::ServingError::Sched(e) => name_field(e, plan_flag),
+        e => e.into(),
+    };
+    e.context("pricing the recomputed share on --hardware")
+}
+
 /// The flags of `kvpr plan`, one per field.
 pub fn plan_flag(f: Field) -> Option<String> {
     let flag = match f {
@@ -221,26 +210,6 @@ pub fn load_model(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The link time of moved bytes is at the paced rate where the run was
-    /// paced (`bench` used the profile's rate whatever `--link-gbps` said),
-    /// and at the profile's curves otherwise; the slower direction counts.
-    #[test]
-    fn link_time_follows_the_paced_rate_or_the_profile() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("plans/hardware/cpu-reference.json");
-        let hw = HardwareProfile::load(&path).unwrap();
-        let (down, up) = (4e9, 1e9);
-        assert_eq!(link_seconds(&hw, Some(2.0), down, up), 2.0);
-        assert_eq!(link_seconds(&hw, Some(0.5), up, down), 8.0);
-        let profile = hw
-            .link
-            .h2d_pinned
-            .seconds(down)
-            .max(hw.link.d2h_pinned.seconds(up));
-        assert_eq!(link_seconds(&hw, None, down, up), profile);
-        assert_ne!(link_seconds(&hw, None, down, up), 2.0);
-    }
 
     #[test]
     fn errors_are_named_after_the_flag_or_the_file_field() {

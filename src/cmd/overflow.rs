@@ -14,12 +14,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use plans::{HardwareProfile, Requests, Schedule, Workload};
-use runtime::{Model, ModelSource, PagedCounters};
-use scheduler::{CostModel, Policy, Serving, ServingConfig, Solver};
+use plans::Requests;
+use runtime::{Model, ModelSource};
+use scheduler::Policy;
 
 use crate::fmt;
-use crate::serve::{self, RunConfig, RunResult};
+use serving::{RunConfig, RunResult};
 
 #[derive(clap::Args)]
 pub struct OverflowArgs {
@@ -235,128 +235,6 @@ fn requests(model: &Model, mut reqs: Requests) -> anyhow::Result<(Requests, Vec<
     Ok((reqs, prompts))
 }
 
-/// The cost model for one sequence of `reqs`' mean shape, and that mean
-/// context `s` (prompt plus half the output).
-fn one_sequence(
-    spec: &plans::ModelSpec,
-    hw: &HardwareProfile,
-    reqs: &Requests,
-    dtype: kernels::Dtype,
-) -> anyhow::Result<(CostModel, usize)> {
-    let n = reqs.requests.len().max(1);
-    let mean_in = reqs.requests.iter().map(|r| r.input_len).sum::<usize>() / n;
-    let mean_out = reqs.requests.iter().map(|r| r.output_len).sum::<usize>() / n;
-    let w = Workload {
-        batch: 1,
-        prompt_len: mean_in.max(1),
-        gen_len: mean_out.max(1),
-        dtype,
-        gpu_memory_budget: u64::MAX / 4,
-        host_memory_budget: u64::MAX / 4,
-    };
-    let cost = CostModel::new(spec, hw, &w)
-        .map_err(|e| super::name_field(e, super::plan_flag))
-        .context("pricing the recomputed share on --hardware")?;
-    Ok((cost, (mean_in + mean_out / 2).max(1)))
-}
-
-/// The time the bytes a run moved need on the link alone, each direction on
-/// its own: at the paced rate where `--link-gbps` sets one, else at the
-/// profile's curves.
-pub fn link_floor(hw: &HardwareProfile, paced_gbps: Option<f64>, c: &PagedCounters) -> f64 {
-    let (to_device, to_host) = (c.bytes_in as f64, (c.bytes_out + c.bytes_x_out) as f64);
-    super::link_seconds(hw, paced_gbps, to_device, to_host)
-}
-
-/// `partial`: the share of a resumed context worth recomputing from
-/// activations rather than moving as K/V, by the cost model at the
-/// workload's mean context. Bringing one sequence back is one layer's copies,
-/// `X` of the recomputed share first, then K/V of the rest, while the compute
-/// stream recomputes once `X` is in; the share minimises the time until the
-/// layer's K/V are all on the device (`kv_ready`), block-aligned.
-pub fn resume_share(
-    spec: &plans::ModelSpec,
-    hw: &HardwareProfile,
-    reqs: &Requests,
-    dtype: kernels::Dtype,
-    block: usize,
-) -> anyhow::Result<f64> {
-    let (cost, s) = one_sequence(spec, hw, reqs, dtype)?;
-    let best = (0..=s.div_ceil(block))
-        .map(|i| (i * block).min(s))
-        .map(|l| (l, cost.step(s, 0, l, 1, Schedule::Paper).kv_ready))
-        .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
-        .map_or(0, |(l, _)| l);
-    Ok(best as f64 / s as f64)
-}
-
-/// `offload`: the share of an offloaded prefix recomputed in each decode
-/// step, by the planner's own rule (`best_split`) for the mean step that
-/// carries an offloaded prefix. A dry run of the scheduler under `offload`
-/// (every request arriving at once; bookkeeping only, no model) gives that
-/// step: its batch, its mean context `s`, and the mean tokens per sequence
-/// on the host. The offloaded rest crosses the link while the step computes,
-/// so where the step is compute-bound nothing is worth recomputing. Pricing
-/// the final overflow instead would over-price the link: the overflow grows
-/// from nothing as the requests decode.
-pub fn offload_share(
-    spec: &plans::ModelSpec,
-    hw: &HardwareProfile,
-    reqs: &Requests,
-    dtype: kernels::Dtype,
-    block: usize,
-    (capacity, max_batch): (usize, usize),
-) -> anyhow::Result<f64> {
-    let cfg = ServingConfig {
-        block_size: block,
-        capacity_blocks: capacity,
-        policy: Policy::Offload,
-        max_running: max_batch,
-        partial_recompute: 0.0,
-    };
-    let mut dry = Serving::new(reqs, cfg).context("pricing the recomputed share")?;
-    // Over the steps with something offloaded: steps, sequences, context
-    // tokens and host tokens.
-    let (mut steps, mut seqs, mut ctx, mut host) = (0usize, 0usize, 0usize, 0usize);
-    while !dry.done() {
-        let it = dry.next_iteration(f64::INFINITY);
-        if it.decode.is_empty() {
-            break;
-        }
-        let (mut b, mut c, mut o) = (0, 0, 0);
-        for (context, on_host) in dry.running_contexts() {
-            (b, c, o) = (b + 1, c + context, o + on_host);
-        }
-        if o > 0 {
-            (steps, seqs, ctx, host) = (steps + 1, seqs + b, ctx + c, host + o);
-        }
-    }
-    if steps == 0 || seqs == 0 {
-        return Ok(0.0);
-    }
-    let batch = seqs.div_ceil(steps);
-    let s = ctx.div_ceil(seqs).max(1);
-    let off = (host / seqs).min(s);
-    if off == 0 {
-        return Ok(0.0);
-    }
-    let w = Workload {
-        batch,
-        prompt_len: s,
-        gen_len: 1,
-        dtype,
-        gpu_memory_budget: u64::MAX / 4,
-        host_memory_budget: u64::MAX / 4,
-    };
-    let cost = CostModel::new(spec, hw, &w)
-        .map_err(|e| super::name_field(e, super::plan_flag))
-        .context("pricing the recomputed share on --hardware")?;
-    let split = cost
-        .best_split(s, s - off, Schedule::Chunked, block, Solver::Lp)
-        .context("pricing the recomputed share on --hardware")?;
-    Ok(split.recompute as f64 / off as f64)
-}
-
 /// The cache's capacity in blocks for one configuration (block size, share
 /// of memory or `--kv-blocks`, policy), checked against the longest request
 /// and, where `--device-memory` is given, against that memory less the
@@ -383,7 +261,7 @@ fn capacity(
         partial_share: 0.0,
         offload_share: 0.0,
     };
-    let shape = serve::engine_config(reqs, &run).shape();
+    let shape = serving::engine_config(reqs, &run).shape();
     let fixed = plans::PagedBytes::new(spec, &shape, 0, esz).fixed();
     let per_block = plans::PagedBytes::per_block(spec, bs, esz).max(1);
     let h = plans::human_bytes;
@@ -550,21 +428,23 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     // its first capacity), where the command line gives none.
     let partial_share = match partial_flag {
         Some(f) => f,
-        None => resume_share(&spec, &hw, &reqs, be.dtype(), args.block_size[0])?,
+        None => serving::resume_share(&spec, &hw, &reqs, be.dtype(), args.block_size[0])
+            .map_err(super::pricing_error)?,
     };
     let offload_share = match (
         offload_flag,
         configs.iter().find(|c| c.policy == Policy::Offload),
     ) {
         (Some(f), _) => f,
-        (None, Some(c)) => offload_share(
+        (None, Some(c)) => serving::offload_share(
             &spec,
             &hw,
             &reqs,
             be.dtype(),
             c.bs,
             (c.capacity, args.max_batch),
-        )?,
+        )
+        .map_err(super::pricing_error)?,
         (None, None) => 0.0,
     };
     let monitor = match be.spec() {
@@ -582,7 +462,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
     let mut run_one = |cfg: RunConfig, what: String| -> anyhow::Result<RunResult> {
         bar.set_message(what.clone());
         let base = done;
-        let r = serve::serve(&be, &model, &reqs, &prompts, &cfg, &util, &|n| {
+        let r = serving::serve(&be, &model, &reqs, &prompts, &cfg, &util, &|n| {
             bar.set_position(base + n as u64)
         })
         .with_context(|| format!("serving ({what})"))?;
@@ -664,7 +544,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
             .max_by_key(|d| d.requests)
             .unwrap_or_default();
         let result = median(r);
-        let link_floor_s = link_floor(&hw, args.link_gbps, &result.counters);
+        let link_floor_s = serving::link_floor(&hw, args.link_gbps, &result.counters);
         outcomes.push(Outcome {
             fraction: c.fraction,
             outputs,
@@ -871,58 +751,7 @@ fn write_outputs(
 
 #[cfg(test)]
 mod tests {
-    use super::{link_floor, offload_share, Divergence};
-
-    fn reference() -> plans::HardwareProfile {
-        let text = include_str!("../../plans/hardware/cpu-reference.json");
-        plans::HardwareProfile::parse(std::path::Path::new("cpu-reference.json"), text).unwrap()
-    }
-
-    /// The offload share prices the steps a dry run of the scheduler says
-    /// will carry an offloaded prefix: none where everything fits, some
-    /// recomputation where the link is slow against the step, none where
-    /// it is fast (the prefix hides under the compute).
-    #[test]
-    fn the_offload_share_follows_the_dry_run_and_the_link() {
-        let spec = plans::ModelSpec::preset("llama-2-7b-tiny").unwrap();
-        let reqs = plans::Requests::at_once(16, 64, 320).unwrap();
-        let share = |gbps: f64, capacity: usize| {
-            let mut hw = reference();
-            for c in [&mut hw.link.h2d_pinned, &mut hw.link.d2h_pinned] {
-                *c = plans::BandwidthCurve::constant(plans::Source::Measured, gbps);
-            }
-            offload_share(&spec, &hw, &reqs, plans::Dtype::F32, 16, (capacity, 32)).unwrap()
-        };
-        // 16 x 384 tokens in blocks of 16: 384 blocks hold everything.
-        assert_eq!(share(0.3, 384), 0.0);
-        let slow = share(0.001, 230);
-        assert!(slow > 0.0 && slow <= 1.0, "{slow}");
-        assert_eq!(share(1000.0, 230), 0.0);
-    }
-
-    /// The floor prices the link the run had: `--link-gbps` where it paces
-    /// one (the profile may have been measured at another rate), else the
-    /// profile's; the two directions overlap.
-    #[test]
-    fn the_link_floor_is_the_slower_direction_at_the_link_the_run_had() {
-        let text = include_str!("../../plans/hardware/cpu-reference.json");
-        let hw = plans::HardwareProfile::parse(std::path::Path::new("cpu-reference.json"), text)
-            .unwrap();
-        let c = runtime::PagedCounters {
-            bytes_in: 3_000_000_000,
-            bytes_out: 500_000_000,
-            bytes_x_out: 100_000_000,
-            ..Default::default()
-        };
-        let paced = link_floor(&hw, Some(0.3), &c);
-        assert!((paced - 10.0).abs() < 1e-9, "{paced}");
-        let profile = link_floor(&hw, None, &c);
-        assert!(
-            (profile - hw.link.h2d_pinned.seconds(3e9)).abs() < 1e-12,
-            "{profile}"
-        );
-        assert_eq!(link_floor(&hw, Some(1.0), &Default::default()), 0.0);
-    }
+    use super::Divergence;
 
     #[test]
     fn divergence_counts_requests_and_finds_the_first_differing_token() {

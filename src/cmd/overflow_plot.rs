@@ -30,7 +30,7 @@ pub fn write(dir: &Path, model: &str, outcomes: &[Outcome]) -> anyhow::Result<()
                 o.result.block_size == first.result.block_size && o.fraction == first.fraction
             })
             .collect();
-        let lines = |f: &dyn Fn(&crate::serve::Sample) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        let lines = |f: &dyn Fn(&serving::Sample) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
             same.iter()
                 .map(|o| {
                     let pts = o.result.samples.iter().map(|s| (s.t_s, f(s))).collect();

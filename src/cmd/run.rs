@@ -306,7 +306,7 @@ fn ragged(
             // The budget holds the whole engine: its pool and its buffers.
             let policy = scheduler::Policy::Offload;
             let bytes = super::parse_size("--gpu-memory-budget", b)?;
-            let probe = crate::serve::RunConfig {
+            let probe = serving::RunConfig {
                 policy,
                 block_size: block,
                 capacity_blocks: 0,
@@ -314,7 +314,7 @@ fn ragged(
                 partial_share: 0.0,
                 offload_share: 0.0,
             };
-            let shape = crate::serve::engine_config(&requests, &probe).shape();
+            let shape = serving::engine_config(&requests, &probe).shape();
             let cap = plans::PagedBytes::blocks_within(spec, &shape, esz, bytes);
             if let Err(e) = scheduler::check_capacity(&requests, block, cap, policy) {
                 let least = scheduler::min_capacity(&requests, block, policy);
@@ -329,14 +329,15 @@ fn ragged(
     let share = match (&args.hardware, policy) {
         (Some(hw), scheduler::Policy::Offload) => {
             let (hw, _) = super::load_profile(hw)?;
-            super::overflow::offload_share(
+            serving::offload_share(
                 spec,
                 &hw,
                 &requests,
                 be.dtype(),
                 block,
                 (capacity, ids.len()),
-            )?
+            )
+            .map_err(super::pricing_error)?
         }
         _ => 0.0,
     };
@@ -351,7 +352,7 @@ fn ragged(
             ", all resident".into()
         }
     );
-    let cfg = crate::serve::RunConfig {
+    let cfg = serving::RunConfig {
         policy,
         block_size: block,
         capacity_blocks: capacity,
@@ -359,8 +360,8 @@ fn ragged(
         partial_share: 0.0,
         offload_share: share,
     };
-    let r = crate::serve::serve(be, model, &requests, ids, &cfg, &|| None, &|_| {})
-        .context("generating")?;
+    let r =
+        serving::serve(be, model, &requests, ids, &cfg, &|| None, &|_| {}).context("generating")?;
     let mut texts = Vec::new();
     for (i, (p, toks)) in prompts.iter().zip(&r.outputs).enumerate() {
         let end = match args.ignore_eos {

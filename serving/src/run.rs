@@ -18,11 +18,12 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
 use kernels::Backend;
 use plans::Requests;
 use runtime::{Model, PagedConfig, PagedCounters, PagedEngine};
 use scheduler::{Entry, Eviction, Policy, Serving, ServingConfig};
+
+use crate::{Result, ServingError};
 
 /// One run's knobs.
 #[derive(Clone, Debug)]
@@ -141,7 +142,7 @@ pub fn serve(
     cfg: &RunConfig,
     monitor: Monitor,
     progress: &dyn Fn(usize),
-) -> anyhow::Result<RunResult> {
+) -> Result<RunResult> {
     let n = requests.requests.len();
     let sc = ServingConfig {
         block_size: cfg.block_size,
@@ -157,7 +158,7 @@ pub fn serve(
     let pc = engine_config(requests, cfg);
     let setup = Instant::now();
     let before = be.allocated_bytes();
-    let mut eng = PagedEngine::new(be, model, pc).context("allocating the paged cache")?;
+    let mut eng = PagedEngine::new(be, model, pc).map_err(ServingError::Setup)?;
     let engine_bytes = be.allocated_bytes() - before;
     be.synchronize()?;
     let setup_s = setup.elapsed().as_secs_f64();
@@ -182,7 +183,11 @@ pub fn serve(
                     continue;
                 }
                 Some(_) => continue,
-                None => bail!("the scheduler has requests left but nothing to run (a bug)"),
+                None => {
+                    return Err(ServingError::Invariant(
+                        "the scheduler has requests left but nothing to run".into(),
+                    ))
+                }
             }
         }
         // Preempt, offload and resume, timed together.
@@ -266,11 +271,11 @@ pub fn serve(
             eng.finish(id);
         }
         if eng.blocks_used() != sched.blocks_used() {
-            bail!(
-                "the paged cache holds {} blocks where the scheduler counts {} (a bug)",
+            return Err(ServingError::Invariant(format!(
+                "the paged cache holds {} blocks where the scheduler counts {}",
                 eng.blocks_used(),
                 sched.blocks_used()
-            );
+            )));
         }
         let t = start.elapsed().as_secs_f64();
         for &id in &it.decode {
@@ -299,12 +304,12 @@ pub fn serve(
     let total_s = start.elapsed().as_secs_f64();
     for (i, r) in requests.requests.iter().enumerate() {
         if outputs[i].len() != r.output_len {
-            bail!(
-                "request {} produced {} tokens, not {} (a bug)",
+            return Err(ServingError::Invariant(format!(
+                "request {} produced {} tokens, not {}",
                 r.id,
                 outputs[i].len(),
                 r.output_len
-            );
+            )));
         }
     }
     let mut gaps: Vec<f64> = stamps

@@ -1,0 +1,17 @@
+//! Serving under KV overflow: the loop that runs `scheduler::Serving`'s
+//! iterations on `runtime::PagedEngine` ([`serve`]), the pricing of the
+//! policies' recomputed shares from the cost model ([`resume_share`],
+//! [`offload_share`]), and what a run cost ([`RunResult`], [`Sample`],
+//! [`link_floor`]).
+//!
+//! `kvpr overflow` and `kvpr run` (a ragged batch) are thin commands over
+//! this crate. It comes after `scheduler` and `runtime` in the pipeline and
+//! depends on both.
+
+mod error;
+mod pricing;
+mod run;
+
+pub use error::{Result, ServingError};
+pub use pricing::{link_floor, offload_share, resume_share};
+pub use run::{engine_config, quantile, serve, Monitor, RunConfig, RunResult, Sample};
