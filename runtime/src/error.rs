@@ -71,6 +71,16 @@ pub enum RuntimeError {
         #[source]
         source: kernels::KernelError,
     },
+    /// The host store has no free region for a request; one must finish first.
+    #[error(
+        "the host store has no free region of {tokens} tokens for request {id} ({free} of {total} tokens free, not together); wait for a request to finish"
+    )]
+    HostStoreFull {
+        id: usize,
+        tokens: usize,
+        free: usize,
+        total: usize,
+    },
     /// The run needs more memory than the machine has available.
     #[error(
         "{what} needs {} of memory, but {on} has {} available; {hint}",

@@ -84,7 +84,8 @@ fn the_paged_engine_allocates_exactly_what_is_accounted() {
                 capacity_blocks: capacity,
                 max_batch,
                 keep_activations: keep,
-                request_tokens: tokens.clone(),
+                max_request_tokens: *tokens.iter().max().unwrap(),
+                host_tokens: PagedConfig::host_tokens_for(&tokens, block_size),
             };
             let shape = cfg.shape();
             let want = PagedBytes::new(&s, &shape, capacity, 4);
@@ -103,6 +104,7 @@ fn the_paged_engine_allocates_exactly_what_is_accounted() {
             };
             assert_eq!(prefill_of(shape.longest), want.prefill);
             let p = tokens[0].min(capacity * block_size);
+            eng.add_request(0, tokens[0]).unwrap();
             let before = be.allocated_bytes();
             eng.prefill(0, &vec![1; p]).unwrap();
             let prefill = be.allocated_bytes() - before;
@@ -184,9 +186,11 @@ fn the_engine_moves_the_blocks_the_scheduler_counted() {
         capacity_blocks: 8,
         max_batch: 1,
         keep_activations: true,
-        request_tokens: vec![24],
+        max_request_tokens: 24,
+        host_tokens: 24,
     };
     let mut eng = PagedEngine::new(&be, &model, cfg).unwrap();
+    eng.add_request(0, 24).unwrap();
     let prompt: Vec<u32> = (1..=20).collect();
     for (keep, out_tokens) in [(20, 0), (16, 4), (8, 12), (0, 20)] {
         eng.prefill(0, &prompt).unwrap();

@@ -104,7 +104,8 @@ fn dynamic_ntk_runs_past_max_position_and_the_paged_engine_refuses_it() {
         capacity_blocks: 16,
         max_batch: 2,
         keep_activations: true,
-        request_tokens: vec![20, 20],
+        max_request_tokens: 20,
+        host_tokens: 40,
     };
     let err = runtime::PagedEngine::new(&be, &model, cfg)
         .err()

@@ -144,6 +144,18 @@ struct Req {
     state: State,
 }
 
+/// Where a request was when [`Serving::end`] ended it: what the engine has
+/// to free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// It had not run: nothing was allocated.
+    NotStarted,
+    /// It was running: its device blocks (and any offloaded on the host).
+    Running,
+    /// It was preempted: its K/V on the host, if swapped out.
+    Preempted,
+}
+
 /// The serving scheduler: block tables, queues and counters.
 #[derive(Clone, Debug)]
 pub struct Serving {
@@ -183,15 +195,19 @@ pub fn min_capacity(requests: &Requests, block_size: usize, policy: Policy) -> u
     requests
         .requests
         .iter()
-        .map(|r| {
-            let tokens = match policy {
-                Policy::Offload => r.input_len,
-                _ => r.input_len + r.output_len - 1,
-            };
-            blocks_for(tokens, block_size).max(1)
-        })
+        .map(|r| least_blocks(r.input_len, r.output_len, block_size, policy))
         .max()
         .unwrap_or(1)
+}
+
+/// The fewest device blocks one request of `input_len` prompt tokens and up
+/// to `output_len` new ones needs alone under `policy`.
+fn least_blocks(input_len: usize, output_len: usize, block_size: usize, policy: Policy) -> usize {
+    let tokens = match policy {
+        Policy::Offload => input_len,
+        _ => (input_len + output_len).saturating_sub(1),
+    };
+    blocks_for(tokens, block_size).max(1)
 }
 
 /// Refuses a capacity of `capacity` blocks too small for the longest of
@@ -268,6 +284,99 @@ impl Serving {
             finished: 0,
             stats: ServingStats::default(),
         })
+    }
+
+    /// Adds a request of `input_len` prompt tokens and up to `output_len`
+    /// new ones, arriving at `arrival_s` (on the clock `next_iteration` is
+    /// given), and returns its id: the next after every request so far.
+    /// Refuses one the cache cannot hold alone under the policy, as
+    /// [`Serving::new`] does.
+    pub fn add(
+        &mut self,
+        arrival_s: f64,
+        input_len: usize,
+        output_len: usize,
+    ) -> Result<usize, SchedError> {
+        let bad = |reason: String| SchedError::Invalid {
+            field: plans::Field::PromptLen,
+            reason,
+        };
+        if input_len == 0 || output_len == 0 {
+            return Err(bad(
+                "a request needs at least one prompt token and one new token".into(),
+            ));
+        }
+        if !arrival_s.is_finite() {
+            return Err(bad(format!("arrival at {arrival_s} s")));
+        }
+        let (bs, policy) = (self.cfg.block_size, self.cfg.policy);
+        let least = least_blocks(input_len, output_len, bs, policy);
+        if self.cfg.capacity_blocks < least {
+            return Err(SchedError::Capacity {
+                capacity: self.cfg.capacity_blocks,
+                block_size: bs,
+                policy: policy.name(),
+                least,
+            });
+        }
+        let id = self.reqs.len();
+        self.reqs.push(Req {
+            arrival_s,
+            input_len,
+            output_len,
+            generated: 0,
+            device_blocks: 0,
+            host_blocks: 0,
+            recompute_tokens: 0,
+            state: State::Future,
+        });
+        // Among the arrivals still to come, in order (after any at the same time).
+        let later = self.order[self.next_arrival..]
+            .partition_point(|&i| self.reqs[i].arrival_s <= arrival_s);
+        self.order.insert(self.next_arrival + later, id);
+        Ok(id)
+    }
+
+    /// Ends request `id` before its last token (a stop sequence, or a client
+    /// gone): it leaves every queue, its device blocks are freed, and it
+    /// produces no more tokens. Returns where it was, for the engine to free
+    /// what it holds; `None` where it had already finished.
+    pub fn end(&mut self, id: usize) -> Result<Option<Ended>, SchedError> {
+        let Some(r) = self.reqs.get_mut(id) else {
+            return Err(SchedError::Invalid {
+                field: plans::Field::Batch,
+                reason: format!("request {id} was never added"),
+            });
+        };
+        let was = match r.state {
+            State::Finished => return Ok(None),
+            State::Future | State::Waiting => Ended::NotStarted,
+            State::Running => Ended::Running,
+            State::Preempted => Ended::Preempted,
+        };
+        let state = r.state;
+        r.state = State::Finished;
+        self.free += r.device_blocks;
+        r.device_blocks = 0;
+        r.host_blocks = 0;
+        self.finished += 1;
+        match state {
+            State::Future => {
+                // Still to arrive: its place in the arrival order goes
+                // (an arrived one has passed it already).
+                if let Some(k) = self.order[self.next_arrival..]
+                    .iter()
+                    .position(|&i| i == id)
+                {
+                    self.order.remove(self.next_arrival + k);
+                }
+            }
+            State::Waiting => self.waiting.retain(|&i| i != id),
+            State::Running => self.running.retain(|&i| i != id),
+            State::Preempted => self.preempted.retain(|&i| i != id),
+            State::Finished => {}
+        }
+        Ok(Some(was))
     }
 
     /// Whether every request has finished.
@@ -614,6 +723,77 @@ mod tests {
             let (produced, _) = run(&r, c);
             let want: Vec<usize> = spec.iter().map(|s| s.2).collect();
             prop_assert_eq!(produced, want);
+        }
+
+        /// Issue 20: requests added while others run and requests ended
+        /// early (a stop sequence, a client gone), in any order with the
+        /// iterations, under any policy: every request ends exactly once
+        /// (by its last token or by `end`), none decodes after it ended,
+        /// none makes more than its tokens, and no block is lost or made up.
+        #[test]
+        fn requests_added_and_ended_while_serving_end_exactly_once(
+            initial in proptest::collection::vec((1usize..30, 1usize..30), 0..6),
+            ops in proptest::collection::vec((0u8..4, 1usize..30, 1usize..30, 0usize..64), 1..80),
+            block_size in 1usize..6,
+            policy in proptest::sample::select(Policy::ALL.to_vec()),
+            max_running in 1usize..6,
+        ) {
+            let spec: Vec<(f64, usize, usize)> =
+                initial.iter().map(|&(i, o)| (0.0, i, o)).collect();
+            let c = ServingConfig { max_running, ..cfg(block_size, 64, policy) };
+            let mut s = Serving::new(&requests(&spec), c).unwrap();
+            let mut want: Vec<usize> = initial.iter().map(|r| r.1).collect();
+            let (mut produced, mut ended) = (vec![0usize; want.len()], vec![0usize; want.len()]);
+            let mut now = 0.0;
+            let step = |s: &mut Serving, now: f64, produced: &mut Vec<usize>, ended: &mut Vec<usize>| {
+                let it = s.next_iteration(now);
+                for &i in &it.decode {
+                    prop_assert_eq!(ended[i], 0, "request {} decoded after it ended", i);
+                    produced[i] += 1;
+                }
+                for &i in &it.finished {
+                    ended[i] += 1;
+                }
+                let used: usize = s.reqs.iter().map(|r| r.device_blocks).sum();
+                prop_assert_eq!(used + s.free, c.capacity_blocks);
+                Ok(())
+            };
+            for (op, input, output, pick) in ops {
+                match op {
+                    0 | 1 => step(&mut s, now, &mut produced, &mut ended)?,
+                    2 => {
+                        let id = s.add(now + 0.01 * (pick % 3) as f64, input, output).unwrap();
+                        prop_assert_eq!(id, want.len());
+                        want.push(output);
+                        produced.push(0);
+                        ended.push(0);
+                    }
+                    _ => {
+                        if want.is_empty() {
+                            continue;
+                        }
+                        let id = pick % want.len();
+                        if s.end(id).unwrap().is_some() {
+                            ended[id] += 1;
+                        }
+                    }
+                }
+                now += 0.005;
+            }
+            for _ in 0..100_000 {
+                if s.done() {
+                    break;
+                }
+                step(&mut s, now, &mut produced, &mut ended)?;
+                now += 0.005;
+            }
+            prop_assert!(s.done());
+            prop_assert_eq!(s.blocks_used(), 0);
+            for i in 0..want.len() {
+                prop_assert_eq!(ended[i], 1, "request {} ended {} times", i, ended[i]);
+                prop_assert!(produced[i] <= want[i]);
+            }
+            prop_assert!(s.end(want.len()).is_err());
         }
     }
 }

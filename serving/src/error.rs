@@ -14,6 +14,13 @@ pub enum ServingError {
     /// A device operation failed.
     #[error(transparent)]
     Kernel(#[from] kernels::KernelError),
+    /// A request the engine cannot take (empty, or longer than it takes).
+    #[error("{0}")]
+    Request(String),
+    /// No room for the request now: the host store is full until a request
+    /// finishes.
+    #[error("{0}")]
+    Full(String),
     /// Allocating the paged cache failed.
     #[error("allocating the paged cache: {0}")]
     Setup(#[source] runtime::RuntimeError),

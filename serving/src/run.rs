@@ -1,29 +1,20 @@
-//! Serving under KV overflow: the loop that runs `scheduler::Serving`'s
-//! iterations on `runtime::PagedEngine`, times them, and records what each
-//! policy cost.
-//!
-//! Each iteration: preemptions first (drop, or swap out), then offloads,
-//! then admissions (a fresh request prefills its prompt; a resumed one
-//! prefills again under `recompute` and `offload`, or swaps in, recomputing
-//! a prefix from its activations under `partial`), then one ragged decode
-//! step for every running request that has not produced its token yet, and
-//! finally the finished requests leave. The engine's block count is checked
-//! against the scheduler's after every iteration.
+//! A whole run of known requests on the [`Engine`]: each added at its
+//! arrival time, iterations until every one has finished, timed, with what
+//! each policy cost.
 //!
 //! Time is the host's clock over the whole run (the device is waited for at
 //! least once per iteration, to read the chosen ids). The time spent
 //! preempting and resuming is bracketed by device synchronisations, so it
 //! counts the device's work, not just its issue.
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use kernels::Backend;
 use plans::Requests;
-use runtime::{Model, PagedConfig, PagedCounters, PagedEngine};
-use scheduler::{Entry, Eviction, Policy, Serving, ServingConfig};
+use runtime::{Model, PagedConfig, PagedCounters};
+use scheduler::Policy;
 
-use crate::{Result, ServingError};
+use crate::{Engine, EngineConfig, Event, RequestParams, Result, ServingError, Step};
 
 /// One run's knobs.
 #[derive(Clone, Debug)]
@@ -116,16 +107,18 @@ pub fn quantile(v: &mut [f64], q: f64) -> f64 {
 /// The paged engine `serve` builds for `cfg`: a step batch of at most
 /// `max_running` rows, and no more rows than there are requests.
 pub fn engine_config(requests: &Requests, cfg: &RunConfig) -> PagedConfig {
+    let tokens: Vec<usize> = requests
+        .requests
+        .iter()
+        .map(|r| r.input_len + r.output_len)
+        .collect();
     PagedConfig {
         block_size: cfg.block_size,
         capacity_blocks: cfg.capacity_blocks,
         max_batch: cfg.max_running.min(requests.requests.len()).max(1),
         keep_activations: cfg.policy.keeps_activations(),
-        request_tokens: requests
-            .requests
-            .iter()
-            .map(|r| r.input_len + r.output_len)
-            .collect(),
+        max_request_tokens: tokens.iter().copied().max().unwrap_or(1),
+        host_tokens: PagedConfig::host_tokens_for(&tokens, cfg.block_size),
     }
 }
 
@@ -133,7 +126,8 @@ pub fn engine_config(requests: &Requests, cfg: &RunConfig) -> PagedConfig {
 pub type Monitor<'m> = &'m dyn Fn() -> Option<u32>;
 
 /// Serves `requests` (`prompts[i]` is request `i`'s prompt as ids) with
-/// `cfg`, calling `progress` with the tokens produced after each iteration.
+/// `cfg` on an [`Engine`], each added at its arrival time, calling
+/// `progress` with the tokens produced after each iteration.
 pub fn serve(
     be: &Backend,
     model: &Model,
@@ -144,173 +138,109 @@ pub fn serve(
     progress: &dyn Fn(usize),
 ) -> Result<RunResult> {
     let n = requests.requests.len();
-    let sc = ServingConfig {
+    // Refused up front, naming the smallest capacity that works.
+    scheduler::check_capacity(requests, cfg.block_size, cfg.capacity_blocks, cfg.policy)?;
+    let pc = engine_config(requests, cfg);
+    let ec = EngineConfig {
+        policy: cfg.policy,
         block_size: cfg.block_size,
         capacity_blocks: cfg.capacity_blocks,
-        policy: cfg.policy,
-        max_running: cfg.max_running,
-        partial_recompute: match cfg.policy {
-            Policy::Partial => cfg.partial_share,
-            _ => 0.0,
-        },
+        max_running: pc.max_batch,
+        max_request_tokens: pc.max_request_tokens,
+        host_tokens: pc.host_tokens,
+        partial_share: cfg.partial_share,
+        offload_share: cfg.offload_share,
     };
-    let mut sched = Serving::new(requests, sc)?;
-    let pc = engine_config(requests, cfg);
     let setup = Instant::now();
     let before = be.allocated_bytes();
-    let mut eng = PagedEngine::new(be, model, pc).map_err(ServingError::Setup)?;
+    let mut engine = Engine::new(be, model, ec)?;
     let engine_bytes = be.allocated_bytes() - before;
+    // Every request now, at its arrival time: the engine admits each when
+    // the clock reaches it. Ids are the requests' places in `requests`.
+    for (i, r) in requests.requests.iter().enumerate() {
+        let params = RequestParams {
+            max_tokens: r.output_len,
+            stop_ids: Vec::new(),
+        };
+        let id = engine.add_request(r.arrival_s, prompts[i].clone(), params)?;
+        if id != i {
+            return Err(ServingError::Invariant(format!("request {i} got id {id}")));
+        }
+    }
     be.synchronize()?;
     let setup_s = setup.elapsed().as_secs_f64();
-    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut stamps: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut samples = Vec::new();
     let mut was_preempted = vec![false; n];
-    let (mut preempt_resume_s, mut evicted_tokens, mut produced_total) = (0.0, 0usize, 0usize);
-    let (mut prefill_s, mut decode_s) = (0.0, 0.0);
-    // Tokens prefilled again on resume (`recompute`, `offload`).
-    let mut reprefilled = 0u64;
-    let bs = cfg.block_size;
+    let mut produced_total = 0usize;
     let start = Instant::now();
     let mut last_t = 0.0;
-    while !sched.done() {
+    loop {
         let now = start.elapsed().as_secs_f64();
-        let it = sched.next_iteration(now);
-        if it.decode.is_empty() {
-            match sched.next_arrival_s() {
-                Some(t) if t > now => {
+        let events = match engine.step(now)? {
+            Step::Done => break,
+            Step::Idle {
+                next_arrival_s: Some(t),
+            } => {
+                if t > now {
                     std::thread::sleep(std::time::Duration::from_secs_f64((t - now).min(1.0)));
-                    continue;
                 }
-                Some(_) => continue,
-                None => {
-                    return Err(ServingError::Invariant(
-                        "the scheduler has requests left but nothing to run".into(),
-                    ))
-                }
+                continue;
             }
-        }
-        // Preempt, offload and resume, timed together.
-        let pressure = !it.preempted.is_empty()
-            || !it.offloaded.is_empty()
-            || it
-                .admitted
-                .iter()
-                .any(|(_, e)| matches!(e, Entry::Resume { .. }));
-        if pressure {
-            be.synchronize()?;
-        }
-        let t0 = Instant::now();
-        for &(id, ev) in &it.preempted {
-            was_preempted[id] = true;
-            match ev {
-                Eviction::Dropped { tokens } => {
-                    evicted_tokens += tokens;
-                    eng.drop_kv(id)?;
-                }
-                Eviction::SwappedOut {
-                    recompute_tokens, ..
-                } => {
-                    let (cached, _) = eng.cached(id).unwrap_or((0, 0));
-                    evicted_tokens += cached;
-                    eng.swap_out(id, recompute_tokens)?;
-                }
+            Step::Idle {
+                next_arrival_s: None,
+            } => {
+                return Err(ServingError::Invariant(
+                    "the scheduler has requests left but nothing to run".into(),
+                ))
             }
-        }
-        for &(id, blocks) in &it.offloaded {
-            evicted_tokens += blocks * bs;
-            eng.offload(id, blocks)?;
-        }
-        let mut produced: HashSet<usize> = HashSet::new();
-        let mut fresh = Vec::new();
-        for &(id, entry) in &it.admitted {
-            match entry {
-                Entry::Fresh { .. } => fresh.push(id),
-                Entry::Resume {
-                    recompute_tokens, ..
-                } => match cfg.policy {
-                    Policy::Recompute | Policy::Offload => {
-                        let mut tokens = prompts[id].clone();
-                        tokens.extend(&outputs[id]);
-                        reprefilled += tokens.len() as u64;
-                        let t = eng.prefill(id, &tokens)?;
-                        outputs[id].push(t);
-                        produced.insert(id);
-                    }
-                    Policy::Swap | Policy::Partial => eng.swap_in(id, recompute_tokens)?,
-                },
-            }
-        }
-        if pressure {
-            be.synchronize()?;
-            preempt_resume_s += t0.elapsed().as_secs_f64();
-        }
-        let t1 = Instant::now();
-        for id in fresh {
-            let t = eng.prefill(id, &prompts[id])?;
-            outputs[id].push(t);
-            produced.insert(id);
-        }
-        prefill_s += t1.elapsed().as_secs_f64();
-        let batch: Vec<(usize, usize)> = it
-            .decode
-            .iter()
-            .filter(|id| !produced.contains(id))
-            .map(|&id| {
-                let off = eng.cached(id).map_or(0, |(_, off)| off * bs);
-                (id, (off as f64 * cfg.offload_share) as usize)
-            })
-            .collect();
-        let t2 = Instant::now();
-        let next = eng.decode(&batch)?;
-        decode_s += t2.elapsed().as_secs_f64();
-        for (&(id, _), t) in batch.iter().zip(next) {
-            outputs[id].push(t);
-        }
-        for &id in &it.finished {
-            eng.finish(id);
-        }
-        if eng.blocks_used() != sched.blocks_used() {
-            return Err(ServingError::Invariant(format!(
-                "the paged cache holds {} blocks where the scheduler counts {}",
-                eng.blocks_used(),
-                sched.blocks_used()
-            )));
-        }
+            Step::Ran(events) => events,
+        };
         let t = start.elapsed().as_secs_f64();
-        for &id in &it.decode {
-            stamps[id].push(t);
+        let mut tokens = 0;
+        for e in &events {
+            match *e {
+                Event::Token { id, .. } => {
+                    stamps[id].push(t);
+                    tokens += 1;
+                }
+                Event::Preempted { id } => was_preempted[id] = true,
+                Event::Offloaded { .. } | Event::Finished { .. } => {}
+            }
         }
-        produced_total += it.decode.len();
-        let (running, waiting, preempted) = sched.queue_lengths();
-        let c = eng.counters;
+        produced_total += tokens;
+        let (running, waiting, preempted) = engine.queue_lengths();
+        let c = engine.counters();
         samples.push(Sample {
             t_s: t,
             iteration_s: t - last_t,
-            tokens: it.decode.len(),
-            tokens_per_s: it.decode.len() as f64 / (t - last_t).max(1e-9),
-            kv_blocks_used: eng.blocks_used(),
+            tokens,
+            tokens_per_s: tokens as f64 / (t - last_t).max(1e-9),
+            kv_blocks_used: engine.blocks_used(),
             kv_blocks: cfg.capacity_blocks,
             running,
             waiting,
             preempted,
             bytes_swapped: c.bytes_out + c.bytes_in,
-            tokens_recomputed: c.tokens_recomputed + reprefilled,
+            tokens_recomputed: c.tokens_recomputed + engine.times.reprefilled,
             gpu_util: monitor(),
         });
         last_t = t;
         progress(produced_total);
     }
     let total_s = start.elapsed().as_secs_f64();
+    let mut outputs = Vec::with_capacity(n);
     for (i, r) in requests.requests.iter().enumerate() {
-        if outputs[i].len() != r.output_len {
+        let out = engine.output(i).unwrap_or_default().to_vec();
+        if out.len() != r.output_len {
             return Err(ServingError::Invariant(format!(
                 "request {} produced {} tokens, not {}",
                 r.id,
-                outputs[i].len(),
+                out.len(),
                 r.output_len
             )));
         }
+        outputs.push(out);
     }
     let mut gaps: Vec<f64> = stamps
         .iter()
@@ -318,22 +248,23 @@ pub fn serve(
         .collect();
     let p50 = quantile(&mut gaps, 0.5);
     let p99 = quantile(&mut gaps, 0.99);
+    let times = engine.times;
     Ok(RunResult {
         policy: cfg.policy.name().to_string(),
         block_size: cfg.block_size,
         capacity_blocks: cfg.capacity_blocks,
         total_s,
-        preempt_resume_s,
+        preempt_resume_s: times.preempt_resume_s,
         setup_s,
         engine_bytes,
-        prefill_s,
-        decode_s,
+        prefill_s: times.prefill_s,
+        decode_s: times.decode_s,
         tokens: produced_total,
-        preemptions: sched.stats.preemptions,
+        preemptions: engine.preemptions(),
         preempted_requests: was_preempted.iter().filter(|&&p| p).count(),
-        evicted_tokens,
-        counters: eng.counters,
-        tokens_reprefilled: reprefilled,
+        evicted_tokens: times.evicted_tokens,
+        counters: engine.counters(),
+        tokens_reprefilled: times.reprefilled,
         tpot_p50_ms: p50,
         tpot_p99_ms: p99,
         samples,

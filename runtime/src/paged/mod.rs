@@ -38,6 +38,7 @@ use kernels::{Backend, DeviceBuf, Event, HostBuf, IdBuf, Stream};
 use crate::executor::{attn_shape, head, Activations};
 use crate::layer::{project, Proj};
 
+mod arena;
 mod evict;
 use crate::model::Model;
 use crate::{AtLayer, Result, RuntimeError};
@@ -53,8 +54,12 @@ pub struct PagedConfig {
     pub max_batch: usize,
     /// Keep every token's `X` on the host (for recomputing K/V from it).
     pub keep_activations: bool,
-    /// The most tokens each request will hold (prompt plus output), by request id.
-    pub request_tokens: Vec<usize>,
+    /// The most tokens one request may hold (prompt plus output): what a
+    /// step's gathered K/V hold per sequence.
+    pub max_request_tokens: usize,
+    /// Tokens the host store holds for the requests present at once, each
+    /// request's region whole blocks ([`PagedEngine::add_request`]).
+    pub host_tokens: usize,
 }
 
 impl PagedConfig {
@@ -64,8 +69,16 @@ impl PagedConfig {
             block_size: self.block_size,
             max_batch: self.max_batch,
             keep_activations: self.keep_activations,
-            longest: self.request_tokens.iter().copied().max().unwrap_or(1),
+            longest: self.max_request_tokens.max(1),
         }
+    }
+
+    /// The host tokens that hold requests of `request_tokens` tokens all at
+    /// once (each region whole blocks of `block_size`).
+    pub fn host_tokens_for(request_tokens: &[usize], block_size: usize) -> usize {
+        request_tokens.iter().fold(0usize, |a, &t| {
+            a.saturating_add(plans::blocks_for(t, block_size).saturating_mul(block_size))
+        })
     }
 }
 
@@ -131,8 +144,10 @@ pub struct PagedEngine<'a> {
     be: &'a Backend,
     model: &'a Model,
     cfg: PagedConfig,
-    /// Host store regions: token offset of each request.
-    base: Vec<usize>,
+    /// Each request's region of the host store: its first token and its
+    /// length in tokens, taken from `arena`.
+    regions: HashMap<usize, (usize, usize)>,
+    arena: arena::Arena,
     k_pool: Vec<DeviceBuf>,
     v_pool: Vec<DeviceBuf>,
     host_k: Vec<HostBuf>,
@@ -207,12 +222,7 @@ impl<'a> PagedEngine<'a> {
         }
         let shape = cfg.shape();
         let max_tokens = shape.max_tokens();
-        let mut base = Vec::with_capacity(cfg.request_tokens.len());
-        let mut host_tokens = 0usize;
-        for &t in &cfg.request_tokens {
-            base.push(host_tokens);
-            host_tokens = host_tokens.saturating_add(plans::blocks_for(t, bs) * bs);
-        }
+        let host_tokens = cfg.host_tokens;
         let esz = be.dtype().bytes();
         let x_tokens = if cfg.keep_activations { host_tokens } else { 0 };
         crate::check_memory(
@@ -256,7 +266,8 @@ impl<'a> PagedEngine<'a> {
         Ok(PagedEngine {
             be,
             model,
-            base,
+            regions: HashMap::new(),
+            arena: arena::Arena::new(host_tokens),
             k_pool: per_layer(pool_tokens * kvd)?,
             v_pool: per_layer(pool_tokens * kvd)?,
             host_k: host(host_tokens * kvd)?,
@@ -327,10 +338,45 @@ impl<'a> PagedEngine<'a> {
         seq.blocks[t / bs - seq.off] as usize * bs + t % bs
     }
 
-    fn check_request(&self, id: usize, tokens: usize) -> Result<()> {
-        match self.cfg.request_tokens.get(id) {
-            Some(&max) if tokens <= max => Ok(()),
-            Some(&max) => Err(bad(
+    /// Takes a region of the host store for request `id`, which will hold
+    /// up to `tokens` tokens (prompt plus output). Refused where `tokens` is
+    /// more than the engine's `max_request_tokens`, where `id` is present
+    /// already, or where the host store has no free region that large (the
+    /// caller waits for a request to finish, or refuses this one).
+    pub fn add_request(&mut self, id: usize, tokens: usize) -> Result<()> {
+        let (bs, max) = (self.cfg.block_size, self.cfg.max_request_tokens);
+        if tokens == 0 || tokens > max {
+            return Err(bad(
+                "serving",
+                format!("request {id} of {tokens} tokens: this engine takes 1 to {max}"),
+            ));
+        }
+        if self.regions.contains_key(&id) {
+            return Err(bad("serving", format!("request {id} is present already")));
+        }
+        let len = plans::blocks_for(tokens, bs) * bs;
+        let start = self
+            .arena
+            .take(len)
+            .ok_or_else(|| RuntimeError::HostStoreFull {
+                id,
+                tokens: len,
+                free: self.arena.available(),
+                total: self.arena.len(),
+            })?;
+        self.regions.insert(id, (start, len));
+        Ok(())
+    }
+
+    /// Host tokens free for new requests, and in all.
+    pub fn host_tokens_free(&self) -> (usize, usize) {
+        (self.arena.available(), self.arena.len())
+    }
+
+    fn check_request(&self, id: usize, tokens: usize) -> Result<usize> {
+        match self.regions.get(&id) {
+            Some(&(start, max)) if tokens <= max => Ok(start),
+            Some(&(_, max)) => Err(bad(
                 "serving",
                 format!("request {id} would hold {tokens} tokens, more than its {max}"),
             )),
@@ -347,7 +393,7 @@ impl<'a> PagedEngine<'a> {
         let s = m.spec();
         let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
         let p = tokens.len();
-        self.check_request(id, p)?;
+        let base = self.check_request(id, p)?;
         if p == 0 {
             return Err(bad("prefill", format!("request {id} has no tokens")));
         }
@@ -362,7 +408,7 @@ impl<'a> PagedEngine<'a> {
             ));
         }
         let mut seq = Seq {
-            base: self.base[id],
+            base,
             blocks: Vec::new(),
             off: 0,
             cached: p,
@@ -444,10 +490,14 @@ impl<'a> PagedEngine<'a> {
         Ok(())
     }
 
-    /// Releases a finished request.
+    /// Releases a finished (or aborted) request: its device blocks and its
+    /// region of the host store.
     pub fn finish(&mut self, id: usize) {
         if let Some(s) = self.seqs.remove(&id) {
             self.free.extend(s.blocks);
+        }
+        if let Some((start, len)) = self.regions.remove(&id) {
+            self.arena.give(start, len);
         }
     }
 
