@@ -40,6 +40,8 @@ enum Command {
     Overflow(cmd::overflow::OverflowArgs),
     /// Check every backend op and whole synthetic models against the CPU twins (exit 1 on a mismatch).
     Selftest(cmd::selftest::SelftestArgs),
+    /// Serve an OpenAI-compatible API (/v1/completions) on one engine, with the K/V beyond the device in host memory.
+    Serve(cmd::serve::ServeArgs),
 }
 
 /// The CLI, with every flag that takes a value taking a negative number as
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Overflow(args) => cmd::overflow::run(args),
+        Command::Serve(args) => cmd::serve::run(args.clone()),
         Command::Selftest(args) => match cmd::selftest::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

@@ -8,6 +8,7 @@ mod overflow_plot;
 pub mod plan;
 pub mod run;
 pub mod selftest;
+pub mod serve;
 pub mod simulate;
 pub mod trace;
 
