@@ -83,6 +83,15 @@ impl Server {
         )
     }
 
+    /// A sample of `/metrics` by its full name (labels included).
+    fn metric(&self, name: &str) -> f64 {
+        let (s, text) = self.call("GET", "/metrics", "", &[]);
+        assert_eq!(s, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     fn complete(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
         let (status, text) = self.call("POST", "/v1/completions", &body.to_string(), &[]);
         (status, serde_json::from_str(&text).unwrap_or_default())
@@ -197,6 +206,73 @@ fn completions_whole_streamed_and_concurrent_under_overflow() {
     });
     let want: Vec<String> = alone.iter().map(text).collect();
     assert_eq!(together, want);
+    // Seventeen requests of 20 tokens ended by length, everything freed,
+    // and the cache overflowed (K/V crossed the link).
+    let finished = srv.metric("kvpr_requests_finished_total{reason=\"length\"}");
+    assert_eq!(finished, 17.0);
+    assert_eq!(srv.metric("kvpr_generation_tokens_total"), 340.0);
+    assert_eq!(srv.metric("kvpr_time_to_first_token_seconds_count"), 17.0);
+    assert_eq!(srv.metric("kvpr_kv_blocks_used"), 0.0);
+    assert_eq!(srv.metric("kvpr_requests_running"), 0.0);
+    assert!(srv.metric("kvpr_link_to_device_bytes_total") > 0.0);
+    assert!(srv.terminate().success());
+}
+
+/// A client that goes away mid-stream has its request aborted and its
+/// blocks freed, and the server goes on serving. The link is paced to
+/// 1 MB/s, so each token waits for its offloaded prefix to cross: the
+/// request is still running when its client leaves.
+#[test]
+fn a_client_that_disconnects_has_its_request_aborted_and_its_blocks_freed() {
+    let srv = Server::start(&[
+        "--block-size",
+        "4",
+        "--device-memory",
+        "1160KiB",
+        "--max-model-len",
+        "64",
+        "--link-gbps",
+        "0.001",
+        "--max-running",
+        "8",
+    ]);
+    let body = r#"{"prompt": "request: kv kv kv", "max_tokens": 40, "stream": true}"#;
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    // Read until the first token's event, then leave.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&got).contains("data: ") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before its first event");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    // The engine notices at the request's next tokens; wait for it, boundedly.
+    let mut aborted = 0.0;
+    for _ in 0..600 {
+        aborted = srv.metric("kvpr_requests_finished_total{reason=\"abort\"}");
+        if aborted > 0.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(aborted, 1.0);
+    assert_eq!(
+        srv.metric("kvpr_requests_finished_total{reason=\"length\"}"),
+        0.0
+    );
+    assert!(srv.metric("kvpr_generation_tokens_total") < 40.0);
+    assert_eq!(srv.metric("kvpr_kv_blocks_used"), 0.0);
+    assert_eq!(srv.metric("kvpr_requests_running"), 0.0);
+    // And it serves the next request whole.
+    let (st, v) = srv.complete(serde_json::json!({"prompt": "again", "max_tokens": 3}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
     assert!(srv.terminate().success());
 }
 
@@ -230,5 +306,54 @@ fn bad_requests_get_400_naming_the_field_and_a_key_is_required_when_set() {
     }
     let (s, text) = srv.call("POST", "/v1/completions", body, &[key]);
     assert_eq!(s, 200, "{text}");
+    assert!(srv.terminate().success());
+}
+
+/// Past `--max-waiting`, a request gets 429 at once; the ones accepted are
+/// served. One request runs (`--max-running 1`, the link paced so it runs
+/// long), one waits, and the third is refused.
+#[test]
+fn a_full_queue_answers_429() {
+    let srv = Server::start(&[
+        "--block-size",
+        "4",
+        "--device-memory",
+        "1160KiB",
+        "--max-model-len",
+        "64",
+        "--link-gbps",
+        "0.001",
+        "--max-running",
+        "1",
+        "--max-waiting",
+        "1",
+    ]);
+    let long = serde_json::json!({"prompt": "request: kv kv kv", "max_tokens": 40});
+    let short = serde_json::json!({"prompt": "next", "max_tokens": 2});
+    std::thread::scope(|sc| {
+        let first = sc.spawn(|| srv.complete(long.clone()));
+        // Wait (boundedly) until it runs, then queue a second behind it.
+        for _ in 0..600 {
+            if srv.metric("kvpr_requests_running") == 1.0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let second = sc.spawn(|| srv.complete(short.clone()));
+        for _ in 0..600 {
+            if srv.metric("kvpr_requests_waiting") == 1.0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(srv.metric("kvpr_requests_running"), 1.0);
+        let (s, v) = srv.complete(short.clone());
+        assert_eq!(s, 429, "{v}");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        for h in [first, second] {
+            let (s, v) = h.join().unwrap();
+            assert_eq!(s, 200, "{v}");
+        }
+    });
     assert!(srv.terminate().success());
 }

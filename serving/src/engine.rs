@@ -241,6 +241,16 @@ impl<'a> Engine<'a> {
         self.eng.counters
     }
 
+    /// Running requests with K/V blocks on the host (`offload`).
+    pub fn offloaded_requests(&self) -> usize {
+        self.sched.running_contexts().filter(|c| c.1 > 0).count()
+    }
+
+    /// Device blocks in all.
+    pub fn capacity_blocks(&self) -> usize {
+        self.cfg.capacity_blocks
+    }
+
     /// Preemptions so far.
     pub fn preemptions(&self) -> usize {
         self.sched.stats.preemptions

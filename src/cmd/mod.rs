@@ -9,6 +9,7 @@ pub mod plan;
 pub mod run;
 pub mod selftest;
 pub mod serve;
+mod serve_metrics;
 pub mod simulate;
 pub mod trace;
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -28,6 +28,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use serving::{Engine, EngineConfig, Event, FinishReason, RequestParams, ServingError, Step};
 use tokio::sync::{mpsc, oneshot};
+
+use super::serve_metrics::Metrics;
 
 #[derive(clap::Args, Clone)]
 pub struct ServeArgs {
@@ -147,6 +149,7 @@ enum Cmd {
 
 struct AppState {
     tx: mpsc::UnboundedSender<Cmd>,
+    metrics: Arc<Mutex<Metrics>>,
     model: String,
     api_key: Option<String>,
     next: AtomicU64,
@@ -158,6 +161,9 @@ struct Route {
     out: mpsc::UnboundedSender<Out>,
     tokens: Vec<u32>,
     sent: usize,
+    /// When it was accepted, and when it last produced a token.
+    since: Instant,
+    last: Option<Instant>,
 }
 
 /// The engine thread: loads the model, reports ready (the model's name) or
@@ -166,6 +172,7 @@ fn engine_thread(
     args: &ServeArgs,
     rx: &mut mpsc::UnboundedReceiver<Cmd>,
     ready: std::sync::mpsc::Sender<anyhow::Result<String>>,
+    metrics: &Mutex<Metrics>,
 ) -> anyhow::Result<()> {
     let setup = || -> anyhow::Result<_> {
         let policy: scheduler::Policy = args
@@ -232,6 +239,7 @@ fn engine_thread(
             false => None,
         };
         let more = std::iter::from_fn(|| rx.try_recv().ok());
+        let mut m = lock(metrics);
         for cmd in first.into_iter().chain(more) {
             handle(
                 cmd,
@@ -241,27 +249,53 @@ fn engine_thread(
                 &mut deadline,
                 args,
                 start,
+                &mut m,
             );
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let ids: Vec<usize> = routes.keys().copied().collect();
             for id in ids {
                 if let Some(ev) = engine.abort(id)? {
-                    route(&mut engine, tok, &mut routes, ev)?;
+                    route(&mut engine, tok, &mut routes, ev, &mut m)?;
                 }
             }
+            observe(&engine, &mut m);
             continue;
         }
-        match engine.step(start.elapsed().as_secs_f64())? {
+        drop(m);
+        let step = engine.step(start.elapsed().as_secs_f64())?;
+        let mut m = lock(metrics);
+        match step {
             Step::Ran(events) => {
                 for ev in events {
-                    route(&mut engine, tok, &mut routes, ev)?;
+                    route(&mut engine, tok, &mut routes, ev, &mut m)?;
                 }
             }
             Step::Idle { .. } => std::thread::sleep(Duration::from_millis(1)),
             Step::Done => {}
         }
+        observe(&engine, &mut m);
     }
+}
+
+/// The metrics, whoever held them last (a panic elsewhere leaves them as they were).
+fn lock(m: &Mutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The engine's gauges and counters after an iteration.
+fn observe(engine: &Engine, m: &mut Metrics) {
+    let (running, waiting, preempted) = engine.queue_lengths();
+    let c = engine.counters();
+    m.running = running;
+    m.waiting = waiting;
+    m.preempted = preempted;
+    m.offloaded = engine.offloaded_requests();
+    m.kv_blocks_used = engine.blocks_used();
+    m.kv_blocks = engine.capacity_blocks();
+    m.bytes_to_device = c.bytes_in;
+    m.bytes_to_host = c.bytes_out + c.bytes_x_out;
+    m.tokens_recomputed = c.tokens_recomputed + engine.times.reprefilled;
 }
 
 /// The engine's shape from the flags and what the device has free.
@@ -336,11 +370,13 @@ fn engine_config(
         );
     }
     // The offloaded prefix's recomputed share, priced for a full batch of
-    // requests at half the longest context.
+    // the longest requests, half prompt (as much as the cache holds) and
+    // the rest output.
     let offload_share = match policy {
         scheduler::Policy::Offload => {
-            let half = (max_len / 2).max(1);
-            let reqs = plans::Requests::at_once(args.max_running, half, half)
+            let prompt = (max_len / 2).min(capacity * args.block_size).max(1);
+            let output = max_len.saturating_sub(prompt).max(1);
+            let reqs = plans::Requests::at_once(args.max_running, prompt, output)
                 .context("pricing the offload share")?;
             serving::offload_share(
                 spec,
@@ -376,6 +412,7 @@ fn engine_config(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn handle(
     cmd: Cmd,
     engine: &mut Engine,
@@ -384,6 +421,7 @@ fn handle(
     deadline: &mut Option<Instant>,
     args: &ServeArgs,
     start: Instant,
+    metrics: &mut Metrics,
 ) {
     match cmd {
         Cmd::Shutdown { grace } => {
@@ -441,13 +479,16 @@ fn handle(
                     })
                     .map(|id| (id, n))
             })();
-            if let Ok((id, _)) = result {
+            if let Ok((id, n)) = result {
+                metrics.prompt_tokens += n as u64;
                 routes.insert(
                     id,
                     Route {
                         out,
                         tokens: Vec::new(),
                         sent: 0,
+                        since: Instant::now(),
+                        last: None,
                     },
                 );
             }
@@ -465,12 +506,20 @@ fn route(
     tok: &runtime::Tokenizer,
     routes: &mut HashMap<usize, Route>,
     ev: Event,
+    metrics: &mut Metrics,
 ) -> anyhow::Result<()> {
     match ev {
         Event::Token { id, token } => {
             let Some(r) = routes.get_mut(&id) else {
                 return Ok(());
             };
+            let now = Instant::now();
+            match r.last {
+                None => metrics.ttft.observe((now - r.since).as_secs_f64()),
+                Some(t) => metrics.tpot.observe((now - t).as_secs_f64()),
+            }
+            r.last = Some(now);
+            metrics.generation_tokens += 1;
             if !tok.is_eos(token) {
                 r.tokens.push(token);
             }
@@ -481,11 +530,14 @@ fn route(
                 r.sent = text.len();
                 if r.out.send(Out::Text(delta)).is_err() {
                     routes.remove(&id);
-                    engine.abort(id)?;
+                    if engine.abort(id)?.is_some() {
+                        metrics.finish(FinishReason::Abort);
+                    }
                 }
             }
         }
         Event::Finished { id, reason } => {
+            metrics.finish(reason);
             if let Some(r) = routes.remove(&id) {
                 let text = tok.decode(&r.tokens)?;
                 if text.len() > r.sent && text.is_char_boundary(r.sent) {
@@ -706,6 +758,15 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     .into_response()
 }
 
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = lock(&state.metrics).render();
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
 async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
@@ -746,9 +807,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api_key = args.api_key.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let shared = Arc::new(Mutex::new(Metrics::default()));
+    let for_engine = shared.clone();
     let engine = std::thread::Builder::new()
         .name("kvpr-engine".into())
-        .spawn(move || engine_thread(&args, &mut rx, ready_tx))
+        .spawn(move || engine_thread(&args, &mut rx, ready_tx, &for_engine))
         .context("starting the engine thread")?;
     let model = match ready_rx.recv() {
         Ok(Ok(name)) => name,
@@ -763,6 +826,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let state = Arc::new(AppState {
         tx: tx.clone(),
+        metrics: shared,
         model,
         api_key,
         next: AtomicU64::new(0),
@@ -770,6 +834,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
         .route("/v1/completions", post(completions))
         .with_state(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
