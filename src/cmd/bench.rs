@@ -45,15 +45,8 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2, value_parser = super::num::count::<0, { super::num::MAX_STEPS }>)]
     pub warmup: usize,
-    /// cpu, or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype: f32 (CPU), f16 (the CUDA default) or bf16.
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// CPU backend only: pace the link to this many GB/s.
-    #[arg(long)]
-    pub link_gbps: Option<f64>,
+    #[command(flatten)]
+    pub dev: super::DeviceFlags,
     /// Split granularity in tokens.
     #[arg(long, default_value_t = 16, value_parser = super::num::count::<1, { plans::MAX_CONTEXT }>)]
     pub block_tokens: usize,
@@ -154,7 +147,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| Ok((s.clone(), request(s, args.block_tokens)?)))
         .collect::<anyhow::Result<_>>()?;
-    let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
+    let be = args.dev.backend()?;
     let (hw, hw_id) = super::load_profile(&args.hardware)?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     eprintln!("loading {} on {}...", args.model, be.name());
@@ -302,7 +295,7 @@ fn measure(
     let (measured_ms, bytes) = (us / k / 1e3, bytes / args.steps as u64);
     // At the rate the run's link was paced to, where it was (issue 19: the
     // profile's rate was used whatever --link-gbps said).
-    let link_ms = hw.link_seconds(args.link_gbps, bytes as f64, 0.0) * 1e3;
+    let link_ms = hw.link_seconds(args.dev.link_gbps, bytes as f64, 0.0) * 1e3;
     Ok(Row {
         model: model.spec().name.clone(),
         dtype: be.dtype().name().to_string(),

@@ -124,6 +124,27 @@ pub fn output_dir_files(
     Ok(files.iter().map(|f| dir.join(f)).collect())
 }
 
+/// `--device`, `--dtype` and `--link-gbps`: the backend a command runs on.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceFlags {
+    /// cpu, or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32 (the CPU backend's only one), f16 (the CUDA default) or bf16.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// CPU backend only: pace the link (the copy streams) to this many GB/s.
+    #[arg(long)]
+    pub link_gbps: Option<f64>,
+}
+
+impl DeviceFlags {
+    /// The backend the flags name, opened.
+    pub fn backend(&self) -> anyhow::Result<Backend> {
+        backend_from_flags(&self.device, self.dtype.as_deref(), self.link_gbps)
+    }
+}
+
 /// Parses `--device`, `--dtype` and `--link-gbps` and opens the backend.
 pub fn backend_from_flags(
     device: &str,

@@ -77,15 +77,8 @@ pub struct OverflowArgs {
     /// The most requests decoding together.
     #[arg(long, default_value_t = 32, value_parser = super::num::count::<1, { plans::MAX_BATCH }>)]
     pub max_batch: usize,
-    /// cpu, or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype: f32 (CPU), f16 (the CUDA default) or bf16.
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// CPU backend only: pace the link to this many GB/s.
-    #[arg(long)]
-    pub link_gbps: Option<f64>,
+    #[command(flatten)]
+    pub dev: super::DeviceFlags,
     /// Telemetry over time, one row per iteration of every run (CSV).
     #[arg(long)]
     pub csv: Option<PathBuf>,
@@ -366,7 +359,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         .transpose()?;
     let (hw, _) = super::load_profile(&args.hardware)?;
     let given = load_requests(args)?;
-    let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
+    let be = args.dev.backend()?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     eprintln!("loading {} on {}...", args.model, be.name());
     let loading = std::time::Instant::now();
@@ -544,7 +537,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
             .max_by_key(|d| d.requests)
             .unwrap_or_default();
         let result = median(r);
-        let link_floor_s = serving::link_floor(&hw, args.link_gbps, &result.counters);
+        let link_floor_s = serving::link_floor(&hw, args.dev.link_gbps, &result.counters);
         outcomes.push(Outcome {
             fraction: c.fraction,
             outputs,

@@ -49,15 +49,8 @@ pub struct RunArgs {
     /// Seed of the sampler: the same seed and flags give the same tokens.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// CPU backend only: pace the copy stream to this many GB/s.
-    #[arg(long)]
-    pub link_gbps: Option<f64>,
-    /// Compute dtype: f32 (the CPU backend's only one), f16 (the CUDA default) or bf16.
-    #[arg(long)]
-    pub dtype: Option<String>,
+    #[command(flatten)]
+    pub dev: super::DeviceFlags,
     /// On-the-fly planning: auto, transfer, paper or chunked.
     #[arg(long, default_value = "auto")]
     pub schedule: String,
@@ -117,7 +110,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(_) => super::trace::parse_steps(&args.trace_steps, args.max_new_tokens)?,
         None => Vec::new(),
     };
-    let backend = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
+    let backend = args.dev.backend()?;
     let source = ModelSource::parse(&args.model).context("reading --model")?;
     let t0 = std::time::Instant::now();
     let model = super::load_model(&source, &backend)?;

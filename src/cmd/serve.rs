@@ -40,15 +40,8 @@ pub struct ServeArgs {
     /// offloaded prefix recomputed from activations.
     #[arg(long)]
     pub hardware: PathBuf,
-    /// cpu, or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype: f32 (CPU), f16 (the CUDA default) or bf16.
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// CPU backend only: pace the link to this many GB/s.
-    #[arg(long)]
-    pub link_gbps: Option<f64>,
+    #[command(flatten)]
+    pub dev: super::DeviceFlags,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -180,7 +173,7 @@ fn engine_thread(
             .parse()
             .map_err(|e: String| anyhow::anyhow!("--policy: {e}"))?;
         let (hw, _) = super::load_profile(&args.hardware)?;
-        let be = super::backend_from_flags(&args.device, args.dtype.as_deref(), args.link_gbps)?;
+        let be = args.dev.backend()?;
         let source = runtime::ModelSource::parse(&args.model).context("reading --model")?;
         eprintln!("loading {} on {}...", args.model, be.name());
         Ok((policy, hw, be, source))
