@@ -23,8 +23,8 @@ pub use cost::{staging_bytes, CostModel, StepCost};
 pub use error::SchedError;
 pub use plan::{context_ranges, make_plan, ForcedSplit, PlanRequest, ScheduleChoice};
 pub use serving::{
-    check_capacity, min_capacity, Ended, Entry, Eviction, Iteration, Policy, Serving,
-    ServingConfig, ServingStats,
+    check_capacity, min_capacity, Entry, Eviction, Iteration, Policy, Serving, ServingConfig,
+    ServingStats,
 };
 pub use sim::{simulate, OpKind, StreamKind, Timeline, TimelineOp};
 pub use solve::{PricedSplit, Solver, CHUNK_CANDIDATES};

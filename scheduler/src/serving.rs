@@ -144,18 +144,6 @@ struct Req {
     state: State,
 }
 
-/// Where a request was when [`Serving::end`] ended it: what the engine has
-/// to free.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ended {
-    /// It had not run: nothing was allocated.
-    NotStarted,
-    /// It was running: its device blocks (and any offloaded on the host).
-    Running,
-    /// It was preempted: its K/V on the host, if swapped out.
-    Preempted,
-}
-
 /// The serving scheduler: block tables, queues and counters.
 #[derive(Clone, Debug)]
 pub struct Serving {
@@ -339,23 +327,19 @@ impl Serving {
 
     /// Ends request `id` before its last token (a stop sequence, or a client
     /// gone): it leaves every queue, its device blocks are freed, and it
-    /// produces no more tokens. Returns where it was, for the engine to free
-    /// what it holds; `None` where it had already finished.
-    pub fn end(&mut self, id: usize) -> Result<Option<Ended>, SchedError> {
+    /// produces no more tokens. Returns whether it was still live (`false`
+    /// where it had finished already).
+    pub fn end(&mut self, id: usize) -> Result<bool, SchedError> {
         let Some(r) = self.reqs.get_mut(id) else {
             return Err(SchedError::Invalid {
                 field: plans::Field::Batch,
                 reason: format!("request {id} was never added"),
             });
         };
-        let was = match r.state {
-            State::Finished => return Ok(None),
-            State::Future | State::Waiting => Ended::NotStarted,
-            State::Running => Ended::Running,
-            State::Preempted => Ended::Preempted,
-        };
-        let state = r.state;
-        r.state = State::Finished;
+        let state = std::mem::replace(&mut r.state, State::Finished);
+        if state == State::Finished {
+            return Ok(false);
+        }
         self.free += r.device_blocks;
         r.device_blocks = 0;
         r.host_blocks = 0;
@@ -376,7 +360,7 @@ impl Serving {
             State::Preempted => self.preempted.retain(|&i| i != id),
             State::Finished => {}
         }
-        Ok(Some(was))
+        Ok(true)
     }
 
     /// Whether every request has finished.
@@ -773,7 +757,7 @@ mod tests {
                             continue;
                         }
                         let id = pick % want.len();
-                        if s.end(id).unwrap().is_some() {
+                        if s.end(id).unwrap() {
                             ended[id] += 1;
                         }
                     }

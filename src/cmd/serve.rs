@@ -167,6 +167,8 @@ fn engine_thread(
     ready: std::sync::mpsc::Sender<anyhow::Result<String>>,
     metrics: &Mutex<Metrics>,
 ) -> anyhow::Result<()> {
+    // Everything the engine borrows, made here so it outlives the engine;
+    // a failure is the server's answer at start.
     let setup = || -> anyhow::Result<_> {
         let policy: scheduler::Policy = args
             .policy
@@ -176,24 +178,12 @@ fn engine_thread(
         let be = args.dev.backend()?;
         let source = runtime::ModelSource::parse(&args.model).context("reading --model")?;
         eprintln!("loading {} on {}...", args.model, be.name());
-        Ok((policy, hw, be, source))
+        let model = super::load_model(&source, &be)?;
+        let config = engine_config(args, policy, &hw, &be, &model)?;
+        Ok((policy, be, model, config))
     };
-    let (policy, hw, be, source) = match setup() {
+    let (policy, be, model, config) = match setup() {
         Ok(x) => x,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return Ok(());
-        }
-    };
-    let model = match super::load_model(&source, &be) {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return Ok(());
-        }
-    };
-    let config = match engine_config(args, policy, &hw, &be, &model) {
-        Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
             return Ok(());
@@ -202,7 +192,7 @@ fn engine_thread(
     let mut engine = match Engine::new(&be, &model, config) {
         Ok(e) => e,
         Err(e) => {
-            let _ = ready.send(Err(anyhow::Error::new(e)));
+            let _ = ready.send(Err(e.into()));
             return Ok(());
         }
     };
