@@ -223,6 +223,11 @@ impl CostModel {
         let mut bps = self.breakpoints(nf, cf);
         bps.push(0.0);
         bps.push(nf);
+        // Below `c` tokens a split has fewer chunks than `c` (a chunk holds
+        // at least one token), which the LP's terms do not model: there the
+        // aligned points (fewer than `c`) are priced one by one.
+        let few = cf.min(nf);
+        bps.push(few);
         bps.sort_by(f64::total_cmp);
         bps.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
         // Smallest l > 0 as a fallback best: it is aligned index 1.
@@ -233,6 +238,15 @@ impl CostModel {
             let i_lo = al.ceil(lo).max(1);
             let i_hi = al.floor(hi);
             if i_lo > i_hi {
+                continue;
+            }
+            if hi <= few {
+                for i in i_lo..=i_hi {
+                    let cand = self.split_at(s, g, al.at(i), c);
+                    if better(&cand, &best) {
+                        best = cand;
+                    }
+                }
                 continue;
             }
             let l_star =

@@ -173,6 +173,28 @@ proptest! {
         }
     }
 
+    /// At every fixed chunk count too, where the LP's terms hold only from
+    /// `c` recomputed tokens up (below, a split has fewer chunks). Found by
+    /// `faster_link_recomputes_less_faster_gemm_more`: with 466 tokens off
+    /// the device and 12 chunks asked for, the LP picked 7 tokens (7 chunks)
+    /// where 11 tokens (11 chunks) make a faster step.
+    #[test]
+    fn lp_matches_exhaustive_at_each_chunk_count(c in case(false, 2048)) {
+        let cm = c.cost_model(&c.hw);
+        let g = cm.resident_tokens(c.s);
+        for chunks in crate::CHUNK_CANDIDATES {
+            let best = |solver| {
+                let per = cm
+                    .best_per_chunks(c.s, g, &[chunks], c.block, solver, Schedule::Chunked)
+                    .unwrap();
+                crate::solve::pick(&per).unwrap()
+            };
+            let (lp, ex) = (best(Solver::Lp), best(Solver::Exhaustive));
+            let rel = (lp.cost.step / ex.cost.step - 1.0).abs();
+            prop_assert!(rel <= 1e-9, "c = {chunks}: lp {lp:?} vs exhaustive {ex:?}");
+        }
+    }
+
     /// For the paper schedule (one chunk) and for every fixed chunk count, on
     /// realistic curves (see `hardware`).
     ///
