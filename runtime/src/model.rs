@@ -177,6 +177,13 @@ impl Model {
     /// [`MAX_PROMPT_BYTES_PER_TOKEN`] bytes a token, so a longer text cannot be
     /// few enough tokens), then by its token count.
     pub fn encode_prompt(&self, index: usize, text: &str) -> Result<Vec<u32>> {
+        self.encode_prompt_with(index, text, true)
+    }
+
+    /// [`Model::encode_prompt`], with the tokenizer's special tokens (BOS,
+    /// the post-processor's) added or not: not for a rendered chat, whose
+    /// template writes its own.
+    pub fn encode_prompt_with(&self, index: usize, text: &str, special: bool) -> Result<Vec<u32>> {
         let spec = self.spec();
         let too_long = |what: String| RuntimeError::Prompt {
             index,
@@ -192,7 +199,7 @@ impl Model {
                 text.len()
             )));
         }
-        let ids = self.tokenizer.encode(text)?;
+        let ids = self.tokenizer.encode_with(text, special)?;
         if ids.len() > spec.max_context {
             return Err(too_long(format!("{} tokens", ids.len())));
         }

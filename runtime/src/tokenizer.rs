@@ -1,5 +1,7 @@
 //! Tokenizers: GPT-2-style byte-level BPE built from GGUF metadata, a Hugging
-//! Face `tokenizer.json`, or (for synthetic presets) bytes modulo the vocabulary.
+//! Face `tokenizer.json`, or (for synthetic presets) bytes modulo the vocabulary,
+//! with the model's chat template and the text of its BOS/EOS tokens (what a
+//! chat template renders; rendering it is `serving`'s, not this module's).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +15,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::{Result, RuntimeError};
 use plans::{GgufHeader, ModelSource};
+
+mod hf_chat;
 
 /// The largest `tokenizer.json` kvpr reads (the largest published ones are ~35 MB).
 pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
@@ -40,6 +44,18 @@ pub struct Tokenizer {
     /// list; GGUF's `tokenizer.ggml.eos_token_id`, then its `eot_token_id` and
     /// `eom_token_id`, e.g. Llama-3's `<|eot_id|>` and `<|eom_id|>`).
     pub eos_token_ids: Vec<u32>,
+    /// The Jinja chat template, as the model ships it: GGUF's
+    /// `tokenizer.chat_template`; a Hugging Face directory's
+    /// `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`
+    /// (the one named `default` when it is a list). `None`: the model has none.
+    pub chat_template: Option<String>,
+    /// The BOS token's text, which chat templates print as `bos_token`
+    /// (GGUF: the token of `tokenizer.ggml.bos_token_id`; Hugging Face:
+    /// `tokenizer_config.json`'s `bos_token`).
+    pub bos_token: Option<String>,
+    /// The EOS token's text, `eos_token` in chat templates (GGUF: the token
+    /// of `tokenizer.ggml.eos_token_id`; Hugging Face: `eos_token`).
+    pub eos_token: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -49,6 +65,9 @@ impl std::fmt::Debug for Tokenizer {
             .field("bos_token_id", &self.bos_token_id)
             .field("add_bos", &self.add_bos)
             .field("eos_token_ids", &self.eos_token_ids)
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .field("has_chat_template", &self.chat_template.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +100,9 @@ impl Tokenizer {
             bos_token_id: None,
             add_bos: false,
             eos_token_ids: Vec::new(),
+            chat_template: None,
+            bos_token: None,
+            eos_token: None,
         }
     }
 
@@ -224,18 +246,35 @@ impl Tokenizer {
                 }
             }
         }
+        let chat_template = match md.get("tokenizer.chat_template") {
+            None => None,
+            Some(v) => Some(
+                v.as_str()
+                    .ok_or_else(|| bad("tokenizer.chat_template is not a string".into()))?
+                    .to_string(),
+            ),
+        };
+        // An id past the vocabulary has no text: llama.cpp ignores such a
+        // special id with a warning, so it is no error here either.
+        let text_of = |key: &str| id(key).and_then(|i| tokens.get(i as usize)).cloned();
+        let bos_token = text_of("tokenizer.ggml.bos_token_id");
+        let eos_token = text_of("tokenizer.ggml.eos_token_id");
         Ok(Tokenizer {
             inner: Inner::Hf(Box::new(tk)),
             path: path.to_path_buf(),
             bos_token_id,
             add_bos,
             eos_token_ids,
+            chat_template,
+            bos_token,
+            eos_token,
         })
     }
 
     /// From a Hugging Face directory's `tokenizer.json`, with BOS/EOS ids
-    /// from `config.json` and `generation_config.json` and whether to add
-    /// BOS from `tokenizer_config.json`.
+    /// from `config.json` and `generation_config.json`, whether to add BOS
+    /// from `tokenizer_config.json`, and the chat template and BOS/EOS text
+    /// as transformers reads them (see [`Tokenizer::chat_template`]).
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let bytes = plans::read_limited(&path, MAX_TOKENIZER_BYTES)?;
@@ -277,28 +316,41 @@ impl Tokenizer {
                 reason: "add_bos_token is true but neither config.json nor generation_config.json names a bos_token_id".into(),
             });
         }
+        let chat_template = hf_chat::chat_template(dir, &tk_cfg)?;
+        let bos_token = hf_chat::special_token(dir, &tk_cfg, "bos_token")?;
+        let eos_token = hf_chat::special_token(dir, &tk_cfg, "eos_token")?;
         Ok(Tokenizer {
             bos_token_id: bos,
             add_bos,
             eos_token_ids: eos,
             inner: Inner::Hf(Box::new(tk)),
             path,
+            chat_template,
+            bos_token,
+            eos_token,
         })
     }
 
     /// Token ids of a prompt: what `tokenizer.json`'s post-processor adds,
     /// and BOS first when the model asks for it ([`Tokenizer::add_bos`]).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of `text`; with `special` false, nothing is added (no BOS,
+    /// no post-processor): how transformers tokenizes a rendered chat
+    /// template, which writes its own special tokens.
+    pub fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         match &self.inner {
             Inner::Hf(tk) => {
                 let mut ids = tk
-                    .encode(text, true)
+                    .encode(text, special)
                     .map(|e| e.get_ids().to_vec())
                     .map_err(|e| RuntimeError::Tokenizer {
                         path: self.path.clone(),
                         reason: format!("cannot encode {text:?}: {e}"),
                     })?;
-                if let (true, Some(bos)) = (self.add_bos, self.bos_token_id) {
+                if let (true, true, Some(bos)) = (special, self.add_bos, self.bos_token_id) {
                     if ids.first() != Some(&bos) {
                         ids.insert(0, bos);
                     }
@@ -529,6 +581,114 @@ mod tests {
         }
         let llama3 = GgufPre::of(Some("llama-bpe")).unwrap();
         assert!(llama3.ignore_merges && llama3.add_bos);
+    }
+
+    /// GGUF tokenizer metadata (no tensors): four tokens, BOS 0, EOS 1,
+    /// and `extra` on top.
+    fn gguf_header(extra: &[(&str, plans::GgufValue)]) -> GgufHeader {
+        use plans::GgufValue as V;
+        let strs = |v: &[&str]| V::Array(v.iter().map(|s| V::String(s.to_string())).collect());
+        let mut metadata: std::collections::BTreeMap<String, V> = [
+            ("tokenizer.ggml.model", V::String("gpt2".into())),
+            (
+                "tokenizer.ggml.tokens",
+                strs(&["<|im_start|>", "<|im_end|>", "a", "b"]),
+            ),
+            ("tokenizer.ggml.merges", strs(&[])),
+            ("tokenizer.ggml.bos_token_id", V::U32(0)),
+            ("tokenizer.ggml.eos_token_id", V::U32(1)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in extra {
+            metadata.insert(k.to_string(), v.clone());
+        }
+        GgufHeader {
+            version: 3,
+            metadata,
+            tensors: Default::default(),
+            data_offset: 0,
+            file_len: 0,
+        }
+    }
+
+    #[test]
+    fn gguf_chat_template_and_special_texts() {
+        use plans::GgufValue as V;
+        let p = Path::new("m.gguf");
+        let t = "{% for m in messages %}{{ m.content }}{% endfor %}";
+        let tk = Tokenizer::from_gguf_header(
+            &gguf_header(&[("tokenizer.chat_template", V::String(t.into()))]),
+            p,
+        )
+        .unwrap();
+        assert_eq!(tk.chat_template.as_deref(), Some(t));
+        assert_eq!(tk.bos_token.as_deref(), Some("<|im_start|>"));
+        assert_eq!(tk.eos_token.as_deref(), Some("<|im_end|>"));
+
+        // Absent: none; an id past the vocabulary has no text (as llama.cpp).
+        let tk = Tokenizer::from_gguf_header(
+            &gguf_header(&[("tokenizer.ggml.eos_token_id", V::U32(9))]),
+            p,
+        )
+        .unwrap();
+        assert_eq!((tk.chat_template, tk.eos_token), (None, None));
+
+        let e =
+            Tokenizer::from_gguf_header(&gguf_header(&[("tokenizer.chat_template", V::U32(3))]), p)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("tokenizer.chat_template") && e.contains("m.gguf"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn presets_have_no_chat_template() {
+        let t = Tokenizer::bytes(256, "preset:x".into());
+        assert_eq!(
+            (t.chat_template, t.bos_token, t.eos_token),
+            (None, None, None)
+        );
+    }
+
+    fn fixture_dir(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
+    }
+
+    /// The real SmolLM2 file carries its template, which is the one the
+    /// chat fixtures (tests/fixtures/chat/cases.json) were rendered with.
+    #[test]
+    fn smollm2_gguf_chat_template() {
+        let path = match std::env::var_os("KVPR_MODEL") {
+            Some(p) => PathBuf::from(p),
+            None => match std::env::var_os("HOME") {
+                Some(h) => PathBuf::from(h).join(".cache/kvpr/SmolLM2-135M-Instruct.Q4_1.gguf"),
+                None => PathBuf::new(),
+            },
+        };
+        if !path.is_file() {
+            assert!(
+                std::env::var_os("KVPR_REQUIRE_MODEL").is_none(),
+                "KVPR_REQUIRE_MODEL is set and {} is missing",
+                path.display()
+            );
+            eprintln!("skipping: {} not found", path.display());
+            return;
+        }
+        let t = Tokenizer::from_gguf(&path).unwrap();
+        assert_eq!(t.bos_token.as_deref(), Some("<|im_start|>"));
+        assert_eq!(t.eos_token.as_deref(), Some("<|im_end|>"));
+        let cases = std::fs::read_to_string(fixture_dir("chat/cases.json")).unwrap();
+        let cases: serde_json::Value = serde_json::from_str(&cases).unwrap();
+        let want = &cases["templates"]["smollm2"];
+        assert_eq!(t.chat_template.as_deref(), want["source"].as_str());
+        assert_eq!(t.bos_token.as_deref(), want["bos_token"].as_str());
+        assert_eq!(t.eos_token.as_deref(), want["eos_token"].as_str());
     }
 
     #[test]

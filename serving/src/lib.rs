@@ -10,11 +10,13 @@
 //! this crate. It comes after `scheduler` and `runtime` in the pipeline and
 //! depends on both.
 
+mod chat;
 mod engine;
 mod error;
 mod pricing;
 mod run;
 
+pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use engine::{Engine, EngineConfig, EngineTimes, Event, FinishReason, RequestParams, Step};
 pub use error::{Result, ServingError};
 pub use pricing::{link_floor, offload_share, resume_share};
