@@ -4,10 +4,14 @@ KVPR_CACHE ?= $(HOME)/.cache/kvpr
 MODEL := $(KVPR_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 # NVRTC 13.0 (PyPI wheel), so CI compiles every CUDA kernel with no GPU.
 NVRTC_LIB := $(KVPR_CACHE)/cuda-13.0/nvidia/cu13/lib
+# The OpenAI Python client (PyPI) in a folder of its own (on PYTHONPATH), for
+# the test that drives `kvpr serve` with it.
+OPENAI_VERSION := 3.63.0
+OPENAI_ENV := $(KVPR_CACHE)/openai-$(OPENAI_VERSION)
 KVPR := ./target/release/kvpr
 DEMO := target/demo
 
-.PHONY: demo test build model nvrtc lint bench fuzz bench-overflow study-overflow bench-load
+.PHONY: demo test build model nvrtc openai lint bench fuzz bench-overflow study-overflow bench-load
 build:
 	$(CARGO) build --release
 
@@ -20,6 +24,10 @@ $(MODEL):
 nvrtc: $(NVRTC_LIB)/libnvrtc.so.13
 $(NVRTC_LIB)/libnvrtc.so.13:
 	KVPR_CUDA_CACHE=$(KVPR_CACHE)/cuda-13.0 bash scripts/fetch-cuda-wheels.sh
+
+openai: $(OPENAI_ENV)/installed
+$(OPENAI_ENV)/installed:
+	bash scripts/fetch-openai.sh $(OPENAI_VERSION) $(OPENAI_ENV)
 
 demo: build model
 	@mkdir -p $(DEMO)
@@ -36,11 +44,11 @@ demo: build model
 	bash scripts/compare-schedules.sh $(KVPR) $(DEMO)/schedules -- --model preset:llama-2-7b-tiny --hardware $(DEMO)/cpu-paced.json --link-gbps 0.5 --prompt "$$(printf 'kvpr %.0s' $$(seq 1 300))" --max-new-tokens 24
 
 # The whole suite. The real-model tests need the model, the kernel compile
-# test needs NVRTC: fetch both first. KVPR_REQUIRE_MODEL=1 makes a missing
-# model, NVRTC or C++ compiler fail the tests that need them instead of
-# skipping them.
-test: model nvrtc
-	LD_LIBRARY_PATH=$(NVRTC_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} KVPR_MODEL=$(MODEL) KVPR_REQUIRE_MODEL=1 $(CARGO) test --workspace
+# test needs NVRTC, the serving test the OpenAI client: fetch them first.
+# KVPR_REQUIRE_MODEL=1 makes a missing model, NVRTC, C++ compiler or OpenAI
+# client fail the tests that need them instead of skipping them.
+test: model nvrtc openai
+	LD_LIBRARY_PATH=$(NVRTC_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} KVPR_MODEL=$(MODEL) KVPR_OPENAI=$(OPENAI_ENV) KVPR_REQUIRE_MODEL=1 $(CARGO) test --workspace
 
 # The mutation property tests over profiles, plans, GGUF headers and tokenizers,
 # at 100,000 cases each (`make test` runs 2,000).
@@ -83,3 +91,4 @@ study-overflow: build
 # peak RSS against the checkpoint's size.
 bench-load: build
 	python3 scripts/bench-load.py --kvpr $(KVPR) --out target/bench-load
+

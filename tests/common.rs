@@ -61,6 +61,24 @@ pub fn smollm2() -> Option<String> {
     }
 }
 
+/// The folder holding the OpenAI Python client (`make openai`,
+/// `KVPR_OPENAI`), or `None` (with a printed reason) when it was not fetched.
+pub fn openai_client() -> Option<PathBuf> {
+    let dir = std::env::var_os("KVPR_OPENAI").map(PathBuf::from);
+    match dir {
+        Some(d) if d.join("installed").is_file() => Some(d),
+        _ => {
+            let why = "the OpenAI Python client is not fetched (KVPR_OPENAI unset or incomplete); run `make openai`";
+            assert!(
+                std::env::var_os("KVPR_REQUIRE_MODEL").is_none(),
+                "KVPR_REQUIRE_MODEL is set and {why}"
+            );
+            eprintln!("skipping: {why}");
+            None
+        }
+    }
+}
+
 /// The CPU reference profile with a constant link of `gbps`, the rate the
 /// run paces its copies to, so the plans price the link the run has.
 pub fn paced_profile(dir: &std::path::Path, gbps: f64) -> String {

@@ -81,18 +81,30 @@ pub struct ServingConfig {
     pub max_running: usize,
     /// `partial` only: the share of a resumed context to recompute, in `[0, 1]`.
     pub partial_recompute: f64,
+    /// `offload` only: a request whose blocks are more than the free ones
+    /// is admitted with its oldest blocks on the host (written there at
+    /// prefill) while the running batch's host blocks stay within this
+    /// many: what the link streams under a step's compute. Where nothing
+    /// runs, a request is admitted whatever its size.
+    pub offload_admit_blocks: usize,
 }
 
 /// How a request enters the running batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
-    /// First time: prefill its prompt.
-    Fresh { prefill_tokens: usize },
+    /// First time: prefill its prompt, the first `host_blocks` blocks of
+    /// its K/V written to the host (`offload`).
+    Fresh {
+        prefill_tokens: usize,
+        host_blocks: usize,
+    },
     /// Back after preemption: recompute `recompute_tokens` of its context and
-    /// copy `swap_in_blocks` blocks back from the host.
+    /// copy `swap_in_blocks` blocks back from the host; the first
+    /// `host_blocks` blocks of what is recomputed go to the host (`offload`).
     Resume {
         recompute_tokens: usize,
         swap_in_blocks: usize,
+        host_blocks: usize,
     },
 }
 
@@ -120,6 +132,16 @@ pub struct Iteration {
     /// Requests that produce a token this iteration (the admitted ones included).
     pub decode: Vec<usize>,
     pub finished: Vec<usize>,
+}
+
+impl Iteration {
+    /// One more block of request `id` offloaded this iteration.
+    fn offload_one(&mut self, id: usize) {
+        match self.offloaded.iter_mut().find(|(i, _)| *i == id) {
+            Some(e) => e.1 += 1,
+            None => self.offloaded.push((id, 1)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,7 +214,8 @@ pub fn min_capacity(requests: &Requests, block_size: usize, policy: Policy) -> u
 /// to `output_len` new ones needs alone under `policy`.
 fn least_blocks(input_len: usize, output_len: usize, block_size: usize, policy: Policy) -> usize {
     let tokens = match policy {
-        Policy::Offload => input_len,
+        // Everything but the newest block can live on the host.
+        Policy::Offload => 1,
         _ => (input_len + output_len).saturating_sub(1),
     };
     blocks_for(tokens, block_size).max(1)
@@ -388,6 +411,12 @@ impl Serving {
         (self.running.len(), self.waiting.len(), self.preempted.len())
     }
 
+    /// Requests added that have not run yet: waiting, and those whose
+    /// arrival the next iteration has still to see.
+    pub fn not_started(&self) -> usize {
+        self.waiting.len() + (self.order.len() - self.next_arrival)
+    }
+
     /// The next arrival after `now_s`, if any (for an idle engine to wait for).
     pub fn next_arrival_s(&self) -> Option<f64> {
         self.order
@@ -455,10 +484,7 @@ impl Serving {
                     r.host_blocks += 1;
                     self.free += 1;
                     self.stats.blocks_offloaded += 1;
-                    match it.offloaded.iter_mut().find(|(id, _)| *id == i) {
-                        Some(e) => e.1 += 1,
-                        None => it.offloaded.push((i, 1)),
-                    }
+                    it.offload_one(i);
                     continue;
                 }
                 // vLLM's rule: preempt the most recently admitted.
@@ -514,8 +540,50 @@ impl Serving {
         it.preempted.push((i, ev));
     }
 
+    /// How many of a request's `need` blocks go to the host if it is
+    /// admitted now: none where they all fit. Under `offload`, what does not
+    /// fit goes to the host, the request keeping at least its newest block
+    /// on the device, where nothing else runs (or it would never run) or
+    /// the batch's host blocks stay within `offload_admit_blocks`. Where no
+    /// block is free, the running request with the most device blocks
+    /// (admitted before this iteration) offloads its oldest one to make
+    /// room, within the same budget. `None`: it waits.
+    fn admit_on_host(&mut self, need: usize, it: &mut Iteration) -> Option<usize> {
+        if need <= self.free {
+            return Some(0);
+        }
+        if self.cfg.policy != Policy::Offload {
+            return None;
+        }
+        let on_host: usize = self.running.iter().map(|&j| self.reqs[j].host_blocks).sum();
+        let within = |extra: usize| on_host.saturating_add(extra) <= self.cfg.offload_admit_blocks;
+        if self.free > 0 {
+            let host = need - self.free;
+            return (self.running.is_empty() || within(host)).then_some(host);
+        }
+        let host = need - 1;
+        if !within(host + 1) {
+            return None;
+        }
+        let donor = self
+            .running
+            .iter()
+            .copied()
+            .filter(|&j| self.reqs[j].device_blocks > 1)
+            .filter(|&j| !it.admitted.iter().any(|a| a.0 == j))
+            .max_by_key(|&j| (self.reqs[j].device_blocks, std::cmp::Reverse(j)))?;
+        let r = &mut self.reqs[donor];
+        r.device_blocks -= 1;
+        r.host_blocks += 1;
+        self.free += 1;
+        self.stats.blocks_offloaded += 1;
+        it.offload_one(donor);
+        Some(host)
+    }
+
     /// Admits preempted requests first, then waiting ones, in order, while
-    /// their whole context fits in the free blocks.
+    /// their whole context fits in the free blocks (under `offload`, see
+    /// [`Serving::admit_on_host`]).
     fn admit(&mut self, it: &mut Iteration) {
         while self.running.len() < self.cfg.max_running {
             let (from_preempted, i) = match (self.preempted.front(), self.waiting.front()) {
@@ -526,9 +594,10 @@ impl Serving {
             let r = &self.reqs[i];
             let tokens = r.input_len + r.generated;
             let need = blocks_for(tokens, self.cfg.block_size);
-            if need > self.free {
+            let Some(host) = self.admit_on_host(need, it) else {
                 return;
-            }
+            };
+            let r = &self.reqs[i];
             let entry = if from_preempted {
                 self.preempted.pop_front();
                 let (recompute, swap_in) = match self.cfg.policy {
@@ -540,18 +609,21 @@ impl Serving {
                 Entry::Resume {
                     recompute_tokens: recompute,
                     swap_in_blocks: swap_in,
+                    host_blocks: host,
                 }
             } else {
                 self.waiting.pop_front();
                 Entry::Fresh {
                     prefill_tokens: r.input_len,
+                    host_blocks: host,
                 }
             };
+            self.stats.blocks_offloaded += host;
             let r = &mut self.reqs[i];
-            r.device_blocks = need;
-            r.host_blocks = 0;
+            r.device_blocks = need - host;
+            r.host_blocks = host;
             r.state = State::Running;
-            self.free -= need;
+            self.free -= need - host;
             self.running.push(i);
             it.admitted.push((i, entry));
         }
@@ -587,6 +659,7 @@ mod tests {
             policy,
             max_running: 64,
             partial_recompute: 0.5,
+            offload_admit_blocks: 0,
         }
     }
 
@@ -606,6 +679,18 @@ mod tests {
             let used: usize = s.reqs.iter().map(|r| r.device_blocks).sum();
             assert_eq!(used + s.free, c.capacity_blocks, "blocks lost or made up");
             assert!(used <= c.capacity_blocks);
+            for &i in &s.running {
+                let r = &s.reqs[i];
+                let need = blocks_for(r.input_len + r.generated - 1, c.block_size);
+                assert!(
+                    r.device_blocks >= 1,
+                    "request {i} runs with no device block"
+                );
+                assert!(
+                    r.device_blocks + r.host_blocks >= need,
+                    "request {i}'s blocks do not cover its context"
+                );
+            }
             let mut seen = std::collections::HashSet::new();
             for &i in &it.decode {
                 assert!(seen.insert(i), "request {i} decoded twice in one iteration");
@@ -685,8 +770,71 @@ mod tests {
             "{e}"
         );
         assert!(Serving::new(&r, cfg(8, 5, Policy::Swap)).is_ok());
-        // Offload spills decode blocks to the host: the prompt must fit.
-        assert!(Serving::new(&r, cfg(8, 4, Policy::Offload)).is_ok());
+        // Offload keeps all but the newest block on the host if it must.
+        assert!(Serving::new(&r, cfg(8, 1, Policy::Offload)).is_ok());
+    }
+
+    /// Issue 20: under `offload`, a prompt larger than the whole cache is
+    /// admitted with its oldest blocks on the host where nothing else runs;
+    /// beside running requests, a prompt that does not fit is admitted
+    /// that way only while the batch's host blocks stay within what the
+    /// link hides (`offload_admit_blocks`), and waits otherwise.
+    #[test]
+    fn offload_admits_what_does_not_fit_within_the_links_budget() {
+        // A prompt of 40 tokens (10 blocks of 4) on a cache of 3 blocks.
+        let big = requests(&[(0.0, 40, 6)]);
+        let mut s = Serving::new(&big, cfg(4, 3, Policy::Offload)).unwrap();
+        let it = s.next_iteration(0.0);
+        assert_eq!(
+            it.admitted,
+            [(
+                0,
+                Entry::Fresh {
+                    prefill_tokens: 40,
+                    host_blocks: 7
+                }
+            )]
+        );
+        assert_eq!(s.running_contexts().collect::<Vec<_>>(), [(41, 28)]);
+        let (produced, _) = run(&big, cfg(4, 3, Policy::Offload));
+        assert_eq!(produced, [6]);
+        // Two prompts of 12 tokens (3 blocks) on 4 blocks: the second gets
+        // 1 block and 2 on the host, if the budget allows 2.
+        let two = requests(&[(0.0, 12, 8), (0.0, 12, 8)]);
+        for (budget, admitted) in [(0, 1), (1, 1), (2, 2)] {
+            let c = ServingConfig {
+                offload_admit_blocks: budget,
+                ..cfg(4, 4, Policy::Offload)
+            };
+            let mut s = Serving::new(&two, c).unwrap();
+            let it = s.next_iteration(0.0);
+            assert_eq!(it.admitted.len(), admitted, "budget {budget}");
+            let (produced, _) = run(&two, c);
+            assert_eq!(produced, [8, 8]);
+        }
+        // On 3 blocks the first takes them all; next iteration it has one
+        // block on the host (its context grew), and the second needs a
+        // donated block and 2 on the host: 4 in all against the budget.
+        for (budget, admitted) in [(3, false), (4, true)] {
+            let c = ServingConfig {
+                offload_admit_blocks: budget,
+                ..cfg(4, 3, Policy::Offload)
+            };
+            let mut s = Serving::new(&two, c).unwrap();
+            assert_eq!(s.next_iteration(0.0).admitted.len(), 1);
+            let it = s.next_iteration(0.0);
+            assert_eq!(it.admitted.len(), usize::from(admitted), "budget {budget}");
+            if admitted {
+                // The first gave its oldest device block to make room.
+                assert_eq!(it.offloaded, [(0, 2)]);
+                assert_eq!(s.running_contexts().collect::<Vec<_>>(), [(14, 8), (13, 8)]);
+            }
+            let (produced, _) = run(&two, c);
+            assert_eq!(produced, [8, 8]);
+        }
+        // Other policies wait for room.
+        let mut s = Serving::new(&two, cfg(4, 5, Policy::Swap)).unwrap();
+        assert_eq!(s.next_iteration(0.0).admitted.len(), 1);
     }
 
     proptest! {
@@ -700,10 +848,15 @@ mod tests {
             extra in 0usize..20,
             policy in proptest::sample::select(Policy::ALL.to_vec()),
             max_running in 1usize..8,
+            offload_admit_blocks in 0usize..12,
         ) {
             let r = requests(&spec);
             let min = min_capacity(&r, block_size, policy);
-            let c = ServingConfig { max_running, ..cfg(block_size, min + extra, policy) };
+            let c = ServingConfig {
+                max_running,
+                offload_admit_blocks,
+                ..cfg(block_size, min + extra, policy)
+            };
             let (produced, _) = run(&r, c);
             let want: Vec<usize> = spec.iter().map(|s| s.2).collect();
             prop_assert_eq!(produced, want);

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use kernels::Backend;
 use plans::Requests;
-use runtime::{Model, PagedConfig, PagedCounters, PagedEngine, RuntimeError};
+use runtime::{Model, PagedConfig, PagedCounters, PagedEngine, RuntimeError, Sampling};
 use scheduler::{Entry, Eviction, Policy, Serving, ServingConfig};
 
 use crate::{Result, ServingError};
@@ -41,16 +41,23 @@ pub struct EngineConfig {
     pub partial_share: f64,
     /// `offload`: the share of an offloaded prefix recomputed from `X` each step.
     pub offload_share: f64,
+    /// `offload`: the host blocks the running batch may hold for a request
+    /// admitted with its oldest blocks on the host, beside others
+    /// ([`crate::offload_admit_blocks`]).
+    pub offload_admit_blocks: usize,
 }
 
 /// What one request asks for besides its prompt.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RequestParams {
     /// The most new tokens.
     pub max_tokens: usize,
     /// Tokens that end the request where it produces one (EOS), kept in
     /// its output.
     pub stop_ids: Vec<u32>,
+    /// How each token is chosen (greedy by default). A request's tokens
+    /// depend on its prompt and this alone, not on what runs beside it.
+    pub sampling: Sampling,
 }
 
 /// Why a request ended.
@@ -135,6 +142,7 @@ impl<'a> Engine<'a> {
                 Policy::Partial => cfg.partial_share,
                 _ => 0.0,
             },
+            offload_admit_blocks: cfg.offload_admit_blocks,
         };
         let sched = Serving::new(&Requests { requests: vec![] }, sc)?;
         let pc = PagedConfig {
@@ -171,14 +179,31 @@ impl<'a> Engine<'a> {
         let tokens = prompt.len().saturating_add(params.max_tokens);
         let max = self.cfg.max_request_tokens;
         if prompt.is_empty() || params.max_tokens == 0 || tokens > max {
-            return Err(ServingError::Request(format!(
-                "a prompt of {} tokens and up to {} new ones: this engine takes at least 1 of each and {max} in all",
-                prompt.len(),
-                params.max_tokens
-            )));
+            return Err(ServingError::Request {
+                field: if prompt.is_empty() || prompt.len() >= max {
+                    "prompt"
+                } else {
+                    "max_tokens"
+                }
+                .into(),
+                reason: format!(
+                    "a prompt of {} tokens and up to {} new ones: this engine takes at least 1 of each and {max} in all",
+                    prompt.len(),
+                    params.max_tokens
+                ),
+            });
+        }
+        if let Err(RuntimeError::Request { what, reason }) = params.sampling.validate() {
+            return Err(ServingError::Request {
+                field: what,
+                reason,
+            });
         }
         let id = self.sched.add(arrival_s, prompt.len(), params.max_tokens)?;
-        let added = self.eng.add_request(id, tokens);
+        let added = self
+            .eng
+            .add_request(id, tokens)
+            .and_then(|()| self.eng.set_sampling(id, params.sampling));
         // The id is spent either way: a refused request holds it, ended.
         self.reqs.push(Live {
             prompt,
@@ -200,20 +225,24 @@ impl<'a> Engine<'a> {
     /// host region are freed. Returns its [`Event::Finished`], or `None`
     /// where it had ended already.
     pub fn abort(&mut self, id: usize) -> Result<Option<Event>> {
-        let live = self
-            .reqs
-            .get_mut(id)
-            .ok_or_else(|| ServingError::Request(format!("no request {id}")))?;
+        self.end(id, FinishReason::Abort)
+    }
+
+    /// Ends request `id` now with `reason`: [`Engine::abort`] with the
+    /// reason the caller saw (`Stop` where its text reached a stop string).
+    /// Returns its [`Event::Finished`], or `None` where it had ended already.
+    pub fn end(&mut self, id: usize, reason: FinishReason) -> Result<Option<Event>> {
+        let live = self.reqs.get_mut(id).ok_or_else(|| ServingError::Request {
+            field: "id".into(),
+            reason: format!("no request {id}"),
+        })?;
         if live.ended {
             return Ok(None);
         }
         live.ended = true;
         self.sched.end(id)?;
         self.eng.finish(id);
-        Ok(Some(Event::Finished {
-            id,
-            reason: FinishReason::Abort,
-        }))
+        Ok(Some(Event::Finished { id, reason }))
     }
 
     /// The tokens request `id` has produced so far.
@@ -241,9 +270,19 @@ impl<'a> Engine<'a> {
         self.eng.counters
     }
 
+    /// Requests added that have not run yet (waiting, or arriving).
+    pub fn not_started(&self) -> usize {
+        self.sched.not_started()
+    }
+
     /// Running requests with K/V blocks on the host (`offload`).
     pub fn offloaded_requests(&self) -> usize {
         self.sched.running_contexts().filter(|c| c.1 > 0).count()
+    }
+
+    /// The most tokens one request may hold (prompt plus output).
+    pub fn max_request_tokens(&self) -> usize {
+        self.cfg.max_request_tokens
     }
 
     /// Device blocks in all.
@@ -306,15 +345,18 @@ impl<'a> Engine<'a> {
         let mut fresh = Vec::new();
         for &(id, entry) in &it.admitted {
             match entry {
-                Entry::Fresh { .. } => fresh.push(id),
+                Entry::Fresh { host_blocks, .. } => fresh.push((id, host_blocks)),
                 Entry::Resume {
-                    recompute_tokens, ..
+                    recompute_tokens,
+                    host_blocks,
+                    ..
                 } => match self.cfg.policy {
                     Policy::Recompute | Policy::Offload => {
                         let r = &self.reqs[id];
                         let tokens: Vec<u32> = r.prompt.iter().chain(&r.output).copied().collect();
                         self.times.reprefilled += tokens.len() as u64;
-                        produced.push((id, self.eng.prefill(id, &tokens)?));
+                        let t = self.eng.prefill_offloaded(id, &tokens, host_blocks)?;
+                        produced.push((id, t));
                     }
                     Policy::Swap | Policy::Partial => self.eng.swap_in(id, recompute_tokens)?,
                 },
@@ -325,8 +367,17 @@ impl<'a> Engine<'a> {
             self.times.preempt_resume_s += t0.elapsed().as_secs_f64();
         }
         let t1 = Instant::now();
-        for id in fresh {
-            let t = self.eng.prefill(id, &self.reqs[id].prompt)?;
+        for (id, host_blocks) in fresh {
+            let t = self
+                .eng
+                .prefill_offloaded(id, &self.reqs[id].prompt, host_blocks)?;
+            if host_blocks > 0 {
+                events.push(Event::Offloaded {
+                    id,
+                    blocks: host_blocks,
+                });
+                self.times.evicted_tokens += host_blocks * bs;
+            }
             produced.push((id, t));
         }
         self.times.prefill_s += t1.elapsed().as_secs_f64();

@@ -14,9 +14,10 @@ pub enum ServingError {
     /// A device operation failed.
     #[error(transparent)]
     Kernel(#[from] kernels::KernelError),
-    /// A request the engine cannot take (empty, or longer than it takes).
-    #[error("{0}")]
-    Request(String),
+    /// A request the engine cannot take (empty, longer than it takes, bad
+    /// sampling): `field` names the request's field at fault.
+    #[error("{field}: {reason}")]
+    Request { field: String, reason: String },
     /// No room for the request now: the host store is full until a request
     /// finishes.
     #[error("{0}")]

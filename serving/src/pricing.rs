@@ -30,6 +30,25 @@ fn one_sequence(
     Ok((cost, (mean_in + mean_out / 2).max(1)))
 }
 
+/// The cost model for decode steps of `batch` sequences at context `s`.
+fn one_step(
+    spec: &plans::ModelSpec,
+    hw: &HardwareProfile,
+    dtype: kernels::Dtype,
+    batch: usize,
+    s: usize,
+) -> Result<CostModel> {
+    let w = Workload {
+        batch,
+        prompt_len: s,
+        gen_len: 1,
+        dtype,
+        gpu_memory_budget: u64::MAX / 4,
+        host_memory_budget: u64::MAX / 4,
+    };
+    Ok(CostModel::new(spec, hw, &w)?)
+}
+
 /// The time the bytes a run moved need on the link alone, each direction on
 /// its own: at the paced rate where `--link-gbps` sets one, else at the
 /// profile's curves.
@@ -83,6 +102,7 @@ pub fn offload_share(
         policy: Policy::Offload,
         max_running: max_batch,
         partial_recompute: 0.0,
+        offload_admit_blocks: 0,
     };
     let mut dry = Serving::new(reqs, cfg)?;
     // Over the steps with something offloaded: steps, sequences, context
@@ -110,22 +130,39 @@ pub fn offload_share(
     if off == 0 {
         return Ok(0.0);
     }
-    let w = Workload {
-        batch,
-        prompt_len: s,
-        gen_len: 1,
-        dtype,
-        gpu_memory_budget: u64::MAX / 4,
-        host_memory_budget: u64::MAX / 4,
-    };
-    let cost = CostModel::new(spec, hw, &w)?;
+    let cost = one_step(spec, hw, dtype, batch, s)?;
     let split = cost.best_split(s, s - off, Schedule::Chunked, block, Solver::Lp)?;
     Ok(split.recompute as f64 / off as f64)
 }
 
+/// `offload`: how many blocks on the host a running batch of `batch`
+/// sequences at context `s` can stream each step while the step computes,
+/// by the cost model: the step's compute with everything resident, over
+/// the link time of one block's K/V of every layer. Under it, admitting a
+/// request with its oldest blocks on the host keeps the batch growing
+/// without slowing the step below what the device computes.
+pub fn offload_admit_blocks(
+    spec: &plans::ModelSpec,
+    hw: &HardwareProfile,
+    dtype: kernels::Dtype,
+    block: usize,
+    (batch, s): (usize, usize),
+) -> Result<usize> {
+    let s = s.max(1);
+    let cost = one_step(spec, hw, dtype, batch.max(1), s)?;
+    let c = cost.step(s, s, 0, 1, Schedule::Transfer);
+    let compute = spec.n_layers as f64 * c.compute_busy + c.t_head;
+    let per_block = spec.kv_bytes(block, dtype.bytes()) as f64;
+    let link = hw.link_seconds(None, per_block, 0.0);
+    Ok(match link > 0.0 && compute.is_finite() {
+        true => (compute / link).floor().min(1e9) as usize,
+        false => 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{link_floor, offload_share};
+    use super::{link_floor, offload_admit_blocks, offload_share};
 
     fn reference() -> plans::HardwareProfile {
         let text = include_str!("../../plans/hardware/cpu-reference.json");
@@ -152,6 +189,25 @@ mod tests {
         let slow = share(0.001, 230);
         assert!(slow > 0.0 && slow <= 1.0, "{slow}");
         assert_eq!(share(1000.0, 230), 0.0);
+    }
+
+    /// The admission budget is what the link moves under a step: more
+    /// blocks on a faster link or a slower step (a bigger batch), none
+    /// where one block takes longer than a step.
+    #[test]
+    fn the_admission_budget_is_what_the_link_hides_under_a_step() {
+        let spec = plans::ModelSpec::preset("llama-2-7b-tiny").unwrap();
+        let budget = |gbps: f64, batch: usize| {
+            let mut hw = reference();
+            for c in [&mut hw.link.h2d_pinned, &mut hw.link.d2h_pinned] {
+                *c = plans::BandwidthCurve::constant(plans::Source::Measured, gbps);
+            }
+            offload_admit_blocks(&spec, &hw, plans::Dtype::F32, 16, (batch, 256)).unwrap()
+        };
+        let (slow, fast) = (budget(0.3, 8), budget(30.0, 8));
+        assert!(fast > slow, "{fast} {slow}");
+        assert!(budget(0.3, 32) >= slow);
+        assert_eq!(budget(1e-6, 1), 0);
     }
 
     /// The floor prices the link the run had: `--link-gbps` where it paces

@@ -27,6 +27,9 @@ pub struct RunConfig {
     pub partial_share: f64,
     /// `offload`: the share of an offloaded prefix recomputed from `X` each step.
     pub offload_share: f64,
+    /// `offload`: host blocks the batch may hold for requests admitted
+    /// with their oldest blocks on the host ([`crate::offload_admit_blocks`]).
+    pub offload_admit_blocks: usize,
 }
 
 /// One telemetry sample (one iteration).
@@ -150,6 +153,7 @@ pub fn serve(
         host_tokens: pc.host_tokens,
         partial_share: cfg.partial_share,
         offload_share: cfg.offload_share,
+        offload_admit_blocks: cfg.offload_admit_blocks,
     };
     let setup = Instant::now();
     let before = be.allocated_bytes();
@@ -161,6 +165,7 @@ pub fn serve(
         let params = RequestParams {
             max_tokens: r.output_len,
             stop_ids: Vec::new(),
+            ..Default::default()
         };
         let id = engine.add_request(r.arrival_s, prompts[i].clone(), params)?;
         if id != i {
@@ -343,6 +348,7 @@ mod tests {
             max_running: 8,
             partial_share: 0.5,
             offload_share: 0.5,
+            offload_admit_blocks: 0,
         };
         serve(be, m, r, p, &cfg, &|| None, &|_| {}).unwrap()
     }
@@ -373,6 +379,7 @@ mod tests {
                         max_running: 8,
                         partial_share: 0.0,
                         offload_share: share,
+                        offload_admit_blocks: 0,
                     };
                     let r = serve(&be, &m, &reqs, &prompts, &cfg, &|| None, &|_| {}).unwrap();
                     assert!(r.counters.bytes_out > 0, "nothing offloaded at {cap}");
@@ -480,6 +487,7 @@ mod tests {
                 max_running,
                 partial_share: 0.5,
                 offload_share: 0.5,
+                offload_admit_blocks: 0,
             };
             let free = serve(&be, &m, &reqs, &prompts, &cfg(Policy::Swap, 10_000), &|| None, &|_| {}).unwrap();
             let r = serve(&be, &m, &reqs, &prompts, &cfg(policy, least + extra), &|| None, &|_| {}).unwrap();

@@ -6,7 +6,7 @@
 
 use kernels::{Backend, BackendOptions, DeviceSpec};
 use plans::ModelSource;
-use runtime::Model;
+use runtime::{Model, Sampling};
 use scheduler::Policy;
 use serving::{Engine, EngineConfig, Event, FinishReason, RequestParams, ServingError, Step};
 
@@ -28,6 +28,7 @@ fn config(policy: Policy, capacity_blocks: usize, host_tokens: usize) -> EngineC
         host_tokens,
         partial_share: 0.5,
         offload_share: 0.5,
+        offload_admit_blocks: 0,
     }
 }
 
@@ -52,14 +53,84 @@ fn drain(e: &mut Engine) -> Vec<Event> {
 
 /// `n` greedy tokens of `p` alone, on a roomy engine.
 fn alone(be: &Backend, m: &Model, p: &[u32], n: usize) -> Vec<u32> {
-    let mut e = Engine::new(be, m, config(Policy::Swap, 64, 64)).unwrap();
+    alone_with(be, m, p, n, Sampling::GREEDY)
+}
+
+/// `n` tokens of `p` alone, chosen by `sampling`.
+fn alone_with(be: &Backend, m: &Model, p: &[u32], n: usize, sampling: Sampling) -> Vec<u32> {
+    let roomy = EngineConfig {
+        max_request_tokens: 128,
+        ..config(Policy::Swap, 64, 128)
+    };
+    let mut e = Engine::new(be, m, roomy).unwrap();
     let params = RequestParams {
         max_tokens: n,
-        stop_ids: vec![],
+        sampling,
+        ..Default::default()
     };
     e.add_request(0.0, p.to_vec(), params).unwrap();
     drain(&mut e);
     e.output(0).unwrap().to_vec()
+}
+
+fn sampled(temperature: f32, seed: u64) -> Sampling {
+    Sampling {
+        temperature,
+        top_k: None,
+        top_p: None,
+        seed,
+    }
+}
+
+/// Sampling is per request: a request's draws depend on its prompt, its
+/// knobs and its seed, not on the batch it runs in, its row there, or the
+/// preemptions and offloads the cache forces on it.
+#[test]
+fn each_request_samples_with_its_own_knobs_whatever_runs_beside_it() {
+    let be = cpu();
+    let m = model(&be);
+    let knobs = [
+        sampled(1.0, 7),
+        Sampling {
+            top_k: Some(5),
+            ..sampled(0.7, 7)
+        },
+        Sampling {
+            top_p: Some(0.8),
+            ..sampled(1.3, 99)
+        },
+        Sampling::GREEDY,
+        sampled(1.0, 8),
+    ];
+    let lens = [(9, 12), (14, 10), (5, 16), (11, 10), (9, 12)];
+    let prompt_of = |i: usize| prompt(i.min(3), lens[i].0);
+    let solo: Vec<Vec<u32>> = (0..knobs.len())
+        .map(|i| alone_with(&be, &m, &prompt_of(i), lens[i].1, knobs[i]))
+        .collect();
+    // Requests 0 and 4 share a prompt and knobs but not a seed.
+    assert_ne!(solo[0], solo[4], "the seed makes no difference");
+    assert_ne!(
+        solo[0],
+        alone(&be, &m, &prompt_of(0), 12),
+        "sampling is greedy"
+    );
+    for policy in Policy::ALL {
+        let mut e = Engine::new(&be, &m, config(policy, 12, 40 * 8)).unwrap();
+        // In reverse order, so each request sits at another row than alone.
+        for i in (0..knobs.len()).rev() {
+            let params = RequestParams {
+                max_tokens: lens[i].1,
+                sampling: knobs[i],
+                ..Default::default()
+            };
+            e.add_request(0.0, prompt_of(i), params).unwrap();
+        }
+        drain(&mut e);
+        for (i, want) in solo.iter().enumerate() {
+            let id = knobs.len() - 1 - i;
+            assert_eq!(e.output(id).unwrap(), want, "{policy:?}: request {i}");
+        }
+    }
 }
 
 #[test]
@@ -89,6 +160,7 @@ fn requests_come_and_go_and_each_ends_once_with_its_own_tokens() {
             let params = RequestParams {
                 max_tokens: lens[i].1,
                 stop_ids: vec![],
+                ..Default::default()
             };
             assert_eq!(e.add_request(0.0, prompt(i, lens[i].0), params).unwrap(), i);
         };
@@ -147,6 +219,7 @@ fn a_stop_token_ends_a_request_with_its_reason_and_frees_it() {
     let params = RequestParams {
         max_tokens: 12,
         stop_ids: vec![stop],
+        ..Default::default()
     };
     e.add_request(0.0, p, params).unwrap();
     let ev = drain(&mut e);
@@ -171,9 +244,41 @@ fn requests_the_engine_cannot_take_are_refused_and_hold_nothing() {
     let params = |n| RequestParams {
         max_tokens: n,
         stop_ids: vec![],
+        ..Default::default()
     };
     let too_long = e.add_request(0.0, prompt(0, 30), params(11)).unwrap_err();
-    assert!(matches!(too_long, ServingError::Request(_)), "{too_long}");
+    assert!(
+        matches!(&too_long, ServingError::Request { field, .. } if field == "max_tokens"),
+        "{too_long}"
+    );
+    // Bad sampling is refused by its field, holding nothing.
+    for (sampling, field) in [
+        (sampled(-1.0, 1), "temperature"),
+        (
+            Sampling {
+                top_k: Some(0),
+                ..sampled(1.0, 1)
+            },
+            "top_k",
+        ),
+        (
+            Sampling {
+                top_p: Some(1.5),
+                ..sampled(1.0, 1)
+            },
+            "top_p",
+        ),
+    ] {
+        let p = RequestParams {
+            sampling,
+            ..params(4)
+        };
+        let err = e.add_request(0.0, prompt(1, 4), p).unwrap_err();
+        assert!(
+            matches!(&err, ServingError::Request { field: f, .. } if f == field),
+            "{err}"
+        );
+    }
     assert!(e.add_request(0.0, vec![], params(4)).is_err());
     let a = e.add_request(0.0, prompt(1, 20), params(20)).unwrap();
     let full = e.add_request(0.0, prompt(2, 4), params(4)).unwrap_err();
@@ -188,4 +293,70 @@ fn requests_the_engine_cannot_take_are_refused_and_hold_nothing() {
     assert_eq!(b, a + 2);
     drain(&mut e);
     assert_eq!(e.output(b).unwrap().len(), 4);
+}
+
+/// Under `offload`, a prompt four times the device's whole K/V cache is
+/// served, not refused: its oldest blocks go to the host at prefill and
+/// stream back every step. Alone, and beside requests admitted the same
+/// way within the link's budget, each gets the tokens it gets unpressured.
+#[test]
+fn a_prompt_four_times_the_cache_completes_with_its_unpressured_tokens() {
+    let be = cpu();
+    let m = model(&be);
+    // A cache of 4 blocks of 4 tokens; a prompt of 64.
+    let cfg = |admit: usize| EngineConfig {
+        max_request_tokens: 80,
+        offload_admit_blocks: admit,
+        ..config(Policy::Offload, 4, 80 * 4)
+    };
+    let big = prompt(5, 64);
+    let want = alone(&be, &m, &big, 10);
+    let mut e = Engine::new(&be, &m, cfg(0)).unwrap();
+    let params = |n| RequestParams {
+        max_tokens: n,
+        ..Default::default()
+    };
+    e.add_request(0.0, big.clone(), params(10)).unwrap();
+    let ev = drain(&mut e);
+    assert_eq!(e.output(0).unwrap(), want);
+    assert!(
+        ev.contains(&Event::Offloaded { id: 0, blocks: 12 }),
+        "the prompt's first 12 of 16 blocks go to the host at prefill: {ev:?}"
+    );
+    assert!(
+        e.counters().bytes_in > 0,
+        "the prefix never crossed the link"
+    );
+    assert_eq!(e.blocks_used(), 0);
+    // With three more requests at once: the budget admits them beside it.
+    let others = [(7, 9), (20, 6), (11, 12)];
+    let mut e = Engine::new(&be, &m, cfg(40)).unwrap();
+    e.add_request(0.0, big.clone(), params(10)).unwrap();
+    for (i, &(len, n)) in others.iter().enumerate() {
+        e.add_request(0.0, prompt(i, len), params(n)).unwrap();
+    }
+    // Within two steps all four decode together (the second step's
+    // newcomers take blocks the first one's prompt gives up).
+    let mut widest = 0;
+    for _ in 0..3 {
+        if let Step::Ran(ev) = e.step(0.0).unwrap() {
+            let n = ev
+                .iter()
+                .filter(|x| matches!(x, Event::Token { .. }))
+                .count();
+            widest = widest.max(n);
+        }
+    }
+    assert_eq!(widest, 4, "the four never ran together");
+    drain(&mut e);
+    assert_eq!(e.output(0).unwrap(), want);
+    for (i, &(len, n)) in others.iter().enumerate() {
+        assert_eq!(
+            e.output(i + 1).unwrap(),
+            alone(&be, &m, &prompt(i, len), n),
+            "request {}",
+            i + 1
+        );
+    }
+    assert_eq!(e.blocks_used(), 0);
 }

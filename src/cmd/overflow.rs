@@ -253,6 +253,7 @@ fn capacity(
         max_running: args.max_batch,
         partial_share: 0.0,
         offload_share: 0.0,
+        offload_admit_blocks: 0,
     };
     let shape = serving::engine_config(reqs, &run).shape();
     let fixed = plans::PagedBytes::new(spec, &shape, 0, esz).fixed();
@@ -440,6 +441,27 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
         .map_err(super::pricing_error)?,
         (None, None) => 0.0,
     };
+    // What the link hides under a step of a full batch at the mean context.
+    let offload_admit_blocks = match configs.iter().find(|c| c.policy == Policy::Offload) {
+        Some(c) => {
+            let n = reqs.requests.len().max(1);
+            let mean = reqs
+                .requests
+                .iter()
+                .map(|r| r.input_len + r.output_len / 2)
+                .sum::<usize>()
+                / n;
+            serving::offload_admit_blocks(
+                &spec,
+                &hw,
+                be.dtype(),
+                c.bs,
+                (args.max_batch.min(n), mean),
+            )
+            .map_err(super::pricing_error)?
+        }
+        None => 0,
+    };
     let monitor = match be.spec() {
         kernels::DeviceSpec::Cuda(i) => profiler::GpuMonitor::new(i),
         _ => None,
@@ -497,6 +519,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
                 max_running: args.max_batch,
                 partial_share: 0.0,
                 offload_share: 0.0,
+                offload_admit_blocks: 0,
             };
             base_runs[k].push(run_one(cfg, format!("unpressured, block {bs}{tag}"))?);
         }
@@ -508,6 +531,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
                 max_running: args.max_batch,
                 partial_share,
                 offload_share,
+                offload_admit_blocks,
             };
             let what = format!(
                 "{}, block {}, {} blocks{tag}",
@@ -707,7 +731,10 @@ fn write_outputs(
         let doc = serde_json::json!({
             "model": model.spec().name,
             "weights_bytes": weights,
-            "unpressured": baselines.iter().map(|(bs, r)| serde_json::json!({"block_size": bs, "total_s": r.total_s})).collect::<Vec<_>>(),
+            "unpressured": baselines
+                .iter()
+                .map(|(bs, r)| serde_json::json!({"block_size": bs, "total_s": r.total_s, "throughput_tokens_per_s": r.throughput()}))
+                .collect::<Vec<_>>(),
             "runs": runs,
         });
         let text = serde_json::to_string_pretty(&doc)?;

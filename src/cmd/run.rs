@@ -306,6 +306,7 @@ fn ragged(
                 max_running: ids.len(),
                 partial_share: 0.0,
                 offload_share: 0.0,
+                offload_admit_blocks: 0,
             };
             let shape = serving::engine_config(&requests, &probe).shape();
             let cap = plans::PagedBytes::blocks_within(spec, &shape, esz, bytes);
@@ -319,10 +320,10 @@ fn ragged(
             (cap.min(full), policy)
         }
     };
-    let share = match (&args.hardware, policy) {
+    let (share, admit) = match (&args.hardware, policy) {
         (Some(hw), scheduler::Policy::Offload) => {
             let (hw, _) = super::load_profile(hw)?;
-            serving::offload_share(
+            let share = serving::offload_share(
                 spec,
                 &hw,
                 &requests,
@@ -330,9 +331,19 @@ fn ragged(
                 block,
                 (capacity, ids.len()),
             )
-            .map_err(super::pricing_error)?
+            .map_err(super::pricing_error)?;
+            let longest = requests.requests.iter().map(|r| r.input_len).max();
+            let admit = serving::offload_admit_blocks(
+                spec,
+                &hw,
+                be.dtype(),
+                block,
+                (ids.len(), longest.unwrap_or(1)),
+            )
+            .map_err(super::pricing_error)?;
+            (share, admit)
         }
-        _ => 0.0,
+        _ => (0.0, 0),
     };
     eprintln!(
         "ragged batch: {} prompts of {} tokens | paged cache of {capacity} blocks of {block} tokens ({}){}",
@@ -352,6 +363,7 @@ fn ragged(
         max_running: ids.len(),
         partial_share: 0.0,
         offload_share: share,
+        offload_admit_blocks: admit,
     };
     let r =
         serving::serve(be, model, &requests, ids, &cfg, &|| None, &|_| {}).context("generating")?;

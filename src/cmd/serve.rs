@@ -25,6 +25,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use serving::{Engine, EngineConfig, Event, FinishReason, RequestParams, ServingError, Step};
 use tokio::sync::{mpsc, oneshot};
@@ -80,6 +81,11 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every /v1 request.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// A Jinja chat template for /v1/chat/completions, in place of the
+    /// model's own (`tokenizer.chat_template` in a GGUF, `chat_template` in
+    /// tokenizer_config.json).
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
     /// On SIGTERM, how long requests in flight may run before they are aborted.
     #[arg(long, default_value_t = 10.0)]
     pub shutdown_grace_s: f64,
@@ -123,17 +129,22 @@ enum Out {
     Text(String),
     Done {
         reason: FinishReason,
-        completion_tokens: usize,
+        /// Every token the request produced (EOS included): their count
+        /// is the usage's, and `return_token_ids` returns them.
+        tokens: Vec<u32>,
     },
 }
 
 /// What the engine thread is asked.
 enum Cmd {
     Add {
+        /// The prompt's text, and whether the tokenizer adds its special
+        /// tokens (BOS): not to a rendered chat, whose template has them.
         prompt: String,
-        max_tokens: usize,
+        special: bool,
+        gen: Gen,
         /// The request's prompt tokens once it is added.
-        reply: oneshot::Sender<Result<usize, ApiError>>,
+        reply: oneshot::Sender<Result<Vec<u32>, ApiError>>,
         out: mpsc::UnboundedSender<Out>,
     },
     /// Stop taking requests; abort what still runs after `grace`.
@@ -144,8 +155,19 @@ struct AppState {
     tx: mpsc::UnboundedSender<Cmd>,
     metrics: Arc<Mutex<Metrics>>,
     model: String,
+    /// The chat template, or why there is none (the chat API's 400).
+    chat: Result<serving::ChatTemplate, String>,
     api_key: Option<String>,
+    /// Requests so far (their ids), and the server's seed: a request that
+    /// samples without a `seed` gets one made from both.
     next: AtomicU64,
+    seed: u64,
+}
+
+/// What the engine thread reports once the model is loaded.
+struct Ready {
+    model: String,
+    chat: Result<serving::ChatTemplate, String>,
 }
 
 /// One request on the engine thread: where its text goes, and how much of
@@ -153,18 +175,19 @@ struct AppState {
 struct Route {
     out: mpsc::UnboundedSender<Out>,
     tokens: Vec<u32>,
-    sent: usize,
+    /// The text released so far, against the request's stop strings.
+    stop: serving::StopText,
     /// When it was accepted, and when it last produced a token.
     since: Instant,
     last: Option<Instant>,
 }
 
-/// The engine thread: loads the model, reports ready (the model's name) or
+/// The engine thread: loads the model, reports ready (its name and chat template) or
 /// why not, then serves commands until the server is gone.
 fn engine_thread(
     args: &ServeArgs,
     rx: &mut mpsc::UnboundedReceiver<Cmd>,
-    ready: std::sync::mpsc::Sender<anyhow::Result<String>>,
+    ready: std::sync::mpsc::Sender<anyhow::Result<Ready>>,
     metrics: &Mutex<Metrics>,
 ) -> anyhow::Result<()> {
     // Everything the engine borrows, made here so it outlives the engine;
@@ -206,7 +229,17 @@ fn engine_thread(
         config.max_request_tokens,
         config.max_running
     );
-    let _ = ready.send(Ok(model.spec().name.clone()));
+    let chat = match chat_template(args, &model.tokenizer) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
+    let _ = ready.send(Ok(Ready {
+        model: model.spec().name.clone(),
+        chat,
+    }));
     let tok = &model.tokenizer;
     let mut routes: HashMap<usize, Route> = HashMap::new();
     let mut deadline: Option<Instant> = None;
@@ -259,6 +292,33 @@ fn engine_thread(
         }
         observe(&engine, &mut m);
     }
+}
+
+/// The chat template: `--chat-template`'s file, else the model's own; or
+/// why the chat API is not offered. A template that does not compile is
+/// refused at start.
+fn chat_template(
+    args: &ServeArgs,
+    tok: &runtime::Tokenizer,
+) -> anyhow::Result<Result<serving::ChatTemplate, String>> {
+    let (text, from) = match &args.chat_template {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--chat-template {}", path.display()))?,
+            format!("--chat-template {}", path.display()),
+        ),
+        None => match &tok.chat_template {
+            Some(t) => (t.clone(), "the model's chat template".to_string()),
+            None => {
+                return Ok(Err(
+                    "the model has no chat template: start kvpr serve with --chat-template FILE (a Jinja template), or use /v1/completions".into(),
+                ))
+            }
+        },
+    };
+    let t = serving::ChatTemplate::new(&text, tok.bos_token.as_deref(), tok.eos_token.as_deref())
+        .with_context(|| format!("{from} does not compile"))?;
+    Ok(Ok(t))
 }
 
 /// The metrics, whoever held them last (a panic elsewhere leaves them as they were).
@@ -383,7 +443,20 @@ fn engine_config(
         }
         _ => 0.0,
     };
+    // What the link hides under a step of a full batch at half the longest context.
+    let offload_admit_blocks = match policy {
+        scheduler::Policy::Offload => serving::offload_admit_blocks(
+            spec,
+            hw,
+            be.dtype(),
+            args.block_size,
+            (args.max_running, (max_len / 2).max(1)),
+        )
+        .map_err(super::pricing_error)?,
+        _ => 0,
+    };
     Ok(EngineConfig {
+        offload_admit_blocks,
         policy,
         block_size: args.block_size,
         capacity_blocks: capacity,
@@ -412,7 +485,8 @@ fn handle(
         }
         Cmd::Add {
             prompt,
-            max_tokens,
+            special,
+            gen,
             reply,
             out,
         } => {
@@ -424,7 +498,7 @@ fn handle(
                         param: None,
                     });
                 }
-                if engine.queue_lengths().1 >= args.max_waiting {
+                if engine.not_started() >= args.max_waiting {
                     return Err(ApiError {
                         status: StatusCode::TOO_MANY_REQUESTS,
                         message: format!(
@@ -434,13 +508,20 @@ fn handle(
                         param: None,
                     });
                 }
+                let field = if special { "prompt" } else { "messages" };
                 let ids = model
-                    .encode_prompt(0, &prompt)
-                    .map_err(|e| ApiError::bad("prompt", e.to_string()))?;
+                    .encode_prompt_with(0, &prompt, special)
+                    .map_err(|e| ApiError::bad(field, e.to_string()))?;
                 let n = ids.len();
+                let prompt_ids = ids.clone();
+                // Without max_tokens, as much as the request may hold.
+                let max_tokens = gen
+                    .max_tokens
+                    .unwrap_or_else(|| engine.max_request_tokens().saturating_sub(n).max(1));
                 let params = RequestParams {
                     max_tokens,
                     stop_ids: model.tokenizer.eos_token_ids.clone(),
+                    sampling: gen.sampling,
                 };
                 engine
                     .add_request(start.elapsed().as_secs_f64(), ids, params)
@@ -450,7 +531,16 @@ fn handle(
                             message: m,
                             param: None,
                         },
-                        ServingError::Request(m) => ApiError::bad("max_tokens", m),
+                        ServingError::Request { field: f, reason } => {
+                            let param = match f.as_str() {
+                                "prompt" => field,
+                                "temperature" => "temperature",
+                                "top_k" => "top_k",
+                                "top_p" => "top_p",
+                                _ => "max_tokens",
+                            };
+                            ApiError::bad(param, reason)
+                        }
                         ServingError::Sched(e @ scheduler::SchedError::Capacity { .. }) => {
                             ApiError::bad("prompt", e.to_string())
                         }
@@ -460,16 +550,17 @@ fn handle(
                             param: None,
                         },
                     })
-                    .map(|id| (id, n))
+                    .map(|id| (id, prompt_ids))
             })();
-            if let Ok((id, n)) = result {
-                metrics.prompt_tokens += n as u64;
+            if let Ok((id, ids)) = &result {
+                let id = *id;
+                metrics.prompt_tokens += ids.len() as u64;
                 routes.insert(
                     id,
                     Route {
                         out,
                         tokens: Vec::new(),
-                        sent: 0,
+                        stop: serving::StopText::new(gen.stops),
                         since: Instant::now(),
                         last: None,
                     },
@@ -477,13 +568,13 @@ fn handle(
             }
             // A handler gone before the reply: its request runs until its
             // first token finds nobody there.
-            let _ = reply.send(result.map(|(_, n)| n));
+            let _ = reply.send(result.map(|(_, ids)| ids));
         }
     }
 }
 
-/// Sends an event's text (or end) to its request; aborts a request whose
-/// client is gone.
+/// Sends an event's text (or end) to its request; ends a request whose
+/// text reached a stop string, and aborts one whose client is gone.
 fn route(
     engine: &mut Engine,
     tok: &runtime::Tokenizer,
@@ -508,29 +599,33 @@ fn route(
             }
             let text = tok.decode(&r.tokens)?;
             // A token that ends inside a character waits for the next.
-            if text.len() > r.sent && !text.ends_with('\u{FFFD}') && text.is_char_boundary(r.sent) {
-                let delta = text[r.sent..].to_string();
-                r.sent = text.len();
-                if r.out.send(Out::Text(delta)).is_err() {
-                    routes.remove(&id);
-                    if engine.abort(id)?.is_some() {
-                        metrics.finish(FinishReason::Abort);
-                    }
-                }
+            if text.ends_with('\u{FFFD}') {
+                return Ok(());
+            }
+            let (delta, stopped) = r.stop.update(&text);
+            let gone = !delta.is_empty() && r.out.send(Out::Text(delta.to_string())).is_err();
+            if gone {
+                routes.remove(&id);
+            }
+            let reason = match (gone, stopped) {
+                (true, _) => FinishReason::Abort,
+                (false, true) => FinishReason::Stop,
+                (false, false) => return Ok(()),
+            };
+            if let Some(ev) = engine.end(id, reason)? {
+                route(engine, tok, routes, ev, metrics)?;
             }
         }
         Event::Finished { id, reason } => {
             metrics.finish(reason);
-            if let Some(r) = routes.remove(&id) {
+            if let Some(mut r) = routes.remove(&id) {
                 let text = tok.decode(&r.tokens)?;
-                if text.len() > r.sent && text.is_char_boundary(r.sent) {
-                    let _ = r.out.send(Out::Text(text[r.sent..].to_string()));
+                let rest = r.stop.finish(&text);
+                if !rest.is_empty() {
+                    let _ = r.out.send(Out::Text(rest.to_string()));
                 }
-                let completion_tokens = engine.output(id).map_or(0, <[u32]>::len);
-                let _ = r.out.send(Out::Done {
-                    reason,
-                    completion_tokens,
-                });
+                let tokens = engine.output(id).map(<[u32]>::to_vec).unwrap_or_default();
+                let _ = r.out.send(Out::Done { reason, tokens });
             }
         }
         Event::Preempted { .. } | Event::Offloaded { .. } => {}
@@ -556,90 +651,310 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// A completion request's fields, checked; every error names its field.
-struct Completion {
-    prompt: String,
-    max_tokens: usize,
-    stream: bool,
+/// What a generation request asks for besides its prompt, checked; shared
+/// by completions and chat.
+struct Gen {
+    /// None: as many as the request may hold.
+    max_tokens: Option<usize>,
+    sampling: runtime::Sampling,
+    stops: Vec<String>,
 }
 
-fn parse_completion(body: &[u8]) -> Result<Completion, ApiError> {
+/// A request's fields, checked; every error names its field.
+struct Request {
+    prompt: Prompt,
+    gen: Gen,
+    stream: bool,
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    stream_usage: bool,
+    /// vLLM's `return_token_ids`: the prompt's and the completion's token
+    /// ids beside the text (a whole response only).
+    token_ids: bool,
+}
+
+enum Prompt {
+    Text(String),
+    Chat(Vec<serving::ChatMessage>),
+}
+
+/// Which API a request came through.
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    Completions,
+    Chat,
+}
+
+type Fields = serde_json::Map<String, Value>;
+
+fn parse_request(body: &[u8], api: Api, seed: u64) -> Result<Request, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad("body", format!("the body is not JSON: {e}")))?;
     let obj = v
         .as_object()
         .ok_or_else(|| ApiError::bad("body", "the body must be a JSON object"))?;
-    let prompt = match obj.get("prompt") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            a[0].as_str().unwrap_or_default().to_string()
-        }
-        Some(_) => {
+    let prompt = match api {
+        Api::Completions => Prompt::Text(parse_prompt(obj)?),
+        Api::Chat => Prompt::Chat(parse_messages(obj)?),
+    };
+    let stream = flag(obj, "stream")?;
+    let stream_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) if stream => flag(o, "include_usage")?,
+        Some(Value::Object(_)) => {
             return Err(ApiError::bad(
-                "prompt",
-                "prompt must be a string (or a list of one)",
+                "stream_options",
+                "stream_options is only allowed with stream: true",
             ))
         }
-        None => return Err(ApiError::bad("prompt", "prompt is required")),
-    };
-    let max_tokens = match obj.get("max_tokens") {
-        None | Some(Value::Null) => 16,
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
-            _ => {
-                return Err(ApiError::bad(
-                    "max_tokens",
-                    format!("max_tokens must be an integer of at least 1, not {v}"),
-                ))
-            }
-        },
-    };
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
         Some(v) => {
             return Err(ApiError::bad(
-                "stream",
-                format!("stream must be true or false, not {v}"),
+                "stream_options",
+                format!("stream_options must be an object, not {v}"),
             ))
         }
     };
-    match obj.get("temperature") {
-        None | Some(Value::Null) => {}
-        Some(v) => match v.as_f64() {
-            Some(0.0) => {}
-            Some(t) if (0.0..=2.0).contains(&t) => {
-                return Err(ApiError::bad(
-                    "temperature",
-                    format!(
-                    "temperature {t}: kvpr serve decodes greedily for now; send 0 or leave it out"
-                ),
-                ))
-            }
+    // Chat's newer name for max_tokens wins where both are given.
+    let max_tokens = match api {
+        Api::Chat
+            if obj
+                .get("max_completion_tokens")
+                .is_some_and(|v| !v.is_null()) =>
+        {
+            count(obj, "max_completion_tokens")?
+        }
+        Api::Chat => count(obj, "max_tokens")?,
+        Api::Completions => Some(count(obj, "max_tokens")?.unwrap_or(16)),
+    };
+    let token_ids = flag(obj, "return_token_ids")?;
+    if token_ids && stream {
+        return Err(ApiError::bad(
+            "return_token_ids",
+            "return_token_ids is given with a whole response, not a stream",
+        ));
+    }
+    refuse_unsupported(obj, api)?;
+    Ok(Request {
+        token_ids,
+        prompt,
+        gen: Gen {
+            max_tokens,
+            sampling: parse_sampling(obj, seed)?,
+            stops: parse_stops(obj)?,
+        },
+        stream,
+        stream_usage,
+    })
+}
+
+fn parse_prompt(obj: &Fields) -> Result<String, ApiError> {
+    match obj.get("prompt") {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            Ok(a[0].as_str().unwrap_or_default().to_string())
+        }
+        Some(_) => Err(ApiError::bad(
+            "prompt",
+            "prompt must be a string (or a list of one)",
+        )),
+        None => Err(ApiError::bad("prompt", "prompt is required")),
+    }
+}
+
+/// Chat messages: a role and text content each (a string, or a list of
+/// text parts, joined).
+fn parse_messages(obj: &Fields) -> Result<Vec<serving::ChatMessage>, ApiError> {
+    let list = match obj.get("messages") {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "messages",
+                "messages must be a non-empty list of {role, content} objects",
+            ))
+        }
+        None => return Err(ApiError::bad("messages", "messages is required")),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let bad = |why: String| ApiError::bad("messages", format!("messages[{i}]: {why}"));
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("role must be a string".into()))?;
+            let content = match m.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                        (Some("text"), Some(Value::String(t))) => Ok(t.as_str()),
+                        _ => Err(bad(format!(
+                            "content part {p}: kvpr serves text models; only {{\"type\": \"text\", \"text\": ...}} parts are taken"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .concat(),
+                Some(v) => return Err(bad(format!("content must be a string or a list of text parts, not {v}"))),
+            };
+            Ok(serving::ChatMessage {
+                role: role.to_string(),
+                content,
+            })
+        })
+        .collect()
+}
+
+fn flag(obj: &Fields, field: &'static str) -> Result<bool, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(ApiError::bad(
+            field,
+            format!("{field} must be true or false, not {v}"),
+        )),
+    }
+}
+
+/// An integer of at least 1, or absent.
+fn count(obj: &Fields, field: &'static str) -> Result<Option<usize>, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+            _ => Err(ApiError::bad(
+                field,
+                format!("{field} must be an integer of at least 1, not {v}"),
+            )),
+        },
+    }
+}
+
+/// The OpenAI API's sampling fields (and vLLM's `top_k`). As in the OpenAI
+/// API, `temperature` defaults to 1; a request without a `seed` gets
+/// `seed`, one the server makes for it.
+fn parse_sampling(obj: &Fields, seed: u64) -> Result<runtime::Sampling, ApiError> {
+    let number = |field: &'static str| -> Result<Option<f64>, ApiError> {
+        match obj.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| ApiError::bad(field, format!("{field} must be a number, not {v}"))),
+        }
+    };
+    let t = number("temperature")?.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&t) {
+        return Err(ApiError::bad(
+            "temperature",
+            format!("temperature {t} is not in [0, 2]"),
+        ));
+    }
+    let top_p = number("top_p")?;
+    if let Some(p) = top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        return Err(ApiError::bad(
+            "top_p",
+            format!("top_p {p} is not in (0, 1]"),
+        ));
+    }
+    // vLLM's convention: -1 (or 0) keeps every token.
+    let top_k = match obj.get("top_k") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(-1 | 0) => None,
+            Some(k) if k >= 1 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
             _ => {
                 return Err(ApiError::bad(
-                    "temperature",
-                    format!("temperature must be a number in [0, 2], not {v}"),
+                    "top_k",
+                    format!("top_k must be an integer of at least 1 (or -1: all), not {v}"),
                 ))
             }
         },
+    };
+    let seed = match obj.get("seed") {
+        None | Some(Value::Null) => seed,
+        Some(v) => match (v.as_u64(), v.as_i64()) {
+            (Some(s), _) => s,
+            (None, Some(s)) => s as u64,
+            _ => {
+                return Err(ApiError::bad(
+                    "seed",
+                    format!("seed must be an integer, not {v}"),
+                ))
+            }
+        },
+    };
+    // Below the sampler's range a draw is the argmax anyway.
+    let (lo, _) = runtime::Sampling::TEMPERATURE_RANGE;
+    Ok(match t < f64::from(lo) {
+        true => runtime::Sampling::GREEDY,
+        false => runtime::Sampling {
+            temperature: t as f32,
+            top_k,
+            top_p: top_p.map(|p| p as f32),
+            seed,
+        },
+    })
+}
+
+/// The most stop strings a request may give.
+const MAX_STOPS: usize = 16;
+
+fn parse_stops(obj: &Fields) -> Result<Vec<String>, ApiError> {
+    let stops = match obj.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= MAX_STOPS => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::bad("stop", "stop must be a string or a list of strings"))?,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stop",
+                format!("stop must be a string or a list of up to {MAX_STOPS} strings"),
+            ))
+        }
+    };
+    if stops.iter().any(String::is_empty) {
+        return Err(ApiError::bad("stop", "a stop string must not be empty"));
     }
-    for (field, neutral) in [("n", json!(1)), ("best_of", json!(1))] {
-        if let Some(v) = obj.get(field).filter(|v| !v.is_null() && **v != neutral) {
+    Ok(stops)
+}
+
+/// Fields kvpr does not implement are refused by name unless they hold
+/// their neutral value: a request never silently gets another function.
+fn refuse_unsupported(obj: &Fields, api: Api) -> Result<(), ApiError> {
+    let neutral: &[(&str, Value)] = &[
+        ("n", json!(1)),
+        ("best_of", json!(1)),
+        ("presence_penalty", json!(0)),
+        ("frequency_penalty", json!(0)),
+        ("repetition_penalty", json!(1)),
+        ("echo", json!(false)),
+        ("logprobs", json!(false)),
+        ("top_logprobs", json!(0)),
+        ("logit_bias", json!({})),
+        ("suffix", json!("")),
+        ("tools", json!([])),
+        ("response_format", json!({"type": "text"})),
+    ];
+    for (field, value) in neutral {
+        let Some(v) = obj.get(*field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        // Numbers compare by value (0 and 0.0 alike); completions' logprobs
+        // is a count (0: none).
+        let same = v == value
+            || v.as_f64().is_some_and(|x| Some(x) == value.as_f64())
+            || (*field == "logprobs" && api == Api::Completions && v.as_u64() == Some(0));
+        if !same {
             return Err(ApiError::bad(
                 field,
-                format!("{field} {v}: kvpr serve makes one completion a request"),
+                format!("{field} {v}: kvpr serve does not implement {field}; leave it out"),
             ));
         }
     }
-    if obj.get("stop").is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::bad("stop", "stop sequences are not supported yet; generation stops at the model's end-of-sequence tokens"));
-    }
-    Ok(Completion {
-        prompt,
-        max_tokens,
-        stream,
-    })
+    Ok(())
 }
 
 async fn completions(
@@ -647,19 +962,49 @@ async fn completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match completions_inner(state, headers, body).await {
+    match generate(state, headers, body, Api::Completions).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn completions_inner(
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match generate(state, headers, body, Api::Chat).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn generate(
     state: Arc<AppState>,
     headers: HeaderMap,
     body: Bytes,
+    api: Api,
 ) -> Result<Response, ApiError> {
     authorized(&state, &headers)?;
-    let c = parse_completion(&body)?;
+    let n = state.next.fetch_add(1, Ordering::Relaxed);
+    let req = parse_request(
+        &body,
+        api,
+        state.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    )?;
+    let (prompt, special) = match req.prompt {
+        Prompt::Text(t) => (t, true),
+        Prompt::Chat(messages) => {
+            let template = match &state.chat {
+                Ok(t) => t,
+                Err(why) => return Err(ApiError::bad("messages", why.clone())),
+            };
+            let text = template
+                .render(&messages)
+                .map_err(|e| ApiError::bad("messages", e.to_string()))?;
+            (text, false)
+        }
+    };
     let (out, mut rx) = mpsc::unbounded_channel();
     let (reply, answer) = oneshot::channel();
     let gone = || ApiError {
@@ -670,60 +1015,107 @@ async fn completions_inner(
     state
         .tx
         .send(Cmd::Add {
-            prompt: c.prompt,
-            max_tokens: c.max_tokens,
+            prompt,
+            special,
+            gen: req.gen,
             reply,
             out,
         })
         .map_err(|_| gone())?;
-    let prompt_tokens = answer.await.map_err(|_| gone())??;
-    let name = format!("cmpl-{}", state.next.fetch_add(1, Ordering::Relaxed));
+    let prompt_ids = answer.await.map_err(|_| gone())??;
+    let prompt_tokens = prompt_ids.len();
+    let name = match api {
+        Api::Completions => format!("cmpl-{n}"),
+        Api::Chat => format!("chatcmpl-{n}"),
+    };
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let model = state.model.clone();
-    let chunk = move |text: &str, reason: Option<FinishReason>| {
+    let usage = move |completion_tokens: usize| {
         json!({
-            "id": name, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": null}],
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
         })
     };
-    if c.stream {
-        let stream = futures_util::stream::unfold((rx, false), move |(mut rx, ended)| {
-            let chunk = chunk.clone();
-            async move {
-                if ended {
-                    return None;
+    // One body: a whole response, or a chunk of a stream.
+    let body = move |text: Option<&str>, reason: Option<FinishReason>, first: bool| {
+        let (object, choice) = match (api, req.stream) {
+            (Api::Completions, _) => (
+                "text_completion",
+                json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": reason, "logprobs": null}),
+            ),
+            (Api::Chat, false) => (
+                "chat.completion",
+                json!({"index": 0, "message": {"role": "assistant", "content": text.unwrap_or("")},
+                       "finish_reason": reason, "logprobs": null}),
+            ),
+            (Api::Chat, true) => {
+                let mut delta = json!({});
+                if first {
+                    delta["role"] = json!("assistant");
                 }
-                let ev = match rx.recv().await {
-                    Some(Out::Text(t)) => {
-                        (SseEvent::default().data(chunk(&t, None).to_string()), false)
-                    }
-                    Some(Out::Done { reason, .. }) => (
-                        SseEvent::default().data(chunk("", Some(reason)).to_string()),
-                        false,
-                    ),
-                    None => (SseEvent::default().data("[DONE]"), true),
-                };
-                Some((Ok::<_, std::convert::Infallible>(ev.0), (rx, ev.1)))
+                if let Some(t) = text {
+                    delta["content"] = json!(t);
+                }
+                (
+                    "chat.completion.chunk",
+                    json!({"index": 0, "delta": delta, "finish_reason": reason, "logprobs": null}),
+                )
             }
-        });
+        };
+        json!({"id": name, "object": object, "created": created, "model": model, "choices": [choice]})
+    };
+    if req.stream {
+        let include_usage = req.stream_usage;
+        // Each message of the engine becomes one or two events; the stream
+        // ends with `[DONE]` once the engine has said how the request ended.
+        let stream =
+            futures_util::stream::unfold((rx, true, false), move |(mut rx, first, ended)| {
+                let body = body.clone();
+                async move {
+                    if ended {
+                        return None;
+                    }
+                    let data = |v: Value| SseEvent::default().data(v.to_string());
+                    let (events, ended) = match rx.recv().await {
+                        Some(Out::Text(t)) => (vec![data(body(Some(&t), None, first))], false),
+                        Some(Out::Done { reason, tokens }) => {
+                            let mut last = vec![data(body(None, Some(reason), first))];
+                            if include_usage {
+                                let mut v = body(None, None, false);
+                                v["choices"] = json!([]);
+                                v["usage"] = usage(tokens.len());
+                                last.push(data(v));
+                            }
+                            last.push(SseEvent::default().data("[DONE]"));
+                            (last, true)
+                        }
+                        // The engine went away without an end: the stream ends
+                        // without `[DONE]`, so the client sees it was cut.
+                        None => return None,
+                    };
+                    let events = futures_util::stream::iter(
+                        events.into_iter().map(Ok::<_, std::convert::Infallible>),
+                    );
+                    Some((events, (rx, false, ended)))
+                }
+            })
+            .flatten();
         return Ok(Sse::new(stream).into_response());
     }
     let mut text = String::new();
     loop {
         match rx.recv().await {
             Some(Out::Text(t)) => text.push_str(&t),
-            Some(Out::Done {
-                reason,
-                completion_tokens,
-            }) => {
-                let mut v = chunk(&text, Some(reason));
-                v["usage"] = json!({
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                });
+            Some(Out::Done { reason, tokens }) => {
+                let mut v = body(Some(&text), Some(reason), true);
+                v["usage"] = usage(tokens.len());
+                if req.token_ids {
+                    v["prompt_token_ids"] = json!(prompt_ids);
+                    v["choices"][0]["token_ids"] = json!(tokens);
+                }
                 return Ok(Json(v).into_response());
             }
             None => return Err(gone()),
@@ -796,8 +1188,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .name("kvpr-engine".into())
         .spawn(move || engine_thread(&args, &mut rx, ready_tx, &for_engine))
         .context("starting the engine thread")?;
-    let model = match ready_rx.recv() {
-        Ok(Ok(name)) => name,
+    let ready = match ready_rx.recv() {
+        Ok(Ok(ready)) => ready,
         Ok(Err(e)) => return Err(e),
         Err(_) => match engine.join() {
             Ok(r) => {
@@ -810,15 +1202,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         tx: tx.clone(),
         metrics: shared,
-        model,
+        model: ready.model,
+        chat: ready.chat,
         api_key,
         next: AtomicU64::new(0),
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
     });
     let app = Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
         .with_state(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

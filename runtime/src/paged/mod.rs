@@ -36,6 +36,7 @@ use std::collections::HashMap;
 use kernels::{Backend, DeviceBuf, Event, HostBuf, IdBuf, Stream};
 
 use crate::executor::{attn_shape, head, Activations};
+use crate::generate::Sampling;
 use crate::layer::{project, Proj};
 
 mod arena;
@@ -187,6 +188,10 @@ pub struct PagedEngine<'a> {
     stage_free: [Option<Event>; 2],
     /// Per layer parity: the event after the copies that filled its buffers.
     stage_ready: [Option<Event>; 2],
+    /// Requests that sample rather than take the argmax: how, and how many
+    /// tokens each has produced (the draw's step, so a request's draws do
+    /// not depend on the batch it runs in).
+    draws: HashMap<usize, (Sampling, u64)>,
     pub counters: PagedCounters,
 }
 
@@ -299,6 +304,7 @@ impl<'a> PagedEngine<'a> {
             logits: a(b * s.vocab_size)?,
             stage_free: [None, None],
             stage_ready: [None, None],
+            draws: HashMap::new(),
             counters: PagedCounters::default(),
             cfg,
         })
@@ -373,6 +379,52 @@ impl<'a> PagedEngine<'a> {
         (self.arena.available(), self.arena.len())
     }
 
+    /// How request `id` (added, not yet prefilled) chooses its tokens;
+    /// greedy unless set. A sampling request's `n`-th token is drawn with
+    /// step `n` and row 0 of the sampler's noise, whatever batch it runs
+    /// in, so its tokens depend only on its prompt and its [`Sampling`].
+    pub fn set_sampling(&mut self, id: usize, sampling: Sampling) -> Result<()> {
+        sampling.validate()?;
+        if !self.regions.contains_key(&id) {
+            return Err(bad("serving", format!("no request {id}")));
+        }
+        match sampling.is_greedy() {
+            true => self.draws.remove(&id),
+            false => self.draws.insert(id, (sampling, 0)),
+        };
+        Ok(())
+    }
+
+    /// After the argmax of `ids.len()` rows of `logits` into `step[0..]`:
+    /// draws again the rows whose request samples (`ids[i]` the request of
+    /// row `i`). The sampler reads one row at a time from row 0: row 0's
+    /// draw is taken first, then each later row is copied over row 0 (its
+    /// logits are spent by then) and drawn.
+    fn draw_rows(&mut self, ids: &[usize]) -> Result<()> {
+        let (be, vocab) = (self.be, self.model.spec().vocab_size);
+        for (i, id) in ids.iter().enumerate() {
+            let Some((sampling, n)) = self.draws.get_mut(id) else {
+                continue;
+            };
+            let Some(args) = sampling.args(*n) else {
+                continue;
+            };
+            *n += 1;
+            if i > 0 {
+                be.copy_d2d(
+                    Stream::Compute,
+                    &self.logits,
+                    i * vocab,
+                    &self.logits,
+                    0,
+                    vocab,
+                )?;
+            }
+            be.sample(&self.logits, 1, vocab, &self.step, i, args)?;
+        }
+        Ok(())
+    }
+
     fn check_request(&self, id: usize, tokens: usize) -> Result<usize> {
         match self.regions.get(&id) {
             Some(&(start, max)) if tokens <= max => Ok(start),
@@ -387,8 +439,18 @@ impl<'a> PagedEngine<'a> {
     /// Runs `tokens` (a prompt, or a prompt and what was generated from it)
     /// through the model at positions `0..n` for request `id`, stores their
     /// K/V in fresh device blocks (and `X` on the host when kept), and
-    /// returns the greedy next token.
+    /// returns the next token (the argmax, or drawn: [`Self::set_sampling`]).
     pub fn prefill(&mut self, id: usize, tokens: &[u32]) -> Result<u32> {
+        self.prefill_offloaded(id, tokens, 0)
+    }
+
+    /// [`PagedEngine::prefill`] with the first `off` blocks of the prompt's
+    /// K/V written straight to the host store, as [`PagedEngine::offload`]
+    /// would leave them: the prompt may be larger than the device's whole
+    /// cache. Its K/V are computed a layer at a time in prefill's own
+    /// buffers, so only the blocks from `off` on take device blocks. At
+    /// least the last block stays on the device.
+    pub fn prefill_offloaded(&mut self, id: usize, tokens: &[u32], off: usize) -> Result<u32> {
         let (be, m) = (self.be, self.model);
         let s = m.spec();
         let (h, kvd, bs) = (s.hidden_size, s.kv_dim(), self.cfg.block_size);
@@ -396,6 +458,16 @@ impl<'a> PagedEngine<'a> {
         let base = self.check_request(id, p)?;
         if p == 0 {
             return Err(bad("prefill", format!("request {id} has no tokens")));
+        }
+        let blocks = plans::blocks_for(p, bs);
+        if off > 0 && (off >= blocks || !self.cfg.keep_activations) {
+            return Err(bad(
+                "prefill",
+                format!(
+                    "request {id}: {off} of its {blocks} blocks on the host; at most {} may be, and only where activations are kept (offload)",
+                    blocks.saturating_sub(1)
+                ),
+            ));
         }
         if let Some(old) = self.seqs.remove(&id) {
             self.free.extend(old.blocks);
@@ -410,16 +482,19 @@ impl<'a> PagedEngine<'a> {
         let mut seq = Seq {
             base,
             blocks: Vec::new(),
-            off: 0,
+            off,
             cached: p,
             last: 0,
             swapped: false,
             swapped_from: 0,
         };
-        for _ in 0..plans::blocks_for(p, bs) {
+        for _ in off..blocks {
             let b = self.take_block(id)?;
             seq.blocks.push(b);
         }
+        // Tokens `[0, t0)` go to the host store, the rest to device blocks.
+        let t0 = off * bs;
+        let esz = be.dtype().bytes() as u64;
         // Prefill's activations are its own (not the measured step's).
         let act = Activations::new(be, s, p)?;
         let Activations {
@@ -439,17 +514,26 @@ impl<'a> PagedEngine<'a> {
             project(be, m, li, Proj::V, (xn, 0), (&vt, 0), p, None)?;
             let shape = attn_shape(s, 1, p, 0, p);
             be.attention(q, &kt, &vt, att, shape).at(li)?;
-            self.store_rows(li, &seq, &kt, &vt, 0, p)?;
+            self.store_rows(li, &seq, &kt, &vt, t0, p - t0)?;
             if self.cfg.keep_activations {
-                // `xn` is scratch again in the MLP: the copy lands first.
+                // `xn` is scratch again in the MLP, and `kt`, `vt` in the
+                // next layer: the copies land first.
                 let ev = be.record(Stream::Compute).at(li)?;
                 be.wait(Stream::Writeback, &ev).at(li)?;
-                let off = seq.base * h;
-                be.copy_d2h(Stream::Writeback, xn, 0, &self.host_x[li], off, p * h)
+                let at = seq.base * h;
+                be.copy_d2h(Stream::Writeback, xn, 0, &self.host_x[li], at, p * h)
                     .at(li)?;
+                if t0 > 0 {
+                    let at = seq.base * kvd;
+                    be.copy_d2h(Stream::Writeback, &kt, 0, &self.host_k[li], at, t0 * kvd)
+                        .at(li)?;
+                    be.copy_d2h(Stream::Writeback, &vt, 0, &self.host_v[li], at, t0 * kvd)
+                        .at(li)?;
+                    self.counters.bytes_out += 2 * (t0 * kvd) as u64 * esz;
+                }
                 let done = be.record(Stream::Writeback).at(li)?;
                 be.wait(Stream::Compute, &done).at(li)?;
-                self.counters.bytes_x_out += (p * h) as u64 * be.dtype().bytes() as u64;
+                self.counters.bytes_x_out += (p * h) as u64 * esz;
             }
             act.finish_layer(be, m, li, p)?;
         }
@@ -457,6 +541,7 @@ impl<'a> PagedEngine<'a> {
         be.copy_d2d(Stream::Compute, hidden, (p - 1) * h, &d.hidden, 0, h)?;
         head(be, m, &d.hidden, &d.tmp, &self.logits, 1)?;
         be.argmax(&self.logits, 1, vocab, &self.step, 0)?;
+        self.draw_rows(&[id])?;
         let next = be.read_ids(&self.step, 0, 1)?[0];
         seq.last = next;
         self.seqs.insert(id, seq);
@@ -464,8 +549,9 @@ impl<'a> PagedEngine<'a> {
         Ok(next)
     }
 
-    /// Copies rows `[0, n)` of `k`/`v` (`[n, kv_dim]`, tokens `t0..t0+n` of
-    /// `seq`) into its device blocks, one copy per block, on the compute stream.
+    /// Copies K/V of tokens `t0..t0+n` of `seq` into its device blocks, one
+    /// copy per block, on the compute stream, from `k`/`v` (`[_, kv_dim]`)
+    /// whose row `t` holds token `t`.
     fn store_rows(
         &self,
         li: usize,
@@ -480,7 +566,7 @@ impl<'a> PagedEngine<'a> {
         let mut t = t0;
         while t < t0 + n {
             let run = (bs - t % bs).min(t0 + n - t);
-            let (src, dst) = ((t - t0) * kvd, self.row(seq, t) * kvd);
+            let (src, dst) = (t * kvd, self.row(seq, t) * kvd);
             be.copy_d2d(Stream::Compute, k, src, &self.k_pool[li], dst, run * kvd)
                 .at(li)?;
             be.copy_d2d(Stream::Compute, v, src, &self.v_pool[li], dst, run * kvd)
@@ -499,11 +585,12 @@ impl<'a> PagedEngine<'a> {
         if let Some((start, len)) = self.regions.remove(&id) {
             self.arena.give(start, len);
         }
+        self.draws.remove(&id);
     }
 
     /// One decode step of a ragged batch: each `(id, l)` feeds its last token
     /// at its own position; of an offloaded prefix, `l` tokens are recomputed
-    /// from `X` and the rest transferred. Returns each sequence's greedy next
+    /// from `X` and the rest transferred. Returns each sequence's next
     /// token, in order.
     pub fn decode(&mut self, batch: &[(usize, usize)]) -> Result<Vec<u32>> {
         let (be, m) = (self.be, self.model);
@@ -699,6 +786,8 @@ impl<'a> PagedEngine<'a> {
         }
         head(be, m, &self.act.hidden, &self.act.tmp, &self.logits, b)?;
         be.argmax(&self.logits, b, s.vocab_size, &self.step, 0)?;
+        let ids: Vec<usize> = batch.iter().map(|r| r.0).collect();
+        self.draw_rows(&ids)?;
         let next = be.read_ids(&self.step, 0, b)?;
         for (&(id, _), &t) in batch.iter().zip(&next) {
             let seq = self.seqs.get_mut(&id).expect("checked above");
