@@ -30,6 +30,9 @@ pub struct RunConfig {
     /// `offload`: host blocks the batch may hold for requests admitted
     /// with their oldest blocks on the host ([`crate::offload_admit_blocks`]).
     pub offload_admit_blocks: usize,
+    /// How every request chooses its tokens; request `i` draws with seed
+    /// `seed + i`, so equal prompts draw apart and a run repeats itself.
+    pub sampling: runtime::Sampling,
 }
 
 /// One telemetry sample (one iteration).
@@ -165,7 +168,10 @@ pub fn serve(
         let params = RequestParams {
             max_tokens: r.output_len,
             stop_ids: Vec::new(),
-            ..Default::default()
+            sampling: runtime::Sampling {
+                seed: cfg.sampling.seed.wrapping_add(i as u64),
+                ..cfg.sampling
+            },
         };
         let id = engine.add_request(r.arrival_s, prompts[i].clone(), params)?;
         if id != i {
@@ -349,6 +355,7 @@ mod tests {
             partial_share: 0.5,
             offload_share: 0.5,
             offload_admit_blocks: 0,
+            sampling: runtime::Sampling::GREEDY,
         };
         serve(be, m, r, p, &cfg, &|| None, &|_| {}).unwrap()
     }
@@ -380,6 +387,7 @@ mod tests {
                         partial_share: 0.0,
                         offload_share: share,
                         offload_admit_blocks: 0,
+                        sampling: runtime::Sampling::GREEDY,
                     };
                     let r = serve(&be, &m, &reqs, &prompts, &cfg, &|| None, &|_| {}).unwrap();
                     assert!(r.counters.bytes_out > 0, "nothing offloaded at {cap}");
@@ -488,6 +496,7 @@ mod tests {
                 partial_share: 0.5,
                 offload_share: 0.5,
                 offload_admit_blocks: 0,
+                sampling: runtime::Sampling::GREEDY,
             };
             let free = serve(&be, &m, &reqs, &prompts, &cfg(Policy::Swap, 10_000), &|| None, &|_| {}).unwrap();
             let r = serve(&be, &m, &reqs, &prompts, &cfg(policy, least + extra), &|| None, &|_| {}).unwrap();

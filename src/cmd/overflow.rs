@@ -254,6 +254,7 @@ fn capacity(
         partial_share: 0.0,
         offload_share: 0.0,
         offload_admit_blocks: 0,
+        sampling: runtime::Sampling::GREEDY,
     };
     let shape = serving::engine_config(reqs, &run).shape();
     let fixed = plans::PagedBytes::new(spec, &shape, 0, esz).fixed();
@@ -520,6 +521,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
                 partial_share: 0.0,
                 offload_share: 0.0,
                 offload_admit_blocks: 0,
+                sampling: runtime::Sampling::GREEDY,
             };
             base_runs[k].push(run_one(cfg, format!("unpressured, block {bs}{tag}"))?);
         }
@@ -532,6 +534,7 @@ pub fn run(args: &OverflowArgs) -> anyhow::Result<()> {
                 partial_share,
                 offload_share,
                 offload_admit_blocks,
+                sampling: runtime::Sampling::GREEDY,
             };
             let what = format!(
                 "{}, block {}, {} blocks{tag}",

@@ -242,9 +242,6 @@ fn ragged(
     ids: &[Vec<u32>],
     sampling: Sampling,
 ) -> anyhow::Result<()> {
-    if sampling.temperature > 0.0 {
-        bail!("--temperature: prompts of different lengths decode greedily (as one ragged batch); give prompts of equal token counts to sample");
-    }
     for (flag, given) in [
         ("--plan", args.plan.is_some()),
         ("--plan-out", args.plan_out.is_some()),
@@ -307,6 +304,7 @@ fn ragged(
                 partial_share: 0.0,
                 offload_share: 0.0,
                 offload_admit_blocks: 0,
+                sampling: runtime::Sampling::GREEDY,
             };
             let shape = serving::engine_config(&requests, &probe).shape();
             let cap = plans::PagedBytes::blocks_within(spec, &shape, esz, bytes);
@@ -364,6 +362,7 @@ fn ragged(
         partial_share: 0.0,
         offload_share: share,
         offload_admit_blocks: admit,
+        sampling,
     };
     let r =
         serving::serve(be, model, &requests, ids, &cfg, &|| None, &|_| {}).context("generating")?;
