@@ -112,6 +112,10 @@ mod tests {
         // No stops, or only empty ones: everything.
         assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
         assert_eq!(run(&[""], &["a", "b"]), ("ab".into(), false));
+        // The first stop completed wins, not the one that starts first
+        // (found by the property below): generation ended at "\n".
+        assert_eq!(run(&["é\né", "\n"], &["é\n", "é"]), ("é".into(), true));
+        assert_eq!(run(&["é\né", "\n"], &["é\né"]), ("".into(), true));
         // Multi-byte text and stops.
         assert_eq!(run(&["é!"], &["caf", "é", "!x"]), ("caf".into(), true));
         assert_eq!(run(&["éa"], &["caf", "é", "b"]), ("caféb".into(), false));
@@ -130,9 +134,11 @@ mod tests {
     }
 
     proptest! {
-        /// However the text is cut into pieces, what is released is the text
-        /// up to the first stop string (or all of it), and a stop is reported
-        /// exactly where the whole text contains one.
+        /// However the text is cut into pieces (tokens), what is released is
+        /// the text up to the first stop string complete after a piece (or
+        /// all of it): generation ends at the token that completes one, so
+        /// a longer stop string starting earlier but completing later
+        /// never completes.
         #[test]
         fn released_text_is_the_prefix_before_the_first_stop(
             text in "[ab\n é]{0,24}",
@@ -153,11 +159,17 @@ mod tests {
                 last = b;
             }
             let stops_ref: Vec<&str> = stops.iter().map(String::as_str).collect();
-            let first = stops.iter().filter_map(|s| text.find(s.as_str())).min();
-            let want = match first {
-                Some(at) => (text[..at].to_string(), true),
-                None => (text.clone(), false),
-            };
+            // Generation stops at the first piece after which the text
+            // holds a stop string, cut at the leftmost one it holds then.
+            let mut seen = String::new();
+            let mut want = (text.clone(), false);
+            for p in &pieces {
+                seen.push_str(p);
+                if let Some(at) = stops.iter().filter_map(|s| seen.find(s.as_str())).min() {
+                    want = (seen[..at].to_string(), true);
+                    break;
+                }
+            }
             prop_assert_eq!(run(&stops_ref, &pieces), want);
         }
     }
