@@ -11,7 +11,7 @@ OPENAI_ENV := $(KVPR_CACHE)/openai-$(OPENAI_VERSION)
 KVPR := ./target/release/kvpr
 DEMO := target/demo
 
-.PHONY: demo test build model nvrtc openai lint bench fuzz bench-overflow study-overflow bench-load
+.PHONY: demo test build model nvrtc openai lint bench fuzz bench-overflow study-overflow bench-load bench-serve
 build:
 	$(CARGO) build --release
 
@@ -92,3 +92,9 @@ study-overflow: build
 bench-load: build
 	python3 scripts/bench-load.py --kvpr $(KVPR) --out target/bench-load
 
+# kvpr serve against llama.cpp's server (llama-cpp-python from PyPI, built
+# once into the cache) on SmolLM2, the same prompts at 1, 8 and 32 clients:
+# throughput, TTFT and TPOT p50/p99 (scripts/bench-serve.py).
+LLAMA_CPP_VERSION := 0.3.36
+bench-serve: build model
+	bash scripts/bench-serve.sh $(KVPR) $(MODEL) target/bench-serve $(KVPR_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION) $(LLAMA_CPP_VERSION)
