@@ -20,6 +20,9 @@
 #      compared token for token (run-cuda.json, run-cpu.json)
 #   g. kvpr overflow, Llama-2-7B shape, f16, every policy at 0.5 and 0.8 of the K/V memory
 #      beside the unpressured run (overflow.json/.csv, overflow/*.svg)
+#   k. serving contexts beyond the device: the serving engine under offload (admitting by
+#      offload) and swap, Llama-2-7B shape, f16, requests whose K/V is 2x and 4x the
+#      device's K/V memory; throughput against the link floor (serve.json/.csv)
 #   j. loading a random 1B-shape bf16 checkpoint (written here by Python, in /tmp) on cuda:0
 #      in bf16: load rate against a plain read, peak RSS against the checkpoint (load/)
 #   i. every transformers fixture of tests/fixtures/hf (Llama, Llama-3.1/YaRN/linear
@@ -62,6 +65,7 @@ B_BENCH=${BUDGET_BENCH:-200}
 B_PEER=${BUDGET_PEER:-100}
 B_RUN=${BUDGET_RUN:-20}              # per device (and the CPU profile they plan with)
 B_OVERFLOW=${BUDGET_OVERFLOW:-160}
+B_SERVE=${BUDGET_SERVE:-120}
 B_FAMILIES=${BUDGET_FAMILIES:-120}   # all fixtures, both dtypes
 B_LOAD=${BUDGET_LOAD:-150}           # writing the 2.5 GB checkpoint, then one load
 # Serving under KV overflow on the GPU: requests x input x output tokens, and
@@ -69,6 +73,10 @@ B_LOAD=${BUDGET_LOAD:-150}           # writing the 2.5 GB checkpoint, then one l
 # 116 s, 10 s of it loading the weights; bench/results/2026-11-26-h200-overflow.md).
 OVERFLOW_WORKLOAD=${OVERFLOW_WORKLOAD:-32,384,128}
 OVERFLOW_FRACTIONS=${OVERFLOW_FRACTIONS:-0.5,0.8}
+# The serve section: its workload, and the device's K/V memory as shares of
+# the workload's K/V (0.5 and 0.25: the requests hold 2x and 4x of it).
+SERVE_WORKLOAD=${SERVE_WORKLOAD:-32,1024,128}
+SERVE_FRACTIONS=${SERVE_FRACTIONS:-0.5,0.25}
 # kvpr bench loads Llama-2-7B's seeded weights on the host (~7B random numbers)
 # and pins a host store per schedule (68 GiB of K/V at batch 8, context 16384),
 # so 16384 is left to a run with more time: BENCH_CONTEXTS=4096,8192,16384.
@@ -531,6 +539,33 @@ section_overflow() {
   fi
 }
 
+# ------------------------------------------------------------ k. serve
+section_serve() {
+  local hw="$OUT/hardware.json"
+  rm -f "$OUT/serve.json" "$OUT/serve.csv"
+  if [[ ! -s $hw ]]; then
+    record serve skipped "no hardware.json (calibrate failed)"
+    return
+  fi
+  local n i o
+  IFS=, read -r n i o <<<"$SERVE_WORKLOAD"
+  kvpr_step serve "$B_SERVE" overflow --model preset:llama-2-7b --hardware "$hw" --device cuda:0 \
+    --dtype f16 --requests "$n" --input-len "$i" --output-len "$o" --policy offload,swap \
+    --kv-memory-fraction "$SERVE_FRACTIONS" --max-batch "$n" \
+    --json "$OUT/serve.json" --csv "$OUT/serve.csv"
+  if [[ $STATUS != ok ]]; then
+    record serve "$STATUS" "$(why "$OUT/serve.log")"
+    return
+  fi
+  local fig rc=0
+  fig=$("$PY" "$HERE/summarize.py" serve "$OUT/serve.json" 2>&1) || rc=$?
+  if ((rc == 0)); then
+    record serve ok "$fig"
+  else
+    record serve FAILED "$fig"
+  fi
+}
+
 # ------------------------------------------------------------ headline
 section_headline() {
   rm -f "$OUT/headline.md" "$OUT/headline.csv"
@@ -549,9 +584,9 @@ section_headline() {
 }
 
 # Each section runs whatever happened before it; none can stop the script.
-for s in ${CHECK_SECTIONS:-identity selftest calibrate bench peer run overflow families load headline}; do
+for s in ${CHECK_SECTIONS:-identity selftest calibrate bench peer run overflow serve families load headline}; do
   if ! declare -F "section_$s" >/dev/null; then
-    echo "CHECK_SECTIONS: no section '$s' (identity selftest calibrate bench peer run overflow families load headline)" >&2
+    echo "CHECK_SECTIONS: no section '$s' (identity selftest calibrate bench peer run overflow serve families load headline)" >&2
     exit 2
   fi
   "section_$s" || record "$s" FAILED "internal error in section_$s (exit $?)"

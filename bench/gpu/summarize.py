@@ -285,6 +285,30 @@ def cmd_overflow(a):
     return 0
 
 
+# ---------------------------------------------------------------- serve
+def cmd_serve(a):
+    """Each run's throughput, its time over the unpressured run's, and over
+    its link floor (the bytes it moved at the profile's link rate)."""
+    doc = load_json(a.summary, "serve summary")
+    runs = doc["runs"]
+    if not runs:
+        print("the serve summary has no run")
+        return 1
+    parts = []
+    for r in runs:
+        frac = r.get("kv_fraction")
+        held = f"{1 / frac:.0f}x" if frac else "?"
+        floor = r.get("link_floor_s") or 0.0
+        vs_floor = f", {r['total_s'] / floor:.2f}x its link floor" if floor > 0 else ""
+        parts.append(
+            f"{r['policy']} (K/V {held} the device's): {r.get('throughput_tokens_per_s', 0):.0f} tok/s, "
+            f"{r.get('vs_unpressured', float('nan')):.2f}x unpressured{vs_floor}"
+        )
+    base = ", ".join(f"{u.get('throughput_tokens_per_s', 0):.0f} tok/s" for u in doc["unpressured"])
+    print(f"unpressured {base}; " + "; ".join(parts))
+    return 0
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description="key figures for bench/gpu/check.sh")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -301,6 +325,8 @@ def main(argv):
     h.add_argument("--csv")
     p = sub.add_parser("peer")
     p.add_argument("--peer", required=True)
+    v = sub.add_parser("serve")
+    v.add_argument("summary")
     o = sub.add_parser("overflow")
     o.add_argument("summary")
     t = sub.add_parser("tokens")
@@ -308,7 +334,7 @@ def main(argv):
     t.add_argument("b")
     a = ap.parse_args(argv)
     try:
-        return {"calib": cmd_calib, "headline": cmd_headline, "peer": cmd_peer, "tokens": cmd_tokens, "overflow": cmd_overflow}[a.cmd](a)
+        return {"calib": cmd_calib, "headline": cmd_headline, "peer": cmd_peer, "tokens": cmd_tokens, "overflow": cmd_overflow, "serve": cmd_serve}[a.cmd](a)
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code)
