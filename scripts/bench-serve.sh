@@ -49,6 +49,14 @@ wait_ready "http://127.0.0.1:$kvpr_port/health" "$pid"
 python3 scripts/bench-serve.py --url "http://127.0.0.1:$kvpr_port" --name kvpr --out "$out/kvpr.json"
 kill -TERM "$pid"; wait "$pid" || true
 
+# The cost model's figures for a decode step of each batch, on the profile
+# just measured: its compute floor (FLOPs over measured throughput) and its
+# prediction, at the prompts' mean length (about 128 tokens) and 32 new ones.
+for c in 1 8 32; do
+    "$kvpr" plan --model "$model" --hardware "$out/cpu.json" --batch "$c" --prompt-len 128 \
+        --gen-len 32 --gpu-memory-budget 64GiB --out "$out/plan-$c.json" 2>/dev/null
+done
+
 echo "== llama.cpp server (llama-cpp-python $version)" >&2
 PYTHONPATH="$llama" python3 -m llama_cpp.server --model "$model" --port "$llama_port" \
     --n_ctx 4096 --n_threads "$cores" --n_threads_batch "$cores" --interrupt_requests False \
@@ -58,15 +66,23 @@ wait_ready "http://127.0.0.1:$llama_port/v1/models" "$pid"
 python3 scripts/bench-serve.py --url "http://127.0.0.1:$llama_port" --name llama.cpp --out "$out/llama.json"
 kill -TERM "$pid"; wait "$pid" || true
 
-python3 - "$out/kvpr.json" "$out/llama.json" <<'PY'
+python3 - "$out" <<'PY'
 import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-print(f"| clients | server | requests | output tokens | output tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | kvpr / llama.cpp tok/s |")
-print("|---|---|---|---|---|---|---|---|")
+out = sys.argv[1]
+a, b = (json.load(open(f"{out}/{n}.json")) for n in ("kvpr", "llama"))
+print("| clients | server | requests | output tokens | output tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms "
+      "| kvpr / llama.cpp tok/s | kvpr step: compute floor / predicted ms | kvpr TPOT p50 / floor |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for ra, rb in zip(a["levels"], b["levels"]):
+    c = ra["concurrency"]
+    plan = json.load(open(f"{out}/plan-{c}.json"))["summary"]
+    floor, pred = plan["compute_floor_step_us"] / 1e3, plan["predicted_decode_step_us"] / 1e3
     for name, r in (("kvpr", ra), ("llama.cpp", rb)):
-        ratio = f"{ra['output_tokens_per_s'] / rb['output_tokens_per_s']:.2f}x" if name == "kvpr" else ""
-        print(f"| {r['concurrency']} | {name} | {r['requests']} | {r['output_tokens']} | {r['output_tokens_per_s']:.1f} | "
+        kv = name == "kvpr"
+        ratio = f"{ra['output_tokens_per_s'] / rb['output_tokens_per_s']:.2f}x" if kv else ""
+        model = f"{floor:.1f} / {pred:.1f}" if kv else ""
+        vs = f"{r['tpot_p50_s'] * 1e3 / floor:.2f}x" if kv else ""
+        print(f"| {c} | {name} | {r['requests']} | {r['output_tokens']} | {r['output_tokens_per_s']:.1f} | "
               f"{r['ttft_p50_s']*1e3:.0f} / {r['ttft_p99_s']*1e3:.0f} | "
-              f"{r['tpot_p50_s']*1e3:.1f} / {r['tpot_p99_s']*1e3:.1f} | {ratio} |")
+              f"{r['tpot_p50_s']*1e3:.1f} / {r['tpot_p99_s']*1e3:.1f} | {ratio} | {model} | {vs} |")
 PY
