@@ -95,10 +95,15 @@ pub struct StepCost {
 /// --model` measures the model's own shapes, so the projections' and the
 /// head's throughput at small `m` is read, not guessed); otherwise from
 /// `fallback` (the curve nearest `(h, h)`) scaled by FLOPs,
-/// `n*k/(h*h) * fallback(m)`. Either way at least the weights' read time
+/// `n*k/(h*h) * fallback(m)`, at least the weights' read time
 /// `n*k*p / mem_bw`: a GEMM reads its whole weight matrix whatever `m`, and
 /// a profile measured only at large `m` (a datasheet's one point) would
 /// otherwise price a decode step's projections at a hundredth of that.
+/// Measured points at the shape itself already include that read, and are
+/// taken as they are: `mem_bw` is the attention kernel's measured K/V read
+/// rate, which on a CPU is a quarter of the rate a GEMM streams its weights
+/// at (SmolLM2 on this project's 2-core machine: a 32 ms step was
+/// predicted at 80 ms when the read floor applied to its measured shapes).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_at(
     hw: &HardwareProfile,
@@ -126,7 +131,7 @@ pub(crate) fn gemm_at(
     let (nk, hh) = (n as f64 * k as f64, h as f64 * h as f64);
     let floor = nk * p / mem_bw;
     if let Some(curve) = RowsCurve::new(&exact, n, k) {
-        return curve.seconds(m).max(floor);
+        return curve.seconds(m);
     }
     (nk / hh * fallback.seconds(m)).max(floor)
 }
