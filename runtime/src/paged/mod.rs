@@ -786,8 +786,10 @@ impl<'a> PagedEngine<'a> {
         }
         head(be, m, &self.act.hidden, &self.act.tmp, &self.logits, b)?;
         be.argmax(&self.logits, b, s.vocab_size, &self.step, 0)?;
-        let ids: Vec<usize> = batch.iter().map(|r| r.0).collect();
-        self.draw_rows(&ids)?;
+        if !self.draws.is_empty() {
+            let ids: Vec<usize> = batch.iter().map(|r| r.0).collect();
+            self.draw_rows(&ids)?;
+        }
         let next = be.read_ids(&self.step, 0, b)?;
         for (&(id, _), &t) in batch.iter().zip(&next) {
             let seq = self.seqs.get_mut(&id).expect("checked above");
